@@ -1,0 +1,324 @@
+//! Configuration shared by every binary: one definition of each environment
+//! variable (DESIGN.md "Flags"), so binaries cannot drift apart. Each binary
+//! flattens the groups it needs into its own clap `Config`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::bus::{EventBus, LocalBus, RedisBus};
+use crate::cache::{Cache, MemoryCache, RedisCache};
+use crate::secret::Secret;
+use crate::store::{Dialect, Store, StoreError};
+
+/// Every problem found in the configuration, reported at once.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<String>);
+
+impl Problems {
+    pub fn add(&mut self, problem: impl Into<String>) {
+        self.0.push(problem.into());
+    }
+
+    /// A required secret: present and at least 32 bytes.
+    pub fn secret(&mut self, name: &str, value: Option<&Secret>) {
+        match value {
+            None => self.add(format!(
+                "{name} is required (at least 32 bytes; e.g. `openssl rand -base64 48`)"
+            )),
+            Some(secret) => self.optional_secret(name, Some(secret)),
+        }
+    }
+
+    pub fn optional_secret(&mut self, name: &str, value: Option<&Secret>) {
+        if let Some(Err(problem)) = value.map(|s| s.check_strength(name)) {
+            self.add(problem);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Err` listing every problem (secrets are never part of a message).
+    pub fn finish(self) -> Result<(), String> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let mut out = String::from("invalid configuration:");
+        for problem in &self.0 {
+            out.push_str("\n  - ");
+            out.push_str(problem);
+        }
+        Err(out)
+    }
+}
+
+/// `900`, `900s`, `15m`, `1h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (e.g. 900, 15m, 1h, 7d)"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "m" => value * 60,
+        "h" => value * 3600,
+        "d" => value * 86_400,
+        _ => return Err(format!("'{text}' has an unknown unit (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+/// A URL with any password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct StorageArgs {
+    /// Database: `sqlite://path` (embedded default, created if missing) or `postgres://...`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/caas.db",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Largest number of PostgreSQL connections per process.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+    /// Redis for the shared cache and the event bus between processes. Unset:
+    /// in-process cache and bus, correct only when everything is one process.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+}
+
+/// The storage, cache and bus a process runs on.
+#[derive(Clone)]
+pub struct Backends {
+    pub store: Store,
+    pub cache: Arc<dyn Cache>,
+    pub bus: Arc<dyn EventBus>,
+}
+
+impl StorageArgs {
+    pub fn check(&self, problems: &mut Problems) {
+        if Dialect::of_url(&self.database_url).is_none() {
+            problems.add(format!(
+                "DATABASE_URL '{}' must start with sqlite:// or postgres://",
+                redact_url(&self.database_url)
+            ));
+        }
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            problems.add(format!(
+                "REDIS_URL '{}' must start with redis:// or rediss://",
+                redact_url(url)
+            ));
+        }
+    }
+
+    /// Opens the database (and migrates it), the cache and the bus.
+    /// `service` names the binary in the warning about running without Redis.
+    pub async fn connect(
+        &self,
+        service: &str,
+        single_process: bool,
+    ) -> Result<Backends, StoreError> {
+        let store = Store::connect(&self.database_url, self.database_max_connections).await?;
+        store.migrate().await?;
+        tracing::info!(database = %redact_url(&self.database_url), "database ready");
+        let (cache, bus): (Arc<dyn Cache>, Arc<dyn EventBus>) = match &self.redis_url {
+            Some(url) => {
+                let cache = RedisCache::new(url).map_err(|e| StoreError::Setup(e.to_string()))?;
+                let bus = RedisBus::start(url).map_err(|e| StoreError::Setup(e.to_string()))?;
+                tracing::info!(redis = %redact_url(url), "shared cache and event bus on Redis");
+                (Arc::new(cache), Arc::new(bus))
+            }
+            None => {
+                if !single_process {
+                    tracing::warn!(
+                        service,
+                        "REDIS_URL is not set: cache and event bus are in-process only. Revocations and \
+                         credential changes made by OTHER processes will NOT reach this one. Set REDIS_URL \
+                         unless everything runs in one process (`caas up`)."
+                    );
+                }
+                (Arc::new(MemoryCache::new()), Arc::new(LocalBus::new()))
+            }
+        };
+        Ok(Backends { store, cache, bus })
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct JwtArgs {
+    /// HS256 signing secret for access tokens (at least 32 bytes). Only the
+    /// auth service holds it.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+    /// The secret before the last rotation: still accepted for verification.
+    #[arg(long, env = "JWT_SECRET_PREVIOUS", hide_env_values = true)]
+    pub jwt_secret_previous: Option<Secret>,
+    /// `iss` of issued tokens; tokens with another issuer are refused.
+    #[arg(long, env = "JWT_ISSUER", default_value = "caas")]
+    pub jwt_issuer: String,
+    /// Access-token lifetime.
+    #[arg(long, env = "JWT_EXPIRES_IN", default_value = "15m", value_parser = parse_duration)]
+    pub jwt_expires_in: Duration,
+    /// Refresh-token lifetime.
+    #[arg(long, env = "JWT_REFRESH_EXPIRES_IN", default_value = "7d", value_parser = parse_duration)]
+    pub jwt_refresh_expires_in: Duration,
+}
+
+impl JwtArgs {
+    pub fn check(&self, problems: &mut Problems) {
+        problems.secret("JWT_SECRET", self.jwt_secret.as_ref());
+        problems.optional_secret("JWT_SECRET_PREVIOUS", self.jwt_secret_previous.as_ref());
+        let access = self.jwt_expires_in.as_secs();
+        if !(60..=86_400).contains(&access) {
+            problems.add("JWT_EXPIRES_IN must be between 1m and 24h");
+        }
+        if self.jwt_refresh_expires_in.as_secs() <= access {
+            problems.add("JWT_REFRESH_EXPIRES_IN must be longer than JWT_EXPIRES_IN");
+        }
+        if self.jwt_issuer.trim().is_empty() {
+            problems.add("JWT_ISSUER must not be empty");
+        }
+    }
+
+    /// Call after `check` passed.
+    pub fn keys(&self) -> crate::jwt::JwtKeys {
+        let current = self.jwt_secret.clone().unwrap_or_else(|| Secret::new(""));
+        crate::jwt::JwtKeys::new(
+            self.jwt_issuer.clone(),
+            &current,
+            self.jwt_secret_previous.as_ref(),
+        )
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServiceSecretArgs {
+    /// Signs gateway context and authenticates internal calls (at least 32 bytes).
+    #[arg(long, env = "SERVICE_SECRET", hide_env_values = true)]
+    pub service_secret: Option<Secret>,
+    /// The secret before the last rotation: still accepted.
+    #[arg(long, env = "SERVICE_SECRET_PREVIOUS", hide_env_values = true)]
+    pub service_secret_previous: Option<Secret>,
+}
+
+impl ServiceSecretArgs {
+    pub fn check(&self, problems: &mut Problems) {
+        problems.secret("SERVICE_SECRET", self.service_secret.as_ref());
+        problems.optional_secret(
+            "SERVICE_SECRET_PREVIOUS",
+            self.service_secret_previous.as_ref(),
+        );
+    }
+
+    /// Call after `check` passed.
+    pub fn current(&self) -> Secret {
+        self.service_secret
+            .clone()
+            .unwrap_or_else(|| Secret::new(""))
+    }
+
+    pub fn verifier(&self) -> crate::context::ContextVerifier {
+        crate::context::ContextVerifier::new(&self.current(), self.service_secret_previous.as_ref())
+    }
+}
+
+/// A secret must have one job: reusing the JWT secret as the service secret
+/// would let a token signer forge context, and the reverse.
+pub fn check_distinct_secrets(problems: &mut Problems, jwt: &JwtArgs, service: &ServiceSecretArgs) {
+    if let (Some(a), Some(b)) = (&jwt.jwt_secret, &service.service_secret)
+        && a == b
+    {
+        problems.add("JWT_SECRET and SERVICE_SECRET must be different secrets");
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct PolicyArgs {
+    /// Enforce tenants' IP whitelists for API keys. `false` is for development only.
+    #[arg(long, env = "IP_WHITELIST_ENABLED", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub ip_whitelist_enabled: bool,
+    /// Enforce tenants' Origin whitelists. `false` is for development only.
+    #[arg(long, env = "ORIGIN_VALIDATION_ENABLED", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub origin_validation_enabled: bool,
+}
+
+impl PolicyArgs {
+    /// Says loudly what is switched off.
+    pub fn warn_if_relaxed(&self) {
+        if !self.ip_whitelist_enabled {
+            tracing::warn!(
+                "IP_WHITELIST_ENABLED=false: API keys are accepted from ANY address. Development only."
+            );
+        }
+        if !self.origin_validation_enabled {
+            tracing::warn!(
+                "ORIGIN_VALIDATION_ENABLED=false: browser Origins are NOT checked. Development only."
+            );
+        }
+    }
+}
+
+/// JSON logs to stdout; `RUST_LOG` filters (default `info`).
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("900"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert!(parse_duration("7w").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("sqlite://data/caas.db"), "sqlite://data/caas.db");
+    }
+
+    #[test]
+    fn every_problem_is_listed_without_secrets() {
+        let mut problems = Problems::default();
+        problems.secret("JWT_SECRET", Some(&Secret::new("tooshort-secret")));
+        problems.secret("SERVICE_SECRET", None);
+        let message = problems.finish().unwrap_err();
+        assert!(message.contains("JWT_SECRET") && message.contains("SERVICE_SECRET is required"));
+        assert!(!message.contains("tooshort-secret"));
+    }
+}

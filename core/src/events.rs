@@ -1,0 +1,26 @@
+//! Events every credential change publishes, so that every process holding a
+//! cache of that credential can evict it (see `bus`).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A key was created, demoted to secondary, or revoked.
+    ApiKeyChanged {
+        tenant_id: String,
+        key_id: String,
+        key_hash: String,
+    },
+    IpWhitelistChanged {
+        tenant_id: String,
+    },
+    OriginWhitelistChanged {
+        tenant_id: String,
+    },
+    /// Logout, refresh-token reuse, or an operator: deny at once, everywhere.
+    SessionRevoked {
+        tenant_id: String,
+        session_id: String,
+    },
+}

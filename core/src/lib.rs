@@ -1,0 +1,32 @@
+//! caas-core: the rules of CAAS and the storage they run on — what a valid API
+//! key, access token, session, whitelist and gateway context are; the
+//! database, shared cache and event bus behind them; and the validator that
+//! applies the rules with caching. Every service (auth-api, ext-authz, socket,
+//! chat) calls into this crate and none re-implements a rule.
+//!
+//! It must not depend on any transport: no axum, tonic, hyper or tungstenite.
+//! Each service is a thin edge that turns its protocol into calls here.
+
+pub mod api_key;
+pub mod bus;
+pub mod cache;
+pub mod config;
+pub mod context;
+pub mod events;
+pub mod id;
+pub mod jwt;
+pub mod metrics;
+pub mod net;
+pub mod password;
+pub mod ratelimit;
+pub mod refresh_token;
+pub mod secret;
+pub mod store;
+pub mod validate;
+pub mod whitelist;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,115 @@
+//! Prometheus metrics of the auth rules (names from DESIGN.md). Each service
+//! registers these with its own, then renders the registry on `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub type Labels = [(&'static str, &'static str); 1];
+pub type Labels2 = [(&'static str, &'static str); 2];
+
+/// Latency buckets from 1 µs to ~4 s.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_001, 2.5, 18))
+}
+
+pub struct AuthMetrics {
+    /// By audience and result (`valid` or the refusal code).
+    pub token_validations: Family<Labels2, Counter>,
+    pub token_validation_seconds: Family<Labels, Histogram>,
+    pub session_creations: Family<Labels, Counter>,
+    pub api_key_validations: Family<Labels, Counter>,
+    pub cache_hits: Family<Labels, Counter>,
+    pub cache_misses: Family<Labels, Counter>,
+    /// Database reads made by validation (cache misses that reached it).
+    pub db_reads: Counter,
+    cache_hit_rate: Gauge<f64, AtomicU64>,
+}
+
+impl Default for AuthMetrics {
+    fn default() -> Self {
+        Self {
+            token_validations: Family::default(),
+            token_validation_seconds: Family::new_with_constructor(latency_histogram),
+            session_creations: Family::default(),
+            api_key_validations: Family::default(),
+            cache_hits: Family::default(),
+            cache_misses: Family::default(),
+            db_reads: Counter::default(),
+            cache_hit_rate: Gauge::default(),
+        }
+    }
+}
+
+impl AuthMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "auth_token_validations",
+            "Credential validations by audience and result",
+            self.token_validations.clone(),
+        );
+        registry.register(
+            "auth_token_validation_duration_seconds",
+            "Time to validate a credential, by kind",
+            self.token_validation_seconds.clone(),
+        );
+        registry.register(
+            "auth_session_creations",
+            "Sessions created, by kind",
+            self.session_creations.clone(),
+        );
+        registry.register(
+            "auth_api_key_validations",
+            "API key validations by result",
+            self.api_key_validations.clone(),
+        );
+        registry.register(
+            "auth_cache_hits",
+            "Validation cache hits, by cache",
+            self.cache_hits.clone(),
+        );
+        registry.register(
+            "auth_cache_misses",
+            "Validation cache misses, by cache",
+            self.cache_misses.clone(),
+        );
+        registry.register(
+            "auth_db_reads",
+            "Database reads made while validating",
+            self.db_reads.clone(),
+        );
+        registry.register(
+            "auth_cache_hit_rate",
+            "Validation cache hits / lookups since start",
+            self.cache_hit_rate.clone(),
+        );
+    }
+
+    /// Recomputes derived gauges; call before rendering.
+    pub fn refresh(&self) {
+        let sum = |family: &Family<Labels, Counter>| {
+            ["api_key", "session", "ip_whitelist", "origin_whitelist"]
+                .iter()
+                .map(|c| family.get_or_create(&[("cache", *c)]).get())
+                .sum::<u64>()
+        };
+        let hits = sum(&self.cache_hits) as f64;
+        let total = hits + sum(&self.cache_misses) as f64;
+        self.cache_hit_rate
+            .set(if total > 0.0 { hits / total } else { 1.0 });
+    }
+}
+
+/// The registry in Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    if encode(&mut out, registry).is_err() {
+        tracing::error!("failed to encode metrics");
+    }
+    out
+}

@@ -1,0 +1,6 @@
+//! Conformance tests: each body runs on every backend (SQLite and PostgreSQL;
+//! in-process and Redis cache and bus).
+
+mod cache_bus;
+mod store;
+mod validator;

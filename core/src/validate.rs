@@ -1,0 +1,737 @@
+//! The validation rules every gateway and service applies, with their caches:
+//! API key (+ IP whitelist), access token (+ revocation, + Origin whitelist).
+//! auth-api's internal endpoints and ext-authz call these same functions.
+//!
+//! Caching: an in-process cache in front of the database (and, for the
+//! whitelists, the shared cache). Bus events evict entries; a revoked session
+//! is *pinned* as revoked, so that neither a stale read racing the event nor a
+//! database outage can bring it back. Entries are refreshed after `fresh_for`;
+//! if the database is down then, the stale entry keeps serving (up to
+//! `stale_for`). While the bus is disconnected no entry counts as fresh, since
+//! an eviction could have been missed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api_key;
+use crate::bus::{BusMessage, EventBus};
+use crate::cache::Cache;
+use crate::events::Event;
+use crate::jwt::{Audience, Claims, JwtKeys, TokenError};
+use crate::metrics::AuthMetrics;
+use crate::store::{Store, StoreError, WhitelistKind};
+use crate::whitelist::{IpWhitelist, OriginWhitelist};
+
+/// Why a request is refused. Each edge maps `class()` to its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    /// No credential where one is required: unauthenticated.
+    #[error("credentials are required")]
+    MissingCredentials,
+    /// Malformed, truncated or unknown API key: unauthenticated.
+    #[error("API key is not valid")]
+    InvalidApiKey,
+    /// Unauthenticated.
+    #[error("API key has been revoked")]
+    ApiKeyRevoked,
+    /// Rotated out and past its grace period: unauthenticated.
+    #[error("API key has expired")]
+    ApiKeyExpired,
+    /// Unauthenticated, with the token error's own code.
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    /// Logged out, reuse-detected, or unknown session: unauthenticated.
+    #[error("session has been revoked")]
+    SessionRevoked,
+    /// Forbidden.
+    #[error("client IP is not in the tenant's IP whitelist")]
+    IpNotAllowed,
+    /// Forbidden.
+    #[error("origin is not in the tenant's origin whitelist")]
+    OriginNotAllowed,
+    /// The database is unreachable and nothing cached can answer: fail closed.
+    #[error("credential store is unavailable")]
+    Unavailable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenialClass {
+    Unauthenticated,
+    Forbidden,
+    Unavailable,
+}
+
+impl Denial {
+    pub fn code(self) -> &'static str {
+        match self {
+            Denial::MissingCredentials => "missing_credentials",
+            Denial::InvalidApiKey => "invalid_api_key",
+            Denial::ApiKeyRevoked => "api_key_revoked",
+            Denial::ApiKeyExpired => "api_key_expired",
+            Denial::Token(e) => e.code(),
+            Denial::SessionRevoked => "session_revoked",
+            Denial::IpNotAllowed => "ip_not_allowed",
+            Denial::OriginNotAllowed => "origin_not_allowed",
+            Denial::Unavailable => "service_unavailable",
+        }
+    }
+
+    pub fn class(self) -> DenialClass {
+        match self {
+            Denial::IpNotAllowed | Denial::OriginNotAllowed => DenialClass::Forbidden,
+            Denial::Unavailable => DenialClass::Unavailable,
+            _ => DenialClass::Unauthenticated,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ValidatorSettings {
+    /// How long a cached answer is used without asking the database again.
+    pub fresh_for: Duration,
+    /// How long an unknown key or session is remembered as unknown.
+    pub negative_for: Duration,
+    /// How long a cached answer may still serve while the database is down.
+    pub stale_for: Duration,
+    /// Time to live of whitelists in the shared cache.
+    pub shared_ttl: Duration,
+    /// How long a revocation stays pinned in memory (longer than any access token).
+    pub pin_for: Duration,
+    pub ip_whitelist_enabled: bool,
+    pub origin_validation_enabled: bool,
+    pub capacity: usize,
+}
+
+impl Default for ValidatorSettings {
+    fn default() -> Self {
+        Self {
+            fresh_for: Duration::from_secs(60),
+            negative_for: Duration::from_secs(10),
+            stale_for: Duration::from_secs(3600),
+            shared_ttl: Duration::from_secs(300),
+            pin_for: Duration::from_secs(2 * 3600),
+            ip_whitelist_enabled: true,
+            origin_validation_enabled: true,
+            capacity: 200_000,
+        }
+    }
+}
+
+/// A valid API key's owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyIdentity {
+    pub tenant_id: String,
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct KeyEntry {
+    id: String,
+    tenant_id: String,
+    expires_at: Option<i64>,
+    revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SessionEntry {
+    tenant_id: String,
+    subject: String,
+    kind: String,
+    revoked: bool,
+}
+
+impl SessionEntry {
+    fn revoked() -> Self {
+        Self {
+            tenant_id: String::new(),
+            subject: String::new(),
+            kind: String::new(),
+            revoked: true,
+        }
+    }
+}
+
+enum Lookup<V> {
+    Fresh(V),
+    Stale(V, Duration),
+    Miss,
+}
+
+struct Slot<V> {
+    value: V,
+    fetched: Instant,
+    fresh_for: Duration,
+    /// Set for revocations: never evicted or overwritten before then.
+    pinned_until: Option<Instant>,
+}
+
+impl<V> Slot<V> {
+    fn is_pinned(&self, now: Instant) -> bool {
+        self.pinned_until.is_some_and(|until| until > now)
+    }
+}
+
+/// In-process cache with an epoch: every eviction bumps it, and a load that
+/// started before a bump is not stored, so a stale read cannot undo an event.
+struct LocalCache<V> {
+    name: &'static str,
+    map: RwLock<HashMap<String, Slot<V>>>,
+    epoch: AtomicU64,
+    capacity: usize,
+}
+
+impl<V: Clone> LocalCache<V> {
+    fn new(name: &'static str, capacity: usize) -> Self {
+        Self {
+            name,
+            map: RwLock::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            capacity,
+        }
+    }
+
+    fn lookup(&self, key: &str, now: Instant, trust: bool) -> Lookup<V> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        match map.get(key) {
+            Some(slot) if slot.is_pinned(now) => Lookup::Fresh(slot.value.clone()),
+            Some(slot) => {
+                let age = now.saturating_duration_since(slot.fetched);
+                if trust && age < slot.fresh_for {
+                    Lookup::Fresh(slot.value.clone())
+                } else {
+                    Lookup::Stale(slot.value.clone(), age)
+                }
+            }
+            None => Lookup::Miss,
+        }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    fn store(&self, key: &str, value: V, fresh_for: Duration, started_at_epoch: u64) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if self.epoch.load(Ordering::SeqCst) != started_at_epoch {
+            return;
+        }
+        let now = Instant::now();
+        if map.get(key).is_some_and(|slot| slot.is_pinned(now)) {
+            return;
+        }
+        if map.len() >= self.capacity {
+            map.retain(|_, slot| slot.is_pinned(now));
+        }
+        map.insert(
+            key.to_string(),
+            Slot {
+                value,
+                fetched: now,
+                fresh_for,
+                pinned_until: None,
+            },
+        );
+    }
+
+    fn pin(&self, key: &str, value: V, for_: Duration) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let now = Instant::now();
+        map.insert(
+            key.to_string(),
+            Slot {
+                value,
+                fetched: now,
+                fresh_for: for_,
+                pinned_until: Some(now + for_),
+            },
+        );
+    }
+
+    fn evict(&self, key: &str) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let now = Instant::now();
+        if !map.get(key).is_some_and(|slot| slot.is_pinned(now)) {
+            map.remove(key);
+        }
+    }
+
+    /// Every unpinned entry becomes stale: asked for again before use, but
+    /// still there to serve if the database is down.
+    fn mark_all_stale(&self) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let now = Instant::now();
+        for slot in map.values_mut() {
+            if !slot.is_pinned(now) {
+                slot.fresh_for = Duration::ZERO;
+            }
+        }
+    }
+}
+
+pub struct Validator {
+    store: Store,
+    shared: Arc<dyn Cache>,
+    bus: Arc<dyn EventBus>,
+    jwt: JwtKeys,
+    settings: ValidatorSettings,
+    metrics: Arc<AuthMetrics>,
+    keys: LocalCache<Option<KeyEntry>>,
+    sessions: LocalCache<Option<SessionEntry>>,
+    ip_lists: LocalCache<Arc<IpWhitelist>>,
+    origin_lists: LocalCache<Arc<OriginWhitelist>>,
+    last_touched: Mutex<HashMap<String, i64>>,
+    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Validator {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Shared-cache key of a tenant's whitelist.
+pub fn whitelist_cache_key(kind: WhitelistKind, tenant_id: &str) -> String {
+    match kind {
+        WhitelistKind::Ip => format!("ip:whitelist:{tenant_id}"),
+        WhitelistKind::Origin => format!("origin:whitelist:{tenant_id}"),
+    }
+}
+
+impl Validator {
+    /// Builds the validator and starts applying bus events to its caches.
+    /// Must be called inside a Tokio runtime.
+    pub fn start(
+        store: Store,
+        shared: Arc<dyn Cache>,
+        bus: Arc<dyn EventBus>,
+        jwt: JwtKeys,
+        settings: ValidatorSettings,
+        metrics: Arc<AuthMetrics>,
+    ) -> Arc<Self> {
+        let capacity = settings.capacity;
+        let validator = Arc::new(Self {
+            store,
+            shared,
+            bus,
+            jwt,
+            settings,
+            metrics,
+            keys: LocalCache::new("api_key", capacity),
+            sessions: LocalCache::new("session", capacity),
+            ip_lists: LocalCache::new("ip_whitelist", capacity),
+            origin_lists: LocalCache::new("origin_whitelist", capacity),
+            last_touched: Mutex::new(HashMap::new()),
+            listener: Mutex::new(None),
+        });
+        let mut events = validator.bus.subscribe();
+        let weak = Arc::downgrade(&validator);
+        let task = tokio::spawn(async move {
+            loop {
+                let message = match events.recv().await {
+                    Ok(message) => message,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(
+                            missed,
+                            "validator lagged behind the event bus; every cached entry will be re-read"
+                        );
+                        BusMessage::Resync
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(validator) = weak.upgrade() else {
+                    return;
+                };
+                validator.apply(&message);
+            }
+        });
+        *validator.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        validator
+    }
+
+    pub fn jwt(&self) -> &JwtKeys {
+        &self.jwt
+    }
+
+    pub fn metrics(&self) -> &Arc<AuthMetrics> {
+        &self.metrics
+    }
+
+    pub fn settings(&self) -> &ValidatorSettings {
+        &self.settings
+    }
+
+    /// Applies one bus message to the caches.
+    pub fn apply(&self, message: &BusMessage) {
+        match message {
+            BusMessage::Resync => {
+                self.keys.mark_all_stale();
+                self.sessions.mark_all_stale();
+                self.ip_lists.mark_all_stale();
+                self.origin_lists.mark_all_stale();
+            }
+            BusMessage::Event(event) => match event.as_ref() {
+                Event::ApiKeyChanged { key_hash, .. } => self.keys.evict(key_hash),
+                Event::IpWhitelistChanged { tenant_id } => self.ip_lists.evict(tenant_id),
+                Event::OriginWhitelistChanged { tenant_id } => self.origin_lists.evict(tenant_id),
+                Event::SessionRevoked { session_id, .. } => {
+                    self.sessions.pin(
+                        session_id,
+                        Some(SessionEntry::revoked()),
+                        self.settings.pin_for,
+                    );
+                }
+            },
+        }
+    }
+
+    /// API key from the `x-api-key` header, then the caller's IP against the
+    /// key's tenant whitelist.
+    pub async fn validate_api_key(
+        &self,
+        presented: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<KeyIdentity, Denial> {
+        let started = Instant::now();
+        let result = self.api_key_inner(presented, ip, now).await;
+        let outcome = match &result {
+            Ok(_) => "valid",
+            Err(denial) => denial.code(),
+        };
+        self.metrics
+            .api_key_validations
+            .get_or_create(&[("result", outcome)])
+            .inc();
+        self.metrics
+            .token_validation_seconds
+            .get_or_create(&[("kind", "api_key")])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn api_key_inner(
+        &self,
+        presented: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<KeyIdentity, Denial> {
+        let hash = api_key::parse(presented).map_err(|_| Denial::InvalidApiKey)?;
+        let entry = self
+            .fetch(
+                &self.keys,
+                &hash,
+                |entry| {
+                    if entry.is_some() {
+                        self.settings.fresh_for
+                    } else {
+                        self.settings.negative_for
+                    }
+                },
+                || async {
+                    self.metrics.db_reads.inc();
+                    Ok(self
+                        .store
+                        .api_key_by_hash(&hash)
+                        .await?
+                        .map(|record| KeyEntry {
+                            revoked: record.revoked_at.is_some(),
+                            id: record.id,
+                            tenant_id: record.client_id,
+                            expires_at: record.expires_at,
+                        }))
+                },
+            )
+            .await?
+            .ok_or(Denial::InvalidApiKey)?;
+        if entry.revoked {
+            return Err(Denial::ApiKeyRevoked);
+        }
+        if entry.expires_at.is_some_and(|at| at <= now) {
+            return Err(Denial::ApiKeyExpired);
+        }
+        self.check_ip(&entry.tenant_id, ip).await?;
+        self.touch(&entry.id, now);
+        Ok(KeyIdentity {
+            tenant_id: entry.tenant_id,
+            key_id: entry.id,
+        })
+    }
+
+    /// An access token for `audience`: signature, claims, revocation, then
+    /// the Origin (when the request has one) against the tenant's whitelist.
+    pub async fn validate_token(
+        &self,
+        token: &str,
+        audience: Audience,
+        origin: Option<&str>,
+        now: i64,
+    ) -> Result<Claims, Denial> {
+        let started = Instant::now();
+        let result = self.token_inner(token, audience, origin, now).await;
+        let outcome = match &result {
+            Ok(_) => "valid",
+            Err(denial) => denial.code(),
+        };
+        let aud = audience.as_str();
+        self.metrics
+            .token_validations
+            .get_or_create(&[("audience", aud), ("result", outcome)])
+            .inc();
+        self.metrics
+            .token_validation_seconds
+            .get_or_create(&[("kind", "jwt")])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn token_inner(
+        &self,
+        token: &str,
+        audience: Audience,
+        origin: Option<&str>,
+        now: i64,
+    ) -> Result<Claims, Denial> {
+        let claims = self.jwt.verify(token, audience, now)?;
+        self.check_session(&claims, audience).await?;
+        if let Some(origin) = origin {
+            self.check_origin(&claims.tid, origin).await?;
+        }
+        Ok(claims)
+    }
+
+    /// The session behind a verified token is live, and is the one the token names.
+    pub async fn check_session(&self, claims: &Claims, audience: Audience) -> Result<(), Denial> {
+        let session_id = claims.sid.as_str();
+        let entry = self
+            .fetch(
+                &self.sessions,
+                session_id,
+                |entry| {
+                    if entry.is_some() {
+                        self.settings.fresh_for
+                    } else {
+                        self.settings.negative_for
+                    }
+                },
+                || async {
+                    self.metrics.db_reads.inc();
+                    Ok(self.store.session(session_id).await?.map(|s| SessionEntry {
+                        revoked: s.revoked_at.is_some(),
+                        tenant_id: s.client_id,
+                        subject: s.subject,
+                        kind: s.kind,
+                    }))
+                },
+            )
+            .await?
+            .ok_or(Denial::SessionRevoked)?;
+        let kind = match audience {
+            Audience::Sdk => "sdk",
+            Audience::Dashboard => "dashboard",
+        };
+        if entry.revoked
+            || entry.tenant_id != claims.tid
+            || entry.subject != claims.sub
+            || entry.kind != kind
+        {
+            return Err(Denial::SessionRevoked);
+        }
+        Ok(())
+    }
+
+    pub async fn check_ip(&self, tenant_id: &str, ip: IpAddr) -> Result<(), Denial> {
+        if !self.settings.ip_whitelist_enabled {
+            return Ok(());
+        }
+        let list = self
+            .whitelist(&self.ip_lists, WhitelistKind::Ip, tenant_id, |e| {
+                IpWhitelist::parse(e).ok().map(Arc::new)
+            })
+            .await?;
+        if list.contains(ip) {
+            Ok(())
+        } else {
+            Err(Denial::IpNotAllowed)
+        }
+    }
+
+    pub async fn check_origin(&self, tenant_id: &str, origin: &str) -> Result<(), Denial> {
+        if !self.settings.origin_validation_enabled {
+            return Ok(());
+        }
+        let list = self
+            .whitelist(&self.origin_lists, WhitelistKind::Origin, tenant_id, |e| {
+                OriginWhitelist::parse(e).ok().map(Arc::new)
+            })
+            .await?;
+        if list.allows(origin) {
+            Ok(())
+        } else {
+            Err(Denial::OriginNotAllowed)
+        }
+    }
+
+    async fn whitelist<V: Clone>(
+        &self,
+        cache: &LocalCache<Arc<V>>,
+        kind: WhitelistKind,
+        tenant_id: &str,
+        parse: impl Fn(&[String]) -> Option<Arc<V>>,
+    ) -> Result<Arc<V>, Denial> {
+        self.fetch(
+            cache,
+            tenant_id,
+            |_| self.settings.fresh_for,
+            || async {
+                let shared_key = whitelist_cache_key(kind, tenant_id);
+                if let Ok(Some(json)) = self.shared.get(&shared_key).await
+                    && let Some(list) = serde_json::from_str::<Vec<String>>(&json)
+                        .ok()
+                        .and_then(|entries| parse(&entries))
+                {
+                    return Ok(list);
+                }
+                self.metrics.db_reads.inc();
+                let entries = self.store.whitelist(kind, tenant_id).await?;
+                // Entries were validated when written; one that no longer parses
+                // (a rule got stricter) must not widen access: treat it as empty.
+                let list = parse(&entries).unwrap_or_else(|| {
+                    tracing::error!(
+                        tenant_id,
+                        ?kind,
+                        "stored whitelist no longer parses; treating it as empty"
+                    );
+                    parse(&[]).unwrap_or_else(|| unreachable!("an empty whitelist always parses"))
+                });
+                if let Ok(json) = serde_json::to_string(&entries) {
+                    // Readers only fill an empty slot; writers overwrite (see `whitelist_written`).
+                    let _ = self
+                        .shared
+                        .set_if_absent(&shared_key, &json, self.settings.shared_ttl)
+                        .await;
+                }
+                Ok(list)
+            },
+        )
+        .await
+    }
+
+    async fn fetch<V, Fut>(
+        &self,
+        cache: &LocalCache<V>,
+        key: &str,
+        fresh_for: impl Fn(&V) -> Duration,
+        load: impl FnOnce() -> Fut,
+    ) -> Result<V, Denial>
+    where
+        V: Clone,
+        Fut: Future<Output = Result<V, StoreError>>,
+    {
+        let now = Instant::now();
+        let stale = match cache.lookup(key, now, self.bus.is_connected()) {
+            Lookup::Fresh(value) => {
+                self.metrics
+                    .cache_hits
+                    .get_or_create(&[("cache", cache.name)])
+                    .inc();
+                return Ok(value);
+            }
+            Lookup::Stale(value, age) => Some((value, age)),
+            Lookup::Miss => None,
+        };
+        self.metrics
+            .cache_misses
+            .get_or_create(&[("cache", cache.name)])
+            .inc();
+        let epoch = cache.epoch();
+        match load().await {
+            Ok(value) => {
+                let ttl = fresh_for(&value);
+                cache.store(key, value.clone(), ttl, epoch);
+                Ok(value)
+            }
+            Err(error) => match stale {
+                Some((value, age)) if age < self.settings.stale_for => {
+                    tracing::warn!(%error, cache = cache.name, "database unavailable; serving cached entry");
+                    Ok(value)
+                }
+                _ => {
+                    tracing::error!(%error, cache = cache.name, "database unavailable and nothing cached; denying");
+                    Err(Denial::Unavailable)
+                }
+            },
+        }
+    }
+
+    /// Records `last_used_at` at most once a minute per key, off the request path.
+    fn touch(&self, key_id: &str, now: i64) {
+        {
+            let mut touched = self.last_touched.lock().unwrap_or_else(|e| e.into_inner());
+            if touched.get(key_id).is_some_and(|&at| now - at < 60) {
+                return;
+            }
+            if touched.len() > 100_000 {
+                touched.clear();
+            }
+            touched.insert(key_id.to_string(), now);
+        }
+        let store = self.store.clone();
+        let key_id = key_id.to_string();
+        tokio::spawn(async move {
+            if let Err(error) = store.touch_api_key(&key_id, now).await {
+                tracing::debug!(%error, "could not record API key use");
+            }
+        });
+    }
+
+    /// Publishes a credential change. A failure means other processes may
+    /// keep a stale entry until `fresh_for` passes; it is logged loudly.
+    /// This process's caches change before the call returns.
+    pub async fn publish(&self, event: Event) {
+        let event = Arc::new(event);
+        self.apply(&BusMessage::Event(event.clone()));
+        if let Err(error) = self.bus.publish(Event::clone(&event)).await {
+            tracing::error!(%error, "could not publish credential change to other processes");
+        }
+    }
+
+    /// After a whitelist is written: overwrite the shared copy, then tell
+    /// every process to drop its parsed copy.
+    pub async fn whitelist_written(
+        &self,
+        kind: WhitelistKind,
+        tenant_id: &str,
+        entries: &[String],
+    ) {
+        let key = whitelist_cache_key(kind, tenant_id);
+        let written = match serde_json::to_string(entries) {
+            Ok(json) => self.shared.set(&key, &json, self.settings.shared_ttl).await,
+            Err(_) => self.shared.delete(&key).await,
+        };
+        if let Err(error) = written {
+            tracing::warn!(%error, "could not update shared whitelist cache");
+        }
+        let tenant_id = tenant_id.to_string();
+        self.publish(match kind {
+            WhitelistKind::Ip => Event::IpWhitelistChanged { tenant_id },
+            WhitelistKind::Origin => Event::OriginWhitelistChanged { tenant_id },
+        })
+        .await;
+    }
+}
