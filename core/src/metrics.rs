@@ -48,6 +48,18 @@ impl Default for AuthMetrics {
 
 impl AuthMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        // Series that exist from the start, so dashboards and alerts see 0, not nothing.
+        for audience in ["caas-sdk", "caas-dashboard"] {
+            let _ = self
+                .token_validations
+                .get_or_create(&[("audience", audience), ("result", "valid")]);
+        }
+        for kind in ["sdk", "dashboard"] {
+            let _ = self.session_creations.get_or_create(&[("kind", kind)]);
+        }
+        let _ = self
+            .api_key_validations
+            .get_or_create(&[("result", "valid")]);
         registry.register(
             "auth_token_validations",
             "Credential validations by audience and result",

@@ -1,0 +1,459 @@
+//! Client (tenant) onboarding: registration, dashboard login, profile, API
+//! keys and whitelists.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use caas_core::api_key;
+use caas_core::events::Event;
+use caas_core::id::{new_id, unix_now};
+use caas_core::jwt::{Audience, Claims};
+use caas_core::password;
+use caas_core::store::{ApiKeyRecord, AuditEntry, NewApiKey, WhitelistKind};
+use caas_core::whitelist::{IpWhitelist, OriginWhitelist};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ClientIp, DashboardCaller, OptionalJson};
+
+const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    name: String,
+    email: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    email: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct KeyView {
+    id: String,
+    prefix: String,
+    role: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+    last_used_at: Option<i64>,
+}
+
+impl From<ApiKeyRecord> for KeyView {
+    fn from(key: ApiKeyRecord) -> Self {
+        Self {
+            id: key.id,
+            prefix: key.prefix,
+            role: key.role,
+            created_at: key.created_at,
+            expires_at: key.expires_at,
+            last_used_at: key.last_used_at,
+        }
+    }
+}
+
+fn audit(client_id: &str, actor: &str, action: &'static str, ip: &str) -> AuditEntry {
+    AuditEntry {
+        client_id: Some(client_id.into()),
+        actor: Some(actor.into()),
+        action,
+        ip: Some(ip.into()),
+        detail: None,
+    }
+}
+
+fn check_name(raw: &str) -> Result<String, ApiError> {
+    let name = raw.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "invalid_name",
+            "name",
+            "name must be 1 to 100 printable characters",
+        ));
+    }
+    Ok(name.to_string())
+}
+
+fn new_key() -> (NewApiKey, String) {
+    let generated = api_key::generate();
+    (
+        NewApiKey {
+            id: new_id("key"),
+            hash: generated.hash,
+            prefix: generated.display_prefix,
+        },
+        generated.key,
+    )
+}
+
+/// Runs CPU-heavy password work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| ApiError::internal())
+}
+
+pub async fn register(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<RegisterRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    state.registrations().hit(&ip).await?;
+    let name = check_name(&body.name)?;
+    let email = password::normalize_email(&body.email).ok_or_else(|| {
+        ApiError::invalid("invalid_email", "email", "email is not a valid address")
+    })?;
+    password::check_password_rules(&body.password)
+        .map_err(|m| ApiError::invalid("invalid_password", "password", m))?;
+    let plain = body.password;
+    let hash = blocking(move || password::hash_password(&plain))
+        .await?
+        .map_err(|_| ApiError::internal())?;
+    let (client_id, account_id) = (new_id("cl"), new_id("acc"));
+    let (key, raw_key) = new_key();
+    state
+        .store()
+        .register_client(
+            &client_id,
+            &name,
+            &account_id,
+            &email,
+            &hash,
+            &key,
+            Some(&ip),
+            unix_now(),
+        )
+        .await?;
+    tracing::info!(client_id, "client registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "client_id": client_id,
+            "name": name,
+            "email": email,
+            "api_key": { "id": key.id, "key": raw_key, "prefix": key.prefix, "role": "primary" },
+        })),
+    ))
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let email = password::normalize_email(&body.email).ok_or_else(|| {
+        ApiError::invalid("invalid_email", "email", "email is not a valid address")
+    })?;
+    if body.password.len() > password::MAX_PASSWORD_BYTES {
+        return Err(ApiError::invalid(
+            "invalid_password",
+            "password",
+            "password is too long",
+        ));
+    }
+    state.login_by_email().check(&email).await?;
+    state.login_by_ip().check(&ip).await?;
+    let account = state.store().account_by_email(&email).await?;
+    let stored = account.as_ref().map(|a| a.password_hash.clone());
+    let plain = body.password;
+    // Unknown emails are verified against a dummy hash: same time, same answer.
+    let valid = blocking(move || password::verify_password(&plain, stored.as_deref())).await?;
+    let now = unix_now();
+    let account = match account {
+        Some(account) if valid => account,
+        other => {
+            let _ = state.login_by_email().hit(&email).await;
+            let _ = state.login_by_ip().hit(&ip).await;
+            let entry = AuditEntry {
+                client_id: other.as_ref().map(|a| a.client_id.clone()),
+                actor: other.as_ref().map(|a| a.id.clone()),
+                action: "client.login_failed",
+                ip: Some(ip.clone()),
+                detail: Some(json!({ "email": email })),
+            };
+            if let Err(error) = state.store().audit(&entry, now).await {
+                tracing::error!(%error, "could not write audit entry for a failed login");
+            }
+            tracing::info!(ip, "dashboard login failed");
+            return Err(ApiError::unauthorized(
+                "invalid_credentials",
+                "email or password is incorrect",
+            ));
+        }
+    };
+    state.login_by_email().reset(&email).await;
+    let ttl = state.settings().access_ttl.as_secs() as i64;
+    let session_id = new_id("ses");
+    state
+        .store()
+        .create_dashboard_session(
+            &session_id,
+            &account.client_id,
+            &account.id,
+            now + ttl,
+            &audit(&account.client_id, &account.id, "client.login", &ip),
+            now,
+        )
+        .await?;
+    state
+        .metrics()
+        .session_creations
+        .get_or_create(&[("kind", "dashboard")])
+        .inc();
+    let claims = Claims {
+        iss: state.validator().jwt().issuer().to_string(),
+        aud: Audience::Dashboard.as_str().into(),
+        sub: account.id,
+        tid: account.client_id,
+        sid: session_id,
+        jti: new_id("jti"),
+        iat: now,
+        exp: now + ttl,
+        nbf: None,
+    };
+    Ok(Json(
+        json!({ "access_token": state.validator().jwt().issue(&claims), "token_type": "Bearer", "expires_in": ttl }),
+    ))
+}
+
+pub async fn profile(
+    State(state): State<AppState>,
+    DashboardCaller(caller): DashboardCaller,
+) -> Result<impl IntoResponse, ApiError> {
+    let tenant = caller.tenant_id.as_str();
+    let client = state
+        .store()
+        .client(tenant)
+        .await?
+        .ok_or_else(|| ApiError::not_found("client_not_found", "client not found"))?;
+    let keys: Vec<KeyView> = state
+        .store()
+        .active_api_keys(tenant, unix_now())
+        .await?
+        .into_iter()
+        .map(KeyView::from)
+        .collect();
+    let cidrs = state.store().whitelist(WhitelistKind::Ip, tenant).await?;
+    let origins = state
+        .store()
+        .whitelist(WhitelistKind::Origin, tenant)
+        .await?;
+    Ok(Json(json!({
+        "client_id": client.id,
+        "name": client.name,
+        "email": client.email,
+        "created_at": client.created_at,
+        "api_keys": keys,
+        "ip_whitelist": cidrs,
+        "origin_whitelist": origins,
+    })))
+}
+
+pub async fn list_keys(
+    State(state): State<AppState>,
+    DashboardCaller(caller): DashboardCaller,
+) -> Result<impl IntoResponse, ApiError> {
+    let keys: Vec<KeyView> = state
+        .store()
+        .active_api_keys(&caller.tenant_id, unix_now())
+        .await?
+        .into_iter()
+        .map(KeyView::from)
+        .collect();
+    Ok(Json(json!({ "api_keys": keys })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    grace_seconds: Option<u64>,
+}
+
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    DashboardCaller(caller): DashboardCaller,
+    OptionalJson(body): OptionalJson<RotateRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let grace = body.grace_seconds.unwrap_or(86_400);
+    if grace > MAX_GRACE_SECONDS {
+        return Err(ApiError::invalid(
+            "invalid_grace_seconds",
+            "grace_seconds",
+            format!("grace_seconds must be at most {MAX_GRACE_SECONDS}"),
+        ));
+    }
+    let (key, raw_key) = new_key();
+    let tenant = caller.tenant_id.as_str();
+    let entry = audit(
+        tenant,
+        &caller.user_id,
+        "api_key.rotated",
+        &caller.client_ip,
+    );
+    let rotation = state
+        .store()
+        .rotate_api_key(tenant, &key, grace as i64, &entry, unix_now())
+        .await?;
+    for changed in rotation.demoted.iter().chain(&rotation.revoked) {
+        if let Some(hash) = state.store().api_key_hash(&changed.id).await? {
+            state
+                .validator()
+                .publish(Event::ApiKeyChanged {
+                    tenant_id: tenant.into(),
+                    key_id: changed.id.clone(),
+                    key_hash: hash,
+                })
+                .await;
+        }
+    }
+    state
+        .validator()
+        .publish(Event::ApiKeyChanged {
+            tenant_id: tenant.into(),
+            key_id: key.id.clone(),
+            key_hash: key.hash.clone(),
+        })
+        .await;
+    tracing::info!(tenant_id = tenant, key_id = key.id, "API key rotated");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": key.id,
+            "key": raw_key,
+            "prefix": key.prefix,
+            "role": "primary",
+            "created_at": rotation.new_key.created_at,
+            "previous_key": rotation.demoted.map(|k| json!({ "id": k.id, "role": k.role, "expires_at": k.expires_at })),
+            "revoked_key_ids": rotation.revoked.iter().map(|k| k.id.clone()).collect::<Vec<_>>(),
+        })),
+    ))
+}
+
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    DashboardCaller(caller): DashboardCaller,
+    Path(key_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let tenant = caller.tenant_id.as_str();
+    let entry = audit(
+        tenant,
+        &caller.user_id,
+        "api_key.revoked",
+        &caller.client_ip,
+    );
+    let revoked = state
+        .store()
+        .revoke_api_key(tenant, &key_id, &entry, unix_now())
+        .await?;
+    if revoked.is_none() {
+        return Err(ApiError::not_found(
+            "api_key_not_found",
+            "no active API key with this id",
+        ));
+    }
+    if let Some(hash) = state.store().api_key_hash(&key_id).await? {
+        state
+            .validator()
+            .publish(Event::ApiKeyChanged {
+                tenant_id: tenant.into(),
+                key_id: key_id.clone(),
+                key_hash: hash,
+            })
+            .await;
+    }
+    tracing::info!(tenant_id = tenant, key_id, "API key revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpWhitelistBody {
+    cidrs: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginWhitelistBody {
+    origins: Vec<String>,
+}
+
+pub async fn get_ip_whitelist(
+    State(state): State<AppState>,
+    DashboardCaller(caller): DashboardCaller,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        json!({ "cidrs": state.store().whitelist(WhitelistKind::Ip, &caller.tenant_id).await? }),
+    ))
+}
+
+pub async fn put_ip_whitelist(
+    State(state): State<AppState>,
+    DashboardCaller(caller): DashboardCaller,
+    ApiJson(body): ApiJson<IpWhitelistBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let entries = IpWhitelist::parse(&body.cidrs)?.entries();
+    write_whitelist(&state, &caller, WhitelistKind::Ip, &entries).await?;
+    Ok(Json(json!({ "cidrs": entries })))
+}
+
+pub async fn get_origin_whitelist(
+    State(state): State<AppState>,
+    DashboardCaller(caller): DashboardCaller,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        json!({ "origins": state.store().whitelist(WhitelistKind::Origin, &caller.tenant_id).await? }),
+    ))
+}
+
+pub async fn put_origin_whitelist(
+    State(state): State<AppState>,
+    DashboardCaller(caller): DashboardCaller,
+    ApiJson(body): ApiJson<OriginWhitelistBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let entries = OriginWhitelist::parse(&body.origins)?.entries().to_vec();
+    write_whitelist(&state, &caller, WhitelistKind::Origin, &entries).await?;
+    Ok(Json(json!({ "origins": entries })))
+}
+
+async fn write_whitelist(
+    state: &AppState,
+    caller: &caas_core::context::RequestContext,
+    kind: WhitelistKind,
+    entries: &[String],
+) -> Result<(), ApiError> {
+    let tenant = caller.tenant_id.as_str();
+    let action = match kind {
+        WhitelistKind::Ip => "ip_whitelist.updated",
+        WhitelistKind::Origin => "origin_whitelist.updated",
+    };
+    state
+        .store()
+        .replace_whitelist(
+            kind,
+            tenant,
+            entries,
+            &audit(tenant, &caller.user_id, action, &caller.client_ip),
+            unix_now(),
+        )
+        .await?;
+    state
+        .validator()
+        .whitelist_written(kind, tenant, entries)
+        .await;
+    tracing::info!(
+        tenant_id = tenant,
+        ?kind,
+        entries = entries.len(),
+        "whitelist replaced"
+    );
+    Ok(())
+}

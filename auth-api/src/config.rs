@@ -1,0 +1,95 @@
+//! auth-api's configuration (clap + environment).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use caas_core::config::{
+    JwtArgs, PolicyArgs, Problems, ServiceSecretArgs, StorageArgs, check_distinct_secrets,
+    parse_duration,
+};
+
+use crate::Settings;
+
+/// Settings of auth-api itself; `caas up` flattens these too.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AuthApiArgs {
+    /// Address auth-api listens on.
+    #[arg(
+        long = "auth-api-addr",
+        env = "AUTH_API_ADDR",
+        default_value = "127.0.0.1:3007"
+    )]
+    pub listen: SocketAddr,
+    /// Failed logins per email within the window before 429.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_EMAIL", default_value_t = 5)]
+    pub login_max_failures_per_email: u64,
+    /// Failed logins per client IP within the window before 429.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 20)]
+    pub login_max_failures_per_ip: u64,
+    /// Window of the login failure counters.
+    #[arg(long, env = "LOGIN_FAILURE_WINDOW", default_value = "15m", value_parser = parse_duration)]
+    pub login_failure_window: Duration,
+    /// Registrations per client IP per hour.
+    #[arg(long, env = "REGISTRATIONS_PER_IP_PER_HOUR", default_value_t = 20)]
+    pub registrations_per_ip_per_hour: u64,
+}
+
+impl AuthApiArgs {
+    pub fn check(&self, problems: &mut Problems) {
+        if self.login_max_failures_per_email == 0 || self.login_max_failures_per_ip == 0 {
+            problems.add(
+                "LOGIN_MAX_FAILURES_PER_EMAIL and LOGIN_MAX_FAILURES_PER_IP must be at least 1",
+            );
+        }
+        if self.login_failure_window.is_zero() {
+            problems.add("LOGIN_FAILURE_WINDOW must be positive");
+        }
+    }
+
+    pub fn settings(&self, jwt: &JwtArgs, service: &ServiceSecretArgs) -> Settings {
+        Settings {
+            service_secret: service.current(),
+            service_secret_previous: service.service_secret_previous.clone(),
+            access_ttl: jwt.jwt_expires_in,
+            refresh_ttl: jwt.jwt_refresh_expires_in,
+            login_failures_per_email: self.login_max_failures_per_email,
+            login_failures_per_ip: self.login_max_failures_per_ip,
+            login_window: self.login_failure_window,
+            registrations_per_ip: self.registrations_per_ip_per_hour,
+            registration_window: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The `auth-api` binary's configuration.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "auth-api",
+    version,
+    about = "CAAS auth API: issues and owns every credential"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub api: AuthApiArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub service: ServiceSecretArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+impl Config {
+    /// Every problem at once; secrets never in the message.
+    pub fn check(&self) -> Result<(), String> {
+        let mut problems = Problems::default();
+        self.api.check(&mut problems);
+        self.storage.check(&mut problems);
+        self.jwt.check(&mut problems);
+        self.service.check(&mut problems);
+        check_distinct_secrets(&mut problems, &self.jwt, &self.service);
+        problems.finish()
+    }
+}

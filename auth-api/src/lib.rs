@@ -1,0 +1,209 @@
+//! caas-auth-api: the HTTP API that issues and owns every credential —
+//! client registration and dashboard login, API keys, whitelists, SDK
+//! sessions, refresh-token rotation, logout — and the internal validation
+//! endpoints for services that cannot sit behind the gateway.
+//!
+//! It is a downstream service like any other: who is calling is taken only
+//! from the gateway's signed context (verified with caas-core), never from
+//! bare headers. The rules themselves live in caas-core; this crate turns
+//! HTTP into calls to them and their results back into HTTP.
+
+mod client;
+pub mod config;
+mod error;
+mod extract;
+mod internal;
+mod ops;
+mod sdk;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use caas_core::config::Backends;
+use caas_core::context::ContextVerifier;
+use caas_core::metrics::AuthMetrics;
+use caas_core::ratelimit::RateLimiter;
+use caas_core::secret::Secret;
+use caas_core::validate::Validator;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+pub use crate::config::{AuthApiArgs, Config};
+pub use crate::error::ApiError;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What auth-api needs besides the backends and the validator.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub service_secret: Secret,
+    pub service_secret_previous: Option<Secret>,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub login_failures_per_email: u64,
+    pub login_failures_per_ip: u64,
+    pub login_window: Duration,
+    pub registrations_per_ip: u64,
+    pub registration_window: Duration,
+}
+
+struct Inner {
+    backends: Backends,
+    validator: Arc<Validator>,
+    verifier: ContextVerifier,
+    settings: Settings,
+    login_by_email: RateLimiter,
+    login_by_ip: RateLimiter,
+    registrations: RateLimiter,
+    registry: Registry,
+}
+
+/// Shared state of every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    /// `validator` may be shared with ext-authz when both run in one process.
+    pub fn new(backends: Backends, validator: Arc<Validator>, settings: Settings) -> Self {
+        let verifier = ContextVerifier::new(
+            &settings.service_secret,
+            settings.service_secret_previous.as_ref(),
+        );
+        let cache = backends.cache.clone();
+        let mut registry = Registry::default();
+        validator.metrics().register(&mut registry);
+        Self(Arc::new(Inner {
+            login_by_email: RateLimiter::new(
+                "login-email",
+                settings.login_failures_per_email,
+                settings.login_window,
+                cache.clone(),
+            ),
+            login_by_ip: RateLimiter::new(
+                "login-ip",
+                settings.login_failures_per_ip,
+                settings.login_window,
+                cache.clone(),
+            ),
+            registrations: RateLimiter::new(
+                "register-ip",
+                settings.registrations_per_ip,
+                settings.registration_window,
+                cache,
+            ),
+            backends,
+            validator,
+            verifier,
+            settings,
+            registry,
+        }))
+    }
+
+    pub(crate) fn store(&self) -> &caas_core::store::Store {
+        &self.0.backends.store
+    }
+
+    pub(crate) fn backends(&self) -> &Backends {
+        &self.0.backends
+    }
+
+    pub(crate) fn validator(&self) -> &Validator {
+        &self.0.validator
+    }
+
+    pub(crate) fn verifier(&self) -> &ContextVerifier {
+        &self.0.verifier
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.0.settings
+    }
+
+    pub(crate) fn metrics(&self) -> &AuthMetrics {
+        self.0.validator.metrics()
+    }
+
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.0.registry
+    }
+
+    pub(crate) fn service_secrets(&self) -> impl Iterator<Item = &Secret> {
+        std::iter::once(&self.0.settings.service_secret)
+            .chain(self.0.settings.service_secret_previous.as_ref())
+    }
+
+    pub(crate) fn login_by_email(&self) -> &RateLimiter {
+        &self.0.login_by_email
+    }
+
+    pub(crate) fn login_by_ip(&self) -> &RateLimiter {
+        &self.0.login_by_ip
+    }
+
+    pub(crate) fn registrations(&self) -> &RateLimiter {
+        &self.0.registrations
+    }
+}
+
+/// Every route of auth-api.
+pub fn app(state: AppState) -> Router {
+    let auth = Router::new()
+        .route("/client/register", post(client::register))
+        .route("/client/login", post(client::login))
+        .route("/client/profile", get(client::profile))
+        .route("/client/api-keys", get(client::list_keys))
+        .route("/client/api-keys/rotate", post(client::rotate_key))
+        .route("/client/api-keys/{id}", delete(client::revoke_key))
+        .route(
+            "/client/ip-whitelist",
+            get(client::get_ip_whitelist).put(client::put_ip_whitelist),
+        )
+        .route(
+            "/client/origin-whitelist",
+            get(client::get_origin_whitelist).put(client::put_origin_whitelist),
+        )
+        .route("/sdk/session", post(sdk::create_session))
+        .route("/refresh", post(sdk::refresh))
+        .route("/logout", post(sdk::logout))
+        .route("/internal/validate", post(internal::validate_token))
+        .route(
+            "/internal/validate-api-key",
+            post(internal::validate_api_key),
+        );
+    Router::new()
+        .nest("/api/v1/auth", auth)
+        .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::observe,
+        ))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` completes, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "auth-api listening");
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
