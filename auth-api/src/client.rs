@@ -72,34 +72,19 @@ fn audit(client_id: &str, actor: &str, action: &'static str, ip: &str) -> AuditE
 fn check_name(raw: &str) -> Result<String, ApiError> {
     let name = raw.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "invalid_name",
-            "name",
-            "name must be 1 to 100 printable characters",
-        ));
+        return Err(ApiError::invalid("invalid_name", "name", "name must be 1 to 100 printable characters"));
     }
     Ok(name.to_string())
 }
 
 fn new_key() -> (NewApiKey, String) {
     let generated = api_key::generate();
-    (
-        NewApiKey {
-            id: new_id("key"),
-            hash: generated.hash,
-            prefix: generated.display_prefix,
-        },
-        generated.key,
-    )
+    (NewApiKey { id: new_id("key"), hash: generated.hash, prefix: generated.display_prefix }, generated.key)
 }
 
 /// Runs CPU-heavy password work off the async threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|_| ApiError::internal())
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|_| ApiError::internal())
 }
 
 pub async fn register(
@@ -109,30 +94,14 @@ pub async fn register(
 ) -> Result<impl IntoResponse, ApiError> {
     state.registrations().hit(&ip).await?;
     let name = check_name(&body.name)?;
-    let email = password::normalize_email(&body.email).ok_or_else(|| {
-        ApiError::invalid("invalid_email", "email", "email is not a valid address")
-    })?;
-    password::check_password_rules(&body.password)
-        .map_err(|m| ApiError::invalid("invalid_password", "password", m))?;
+    let email = password::normalize_email(&body.email)
+        .ok_or_else(|| ApiError::invalid("invalid_email", "email", "email is not a valid address"))?;
+    password::check_password_rules(&body.password).map_err(|m| ApiError::invalid("invalid_password", "password", m))?;
     let plain = body.password;
-    let hash = blocking(move || password::hash_password(&plain))
-        .await?
-        .map_err(|_| ApiError::internal())?;
+    let hash = blocking(move || password::hash_password(&plain)).await?.map_err(|_| ApiError::internal())?;
     let (client_id, account_id) = (new_id("cl"), new_id("acc"));
     let (key, raw_key) = new_key();
-    state
-        .store()
-        .register_client(
-            &client_id,
-            &name,
-            &account_id,
-            &email,
-            &hash,
-            &key,
-            Some(&ip),
-            unix_now(),
-        )
-        .await?;
+    state.store().register_client(&client_id, &name, &account_id, &email, &hash, &key, Some(&ip), unix_now()).await?;
     tracing::info!(client_id, "client registered");
     Ok((
         StatusCode::CREATED,
@@ -150,15 +119,10 @@ pub async fn login(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let email = password::normalize_email(&body.email).ok_or_else(|| {
-        ApiError::invalid("invalid_email", "email", "email is not a valid address")
-    })?;
+    let email = password::normalize_email(&body.email)
+        .ok_or_else(|| ApiError::invalid("invalid_email", "email", "email is not a valid address"))?;
     if body.password.len() > password::MAX_PASSWORD_BYTES {
-        return Err(ApiError::invalid(
-            "invalid_password",
-            "password",
-            "password is too long",
-        ));
+        return Err(ApiError::invalid("invalid_password", "password", "password is too long"));
     }
     state.login_by_email().check(&email).await?;
     state.login_by_ip().check(&ip).await?;
@@ -184,10 +148,7 @@ pub async fn login(
                 tracing::error!(%error, "could not write audit entry for a failed login");
             }
             tracing::info!(ip, "dashboard login failed");
-            return Err(ApiError::unauthorized(
-                "invalid_credentials",
-                "email or password is incorrect",
-            ));
+            return Err(ApiError::unauthorized("invalid_credentials", "email or password is incorrect"));
         }
     };
     state.login_by_email().reset(&email).await;
@@ -204,11 +165,7 @@ pub async fn login(
             now,
         )
         .await?;
-    state
-        .metrics()
-        .session_creations
-        .get_or_create(&[("kind", "dashboard")])
-        .inc();
+    state.metrics().session_creations.get_or_create(&[("kind", "dashboard")]).inc();
     let claims = Claims {
         iss: state.validator().jwt().issuer().to_string(),
         aud: Audience::Dashboard.as_str().into(),
@@ -235,18 +192,10 @@ pub async fn profile(
         .client(tenant)
         .await?
         .ok_or_else(|| ApiError::not_found("client_not_found", "client not found"))?;
-    let keys: Vec<KeyView> = state
-        .store()
-        .active_api_keys(tenant, unix_now())
-        .await?
-        .into_iter()
-        .map(KeyView::from)
-        .collect();
+    let keys: Vec<KeyView> =
+        state.store().active_api_keys(tenant, unix_now()).await?.into_iter().map(KeyView::from).collect();
     let cidrs = state.store().whitelist(WhitelistKind::Ip, tenant).await?;
-    let origins = state
-        .store()
-        .whitelist(WhitelistKind::Origin, tenant)
-        .await?;
+    let origins = state.store().whitelist(WhitelistKind::Origin, tenant).await?;
     Ok(Json(json!({
         "client_id": client.id,
         "name": client.name,
@@ -262,13 +211,8 @@ pub async fn list_keys(
     State(state): State<AppState>,
     DashboardCaller(caller): DashboardCaller,
 ) -> Result<impl IntoResponse, ApiError> {
-    let keys: Vec<KeyView> = state
-        .store()
-        .active_api_keys(&caller.tenant_id, unix_now())
-        .await?
-        .into_iter()
-        .map(KeyView::from)
-        .collect();
+    let keys: Vec<KeyView> =
+        state.store().active_api_keys(&caller.tenant_id, unix_now()).await?.into_iter().map(KeyView::from).collect();
     Ok(Json(json!({ "api_keys": keys })))
 }
 
@@ -293,35 +237,19 @@ pub async fn rotate_key(
     }
     let (key, raw_key) = new_key();
     let tenant = caller.tenant_id.as_str();
-    let entry = audit(
-        tenant,
-        &caller.user_id,
-        "api_key.rotated",
-        &caller.client_ip,
-    );
-    let rotation = state
-        .store()
-        .rotate_api_key(tenant, &key, grace as i64, &entry, unix_now())
-        .await?;
+    let entry = audit(tenant, &caller.user_id, "api_key.rotated", &caller.client_ip);
+    let rotation = state.store().rotate_api_key(tenant, &key, grace as i64, &entry, unix_now()).await?;
     for changed in rotation.demoted.iter().chain(&rotation.revoked) {
         if let Some(hash) = state.store().api_key_hash(&changed.id).await? {
             state
                 .validator()
-                .publish(Event::ApiKeyChanged {
-                    tenant_id: tenant.into(),
-                    key_id: changed.id.clone(),
-                    key_hash: hash,
-                })
+                .publish(Event::ApiKeyChanged { tenant_id: tenant.into(), key_id: changed.id.clone(), key_hash: hash })
                 .await;
         }
     }
     state
         .validator()
-        .publish(Event::ApiKeyChanged {
-            tenant_id: tenant.into(),
-            key_id: key.id.clone(),
-            key_hash: key.hash.clone(),
-        })
+        .publish(Event::ApiKeyChanged { tenant_id: tenant.into(), key_id: key.id.clone(), key_hash: key.hash.clone() })
         .await;
     tracing::info!(tenant_id = tenant, key_id = key.id, "API key rotated");
     Ok((
@@ -344,30 +272,15 @@ pub async fn revoke_key(
     Path(key_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let tenant = caller.tenant_id.as_str();
-    let entry = audit(
-        tenant,
-        &caller.user_id,
-        "api_key.revoked",
-        &caller.client_ip,
-    );
-    let revoked = state
-        .store()
-        .revoke_api_key(tenant, &key_id, &entry, unix_now())
-        .await?;
+    let entry = audit(tenant, &caller.user_id, "api_key.revoked", &caller.client_ip);
+    let revoked = state.store().revoke_api_key(tenant, &key_id, &entry, unix_now()).await?;
     if revoked.is_none() {
-        return Err(ApiError::not_found(
-            "api_key_not_found",
-            "no active API key with this id",
-        ));
+        return Err(ApiError::not_found("api_key_not_found", "no active API key with this id"));
     }
     if let Some(hash) = state.store().api_key_hash(&key_id).await? {
         state
             .validator()
-            .publish(Event::ApiKeyChanged {
-                tenant_id: tenant.into(),
-                key_id: key_id.clone(),
-                key_hash: hash,
-            })
+            .publish(Event::ApiKeyChanged { tenant_id: tenant.into(), key_id: key_id.clone(), key_hash: hash })
             .await;
     }
     tracing::info!(tenant_id = tenant, key_id, "API key revoked");
@@ -390,9 +303,7 @@ pub async fn get_ip_whitelist(
     State(state): State<AppState>,
     DashboardCaller(caller): DashboardCaller,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        json!({ "cidrs": state.store().whitelist(WhitelistKind::Ip, &caller.tenant_id).await? }),
-    ))
+    Ok(Json(json!({ "cidrs": state.store().whitelist(WhitelistKind::Ip, &caller.tenant_id).await? })))
 }
 
 pub async fn put_ip_whitelist(
@@ -409,9 +320,7 @@ pub async fn get_origin_whitelist(
     State(state): State<AppState>,
     DashboardCaller(caller): DashboardCaller,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        json!({ "origins": state.store().whitelist(WhitelistKind::Origin, &caller.tenant_id).await? }),
-    ))
+    Ok(Json(json!({ "origins": state.store().whitelist(WhitelistKind::Origin, &caller.tenant_id).await? })))
 }
 
 pub async fn put_origin_whitelist(
@@ -445,15 +354,7 @@ async fn write_whitelist(
             unix_now(),
         )
         .await?;
-    state
-        .validator()
-        .whitelist_written(kind, tenant, entries)
-        .await;
-    tracing::info!(
-        tenant_id = tenant,
-        ?kind,
-        entries = entries.len(),
-        "whitelist replaced"
-    );
+    state.validator().whitelist_written(kind, tenant, entries).await;
+    tracing::info!(tenant_id = tenant, ?kind, entries = entries.len(), "whitelist replaced");
     Ok(())
 }

@@ -4,8 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use caas_core::config::{
-    JwtArgs, PolicyArgs, Problems, ServiceSecretArgs, StorageArgs, check_distinct_secrets,
-    parse_duration,
+    JwtArgs, PolicyArgs, Problems, ServiceSecretArgs, StorageArgs, check_distinct_secrets, parse_duration,
 };
 
 use crate::Settings;
@@ -14,11 +13,7 @@ use crate::Settings;
 #[derive(clap::Args, Debug, Clone)]
 pub struct AuthApiArgs {
     /// Address auth-api listens on.
-    #[arg(
-        long = "auth-api-addr",
-        env = "AUTH_API_ADDR",
-        default_value = "127.0.0.1:3007"
-    )]
+    #[arg(long = "auth-api-addr", env = "AUTH_API_ADDR", default_value = "127.0.0.1:3007")]
     pub listen: SocketAddr,
     /// Failed logins per email within the window before 429.
     #[arg(long, env = "LOGIN_MAX_FAILURES_PER_EMAIL", default_value_t = 5)]
@@ -37,9 +32,7 @@ pub struct AuthApiArgs {
 impl AuthApiArgs {
     pub fn check(&self, problems: &mut Problems) {
         if self.login_max_failures_per_email == 0 || self.login_max_failures_per_ip == 0 {
-            problems.add(
-                "LOGIN_MAX_FAILURES_PER_EMAIL and LOGIN_MAX_FAILURES_PER_IP must be at least 1",
-            );
+            problems.add("LOGIN_MAX_FAILURES_PER_EMAIL and LOGIN_MAX_FAILURES_PER_IP must be at least 1");
         }
         if self.login_failure_window.is_zero() {
             problems.add("LOGIN_FAILURE_WINDOW must be positive");
@@ -63,11 +56,7 @@ impl AuthApiArgs {
 
 /// The `auth-api` binary's configuration.
 #[derive(clap::Parser, Debug, Clone)]
-#[command(
-    name = "auth-api",
-    version,
-    about = "CAAS auth API: issues and owns every credential"
-)]
+#[command(name = "auth-api", version, about = "CAAS auth API: issues and owns every credential")]
 pub struct Config {
     #[command(flatten)]
     pub api: AuthApiArgs,

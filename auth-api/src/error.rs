@@ -34,15 +34,8 @@ impl ApiError {
     }
 
     /// 400 naming the field that is wrong.
-    pub fn invalid(
-        code: &'static str,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            field: Some(field.into()),
-            ..Self::new(StatusCode::BAD_REQUEST, code, message)
-        }
+    pub fn invalid(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: Some(field.into()), ..Self::new(StatusCode::BAD_REQUEST, code, message) }
     }
 
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
@@ -58,19 +51,11 @@ impl ApiError {
     }
 
     pub fn unavailable() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
-            "a dependency is unavailable; retry shortly",
-        )
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "a dependency is unavailable; retry shortly")
     }
 
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "internal error",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error")
     }
 
     /// The `www-authenticate` challenge for internal (service-token) routes.
@@ -89,10 +74,7 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(body)).into_response();
         let headers = response.headers_mut();
         if self.status == StatusCode::UNAUTHORIZED {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(self.challenge),
-            );
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(self.challenge));
         }
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -104,11 +86,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::EmailTaken => ApiError::new(
-                StatusCode::CONFLICT,
-                "email_taken",
-                "an account with this email already exists",
-            ),
+            StoreError::EmailTaken => {
+                ApiError::new(StatusCode::CONFLICT, "email_taken", "an account with this email already exists")
+            }
             StoreError::Unavailable(source) => {
                 tracing::error!(error = %source, "database error");
                 ApiError::unavailable()
@@ -129,6 +109,12 @@ impl From<Denial> for ApiError {
             DenialClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, denial.code(), denial.to_string())
+    }
+}
+
+impl From<caas_core::validate::Rejection> for ApiError {
+    fn from(rejection: caas_core::validate::Rejection) -> Self {
+        rejection.denial.into()
     }
 }
 
@@ -156,11 +142,7 @@ impl From<RetryAfter> for ApiError {
 
 impl From<InvalidEntry> for ApiError {
     fn from(entry: InvalidEntry) -> Self {
-        let code = if entry.field.starts_with("cidrs") {
-            "invalid_cidr"
-        } else {
-            "invalid_origin"
-        };
+        let code = if entry.field.starts_with("cidrs") { "invalid_cidr" } else { "invalid_origin" };
         ApiError::invalid(code, entry.field.clone(), entry.to_string())
     }
 }

@@ -39,19 +39,11 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         if req.headers().contains_key(axum::http::header::CONTENT_TYPE) {
-            return ApiJson::from_request(req, state)
-                .await
-                .map(|ApiJson(v)| OptionalJson(v));
+            return ApiJson::from_request(req, state).await.map(|ApiJson(v)| OptionalJson(v));
         }
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "request body is larger than 64 KiB",
-                )
-            })?;
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|_| {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is larger than 64 KiB")
+        })?;
         if bytes.is_empty() {
             Ok(OptionalJson(T::default()))
         } else {
@@ -71,51 +63,32 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             "unsupported_media_type",
             "expected content-type: application/json",
         ),
-        JsonRejection::JsonSyntaxError(_) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "request body is not valid JSON",
-        ),
+        JsonRejection::JsonSyntaxError(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "request body is not valid JSON")
+        }
         JsonRejection::JsonDataError(error) => {
             // serde's text may quote the offending value (a password, say):
             // keep the field path and the kind of problem, drop the value.
             let text = error.body_text();
-            let detail = text
-                .split_once("target type: ")
-                .map_or(text.as_str(), |(_, rest)| rest);
+            let detail = text.split_once("target type: ").map_or(text.as_str(), |(_, rest)| rest);
             let (path, problem) = detail.split_once(": ").unwrap_or(("", detail));
-            let message =
-                if problem.starts_with("unknown field") || problem.starts_with("missing field") {
-                    problem
-                        .split(" at line")
-                        .next()
-                        .unwrap_or(problem)
-                        .to_string()
-                } else if path.is_empty() || path == "." {
-                    "request body does not have the expected shape".to_string()
-                } else {
-                    format!("field `{path}` has the wrong type or value")
-                };
+            let message = if problem.starts_with("unknown field") || problem.starts_with("missing field") {
+                problem.split(" at line").next().unwrap_or(problem).to_string()
+            } else if path.is_empty() || path == "." {
+                "request body does not have the expected shape".to_string()
+            } else {
+                format!("field `{path}` has the wrong type or value")
+            };
             let mut api = ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message);
             if !path.is_empty() && path != "." && !path.contains(' ') {
                 api.field = Some(path.to_string());
             }
             api
         }
-        JsonRejection::BytesRejection(rejection)
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-        {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "request body is larger than 64 KiB",
-            )
+        JsonRejection::BytesRejection(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is larger than 64 KiB")
         }
-        other => ApiError::new(
-            other.status(),
-            "invalid_body",
-            "request body could not be read",
-        ),
+        other => ApiError::new(other.status(), "invalid_body", "request body could not be read"),
     }
 }
 
@@ -126,11 +99,8 @@ pub struct VerifiedContext(pub Result<Option<RequestContext>, ContextError>);
 
 impl VerifiedContext {
     pub fn of(headers: &axum::http::HeaderMap, method: &str, state: &AppState) -> Self {
-        let verified = state.verifier().verify(
-            |name| headers.get(name).and_then(|v| v.to_str().ok()),
-            method,
-            unix_now(),
-        );
+        let verified =
+            state.verifier().verify(|name| headers.get(name).and_then(|v| v.to_str().ok()), method, unix_now());
         VerifiedContext(match verified {
             Ok(context) => Ok(Some(context)),
             Err(ContextError::Missing) => Ok(None),
@@ -141,27 +111,17 @@ impl VerifiedContext {
 
 /// The gateway's signed context, if the request carries one. A context that
 /// is present but invalid is an error, never silently ignored.
-pub fn signed_context(
-    parts: &Parts,
-    state: &AppState,
-) -> Result<Option<RequestContext>, ContextError> {
+pub fn signed_context(parts: &Parts, state: &AppState) -> Result<Option<RequestContext>, ContextError> {
     match parts.extensions.get::<VerifiedContext>() {
         Some(verified) => verified.0.clone(),
         None => VerifiedContext::of(&parts.headers, parts.method.as_str(), state).0,
     }
 }
 
-fn require(
-    parts: &Parts,
-    state: &AppState,
-    auth_types: &[AuthType],
-) -> Result<RequestContext, ApiError> {
+fn require(parts: &Parts, state: &AppState, auth_types: &[AuthType]) -> Result<RequestContext, ApiError> {
     let context = signed_context(parts, state)?.ok_or(ContextError::Missing)?;
     if !auth_types.contains(&context.auth_type) || context.tenant_id.is_empty() {
-        return Err(ApiError::forbidden(
-            "wrong_credential_type",
-            "this route needs a different kind of credential",
-        ));
+        return Err(ApiError::forbidden("wrong_credential_type", "this route needs a different kind of credential"));
     }
     Ok(context)
 }
@@ -171,10 +131,7 @@ pub struct DashboardCaller(pub RequestContext);
 
 impl FromRequestParts<AppState> for DashboardCaller {
     type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         require(parts, state, &[AuthType::Dashboard]).map(DashboardCaller)
     }
 }
@@ -184,10 +141,7 @@ pub struct ApiKeyCaller(pub RequestContext);
 
 impl FromRequestParts<AppState> for ApiKeyCaller {
     type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         require(parts, state, &[AuthType::ApiKey]).map(ApiKeyCaller)
     }
 }
@@ -197,10 +151,7 @@ pub struct OptionalCaller(pub Option<RequestContext>);
 
 impl FromRequestParts<AppState> for OptionalCaller {
     type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         Ok(OptionalCaller(signed_context(parts, state)?))
     }
 }
@@ -211,19 +162,13 @@ pub struct ClientIp(pub String);
 
 impl FromRequestParts<AppState> for ClientIp {
     type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         if let Some(context) = signed_context(parts, state)?
             && !context.client_ip.is_empty()
         {
             return Ok(ClientIp(context.client_ip));
         }
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string());
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string());
         Ok(ClientIp(peer.unwrap_or_else(|| "unknown".into())))
     }
 }
@@ -233,10 +178,7 @@ pub struct ServiceCaller;
 
 impl FromRequestParts<AppState> for ServiceCaller {
     type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let presented = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -252,11 +194,8 @@ impl FromRequestParts<AppState> for ServiceCaller {
         if bool::from(valid) {
             Ok(ServiceCaller)
         } else {
-            Err(ApiError::unauthorized(
-                "invalid_service_token",
-                "a valid service token is required",
-            )
-            .with_service_challenge())
+            Err(ApiError::unauthorized("invalid_service_token", "a valid service token is required")
+                .with_service_challenge())
         }
     }
 }

@@ -48,15 +48,8 @@ pub async fn validate_token(
             ));
         }
     };
-    let claims = state
-        .validator()
-        .validate_token(&body.token, audience, body.origin.as_deref(), unix_now())
-        .await?;
-    let auth_type = if audience == Audience::Sdk {
-        "jwt"
-    } else {
-        "dashboard"
-    };
+    let claims = state.validator().validate_token(&body.token, audience, body.origin.as_deref(), unix_now()).await?;
+    let auth_type = if audience == Audience::Sdk { "jwt" } else { "dashboard" };
     Ok(Json(json!({
         "valid": true,
         "tenant_id": claims.tid,
@@ -72,14 +65,12 @@ pub async fn validate_api_key(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ValidateKeyRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let ip: IpAddr =
-        body.ip.trim().parse().map_err(|_| {
-            ApiError::invalid("invalid_ip", "ip", "ip is not an IPv4 or IPv6 address")
-        })?;
-    let identity = state
-        .validator()
-        .validate_api_key(&body.api_key, ip, unix_now())
-        .await?;
+    let ip: IpAddr = body
+        .ip
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::invalid("invalid_ip", "ip", "ip is not an IPv4 or IPv6 address"))?;
+    let identity = state.validator().validate_api_key(&body.api_key, ip, unix_now()).await?;
     Ok(Json(
         json!({ "valid": true, "tenant_id": identity.tenant_id, "key_id": identity.key_id, "auth_type": "api_key" }),
     ))

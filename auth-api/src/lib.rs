@@ -73,10 +73,7 @@ pub struct AppState(Arc<Inner>);
 impl AppState {
     /// `validator` may be shared with ext-authz when both run in one process.
     pub fn new(backends: Backends, validator: Arc<Validator>, settings: Settings) -> Self {
-        let verifier = ContextVerifier::new(
-            &settings.service_secret,
-            settings.service_secret_previous.as_ref(),
-        );
+        let verifier = ContextVerifier::new(&settings.service_secret, settings.service_secret_previous.as_ref());
         let cache = backends.cache.clone();
         let mut registry = Registry::default();
         validator.metrics().register(&mut registry);
@@ -136,8 +133,7 @@ impl AppState {
     }
 
     pub(crate) fn service_secrets(&self) -> impl Iterator<Item = &Secret> {
-        std::iter::once(&self.0.settings.service_secret)
-            .chain(self.0.settings.service_secret_previous.as_ref())
+        std::iter::once(&self.0.settings.service_secret).chain(self.0.settings.service_secret_previous.as_ref())
     }
 
     pub(crate) fn login_by_email(&self) -> &RateLimiter {
@@ -162,22 +158,13 @@ pub fn app(state: AppState) -> Router {
         .route("/client/api-keys", get(client::list_keys))
         .route("/client/api-keys/rotate", post(client::rotate_key))
         .route("/client/api-keys/{id}", delete(client::revoke_key))
-        .route(
-            "/client/ip-whitelist",
-            get(client::get_ip_whitelist).put(client::put_ip_whitelist),
-        )
-        .route(
-            "/client/origin-whitelist",
-            get(client::get_origin_whitelist).put(client::put_origin_whitelist),
-        )
+        .route("/client/ip-whitelist", get(client::get_ip_whitelist).put(client::put_ip_whitelist))
+        .route("/client/origin-whitelist", get(client::get_origin_whitelist).put(client::put_origin_whitelist))
         .route("/sdk/session", post(sdk::create_session))
         .route("/refresh", post(sdk::refresh))
         .route("/logout", post(sdk::logout))
         .route("/internal/validate", post(internal::validate_token))
-        .route(
-            "/internal/validate-api-key",
-            post(internal::validate_api_key),
-        );
+        .route("/internal/validate-api-key", post(internal::validate_api_key));
     Router::new()
         .nest("/api/v1/auth", auth)
         .route("/health", get(ops::health))
@@ -185,10 +172,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            ops::observe,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ops::observe))
         .with_state(state)
 }
 
@@ -200,10 +184,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "auth-api listening");
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }

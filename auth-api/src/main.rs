@@ -37,11 +37,7 @@ async fn main() -> ExitCode {
         settings,
         Arc::new(AuthMetrics::default()),
     );
-    let state = AppState::new(
-        backends,
-        validator,
-        config.api.settings(&config.jwt, &config.service),
-    );
+    let state = AppState::new(backends, validator, config.api.settings(&config.jwt, &config.service));
     let listener = match tokio::net::TcpListener::bind(config.api.listen).await {
         Ok(listener) => listener,
         Err(error) => {

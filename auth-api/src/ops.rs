@@ -15,14 +15,8 @@ use crate::extract::VerifiedContext;
 pub async fn health(State(state): State<AppState>) -> Response {
     let backends = state.backends();
     let timeout = Duration::from_secs(2);
-    let database = matches!(
-        tokio::time::timeout(timeout, backends.store.ping()).await,
-        Ok(Ok(()))
-    );
-    let cache = matches!(
-        tokio::time::timeout(timeout, backends.cache.ping()).await,
-        Ok(Ok(()))
-    );
+    let database = matches!(tokio::time::timeout(timeout, backends.store.ping()).await, Ok(Ok(())));
+    let cache = matches!(tokio::time::timeout(timeout, backends.cache.ping()).await, Ok(Ok(())));
     let bus = backends.bus.is_connected();
     let mut down = Vec::new();
     if !database {
@@ -34,11 +28,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
     if !bus && !down.contains(&"redis") {
         down.push("event_bus");
     }
-    let status = if down.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if down.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
         "status": if down.is_empty() { "ok" } else { "unavailable" },
         "down": down,
@@ -52,14 +42,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics().refresh();
     let text = caas_core::metrics::render(state.registry());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 
 pub async fn not_found() -> ApiError {
@@ -67,11 +50,7 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed on this route",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
 }
 
 /// Verifies the gateway context once, then writes one log line per request:

@@ -49,23 +49,14 @@ fn check_user_id(user_id: &str) -> Result<(), ApiError> {
         return Err(ApiError::invalid(
             "invalid_user_id",
             "user_id",
-            format!(
-                "user_id must be 1 to {MAX_USER_ID_BYTES} bytes without spaces or control characters"
-            ),
+            format!("user_id must be 1 to {MAX_USER_ID_BYTES} bytes without spaces or control characters"),
         ));
     }
     Ok(())
 }
 
 /// Issues the access token for an SDK session and the response body.
-fn tokens(
-    state: &AppState,
-    tenant_id: &str,
-    user_id: &str,
-    session_id: &str,
-    refresh: &str,
-    now: i64,
-) -> Value {
+fn tokens(state: &AppState, tenant_id: &str, user_id: &str, session_id: &str, refresh: &str, now: i64) -> Value {
     let ttl = state.settings().access_ttl.as_secs() as i64;
     let claims = Claims {
         iss: state.validator().jwt().issuer().to_string(),
@@ -95,16 +86,8 @@ pub async fn create_session(
     ApiJson(body): ApiJson<SessionRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_user_id(&body.user_id)?;
-    if body
-        .name
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > 200 || n.chars().any(char::is_control))
-    {
-        return Err(ApiError::invalid(
-            "invalid_name",
-            "name",
-            "name must be at most 200 printable characters",
-        ));
+    if body.name.as_ref().is_some_and(|n| n.chars().count() > 200 || n.chars().any(char::is_control)) {
+        return Err(ApiError::invalid("invalid_name", "name", "name must be at most 200 printable characters"));
     }
     let metadata = match body.metadata {
         None | Some(Value::Null) => None,
@@ -120,11 +103,7 @@ pub async fn create_session(
             Some(text)
         }
         Some(_) => {
-            return Err(ApiError::invalid(
-                "invalid_metadata",
-                "metadata",
-                "metadata must be a JSON object",
-            ));
+            return Err(ApiError::invalid("invalid_metadata", "metadata", "metadata must be a JSON object"));
         }
     };
     let now = unix_now();
@@ -146,37 +125,17 @@ pub async fn create_session(
         detail: None,
     };
     state.store().create_sdk_session(&new, &entry, now).await?;
-    state
-        .metrics()
-        .session_creations
-        .get_or_create(&[("kind", "sdk")])
-        .inc();
-    Ok((
-        StatusCode::CREATED,
-        Json(tokens(
-            &state,
-            &new.client_id,
-            &new.user_id,
-            &new.session_id,
-            &refresh,
-            now,
-        )),
-    ))
+    state.metrics().session_creations.get_or_create(&[("kind", "sdk")]).inc();
+    Ok((StatusCode::CREATED, Json(tokens(&state, &new.client_id, &new.user_id, &new.session_id, &refresh, now))))
 }
 
 /// An API-key caller may only act on its own tenant's sessions.
 fn expected_tenant(caller: &Option<RequestContext>) -> Option<&str> {
-    caller
-        .as_ref()
-        .filter(|c| c.auth_type == AuthType::ApiKey)
-        .map(|c| c.tenant_id.as_str())
+    caller.as_ref().filter(|c| c.auth_type == AuthType::ApiKey).map(|c| c.tenant_id.as_str())
 }
 
 fn invalid_refresh() -> ApiError {
-    ApiError::unauthorized(
-        "invalid_refresh_token",
-        "refresh token is invalid, expired or revoked",
-    )
+    ApiError::unauthorized("invalid_refresh_token", "refresh token is invalid, expired or revoked")
 }
 
 pub async fn refresh(
@@ -191,24 +150,12 @@ pub async fn refresh(
     let expires_at = now + state.settings().refresh_ttl.as_secs() as i64;
     let outcome = state
         .store()
-        .rotate_refresh_token(
-            &presented,
-            &next_hash,
-            expires_at,
-            expected_tenant(&caller),
-            Some(&ip),
-            now,
-        )
+        .rotate_refresh_token(&presented, &next_hash, expires_at, expected_tenant(&caller), Some(&ip), now)
         .await?;
     match outcome {
-        RefreshOutcome::Rotated(session) => Ok(Json(tokens(
-            &state,
-            &session.client_id,
-            &session.subject,
-            &session.id,
-            &next,
-            now,
-        ))),
+        RefreshOutcome::Rotated(session) => {
+            Ok(Json(tokens(&state, &session.client_id, &session.subject, &session.id, &next, now)))
+        }
         RefreshOutcome::Reused(session) => {
             tracing::warn!(
                 tenant_id = session.client_id,
@@ -218,10 +165,7 @@ pub async fn refresh(
             );
             state
                 .validator()
-                .publish(Event::SessionRevoked {
-                    tenant_id: session.client_id,
-                    session_id: session.id,
-                })
+                .publish(Event::SessionRevoked { tenant_id: session.client_id, session_id: session.id })
                 .await;
             Err(ApiError::unauthorized(
                 "refresh_token_reused",
@@ -241,25 +185,16 @@ pub async fn logout(
     let session = match (&body.refresh_token, &caller) {
         (Some(token), _) => {
             let hash = refresh_token::parse(token).ok_or_else(invalid_refresh)?;
-            let session = state
-                .store()
-                .session_by_refresh_token(&hash)
-                .await?
-                .ok_or_else(invalid_refresh)?;
+            let session = state.store().session_by_refresh_token(&hash).await?.ok_or_else(invalid_refresh)?;
             if expected_tenant(&caller).is_some_and(|tenant| tenant != session.client_id) {
                 return Err(invalid_refresh());
             }
             (session.client_id, session.id, session.subject)
         }
         (None, Some(ctx))
-            if matches!(ctx.auth_type, AuthType::Jwt | AuthType::Dashboard)
-                && !ctx.session_id.is_empty() =>
+            if matches!(ctx.auth_type, AuthType::Jwt | AuthType::Dashboard) && !ctx.session_id.is_empty() =>
         {
-            (
-                ctx.tenant_id.clone(),
-                ctx.session_id.clone(),
-                ctx.user_id.clone(),
-            )
+            (ctx.tenant_id.clone(), ctx.session_id.clone(), ctx.user_id.clone())
         }
         _ => {
             return Err(ApiError::unauthorized(
@@ -276,16 +211,10 @@ pub async fn logout(
         ip: Some(ip),
         detail: None,
     };
-    state
-        .store()
-        .revoke_session(&session_id, "logout", &entry, unix_now())
-        .await?;
+    state.store().revoke_session(&session_id, "logout", &entry, unix_now()).await?;
     state
         .validator()
-        .publish(Event::SessionRevoked {
-            tenant_id: tenant_id.clone(),
-            session_id: session_id.clone(),
-        })
+        .publish(Event::SessionRevoked { tenant_id: tenant_id.clone(), session_id: session_id.clone() })
         .await;
     tracing::info!(tenant_id, session_id, "session logged out");
     Ok(StatusCode::NO_CONTENT)

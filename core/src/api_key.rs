@@ -23,9 +23,7 @@ pub struct GeneratedKey {
 
 impl std::fmt::Debug for GeneratedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GeneratedKey")
-            .field("display_prefix", &self.display_prefix)
-            .finish_non_exhaustive()
+        f.debug_struct("GeneratedKey").field("display_prefix", &self.display_prefix).finish_non_exhaustive()
     }
 }
 
@@ -42,15 +40,9 @@ pub enum KeyFormatError {
 
 pub fn generate() -> GeneratedKey {
     let mut rng = rand::rngs::OsRng;
-    let body: String = (0..BODY_LEN)
-        .map(|_| BASE62[rng.gen_range(0..BASE62.len())] as char)
-        .collect();
+    let body: String = (0..BODY_LEN).map(|_| BASE62[rng.gen_range(0..BASE62.len())] as char).collect();
     let key = format!("{KEY_PREFIX}{body}{}", checksum(&body));
-    GeneratedKey {
-        hash: hash_key(&key),
-        display_prefix: key[..DISPLAY_PREFIX_LEN].to_string(),
-        key,
-    }
+    GeneratedKey { hash: hash_key(&key), display_prefix: key[..DISPLAY_PREFIX_LEN].to_string(), key }
 }
 
 /// Checks shape and checksum; on success returns the hex SHA-256 to look up.
@@ -104,23 +96,14 @@ mod tests {
         assert_eq!(parse(""), Err(KeyFormatError::Malformed));
         assert_eq!(parse(&key[..KEY_LEN - 1]), Err(KeyFormatError::Malformed));
         assert_eq!(parse(&format!("{key}x")), Err(KeyFormatError::Malformed));
-        assert_eq!(
-            parse(&key.replacen("caas_", "caaz_", 1)),
-            Err(KeyFormatError::Malformed)
-        );
+        assert_eq!(parse(&key.replacen("caas_", "caaz_", 1)), Err(KeyFormatError::Malformed));
         let mut bad_char = key.clone().into_bytes();
         bad_char[10] = b'-';
-        assert_eq!(
-            parse(&String::from_utf8_lossy(&bad_char)),
-            Err(KeyFormatError::Malformed)
-        );
+        assert_eq!(parse(&String::from_utf8_lossy(&bad_char)), Err(KeyFormatError::Malformed));
         // One changed character in the body breaks the checksum.
         let mut typo = key.into_bytes();
         typo[10] = if typo[10] == b'a' { b'b' } else { b'a' };
-        assert_eq!(
-            parse(&String::from_utf8_lossy(&typo)),
-            Err(KeyFormatError::BadChecksum)
-        );
+        assert_eq!(parse(&String::from_utf8_lossy(&typo)), Err(KeyFormatError::BadChecksum));
     }
 
     #[test]

@@ -52,9 +52,7 @@ pub struct LocalBus {
 
 impl Default for LocalBus {
     fn default() -> Self {
-        Self {
-            tx: broadcast::channel(BUFFER).0,
-        }
+        Self { tx: broadcast::channel(BUFFER).0 }
     }
 }
 
@@ -111,25 +109,12 @@ impl RedisBus {
     /// Must be called inside a Tokio runtime; does not wait for Redis.
     pub fn start(url: &str) -> Result<Self, BusError> {
         let client = redis::Client::open(url).map_err(|e| BusError(e.to_string()))?;
-        let publisher = RedisCache::new(url)
-            .map_err(|e| BusError(e.to_string()))?
-            .connection();
+        let publisher = RedisCache::new(url).map_err(|e| BusError(e.to_string()))?.connection();
         let tx = broadcast::channel(BUFFER).0;
         let node = crate::id::new_id("node");
         let connected = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(subscribe_loop(
-            client,
-            tx.clone(),
-            node.clone(),
-            connected.clone(),
-        ));
-        Ok(Self {
-            tx,
-            node,
-            publisher,
-            connected,
-            task,
-        })
+        let task = tokio::spawn(subscribe_loop(client, tx.clone(), node.clone(), connected.clone()));
+        Ok(Self { tx, node, publisher, connected, task })
     }
 
     /// Waits until the subscription is live (tests, and start-up ordering).
@@ -175,9 +160,7 @@ async fn subscribe_once(
 ) -> Result<(), redis::RedisError> {
     let pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
         .await
-        .map_err(|_| {
-            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
-        })??;
+        .map_err(|_| redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
     let (mut sink, mut stream) = pubsub.split();
     sink.subscribe(CHANNEL).await?;
     connected.store(true, Ordering::SeqCst);
@@ -209,11 +192,8 @@ async fn subscribe_once(
 #[async_trait]
 impl EventBus for RedisBus {
     async fn publish(&self, event: Event) -> Result<(), BusError> {
-        let payload = serde_json::to_string(&Envelope {
-            node: self.node.clone(),
-            event: event.clone(),
-        })
-        .map_err(|e| BusError(e.to_string()))?;
+        let payload = serde_json::to_string(&Envelope { node: self.node.clone(), event: event.clone() })
+            .map_err(|e| BusError(e.to_string()))?;
         let _ = self.tx.send(BusMessage::Event(Arc::new(event)));
         let _: i64 = redis::cmd("PUBLISH")
             .arg(CHANNEL)

@@ -27,12 +27,7 @@ pub trait Cache: Send + Sync + 'static {
     async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), CacheError>;
     /// Sets only when absent; true when it was set. Readers that fill the
     /// cache use this so they never overwrite a newer value a writer put.
-    async fn set_if_absent(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<bool, CacheError>;
+    async fn set_if_absent(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, CacheError>;
     async fn delete(&self, key: &str) -> Result<(), CacheError>;
     /// Adds one to a counter that lives `window` from its first hit;
     /// returns the new count and the seconds until the window ends.
@@ -80,12 +75,7 @@ impl Cache for MemoryCache {
         Ok(())
     }
 
-    async fn set_if_absent(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<bool, CacheError> {
+    async fn set_if_absent(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, CacheError> {
         Ok(self.with(|map, now| {
             if live(map.get(key), now).is_some() {
                 return false;
@@ -147,9 +137,7 @@ impl RedisCache {
             .set_response_timeout(Some(Duration::from_millis(500)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        Ok(Self {
-            conn: ConnectionManager::new_lazy_with_config(client, config)?,
-        })
+        Ok(Self { conn: ConnectionManager::new_lazy_with_config(client, config)? })
     }
 
     pub fn connection(&self) -> ConnectionManager {
@@ -164,20 +152,11 @@ impl Cache for RedisCache {
     }
 
     async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), CacheError> {
-        let () = self
-            .conn
-            .clone()
-            .set_ex(key, value, ttl.as_secs().max(1))
-            .await?;
+        let () = self.conn.clone().set_ex(key, value, ttl.as_secs().max(1)).await?;
         Ok(())
     }
 
-    async fn set_if_absent(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<bool, CacheError> {
+    async fn set_if_absent(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, CacheError> {
         let reply: Option<String> = redis::cmd("SET")
             .arg(key)
             .arg(value)
@@ -211,18 +190,13 @@ impl Cache for RedisCache {
     }
 
     async fn counter(&self, key: &str) -> Result<(u64, u64), CacheError> {
-        let (count, ttl): (Option<u64>, i64) = redis::pipe()
-            .get(key)
-            .ttl(key)
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let (count, ttl): (Option<u64>, i64) =
+            redis::pipe().get(key).ttl(key).query_async(&mut self.conn.clone()).await?;
         Ok((count.unwrap_or(0), ttl.max(0) as u64))
     }
 
     async fn ping(&self) -> Result<(), CacheError> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
         Ok(())
     }
 

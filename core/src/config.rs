@@ -22,9 +22,7 @@ impl Problems {
     /// A required secret: present and at least 32 bytes.
     pub fn secret(&mut self, name: &str, value: Option<&Secret>) {
         match value {
-            None => self.add(format!(
-                "{name} is required (at least 32 bytes; e.g. `openssl rand -base64 48`)"
-            )),
+            None => self.add(format!("{name} is required (at least 32 bytes; e.g. `openssl rand -base64 48`)")),
             Some(secret) => self.optional_secret(name, Some(secret)),
         }
     }
@@ -56,13 +54,9 @@ impl Problems {
 /// `900`, `900s`, `15m`, `1h`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration (e.g. 900, 15m, 1h, 7d)"))?;
+    let value: u64 = digits.parse().map_err(|_| format!("'{text}' is not a duration (e.g. 900, 15m, 1h, 7d)"))?;
     let seconds = match unit {
         "" | "s" => value,
         "m" => value * 60,
@@ -90,12 +84,7 @@ pub fn redact_url(url: &str) -> String {
 #[derive(clap::Args, Debug, Clone)]
 pub struct StorageArgs {
     /// Database: `sqlite://path` (embedded default, created if missing) or `postgres://...`.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://data/caas.db",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/caas.db", hide_env_values = true)]
     pub database_url: String,
     /// Largest number of PostgreSQL connections per process.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
@@ -125,20 +114,13 @@ impl StorageArgs {
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
-            problems.add(format!(
-                "REDIS_URL '{}' must start with redis:// or rediss://",
-                redact_url(url)
-            ));
+            problems.add(format!("REDIS_URL '{}' must start with redis:// or rediss://", redact_url(url)));
         }
     }
 
     /// Opens the database (and migrates it), the cache and the bus.
     /// `service` names the binary in the warning about running without Redis.
-    pub async fn connect(
-        &self,
-        service: &str,
-        single_process: bool,
-    ) -> Result<Backends, StoreError> {
+    pub async fn connect(&self, service: &str, single_process: bool) -> Result<Backends, StoreError> {
         let store = Store::connect(&self.database_url, self.database_max_connections).await?;
         store.migrate().await?;
         tracing::info!(database = %redact_url(&self.database_url), "database ready");
@@ -204,11 +186,7 @@ impl JwtArgs {
     /// Call after `check` passed.
     pub fn keys(&self) -> crate::jwt::JwtKeys {
         let current = self.jwt_secret.clone().unwrap_or_else(|| Secret::new(""));
-        crate::jwt::JwtKeys::new(
-            self.jwt_issuer.clone(),
-            &current,
-            self.jwt_secret_previous.as_ref(),
-        )
+        crate::jwt::JwtKeys::new(self.jwt_issuer.clone(), &current, self.jwt_secret_previous.as_ref())
     }
 }
 
@@ -225,17 +203,12 @@ pub struct ServiceSecretArgs {
 impl ServiceSecretArgs {
     pub fn check(&self, problems: &mut Problems) {
         problems.secret("SERVICE_SECRET", self.service_secret.as_ref());
-        problems.optional_secret(
-            "SERVICE_SECRET_PREVIOUS",
-            self.service_secret_previous.as_ref(),
-        );
+        problems.optional_secret("SERVICE_SECRET_PREVIOUS", self.service_secret_previous.as_ref());
     }
 
     /// Call after `check` passed.
     pub fn current(&self) -> Secret {
-        self.service_secret
-            .clone()
-            .unwrap_or_else(|| Secret::new(""))
+        self.service_secret.clone().unwrap_or_else(|| Secret::new(""))
     }
 
     pub fn verifier(&self) -> crate::context::ContextVerifier {
@@ -267,14 +240,10 @@ impl PolicyArgs {
     /// Says loudly what is switched off.
     pub fn warn_if_relaxed(&self) {
         if !self.ip_whitelist_enabled {
-            tracing::warn!(
-                "IP_WHITELIST_ENABLED=false: API keys are accepted from ANY address. Development only."
-            );
+            tracing::warn!("IP_WHITELIST_ENABLED=false: API keys are accepted from ANY address. Development only.");
         }
         if !self.origin_validation_enabled {
-            tracing::warn!(
-                "ORIGIN_VALIDATION_ENABLED=false: browser Origins are NOT checked. Development only."
-            );
+            tracing::warn!("ORIGIN_VALIDATION_ENABLED=false: browser Origins are NOT checked. Development only.");
         }
     }
 }
@@ -284,14 +253,13 @@ pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}
@@ -307,11 +275,7 @@ pub async fn shutdown_signal() {
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_current_span(false)
-        .with_env_filter(filter)
-        .try_init();
+    let _ = tracing_subscriber::fmt().json().with_current_span(false).with_env_filter(filter).try_init();
 }
 
 #[cfg(test)]
@@ -329,10 +293,7 @@ mod tests {
 
     #[test]
     fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://u:pw@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
+        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(redact_url("sqlite://data/caas.db"), "sqlite://data/caas.db");
     }
 

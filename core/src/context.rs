@@ -25,16 +25,8 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub const CONTEXT_TS: &str = "x-caas-context-ts";
 pub const CONTEXT_SIG: &str = "x-caas-context-sig";
 /// Every `x-caas-*` header the gateway may set; all others are removed.
-pub const CONTEXT_HEADERS: [&str; 8] = [
-    TENANT_ID,
-    USER_ID,
-    SESSION_ID,
-    AUTH_TYPE,
-    KEY_ID,
-    CLIENT_IP,
-    CONTEXT_TS,
-    CONTEXT_SIG,
-];
+pub const CONTEXT_HEADERS: [&str; 8] =
+    [TENANT_ID, USER_ID, SESSION_ID, AUTH_TYPE, KEY_ID, CLIENT_IP, CONTEXT_TS, CONTEXT_SIG];
 /// A context older than this is refused.
 pub const MAX_CONTEXT_AGE_SECONDS: i64 = 60;
 
@@ -141,9 +133,7 @@ pub struct ContextSigner {
 
 impl ContextSigner {
     pub fn new(service_secret: &Secret) -> Self {
-        Self {
-            mac: keyed(service_secret),
-        }
+        Self { mac: keyed(service_secret) }
     }
 
     /// Hex HMAC-SHA256 of the canonical form.
@@ -155,12 +145,7 @@ impl ContextSigner {
 
     /// The headers to inject, signature included, in a fixed order. Fields
     /// that are empty are still listed so that the sender overwrites them.
-    pub fn headers(
-        &self,
-        ctx: &RequestContext,
-        method: &str,
-        ts: i64,
-    ) -> [(&'static str, String); 9] {
+    pub fn headers(&self, ctx: &RequestContext, method: &str, ts: i64) -> [(&'static str, String); 9] {
         let signature = self.sign(ctx, method, ts);
         [
             (TENANT_ID, ctx.tenant_id.clone()),
@@ -203,9 +188,7 @@ impl ContextVerifier {
         };
         let ts: i64 = ts.parse().map_err(|_| ContextError::Malformed)?;
         let signature = hex::decode(signature).map_err(|_| ContextError::Malformed)?;
-        let auth_type = header(AUTH_TYPE)
-            .and_then(AuthType::parse)
-            .ok_or(ContextError::Malformed)?;
+        let auth_type = header(AUTH_TYPE).and_then(AuthType::parse).ok_or(ContextError::Malformed)?;
         let field = |name| header(name).unwrap_or_default().to_string();
         let ctx = RequestContext {
             tenant_id: field(TENANT_ID),
@@ -250,11 +233,7 @@ mod tests {
         }
     }
 
-    fn headers(
-        signer: &ContextSigner,
-        ctx: &RequestContext,
-        ts: i64,
-    ) -> HashMap<&'static str, String> {
+    fn headers(signer: &ContextSigner, ctx: &RequestContext, ts: i64) -> HashMap<&'static str, String> {
         signer.headers(ctx, "POST", ts).into_iter().collect()
     }
 
@@ -271,10 +250,7 @@ mod tests {
     fn signed_context_verifies() {
         let secret = Secret::new("s".repeat(32));
         let h = headers(&ContextSigner::new(&secret), &ctx(), 1_000);
-        assert_eq!(
-            verify(&ContextVerifier::new(&secret, None), &h, "POST", 1_030),
-            Ok(ctx())
-        );
+        assert_eq!(verify(&ContextVerifier::new(&secret, None), &h, "POST", 1_030), Ok(ctx()));
     }
 
     #[test]
@@ -282,35 +258,20 @@ mod tests {
         let secret = Secret::new("s".repeat(32));
         let verifier = ContextVerifier::new(&secret, None);
         let h = headers(&ContextSigner::new(&secret), &ctx(), 1_000);
-        assert_eq!(
-            verify(&verifier, &h, "GET", 1_000),
-            Err(ContextError::BadSignature)
-        );
-        for name in [
-            TENANT_ID, USER_ID, SESSION_ID, KEY_ID, CLIENT_IP, REQUEST_ID, CONTEXT_TS,
-        ] {
+        assert_eq!(verify(&verifier, &h, "GET", 1_000), Err(ContextError::BadSignature));
+        for name in [TENANT_ID, USER_ID, SESSION_ID, KEY_ID, CLIENT_IP, REQUEST_ID, CONTEXT_TS] {
             let mut forged = h.clone();
             forged.insert(name, "999".into());
-            assert_eq!(
-                verify(&verifier, &forged, "POST", 1_000),
-                Err(ContextError::BadSignature),
-                "{name}"
-            );
+            assert_eq!(verify(&verifier, &forged, "POST", 1_000), Err(ContextError::BadSignature), "{name}");
         }
         let mut forged = h.clone();
         forged.insert(AUTH_TYPE, "api_key".into());
-        assert_eq!(
-            verify(&verifier, &forged, "POST", 1_000),
-            Err(ContextError::BadSignature)
-        );
+        assert_eq!(verify(&verifier, &forged, "POST", 1_000), Err(ContextError::BadSignature));
         // Moving bytes between neighbours does not keep the signature valid.
         let mut shifted = h.clone();
         shifted.insert(TENANT_ID, "cl_1u".into());
         shifted.insert(USER_ID, "1".into());
-        assert_eq!(
-            verify(&verifier, &shifted, "POST", 1_000),
-            Err(ContextError::BadSignature)
-        );
+        assert_eq!(verify(&verifier, &shifted, "POST", 1_000), Err(ContextError::BadSignature));
     }
 
     #[test]
@@ -318,39 +279,17 @@ mod tests {
         let secret = Secret::new("s".repeat(32));
         let verifier = ContextVerifier::new(&secret, None);
         let h = headers(&ContextSigner::new(&secret), &ctx(), 1_000);
-        assert_eq!(
-            verify(&verifier, &h, "POST", 1_061),
-            Err(ContextError::Expired)
-        );
-        assert_eq!(
-            verify(&verifier, &h, "POST", 939),
-            Err(ContextError::Expired)
-        );
-        assert_eq!(
-            verify(&verifier, &HashMap::new(), "POST", 1_000),
-            Err(ContextError::Missing)
-        );
+        assert_eq!(verify(&verifier, &h, "POST", 1_061), Err(ContextError::Expired));
+        assert_eq!(verify(&verifier, &h, "POST", 939), Err(ContextError::Expired));
+        assert_eq!(verify(&verifier, &HashMap::new(), "POST", 1_000), Err(ContextError::Missing));
         let mut bare = h.clone();
         bare.remove(CONTEXT_SIG);
-        assert_eq!(
-            verify(&verifier, &bare, "POST", 1_000),
-            Err(ContextError::Missing)
-        );
-        let other = headers(
-            &ContextSigner::new(&Secret::new("t".repeat(32))),
-            &ctx(),
-            1_000,
-        );
-        assert_eq!(
-            verify(&verifier, &other, "POST", 1_000),
-            Err(ContextError::BadSignature)
-        );
+        assert_eq!(verify(&verifier, &bare, "POST", 1_000), Err(ContextError::Missing));
+        let other = headers(&ContextSigner::new(&Secret::new("t".repeat(32))), &ctx(), 1_000);
+        assert_eq!(verify(&verifier, &other, "POST", 1_000), Err(ContextError::BadSignature));
         let mut junk = h.clone();
         junk.insert(CONTEXT_SIG, "zz".into());
-        assert_eq!(
-            verify(&verifier, &junk, "POST", 1_000),
-            Err(ContextError::Malformed)
-        );
+        assert_eq!(verify(&verifier, &junk, "POST", 1_000), Err(ContextError::Malformed));
     }
 
     #[test]

@@ -7,10 +7,8 @@ const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// A new id such as `cl_01JD3...` (prefix, underscore, 26 characters).
 pub fn new_id(prefix: &str) -> String {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let millis =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let mut random = [0u8; 10];
     rand::rngs::OsRng.fill_bytes(&mut random);
     let mut value: u128 = u128::from(millis & 0xFFFF_FFFF_FFFF) << 80;
@@ -29,10 +27,7 @@ pub fn new_id(prefix: &str) -> String {
 
 /// Seconds since the Unix epoch: the one clock every expiry rule is given.
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -112,11 +112,7 @@ impl SigningKey {
         let mac = HmacSha256::new_from_slice(secret.expose().as_bytes())
             .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
         let header = format!(r#"{{"alg":"HS256","typ":"JWT","kid":"{kid}"}}"#);
-        Self {
-            encoded_header: URL_SAFE_NO_PAD.encode(header),
-            kid,
-            mac,
-        }
+        Self { encoded_header: URL_SAFE_NO_PAD.encode(header), kid, mac }
     }
 }
 
@@ -130,11 +126,7 @@ pub struct JwtKeys {
 
 impl JwtKeys {
     pub fn new(issuer: impl Into<String>, current: &Secret, previous: Option<&Secret>) -> Self {
-        Self {
-            issuer: issuer.into(),
-            current: SigningKey::new(current),
-            previous: previous.map(SigningKey::new),
-        }
+        Self { issuer: issuer.into(), current: SigningKey::new(current), previous: previous.map(SigningKey::new) }
     }
 
     pub fn issuer(&self) -> &str {
@@ -148,8 +140,7 @@ impl JwtKeys {
 
     pub fn issue(&self, claims: &Claims) -> String {
         let payload = serde_json::to_vec(claims).unwrap_or_default();
-        let mut token =
-            String::with_capacity(self.current.encoded_header.len() + payload.len() * 4 / 3 + 48);
+        let mut token = String::with_capacity(self.current.encoded_header.len() + payload.len() * 4 / 3 + 48);
         token.push_str(&self.current.encoded_header);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(payload, &mut token);
@@ -173,11 +164,8 @@ impl JwtKeys {
         else {
             return Err(TokenError::Malformed);
         };
-        let header_json = URL_SAFE_NO_PAD
-            .decode(header_b64)
-            .map_err(|_| TokenError::Malformed)?;
-        let header: Header<'_> =
-            serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
+        let header_json = URL_SAFE_NO_PAD.decode(header_b64).map_err(|_| TokenError::Malformed)?;
+        let header: Header<'_> = serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
         if header.alg != "HS256" {
             return Err(TokenError::AlgorithmNotAllowed);
         }
@@ -192,20 +180,15 @@ impl JwtKeys {
             },
             None => return Err(TokenError::BadSignature),
         };
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature_b64)
-            .map_err(|_| TokenError::Malformed)?;
+        let signature = URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| TokenError::Malformed)?;
         let mut mac = key.mac.clone();
         mac.update(header_b64.as_bytes());
         mac.update(b".");
         mac.update(payload_b64.as_bytes());
         // verify_slice compares in constant time.
-        mac.verify_slice(&signature)
-            .map_err(|_| TokenError::BadSignature)?;
+        mac.verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
 
-        let payload = URL_SAFE_NO_PAD
-            .decode(payload_b64)
-            .map_err(|_| TokenError::Malformed)?;
+        let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| TokenError::Malformed)?;
         let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
         if claims.iss != self.issuer {
             return Err(TokenError::WrongIssuer);
@@ -255,10 +238,7 @@ mod tests {
         }
         let mut mac = HmacSha256::new_from_slice(secret).unwrap();
         mac.update(signing_input.as_bytes());
-        format!(
-            "{signing_input}.{}",
-            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-        )
+        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
     }
 
     #[test]
@@ -273,24 +253,12 @@ mod tests {
     fn wrong_audience_expired_and_not_yet_valid() {
         let keys = keys();
         let token = keys.issue(&claims(Audience::Dashboard, 1_000));
-        assert_eq!(
-            keys.verify(&token, Audience::Sdk, 1_000),
-            Err(TokenError::WrongAudience)
-        );
-        assert_eq!(
-            keys.verify(&token, Audience::Dashboard, 1_000 + 900 + LEEWAY_SECONDS),
-            Err(TokenError::Expired)
-        );
-        assert_eq!(
-            keys.verify(&token, Audience::Dashboard, 1_000 - 60),
-            Err(TokenError::NotYetValid)
-        );
+        assert_eq!(keys.verify(&token, Audience::Sdk, 1_000), Err(TokenError::WrongAudience));
+        assert_eq!(keys.verify(&token, Audience::Dashboard, 1_000 + 900 + LEEWAY_SECONDS), Err(TokenError::Expired));
+        assert_eq!(keys.verify(&token, Audience::Dashboard, 1_000 - 60), Err(TokenError::NotYetValid));
         let mut future = claims(Audience::Sdk, 1_000);
         future.nbf = Some(2_000);
-        assert_eq!(
-            keys.verify(&keys.issue(&future), Audience::Sdk, 1_500),
-            Err(TokenError::NotYetValid)
-        );
+        assert_eq!(keys.verify(&keys.issue(&future), Audience::Sdk, 1_500), Err(TokenError::NotYetValid));
     }
 
     #[test]
@@ -298,36 +266,12 @@ mod tests {
         let keys = keys();
         let c = claims(Audience::Sdk, 1_000);
         let kid = keys.current_kid().to_string();
-        let none = forge(
-            &format!(r#"{{"alg":"none","typ":"JWT","kid":"{kid}"}}"#),
-            &c,
-            b"",
-            false,
-        );
-        assert_eq!(
-            keys.verify(&none, Audience::Sdk, 1_000),
-            Err(TokenError::AlgorithmNotAllowed)
-        );
-        let hs512 = forge(
-            &format!(r#"{{"alg":"HS512","kid":"{kid}"}}"#),
-            &c,
-            &[b'a'; 32],
-            true,
-        );
-        assert_eq!(
-            keys.verify(&hs512, Audience::Sdk, 1_000),
-            Err(TokenError::AlgorithmNotAllowed)
-        );
-        let lower = forge(
-            &format!(r#"{{"alg":"hs256","kid":"{kid}"}}"#),
-            &c,
-            &[b'a'; 32],
-            true,
-        );
-        assert_eq!(
-            keys.verify(&lower, Audience::Sdk, 1_000),
-            Err(TokenError::AlgorithmNotAllowed)
-        );
+        let none = forge(&format!(r#"{{"alg":"none","typ":"JWT","kid":"{kid}"}}"#), &c, b"", false);
+        assert_eq!(keys.verify(&none, Audience::Sdk, 1_000), Err(TokenError::AlgorithmNotAllowed));
+        let hs512 = forge(&format!(r#"{{"alg":"HS512","kid":"{kid}"}}"#), &c, &[b'a'; 32], true);
+        assert_eq!(keys.verify(&hs512, Audience::Sdk, 1_000), Err(TokenError::AlgorithmNotAllowed));
+        let lower = forge(&format!(r#"{{"alg":"hs256","kid":"{kid}"}}"#), &c, &[b'a'; 32], true);
+        assert_eq!(keys.verify(&lower, Audience::Sdk, 1_000), Err(TokenError::AlgorithmNotAllowed));
     }
 
     #[test]
@@ -338,32 +282,12 @@ mod tests {
         let mut other = claims(Audience::Sdk, 1_000);
         other.tid = "cl_other".into();
         parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&other).unwrap());
-        assert_eq!(
-            keys.verify(&parts.join("."), Audience::Sdk, 1_000),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(keys.verify(&parts.join("."), Audience::Sdk, 1_000), Err(TokenError::BadSignature));
         let foreign = JwtKeys::new("caas", &Secret::new("b".repeat(32)), None);
-        assert_eq!(
-            foreign.verify(&token, Audience::Sdk, 1_000),
-            Err(TokenError::BadSignature)
-        );
-        let no_kid = forge(
-            r#"{"alg":"HS256"}"#,
-            &claims(Audience::Sdk, 1_000),
-            &[b'a'; 32],
-            true,
-        );
-        assert_eq!(
-            keys.verify(&no_kid, Audience::Sdk, 1_000),
-            Err(TokenError::BadSignature)
-        );
-        for junk in [
-            "",
-            "a.b",
-            "a.b.c.d",
-            "!!.!!.!!",
-            &"x".repeat(MAX_TOKEN_LEN + 1),
-        ] {
+        assert_eq!(foreign.verify(&token, Audience::Sdk, 1_000), Err(TokenError::BadSignature));
+        let no_kid = forge(r#"{"alg":"HS256"}"#, &claims(Audience::Sdk, 1_000), &[b'a'; 32], true);
+        assert_eq!(keys.verify(&no_kid, Audience::Sdk, 1_000), Err(TokenError::BadSignature));
+        for junk in ["", "a.b", "a.b.c.d", "!!.!!.!!", &"x".repeat(MAX_TOKEN_LEN + 1)] {
             assert!(keys.verify(junk, Audience::Sdk, 1_000).is_err(), "{junk}");
         }
     }
@@ -372,14 +296,8 @@ mod tests {
     fn wrong_issuer_fails() {
         let keys = keys();
         let other = JwtKeys::new("someone-else", &Secret::new("a".repeat(32)), None);
-        let token = other.issue(&Claims {
-            iss: "someone-else".into(),
-            ..claims(Audience::Sdk, 1_000)
-        });
-        assert_eq!(
-            keys.verify(&token, Audience::Sdk, 1_000),
-            Err(TokenError::WrongIssuer)
-        );
+        let token = other.issue(&Claims { iss: "someone-else".into(), ..claims(Audience::Sdk, 1_000) });
+        assert_eq!(keys.verify(&token, Audience::Sdk, 1_000), Err(TokenError::WrongIssuer));
     }
 
     #[test]
@@ -391,10 +309,7 @@ mod tests {
         let during = JwtKeys::new("caas", &new, Some(&old));
         assert!(during.verify(&token, Audience::Sdk, 1_000).is_ok());
         let after = JwtKeys::new("caas", &new, None);
-        assert_eq!(
-            after.verify(&token, Audience::Sdk, 1_000),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(after.verify(&token, Audience::Sdk, 1_000), Err(TokenError::BadSignature));
         let fresh = during.issue(&claims(Audience::Sdk, 1_000));
         assert!(after.verify(&fresh, Audience::Sdk, 1_000).is_ok());
     }

@@ -50,16 +50,12 @@ impl AuthMetrics {
     pub fn register(&self, registry: &mut Registry) {
         // Series that exist from the start, so dashboards and alerts see 0, not nothing.
         for audience in ["caas-sdk", "caas-dashboard"] {
-            let _ = self
-                .token_validations
-                .get_or_create(&[("audience", audience), ("result", "valid")]);
+            let _ = self.token_validations.get_or_create(&[("audience", audience), ("result", "valid")]);
         }
         for kind in ["sdk", "dashboard"] {
             let _ = self.session_creations.get_or_create(&[("kind", kind)]);
         }
-        let _ = self
-            .api_key_validations
-            .get_or_create(&[("result", "valid")]);
+        let _ = self.api_key_validations.get_or_create(&[("result", "valid")]);
         registry.register(
             "auth_token_validations",
             "Credential validations by audience and result",
@@ -70,31 +66,15 @@ impl AuthMetrics {
             "Time to validate a credential, by kind",
             self.token_validation_seconds.clone(),
         );
-        registry.register(
-            "auth_session_creations",
-            "Sessions created, by kind",
-            self.session_creations.clone(),
-        );
+        registry.register("auth_session_creations", "Sessions created, by kind", self.session_creations.clone());
         registry.register(
             "auth_api_key_validations",
             "API key validations by result",
             self.api_key_validations.clone(),
         );
-        registry.register(
-            "auth_cache_hits",
-            "Validation cache hits, by cache",
-            self.cache_hits.clone(),
-        );
-        registry.register(
-            "auth_cache_misses",
-            "Validation cache misses, by cache",
-            self.cache_misses.clone(),
-        );
-        registry.register(
-            "auth_db_reads",
-            "Database reads made while validating",
-            self.db_reads.clone(),
-        );
+        registry.register("auth_cache_hits", "Validation cache hits, by cache", self.cache_hits.clone());
+        registry.register("auth_cache_misses", "Validation cache misses, by cache", self.cache_misses.clone());
+        registry.register("auth_db_reads", "Database reads made while validating", self.db_reads.clone());
         registry.register(
             "auth_cache_hit_rate",
             "Validation cache hits / lookups since start",
@@ -112,8 +92,7 @@ impl AuthMetrics {
         };
         let hits = sum(&self.cache_hits) as f64;
         let total = hits + sum(&self.cache_misses) as f64;
-        self.cache_hit_rate
-            .set(if total > 0.0 { hits / total } else { 1.0 });
+        self.cache_hit_rate.set(if total > 0.0 { hits / total } else { 1.0 });
     }
 }
 

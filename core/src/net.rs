@@ -25,10 +25,7 @@ mod tests {
         let peer: IpAddr = "10.0.0.9".parse().unwrap();
         let xff = Some("6.6.6.6, 203.0.113.7, 10.0.0.9");
         assert_eq!(client_ip(peer, xff, 0), Some(peer));
-        assert_eq!(
-            client_ip(peer, xff, 1),
-            Some("203.0.113.7".parse().unwrap())
-        );
+        assert_eq!(client_ip(peer, xff, 1), Some("203.0.113.7".parse().unwrap()));
         assert_eq!(client_ip(peer, xff, 2), Some("6.6.6.6".parse().unwrap()));
         assert_eq!(client_ip(peer, xff, 3), None);
         assert_eq!(client_ip(peer, None, 1), None);

@@ -16,14 +16,10 @@ static DUMMY_HASH: std::sync::LazyLock<String> =
 /// Checks length rules; the message is safe to show.
 pub fn check_password_rules(password: &str) -> Result<(), String> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(format!(
-            "password must be at least {MIN_PASSWORD_CHARS} characters"
-        ));
+        return Err(format!("password must be at least {MIN_PASSWORD_CHARS} characters"));
     }
     if password.len() > MAX_PASSWORD_BYTES {
-        return Err(format!(
-            "password must be at most {MAX_PASSWORD_BYTES} bytes"
-        ));
+        return Err(format!("password must be at most {MAX_PASSWORD_BYTES} bytes"));
     }
     Ok(())
 }
@@ -31,9 +27,7 @@ pub fn check_password_rules(password: &str) -> Result<(), String> {
 /// CPU-heavy (tens of milliseconds): call from a blocking thread.
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut OsRng);
-    Ok(Argon2::default()
-        .hash_password(password.as_bytes(), &salt)?
-        .to_string())
+    Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
 }
 
 /// CPU-heavy: call from a blocking thread. `None` verifies against a dummy
@@ -43,9 +37,7 @@ pub fn verify_password(password: &str, stored: Option<&str>) -> bool {
     let Ok(parsed) = PasswordHash::new(hash) else {
         return false;
     };
-    let ok = Argon2::default()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok();
+    let ok = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
     ok && stored.is_some()
 }
 
@@ -60,9 +52,9 @@ pub fn normalize_email(raw: &str) -> Option<String> {
     if local.is_empty() || local.len() > 64 || domain.contains('@') {
         return None;
     }
-    let labels_ok = domain.split('.').all(|l| {
-        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    });
+    let labels_ok = domain
+        .split('.')
+        .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
     (labels_ok && domain.contains('.')).then_some(email)
 }
 
@@ -88,10 +80,7 @@ mod tests {
 
     #[test]
     fn emails() {
-        assert_eq!(
-            normalize_email(" Ada@Example.COM ").as_deref(),
-            Some("ada@example.com")
-        );
+        assert_eq!(normalize_email(" Ada@Example.COM ").as_deref(), Some("ada@example.com"));
         for bad in [
             "",
             "ada",

@@ -24,13 +24,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(name: &'static str, limit: u64, window: Duration, shared: Arc<dyn Cache>) -> Self {
-        Self {
-            name,
-            limit,
-            window,
-            shared,
-            fallback: MemoryCache::new(),
-        }
+        Self { name, limit, window, shared, fallback: MemoryCache::new() }
     }
 
     /// Keys are hashed: no email address or IP is stored in Redis.
@@ -46,17 +40,10 @@ impl RateLimiter {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(error = %e, limiter = self.name, "rate limit falling back to in-process counter");
-                self.fallback
-                    .increment(&key, self.window)
-                    .await
-                    .unwrap_or((0, 0))
+                self.fallback.increment(&key, self.window).await.unwrap_or((0, 0))
             }
         };
-        if count > self.limit {
-            Err(RetryAfter(left.max(1)))
-        } else {
-            Ok(())
-        }
+        if count > self.limit { Err(RetryAfter(left.max(1))) } else { Ok(()) }
     }
 
     /// `Err` if the limit is already reached, without counting.
@@ -66,11 +53,7 @@ impl RateLimiter {
             Ok(v) => v,
             Err(_) => self.fallback.counter(&key).await.unwrap_or((0, 0)),
         };
-        if count >= self.limit {
-            Err(RetryAfter(left.max(1)))
-        } else {
-            Ok(())
-        }
+        if count >= self.limit { Err(RetryAfter(left.max(1))) } else { Ok(()) }
     }
 
     pub async fn reset(&self, subject: &str) {

@@ -22,10 +22,8 @@ pub fn generate() -> (String, String) {
 /// (refused without a database call).
 pub fn parse(candidate: &str) -> Option<String> {
     let body = candidate.strip_prefix(PREFIX)?;
-    let well_formed = body.len() == BODY_LEN
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let well_formed =
+        body.len() == BODY_LEN && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     well_formed.then(|| hash(candidate))
 }
 

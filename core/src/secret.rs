@@ -74,9 +74,7 @@ mod tests {
 
     #[test]
     fn strength_names_the_variable_not_the_value() {
-        let err = Secret::new("short-value")
-            .check_strength("JWT_SECRET")
-            .unwrap_err();
+        let err = Secret::new("short-value").check_strength("JWT_SECRET").unwrap_err();
         assert!(err.contains("JWT_SECRET"));
         assert!(!err.contains("short-value"));
         assert!(Secret::generate().check_strength("X").is_ok());

@@ -207,8 +207,7 @@ pub struct Rotation {
     pub revoked: Vec<ApiKeyRecord>,
 }
 
-const KEY_COLUMNS: &str =
-    "id, client_id, prefix, role, created_at, expires_at, revoked_at, last_used_at";
+const KEY_COLUMNS: &str = "id, client_id, prefix, role, created_at, expires_at, revoked_at, last_used_at";
 const SESSION_COLUMNS: &str = "id, client_id, subject, kind, created_at, expires_at, revoked_at";
 
 #[derive(Clone)]
@@ -219,9 +218,7 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("dialect", &self.dialect)
-            .finish_non_exhaustive()
+        f.debug_struct("Store").field("dialect", &self.dialect).finish_non_exhaustive()
     }
 }
 
@@ -232,33 +229,22 @@ impl Store {
     /// Does not migrate: call `migrate` (services do at start).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
         DRIVERS.call_once(sqlx::any::install_default_drivers);
-        let dialect = Dialect::of_url(url).ok_or_else(|| {
-            StoreError::Setup("DATABASE_URL must start with sqlite:// or postgres://".into())
-        })?;
+        let dialect = Dialect::of_url(url)
+            .ok_or_else(|| StoreError::Setup("DATABASE_URL must start with sqlite:// or postgres://".into()))?;
         let mut url = url.to_string();
         if dialect == Dialect::Sqlite && !url.contains(":memory:") {
-            let path = url
-                .trim_start_matches("sqlite://")
-                .trim_start_matches("sqlite:");
+            let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
             let path = path.split('?').next().unwrap_or_default();
-            if let Some(parent) = std::path::Path::new(path)
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    StoreError::Setup(format!("cannot create {}: {e}", parent.display()))
-                })?;
+            if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", parent.display())))?;
             }
             if !url.contains("mode=") {
-                url.push_str(if url.contains('?') {
-                    "&mode=rwc"
-                } else {
-                    "?mode=rwc"
-                });
+                url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
             }
         }
-        let options = AnyConnectOptions::from_str(&url)
-            .map_err(|e| StoreError::Setup(format!("invalid DATABASE_URL: {e}")))?;
+        let options =
+            AnyConnectOptions::from_str(&url).map_err(|e| StoreError::Setup(format!("invalid DATABASE_URL: {e}")))?;
         let pool = AnyPoolOptions::new()
             // SQLite allows one writer; one connection avoids lock-upgrade
             // deadlocks and lets `sqlite::memory:` be one database.
@@ -288,10 +274,7 @@ impl Store {
             Dialect::Sqlite => sqlx::migrate!("../migrations/sqlite"),
             Dialect::Postgres => sqlx::migrate!("../migrations/postgres"),
         };
-        migrator
-            .run(&self.pool)
-            .await
-            .map_err(|e| StoreError::Setup(format!("migration failed: {e}")))
+        migrator.run(&self.pool).await.map_err(|e| StoreError::Setup(format!("migration failed: {e}")))
     }
 
     pub async fn ping(&self) -> Result<()> {
@@ -319,22 +302,22 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO clients (id, name, created_at, keys_changed_at) VALUES ($1, $2, $3, $3)",
-        )
-        .bind(client_id)
-        .bind(name)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let inserted = sqlx::query("INSERT INTO client_accounts (id, client_id, email, password_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(account_id)
+        sqlx::query("INSERT INTO clients (id, name, created_at, keys_changed_at) VALUES ($1, $2, $3, $3)")
             .bind(client_id)
-            .bind(email)
-            .bind(password_hash)
+            .bind(name)
             .bind(now)
             .execute(&mut *tx)
-            .await;
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO client_accounts (id, client_id, email, password_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(account_id)
+        .bind(client_id)
+        .bind(email)
+        .bind(password_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
         if let Err(sqlx::Error::Database(db)) = &inserted
             && db.is_unique_violation()
         {
@@ -356,12 +339,10 @@ impl Store {
     }
 
     pub async fn account_by_email(&self, email: &str) -> Result<Option<AccountRecord>> {
-        Ok(sqlx::query_as(
-            "SELECT id, client_id, email, password_hash FROM client_accounts WHERE email = $1",
-        )
-        .bind(email)
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(sqlx::query_as("SELECT id, client_id, email, password_hash FROM client_accounts WHERE email = $1")
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     pub async fn client(&self, client_id: &str) -> Result<Option<ClientRecord>> {
@@ -376,12 +357,10 @@ impl Store {
     // ---- API keys ------------------------------------------------------
 
     pub async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"
-        ))
-        .bind(hash)
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Keys usable at `now`, newest first.
@@ -439,11 +418,7 @@ impl Store {
         }));
         insert_audit(&mut tx, &audit, now).await?;
         tx.commit().await?;
-        Ok(Rotation {
-            new_key,
-            demoted,
-            revoked,
-        })
+        Ok(Rotation { new_key, demoted, revoked })
     }
 
     /// Revokes one of the tenant's keys now. `None` if it has no such active key.
@@ -474,12 +449,10 @@ impl Store {
 
     /// The key's hash, to evict it from caches after a change.
     pub async fn api_key_hash(&self, key_id: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE id = $1")
-                .bind(key_id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE id = $1")
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     pub async fn touch_api_key(&self, key_id: &str, now: i64) -> Result<()> {
@@ -494,13 +467,10 @@ impl Store {
     // ---- whitelists ----------------------------------------------------
 
     pub async fn whitelist(&self, kind: WhitelistKind, client_id: &str) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(&format!(
-            "SELECT entry FROM {} WHERE client_id = $1 ORDER BY position",
-            kind.table()
-        ))
-        .bind(client_id)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(&format!("SELECT entry FROM {} WHERE client_id = $1 ORDER BY position", kind.table()))
+            .bind(client_id)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Replaces every entry at once (entries are already validated).
@@ -513,13 +483,10 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(&format!(
-            "DELETE FROM {} WHERE client_id = $1",
-            kind.table()
-        ))
-        .bind(client_id)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(&format!("DELETE FROM {} WHERE client_id = $1", kind.table()))
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
         for (position, entry) in entries.iter().enumerate() {
             sqlx::query(&format!(
                 "INSERT INTO {} (client_id, position, entry, created_at) VALUES ($1, $2, $3, $4)",
@@ -543,12 +510,7 @@ impl Store {
 
     /// The end user (created on first sight), the session and its first
     /// refresh token.
-    pub async fn create_sdk_session(
-        &self,
-        new: &NewSdkSession,
-        audit: &AuditEntry,
-        now: i64,
-    ) -> Result<()> {
+    pub async fn create_sdk_session(&self, new: &NewSdkSession, audit: &AuditEntry, now: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO end_users (client_id, user_id, name, metadata, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5) \
@@ -572,16 +534,17 @@ impl Store {
             now,
         )
         .await?;
-        sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
-            .bind(&new.refresh_hash)
-            .bind(&new.session_id)
-            .bind(now)
-            .bind(new.refresh_expires_at)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&new.refresh_hash)
+        .bind(&new.session_id)
+        .bind(now)
+        .bind(new.refresh_expires_at)
+        .execute(&mut *tx)
+        .await?;
         let mut audit = audit.clone();
-        audit.detail =
-            Some(serde_json::json!({ "session_id": new.session_id, "user_id": new.user_id }));
+        audit.detail = Some(serde_json::json!({ "session_id": new.session_id, "user_id": new.user_id }));
         insert_audit(&mut tx, &audit, now).await?;
         tx.commit().await?;
         Ok(())
@@ -597,16 +560,7 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        insert_session(
-            &mut tx,
-            session_id,
-            client_id,
-            account_id,
-            SessionKind::Dashboard,
-            expires_at,
-            now,
-        )
-        .await?;
+        insert_session(&mut tx, session_id, client_id, account_id, SessionKind::Dashboard, expires_at, now).await?;
         let mut audit = audit.clone();
         audit.detail = Some(serde_json::json!({ "session_id": session_id }));
         insert_audit(&mut tx, &audit, now).await?;
@@ -615,19 +569,14 @@ impl Store {
     }
 
     pub async fn session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
-        ))
-        .bind(session_id)
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
+            .bind(session_id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// The session a refresh token belongs to, whatever the token's state.
-    pub async fn session_by_refresh_token(
-        &self,
-        token_hash: &str,
-    ) -> Result<Option<SessionRecord>> {
+    pub async fn session_by_refresh_token(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
         Ok(sqlx::query_as(&format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1)"
         ))
@@ -657,8 +606,7 @@ impl Store {
         .bind(presented_hash)
         .fetch_optional(&mut *tx)
         .await?;
-        let tenant_ok =
-            |session: &SessionRecord| expected_tenant.is_none_or(|t| t == session.client_id);
+        let tenant_ok = |session: &SessionRecord| expected_tenant.is_none_or(|t| t == session.client_id);
 
         if let Some(session_id) = claimed {
             let session = session_in(&mut tx, &session_id).await?;
@@ -667,13 +615,15 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(RefreshOutcome::Invalid);
             };
-            sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
-                .bind(new_hash)
-                .bind(&session.id)
-                .bind(now)
-                .bind(new_expires_at)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(new_hash)
+            .bind(&session.id)
+            .bind(now)
+            .bind(new_expires_at)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("UPDATE sessions SET expires_at = $1 WHERE id = $2")
                 .bind(new_expires_at)
                 .bind(&session.id)
@@ -682,10 +632,7 @@ impl Store {
             let audit = session_audit(&session, "session.refreshed", ip);
             insert_audit(&mut tx, &audit, now).await?;
             tx.commit().await?;
-            return Ok(RefreshOutcome::Rotated(SessionRecord {
-                expires_at: new_expires_at,
-                ..session
-            }));
+            return Ok(RefreshOutcome::Rotated(SessionRecord { expires_at: new_expires_at, ..session }));
         }
 
         let used: Option<(String, Option<i64>)> =
@@ -693,9 +640,7 @@ impl Store {
                 .bind(presented_hash)
                 .fetch_optional(&mut *tx)
                 .await?
-                .map(|row| -> std::result::Result<_, sqlx::Error> {
-                    Ok((row.try_get(0)?, row.try_get(1)?))
-                })
+                .map(|row| -> std::result::Result<_, sqlx::Error> { Ok((row.try_get(0)?, row.try_get(1)?)) })
                 .transpose()?;
         let Some((session_id, Some(_used_at))) = used else {
             tx.rollback().await?;
@@ -713,10 +658,7 @@ impl Store {
         let audit = session_audit(&session, "session.refresh_token_reused", ip);
         insert_audit(&mut tx, &audit, now).await?;
         tx.commit().await?;
-        Ok(RefreshOutcome::Reused(SessionRecord {
-            revoked_at: session.revoked_at.or(Some(now)),
-            ..session
-        }))
+        Ok(RefreshOutcome::Reused(SessionRecord { revoked_at: session.revoked_at.or(Some(now)), ..session }))
     }
 
     /// Revokes a session (idempotent). `None` if there is no such session.
@@ -728,13 +670,15 @@ impl Store {
         now: i64,
     ) -> Result<Option<SessionRecord>> {
         let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query("UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL")
-            .bind(now)
-            .bind(reason)
-            .bind(session_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let changed = sqlx::query(
+            "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(session_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         let session = session_in(&mut tx, session_id).await?;
         if changed > 0 {
             let mut audit = audit.clone();
@@ -763,12 +707,7 @@ impl Store {
     }
 }
 
-async fn insert_key(
-    tx: &mut Transaction<'_, Any>,
-    client_id: &str,
-    key: &NewApiKey,
-    now: i64,
-) -> Result<ApiKeyRecord> {
+async fn insert_key(tx: &mut Transaction<'_, Any>, client_id: &str, key: &NewApiKey, now: i64) -> Result<ApiKeyRecord> {
     Ok(sqlx::query_as(&format!(
         "INSERT INTO api_keys (id, client_id, key_hash, prefix, role, created_at) VALUES ($1, $2, $3, $4, 'primary', $5) RETURNING {KEY_COLUMNS}"
     ))
@@ -790,28 +729,25 @@ async fn insert_session(
     expires_at: i64,
     now: i64,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO sessions (id, client_id, subject, kind, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(id)
-        .bind(client_id)
-        .bind(subject)
-        .bind(kind.as_str())
-        .bind(now)
-        .bind(expires_at)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO sessions (id, client_id, subject, kind, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(client_id)
+    .bind(subject)
+    .bind(kind.as_str())
+    .bind(now)
+    .bind(expires_at)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
-async fn session_in(
-    tx: &mut Transaction<'_, Any>,
-    session_id: &str,
-) -> Result<Option<SessionRecord>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
-    ))
-    .bind(session_id)
-    .fetch_optional(&mut **tx)
-    .await?)
+async fn session_in(tx: &mut Transaction<'_, Any>, session_id: &str) -> Result<Option<SessionRecord>> {
+    Ok(sqlx::query_as(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
+        .bind(session_id)
+        .fetch_optional(&mut **tx)
+        .await?)
 }
 
 fn session_audit(session: &SessionRecord, action: &'static str, ip: Option<&str>) -> AuditEntry {
@@ -825,14 +761,16 @@ fn session_audit(session: &SessionRecord, action: &'static str, ip: Option<&str>
 }
 
 async fn insert_audit(conn: &mut sqlx::AnyConnection, entry: &AuditEntry, now: i64) -> Result<()> {
-    sqlx::query("INSERT INTO audit_log (client_id, actor, action, ip, detail, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(entry.client_id.as_deref())
-        .bind(entry.actor.as_deref())
-        .bind(entry.action)
-        .bind(entry.ip.as_deref())
-        .bind(entry.detail.as_ref().map(|d| d.to_string()))
-        .bind(now)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO audit_log (client_id, actor, action, ip, detail, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(entry.client_id.as_deref())
+    .bind(entry.actor.as_deref())
+    .bind(entry.action)
+    .bind(entry.ip.as_deref())
+    .bind(entry.detail.as_ref().map(|d| d.to_string()))
+    .bind(now)
+    .execute(conn)
+    .await?;
     Ok(())
 }

@@ -18,14 +18,11 @@ fn missing(service: &str, url: &str, error: &dyn std::fmt::Display) {
             "CI=true but {service} at {url} is not usable: {error}. Start it (see README) — these tests must not be skipped in CI."
         );
     }
-    eprintln!(
-        "SKIPPED: {service} at {url} is not usable ({error}); set CI=true to make this a failure"
-    );
+    eprintln!("SKIPPED: {service} at {url} is not usable ({error}); set CI=true to make this a failure");
 }
 
 pub fn postgres_base_url() -> String {
-    std::env::var("CAAS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("CAAS_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 pub fn redis_test_url() -> String {
@@ -34,13 +31,8 @@ pub fn redis_test_url() -> String {
 
 /// A migrated in-memory SQLite store.
 pub async fn sqlite_store() -> Store {
-    let store = Store::connect("sqlite::memory:", 1)
-        .await
-        .unwrap_or_else(|e| panic!("sqlite: {e}"));
-    store
-        .migrate()
-        .await
-        .unwrap_or_else(|e| panic!("sqlite migrate: {e}"));
+    let store = Store::connect("sqlite::memory:", 1).await.unwrap_or_else(|e| panic!("sqlite: {e}"));
+    store.migrate().await.unwrap_or_else(|e| panic!("sqlite migrate: {e}"));
     store
 }
 
@@ -58,10 +50,7 @@ pub async fn postgres_url() -> Option<(String, SchemaGuard)> {
         }
     };
     let schema = crate::id::new_id("caas_t").to_ascii_lowercase();
-    if let Err(e) = sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut conn)
-        .await
-    {
+    if let Err(e) = sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut conn).await {
         missing("PostgreSQL", &base, &e);
         return None;
     }
@@ -73,13 +62,8 @@ pub async fn postgres_url() -> Option<(String, SchemaGuard)> {
 /// A migrated PostgreSQL store in a schema of its own.
 pub async fn postgres_store() -> Option<(Store, SchemaGuard)> {
     let (url, guard) = postgres_url().await?;
-    let store = Store::connect(&url, 4)
-        .await
-        .unwrap_or_else(|e| panic!("postgres: {e}"));
-    store
-        .migrate()
-        .await
-        .unwrap_or_else(|e| panic!("postgres migrate: {e}"));
+    let store = Store::connect(&url, 4).await.unwrap_or_else(|e| panic!("postgres: {e}"));
+    store.migrate().await.unwrap_or_else(|e| panic!("postgres migrate: {e}"));
     Some((store, guard))
 }
 
@@ -93,22 +77,15 @@ impl Drop for SchemaGuard {
     fn drop(&mut self) {
         let (base, schema) = (self.base.clone(), self.schema.clone());
         let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             runtime.block_on(async {
                 use sqlx::Connection as _;
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&base).await {
                     // Never hang a test run on a lock some leftover connection holds.
-                    let _ = sqlx::query("SET lock_timeout = '5s'")
-                        .execute(&mut conn)
-                        .await;
-                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                        .execute(&mut conn)
-                        .await;
+                    let _ = sqlx::query("SET lock_timeout = '5s'").execute(&mut conn).await;
+                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&mut conn).await;
                 }
             });
         })

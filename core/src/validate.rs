@@ -60,6 +60,38 @@ pub enum Denial {
     Unavailable,
 }
 
+/// A denial and, when the credential got far enough to name one, its tenant
+/// (for logs: an IP or Origin refusal is about a known tenant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub denial: Denial,
+    pub tenant_id: Option<String>,
+}
+
+impl From<Denial> for Rejection {
+    fn from(denial: Denial) -> Self {
+        Rejection { denial, tenant_id: None }
+    }
+}
+
+impl From<TokenError> for Rejection {
+    fn from(error: TokenError) -> Self {
+        Denial::Token(error).into()
+    }
+}
+
+impl PartialEq<Denial> for Rejection {
+    fn eq(&self, other: &Denial) -> bool {
+        self.denial == *other
+    }
+}
+
+impl Denial {
+    fn for_tenant(self, tenant_id: &str) -> Rejection {
+        Rejection { denial: self, tenant_id: Some(tenant_id.to_string()) }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenialClass {
     Unauthenticated,
@@ -148,12 +180,7 @@ struct SessionEntry {
 
 impl SessionEntry {
     fn revoked() -> Self {
-        Self {
-            tenant_id: String::new(),
-            subject: String::new(),
-            kind: String::new(),
-            revoked: true,
-        }
+        Self { tenant_id: String::new(), subject: String::new(), kind: String::new(), revoked: true }
     }
 }
 
@@ -188,12 +215,7 @@ struct LocalCache<V> {
 
 impl<V: Clone> LocalCache<V> {
     fn new(name: &'static str, capacity: usize) -> Self {
-        Self {
-            name,
-            map: RwLock::new(HashMap::new()),
-            epoch: AtomicU64::new(0),
-            capacity,
-        }
+        Self { name, map: RwLock::new(HashMap::new()), epoch: AtomicU64::new(0), capacity }
     }
 
     fn lookup(&self, key: &str, now: Instant, trust: bool) -> Lookup<V> {
@@ -228,30 +250,14 @@ impl<V: Clone> LocalCache<V> {
         if map.len() >= self.capacity {
             map.retain(|_, slot| slot.is_pinned(now));
         }
-        map.insert(
-            key.to_string(),
-            Slot {
-                value,
-                fetched: now,
-                fresh_for,
-                pinned_until: None,
-            },
-        );
+        map.insert(key.to_string(), Slot { value, fetched: now, fresh_for, pinned_until: None });
     }
 
     fn pin(&self, key: &str, value: V, for_: Duration) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let now = Instant::now();
-        map.insert(
-            key.to_string(),
-            Slot {
-                value,
-                fetched: now,
-                fresh_for: for_,
-                pinned_until: Some(now + for_),
-            },
-        );
+        map.insert(key.to_string(), Slot { value, fetched: now, fresh_for: for_, pinned_until: Some(now + for_) });
     }
 
     fn evict(&self, key: &str) {
@@ -294,12 +300,7 @@ pub struct Validator {
 
 impl Drop for Validator {
     fn drop(&mut self) {
-        if let Some(task) = self
-            .listener
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(task) = self.listener.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();
         }
     }
@@ -390,11 +391,7 @@ impl Validator {
                 Event::IpWhitelistChanged { tenant_id } => self.ip_lists.evict(tenant_id),
                 Event::OriginWhitelistChanged { tenant_id } => self.origin_lists.evict(tenant_id),
                 Event::SessionRevoked { session_id, .. } => {
-                    self.sessions.pin(
-                        session_id,
-                        Some(SessionEntry::revoked()),
-                        self.settings.pin_for,
-                    );
+                    self.sessions.pin(session_id, Some(SessionEntry::revoked()), self.settings.pin_for);
                 }
             },
         }
@@ -402,22 +399,14 @@ impl Validator {
 
     /// API key from the `x-api-key` header, then the caller's IP against the
     /// key's tenant whitelist.
-    pub async fn validate_api_key(
-        &self,
-        presented: &str,
-        ip: IpAddr,
-        now: i64,
-    ) -> Result<KeyIdentity, Denial> {
+    pub async fn validate_api_key(&self, presented: &str, ip: IpAddr, now: i64) -> Result<KeyIdentity, Rejection> {
         let started = Instant::now();
         let result = self.api_key_inner(presented, ip, now).await;
         let outcome = match &result {
             Ok(_) => "valid",
-            Err(denial) => denial.code(),
+            Err(rejection) => rejection.denial.code(),
         };
-        self.metrics
-            .api_key_validations
-            .get_or_create(&[("result", outcome)])
-            .inc();
+        self.metrics.api_key_validations.get_or_create(&[("result", outcome)]).inc();
         self.metrics
             .token_validation_seconds
             .get_or_create(&[("kind", "api_key")])
@@ -425,52 +414,36 @@ impl Validator {
         result
     }
 
-    async fn api_key_inner(
-        &self,
-        presented: &str,
-        ip: IpAddr,
-        now: i64,
-    ) -> Result<KeyIdentity, Denial> {
+    async fn api_key_inner(&self, presented: &str, ip: IpAddr, now: i64) -> Result<KeyIdentity, Rejection> {
         let hash = api_key::parse(presented).map_err(|_| Denial::InvalidApiKey)?;
         let entry = self
             .fetch(
                 &self.keys,
                 &hash,
                 |entry| {
-                    if entry.is_some() {
-                        self.settings.fresh_for
-                    } else {
-                        self.settings.negative_for
-                    }
+                    if entry.is_some() { self.settings.fresh_for } else { self.settings.negative_for }
                 },
                 || async {
                     self.metrics.db_reads.inc();
-                    Ok(self
-                        .store
-                        .api_key_by_hash(&hash)
-                        .await?
-                        .map(|record| KeyEntry {
-                            revoked: record.revoked_at.is_some(),
-                            id: record.id,
-                            tenant_id: record.client_id,
-                            expires_at: record.expires_at,
-                        }))
+                    Ok(self.store.api_key_by_hash(&hash).await?.map(|record| KeyEntry {
+                        revoked: record.revoked_at.is_some(),
+                        id: record.id,
+                        tenant_id: record.client_id,
+                        expires_at: record.expires_at,
+                    }))
                 },
             )
             .await?
             .ok_or(Denial::InvalidApiKey)?;
         if entry.revoked {
-            return Err(Denial::ApiKeyRevoked);
+            return Err(Denial::ApiKeyRevoked.for_tenant(&entry.tenant_id));
         }
         if entry.expires_at.is_some_and(|at| at <= now) {
-            return Err(Denial::ApiKeyExpired);
+            return Err(Denial::ApiKeyExpired.for_tenant(&entry.tenant_id));
         }
-        self.check_ip(&entry.tenant_id, ip).await?;
+        self.check_ip(&entry.tenant_id, ip).await.map_err(|d| d.for_tenant(&entry.tenant_id))?;
         self.touch(&entry.id, now);
-        Ok(KeyIdentity {
-            tenant_id: entry.tenant_id,
-            key_id: entry.id,
-        })
+        Ok(KeyIdentity { tenant_id: entry.tenant_id, key_id: entry.id })
     }
 
     /// An access token for `audience`: signature, claims, revocation, then
@@ -481,18 +454,15 @@ impl Validator {
         audience: Audience,
         origin: Option<&str>,
         now: i64,
-    ) -> Result<Claims, Denial> {
+    ) -> Result<Claims, Rejection> {
         let started = Instant::now();
         let result = self.token_inner(token, audience, origin, now).await;
         let outcome = match &result {
             Ok(_) => "valid",
-            Err(denial) => denial.code(),
+            Err(rejection) => rejection.denial.code(),
         };
         let aud = audience.as_str();
-        self.metrics
-            .token_validations
-            .get_or_create(&[("audience", aud), ("result", outcome)])
-            .inc();
+        self.metrics.token_validations.get_or_create(&[("audience", aud), ("result", outcome)]).inc();
         self.metrics
             .token_validation_seconds
             .get_or_create(&[("kind", "jwt")])
@@ -506,11 +476,11 @@ impl Validator {
         audience: Audience,
         origin: Option<&str>,
         now: i64,
-    ) -> Result<Claims, Denial> {
+    ) -> Result<Claims, Rejection> {
         let claims = self.jwt.verify(token, audience, now)?;
-        self.check_session(&claims, audience).await?;
+        self.check_session(&claims, audience).await.map_err(|d| d.for_tenant(&claims.tid))?;
         if let Some(origin) = origin {
-            self.check_origin(&claims.tid, origin).await?;
+            self.check_origin(&claims.tid, origin).await.map_err(|d| d.for_tenant(&claims.tid))?;
         }
         Ok(claims)
     }
@@ -523,11 +493,7 @@ impl Validator {
                 &self.sessions,
                 session_id,
                 |entry| {
-                    if entry.is_some() {
-                        self.settings.fresh_for
-                    } else {
-                        self.settings.negative_for
-                    }
+                    if entry.is_some() { self.settings.fresh_for } else { self.settings.negative_for }
                 },
                 || async {
                     self.metrics.db_reads.inc();
@@ -545,11 +511,7 @@ impl Validator {
             Audience::Sdk => "sdk",
             Audience::Dashboard => "dashboard",
         };
-        if entry.revoked
-            || entry.tenant_id != claims.tid
-            || entry.subject != claims.sub
-            || entry.kind != kind
-        {
+        if entry.revoked || entry.tenant_id != claims.tid || entry.subject != claims.sub || entry.kind != kind {
             return Err(Denial::SessionRevoked);
         }
         Ok(())
@@ -560,15 +522,9 @@ impl Validator {
             return Ok(());
         }
         let list = self
-            .whitelist(&self.ip_lists, WhitelistKind::Ip, tenant_id, |e| {
-                IpWhitelist::parse(e).ok().map(Arc::new)
-            })
+            .whitelist(&self.ip_lists, WhitelistKind::Ip, tenant_id, |e| IpWhitelist::parse(e).ok().map(Arc::new))
             .await?;
-        if list.contains(ip) {
-            Ok(())
-        } else {
-            Err(Denial::IpNotAllowed)
-        }
+        if list.contains(ip) { Ok(()) } else { Err(Denial::IpNotAllowed) }
     }
 
     pub async fn check_origin(&self, tenant_id: &str, origin: &str) -> Result<(), Denial> {
@@ -580,11 +536,7 @@ impl Validator {
                 OriginWhitelist::parse(e).ok().map(Arc::new)
             })
             .await?;
-        if list.allows(origin) {
-            Ok(())
-        } else {
-            Err(Denial::OriginNotAllowed)
-        }
+        if list.allows(origin) { Ok(()) } else { Err(Denial::OriginNotAllowed) }
     }
 
     async fn whitelist<V: Clone>(
@@ -601,9 +553,8 @@ impl Validator {
             || async {
                 let shared_key = whitelist_cache_key(kind, tenant_id);
                 if let Ok(Some(json)) = self.shared.get(&shared_key).await
-                    && let Some(list) = serde_json::from_str::<Vec<String>>(&json)
-                        .ok()
-                        .and_then(|entries| parse(&entries))
+                    && let Some(list) =
+                        serde_json::from_str::<Vec<String>>(&json).ok().and_then(|entries| parse(&entries))
                 {
                     return Ok(list);
                 }
@@ -612,19 +563,12 @@ impl Validator {
                 // Entries were validated when written; one that no longer parses
                 // (a rule got stricter) must not widen access: treat it as empty.
                 let list = parse(&entries).unwrap_or_else(|| {
-                    tracing::error!(
-                        tenant_id,
-                        ?kind,
-                        "stored whitelist no longer parses; treating it as empty"
-                    );
+                    tracing::error!(tenant_id, ?kind, "stored whitelist no longer parses; treating it as empty");
                     parse(&[]).unwrap_or_else(|| unreachable!("an empty whitelist always parses"))
                 });
                 if let Ok(json) = serde_json::to_string(&entries) {
                     // Readers only fill an empty slot; writers overwrite (see `whitelist_written`).
-                    let _ = self
-                        .shared
-                        .set_if_absent(&shared_key, &json, self.settings.shared_ttl)
-                        .await;
+                    let _ = self.shared.set_if_absent(&shared_key, &json, self.settings.shared_ttl).await;
                 }
                 Ok(list)
             },
@@ -646,19 +590,13 @@ impl Validator {
         let now = Instant::now();
         let stale = match cache.lookup(key, now, self.bus.is_connected()) {
             Lookup::Fresh(value) => {
-                self.metrics
-                    .cache_hits
-                    .get_or_create(&[("cache", cache.name)])
-                    .inc();
+                self.metrics.cache_hits.get_or_create(&[("cache", cache.name)]).inc();
                 return Ok(value);
             }
             Lookup::Stale(value, age) => Some((value, age)),
             Lookup::Miss => None,
         };
-        self.metrics
-            .cache_misses
-            .get_or_create(&[("cache", cache.name)])
-            .inc();
+        self.metrics.cache_misses.get_or_create(&[("cache", cache.name)]).inc();
         let epoch = cache.epoch();
         match load().await {
             Ok(value) => {
@@ -713,12 +651,7 @@ impl Validator {
 
     /// After a whitelist is written: overwrite the shared copy, then tell
     /// every process to drop its parsed copy.
-    pub async fn whitelist_written(
-        &self,
-        kind: WhitelistKind,
-        tenant_id: &str,
-        entries: &[String],
-    ) {
+    pub async fn whitelist_written(&self, kind: WhitelistKind, tenant_id: &str, entries: &[String]) {
         let key = whitelist_cache_key(kind, tenant_id);
         let written = match serde_json::to_string(entries) {
             Ok(json) => self.shared.set(&key, &json, self.settings.shared_ttl).await,

@@ -29,17 +29,12 @@ impl IpWhitelist {
     /// All entries or none: the first invalid one is named.
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, InvalidEntry> {
         if entries.len() > MAX_ENTRIES {
-            return Err(InvalidEntry {
-                field: "cidrs".into(),
-                message: format!("at most {MAX_ENTRIES} entries"),
-            });
+            return Err(InvalidEntry { field: "cidrs".into(), message: format!("at most {MAX_ENTRIES} entries") });
         }
         let mut nets = Vec::with_capacity(entries.len());
         for (i, entry) in entries.iter().enumerate() {
-            let net = parse_cidr(entry.as_ref()).map_err(|message| InvalidEntry {
-                field: format!("cidrs[{i}]"),
-                message,
-            })?;
+            let net =
+                parse_cidr(entry.as_ref()).map_err(|message| InvalidEntry { field: format!("cidrs[{i}]"), message })?;
             if !nets.contains(&net) {
                 nets.push(net);
             }
@@ -76,22 +71,14 @@ fn parse_cidr(raw: &str) -> Result<IpNet, String> {
         return Err(format!("'{}' is not a valid IPv4/IPv6 CIDR", truncate(raw)));
     }
     let net = if text.contains('/') {
-        text.parse::<IpNet>()
-            .map_err(|_| format!("'{}' is not a valid IPv4/IPv6 CIDR", truncate(raw)))?
+        text.parse::<IpNet>().map_err(|_| format!("'{}' is not a valid IPv4/IPv6 CIDR", truncate(raw)))?
     } else {
-        let ip: IpAddr = text.parse().map_err(|_| {
-            format!(
-                "'{}' is not a valid IPv4/IPv6 address or CIDR",
-                truncate(raw)
-            )
-        })?;
+        let ip: IpAddr =
+            text.parse().map_err(|_| format!("'{}' is not a valid IPv4/IPv6 address or CIDR", truncate(raw)))?;
         IpNet::from(canonical_ip(ip))
     };
     if net.trunc() != net {
-        return Err(format!(
-            "'{text}' has host bits set; did you mean {}?",
-            net.trunc()
-        ));
+        return Err(format!("'{text}' has host bits set; did you mean {}?", net.trunc()));
     }
     Ok(net)
 }
@@ -141,23 +128,12 @@ fn parse_origin(raw: &str, allow_wildcard: bool) -> Result<(Origin, bool), Strin
     if !valid_host(host) {
         return Err(format!("'{host}' is not a valid host"));
     }
-    if wildcard
-        && (host.starts_with('[')
-            || host.parse::<std::net::Ipv4Addr>().is_ok()
-            || !host.contains('.'))
-    {
+    if wildcard && (host.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok() || !host.contains('.')) {
         return Err("a wildcard needs a domain with at least two labels after '*.', e.g. https://*.example.com".into());
     }
     let default_port = if https { 443 } else { 80 };
     let port = port.filter(|&p| p != default_port);
-    Ok((
-        Origin {
-            https,
-            host: host.to_string(),
-            port,
-        },
-        wildcard,
-    ))
+    Ok((Origin { https, host: host.to_string(), port }, wildcard))
 }
 
 fn split_host_port(rest: &str) -> Result<(&str, Option<u16>), String> {
@@ -177,9 +153,7 @@ fn split_host_port(rest: &str) -> Result<(&str, Option<u16>), String> {
     };
     let port = match port {
         Some(p) => {
-            let n: u16 = p
-                .parse()
-                .map_err(|_| format!("'{p}' is not a valid port"))?;
+            let n: u16 = p.parse().map_err(|_| format!("'{p}' is not a valid port"))?;
             if n == 0 || p.starts_with('0') {
                 return Err(format!("'{p}' is not a valid port"));
             }
@@ -202,9 +176,7 @@ fn valid_host(host: &str) -> bool {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     })
 }
 
@@ -220,10 +192,7 @@ pub struct OriginWhitelist {
 impl OriginWhitelist {
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, InvalidEntry> {
         if entries.len() > MAX_ENTRIES {
-            return Err(InvalidEntry {
-                field: "origins".into(),
-                message: format!("at most {MAX_ENTRIES} entries"),
-            });
+            return Err(InvalidEntry { field: "origins".into(), message: format!("at most {MAX_ENTRIES} entries") });
         }
         let mut list = Self::default();
         for (i, entry) in entries.iter().enumerate() {
@@ -235,8 +204,8 @@ impl OriginWhitelist {
             if raw.len() > 300 {
                 return Err(invalid("is too long".into()));
             }
-            let (origin, wildcard) = parse_origin(raw, true)
-                .map_err(|m| invalid(format!("is not a valid origin: {m}")))?;
+            let (origin, wildcard) =
+                parse_origin(raw, true).map_err(|m| invalid(format!("is not a valid origin: {m}")))?;
             let text = origin.render(wildcard);
             if list.entries.contains(&text) {
                 continue;
@@ -281,10 +250,7 @@ mod tests {
     #[test]
     fn cidrs_v4_v6_and_bare_addresses() {
         let list = IpWhitelist::parse(&["10.0.0.0/8", "2001:db8::/32", "127.0.0.1"]).unwrap();
-        assert_eq!(
-            list.entries(),
-            vec!["10.0.0.0/8", "2001:db8::/32", "127.0.0.1/32"]
-        );
+        assert_eq!(list.entries(), vec!["10.0.0.0/8", "2001:db8::/32", "127.0.0.1/32"]);
         assert!(list.contains("10.200.1.2".parse().unwrap()));
         assert!(list.contains("2001:db8::1".parse().unwrap()));
         assert!(list.contains("::ffff:10.1.1.1".parse().unwrap()));
@@ -298,41 +264,20 @@ mod tests {
     fn invalid_cidrs_are_named() {
         let err = IpWhitelist::parse(&["10.0.0.0/8", "10.0.0.1/33"]).unwrap_err();
         assert_eq!(err.field, "cidrs[1]");
-        for bad in [
-            "",
-            "foo",
-            "10.0.0.0/",
-            "300.1.1.1",
-            "10.0.0.0/8/8",
-            "1.2.3.4 /8",
-            "::g/64",
-        ] {
+        for bad in ["", "foo", "10.0.0.0/", "300.1.1.1", "10.0.0.0/8/8", "1.2.3.4 /8", "::g/64"] {
             assert!(IpWhitelist::parse(&[bad]).is_err(), "{bad}");
         }
         let err = IpWhitelist::parse(&["10.1.2.3/8"]).unwrap_err();
         assert!(err.message.contains("10.0.0.0/8"), "{err}");
-        let many: Vec<String> = (0..=MAX_ENTRIES)
-            .map(|i| format!("10.0.{}.{}/32", i / 256, i % 256))
-            .collect();
+        let many: Vec<String> = (0..=MAX_ENTRIES).map(|i| format!("10.0.{}.{}/32", i / 256, i % 256)).collect();
         assert!(IpWhitelist::parse(&many).is_err());
     }
 
     #[test]
     fn exact_origins_normalise_case_and_default_ports() {
-        let list = OriginWhitelist::parse(&[
-            "https://App.Example.com",
-            "http://localhost:3000",
-            "https://x.io:443",
-        ])
-        .unwrap();
-        assert_eq!(
-            list.entries(),
-            [
-                "https://app.example.com",
-                "http://localhost:3000",
-                "https://x.io"
-            ]
-        );
+        let list =
+            OriginWhitelist::parse(&["https://App.Example.com", "http://localhost:3000", "https://x.io:443"]).unwrap();
+        assert_eq!(list.entries(), ["https://app.example.com", "http://localhost:3000", "https://x.io"]);
         assert!(list.allows("https://app.example.com"));
         assert!(list.allows("https://app.example.com:443"));
         assert!(list.allows("http://localhost:3000"));

@@ -81,11 +81,8 @@ impl Harness {
     }
 
     async fn with(store: Store, guard: Option<SchemaGuard>, settings: Settings) -> Self {
-        let backends = Backends {
-            store: store.clone(),
-            cache: Arc::new(MemoryCache::new()),
-            bus: Arc::new(LocalBus::new()),
-        };
+        let backends =
+            Backends { store: store.clone(), cache: Arc::new(MemoryCache::new()), bus: Arc::new(LocalBus::new()) };
         let validator = Validator::start(
             store.clone(),
             backends.cache.clone(),
@@ -106,14 +103,8 @@ impl Harness {
 
     pub async fn send(&self, request: Request<Body>) -> Response {
         let mut request = request;
-        if request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .is_none()
-        {
-            request
-                .extensions_mut()
-                .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+        if request.extensions().get::<ConnectInfo<SocketAddr>>().is_none() {
+            request.extensions_mut().insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
         }
         let response = self.app.clone().oneshot(request).await.unwrap();
         let status = response.status();
@@ -121,22 +112,11 @@ impl Harness {
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let text = String::from_utf8_lossy(&bytes).to_string();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Response {
-            status,
-            headers,
-            body,
-            text,
-        }
+        Response { status, headers, body, text }
     }
 
     /// A request as the gateway would forward it, with signed context.
-    pub fn signed(
-        &self,
-        method: Method,
-        path: &str,
-        ctx: &RequestContext,
-        body: Option<Value>,
-    ) -> Request<Body> {
+    pub fn signed(&self, method: Method, path: &str, ctx: &RequestContext, body: Option<Value>) -> Request<Body> {
         let mut builder = Request::builder().method(method.clone()).uri(path);
         for (name, value) in self.signer.headers(ctx, method.as_str(), unix_now()) {
             builder = builder.header(name, value);
@@ -163,18 +143,11 @@ impl Harness {
     /// Logs in and returns the dashboard context ext-authz would build.
     pub async fn dashboard(&self, who: &Registered) -> RequestContext {
         let r = self
-            .send(post(
-                "/api/v1/auth/client/login",
-                json!({"email": who.email, "password": "correct horse battery"}),
-            ))
+            .send(post("/api/v1/auth/client/login", json!({"email": who.email, "password": "correct horse battery"})))
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         let token = r.body["access_token"].as_str().unwrap();
-        let claims = self
-            .validator
-            .validate_token(token, Audience::Dashboard, None, unix_now())
-            .await
-            .unwrap();
+        let claims = self.validator.validate_token(token, Audience::Dashboard, None, unix_now()).await.unwrap();
         RequestContext {
             tenant_id: claims.tid,
             user_id: claims.sub,
@@ -225,8 +198,7 @@ impl Harness {
 
     /// What the internal endpoint says of an end-user token.
     pub async fn token_verdict(&self, token: &str) -> Response {
-        self.internal("/api/v1/auth/internal/validate", json!({ "token": token }))
-            .await
+        self.internal("/api/v1/auth/internal/validate", json!({ "token": token })).await
     }
 }
 
@@ -239,27 +211,16 @@ pub struct Registered {
 
 fn with_body(builder: axum::http::request::Builder, body: Option<Value>) -> Request<Body> {
     match body {
-        Some(body) => builder
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap(),
+        Some(body) => builder.header("content-type", "application/json").body(Body::from(body.to_string())).unwrap(),
         None => builder.body(Body::empty()).unwrap(),
     }
 }
 
 pub fn post(path: &str, body: Value) -> Request<Body> {
-    with_body(
-        Request::builder().method(Method::POST).uri(path),
-        Some(body),
-    )
+    with_body(Request::builder().method(Method::POST).uri(path), Some(body))
 }
 
-pub fn raw(
-    method: Method,
-    path: &str,
-    content_type: Option<&str>,
-    body: impl Into<Body>,
-) -> Request<Body> {
+pub fn raw(method: Method, path: &str, content_type: Option<&str>, body: impl Into<Body>) -> Request<Body> {
     let mut builder = Request::builder().method(method).uri(path);
     if let Some(ct) = content_type {
         builder = builder.header("content-type", ct);

@@ -24,30 +24,18 @@ async fn sdk_session_issues_tokens_for_the_callers_tenant() {
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     for field in ["access_token", "refresh_token", "session_id"] {
-        assert!(
-            r.body[field].as_str().is_some_and(|v| !v.is_empty()),
-            "{field}"
-        );
+        assert!(r.body[field].as_str().is_some_and(|v| !v.is_empty()), "{field}");
     }
     assert_eq!(
-        (
-            r.body["token_type"].as_str(),
-            r.body["expires_in"].as_i64(),
-            r.body["user_id"].as_str()
-        ),
+        (r.body["token_type"].as_str(), r.body["expires_in"].as_i64(), r.body["user_id"].as_str()),
         (Some("Bearer"), Some(900), Some("user-1"))
     );
     assert_eq!(r.body["refresh_expires_in"].as_i64(), Some(7 * 86_400));
-    let verdict = h
-        .token_verdict(r.body["access_token"].as_str().unwrap())
-        .await;
+    let verdict = h.token_verdict(r.body["access_token"].as_str().unwrap()).await;
     assert_eq!(verdict.status, StatusCode::OK, "{}", verdict.text);
     assert_eq!(verdict.body["tenant_id"], who.client_id.as_str());
     assert_eq!(verdict.body["user_id"], "user-1");
-    assert_eq!(
-        h.store.audit_log(&who.client_id, 1).await.unwrap()[0].action,
-        "session.created"
-    );
+    assert_eq!(h.store.audit_log(&who.client_id, 1).await.unwrap()[0].action, "session.created");
 }
 
 #[tokio::test]
@@ -59,47 +47,18 @@ async fn sdk_session_refuses_bad_input_and_wrong_callers() {
         (json!({"user_id": ""}), "invalid_user_id"),
         (json!({"user_id": "has space"}), "invalid_user_id"),
         (json!({"user_id": "u".repeat(129)}), "invalid_user_id"),
-        (
-            json!({"user_id": "u1", "metadata": [1, 2]}),
-            "invalid_metadata",
-        ),
-        (
-            json!({"user_id": "u1", "metadata": {"blob": "x".repeat(5000)}}),
-            "invalid_metadata",
-        ),
-        (
-            json!({"user_id": "u1", "tenant_id": "cl_other"}),
-            "invalid_body",
-        ),
+        (json!({"user_id": "u1", "metadata": [1, 2]}), "invalid_metadata"),
+        (json!({"user_id": "u1", "metadata": {"blob": "x".repeat(5000)}}), "invalid_metadata"),
+        (json!({"user_id": "u1", "tenant_id": "cl_other"}), "invalid_body"),
     ] {
-        let r = h
-            .send(h.signed(Method::POST, SESSION, &ctx, Some(body)))
-            .await;
-        assert_eq!(
-            (r.status, r.code()),
-            (StatusCode::BAD_REQUEST, code),
-            "{}",
-            r.text
-        );
+        let r = h.send(h.signed(Method::POST, SESSION, &ctx, Some(body))).await;
+        assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, code), "{}", r.text);
     }
     let r = h.send(post(SESSION, json!({"user_id": "u1"}))).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::UNAUTHORIZED, "missing_context")
-    );
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "missing_context"));
     let dashboard = h.dashboard(&who).await;
-    let r = h
-        .send(h.signed(
-            Method::POST,
-            SESSION,
-            &dashboard,
-            Some(json!({"user_id": "u1"})),
-        ))
-        .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::FORBIDDEN, "wrong_credential_type")
-    );
+    let r = h.send(h.signed(Method::POST, SESSION, &dashboard, Some(json!({"user_id": "u1"})))).await;
+    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "wrong_credential_type"));
 }
 
 #[tokio::test]
@@ -107,12 +66,7 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
     let h = Harness::sqlite().await;
     let who = h.register("rot@example.com").await;
     let first = h.session(&who, "user-1").await;
-    let r = h
-        .send(post(
-            REFRESH,
-            json!({"refresh_token": first["refresh_token"]}),
-        ))
-        .await;
+    let r = h.send(post(REFRESH, json!({"refresh_token": first["refresh_token"]}))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_ne!(r.body["refresh_token"], first["refresh_token"]);
     assert_eq!(r.body["session_id"], first["session_id"]);
@@ -120,24 +74,11 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
     assert_eq!(h.token_verdict(&second_access).await.status, StatusCode::OK);
 
     // The used token again: reuse. The family dies, including new tokens.
-    let r = h
-        .send(post(
-            REFRESH,
-            json!({"refresh_token": first["refresh_token"]}),
-        ))
-        .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::UNAUTHORIZED, "refresh_token_reused")
-    );
+    let r = h.send(post(REFRESH, json!({"refresh_token": first["refresh_token"]}))).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "refresh_token_reused"));
     let verdict = h.token_verdict(&second_access).await;
-    assert_eq!(
-        (verdict.status, verdict.code()),
-        (StatusCode::UNAUTHORIZED, "session_revoked")
-    );
-    let verdict = h
-        .token_verdict(first["access_token"].as_str().unwrap())
-        .await;
+    assert_eq!((verdict.status, verdict.code()), (StatusCode::UNAUTHORIZED, "session_revoked"));
+    let verdict = h.token_verdict(first["access_token"].as_str().unwrap()).await;
     assert_eq!(verdict.code(), "session_revoked");
 
     for bad in [
@@ -146,10 +87,7 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
         json!({"refresh_token": caas_core::refresh_token::generate().0}),
     ] {
         let r = h.send(post(REFRESH, bad)).await;
-        assert_eq!(
-            (r.status, r.code()),
-            (StatusCode::UNAUTHORIZED, "invalid_refresh_token")
-        );
+        assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "invalid_refresh_token"));
         assert!(r.headers.get("www-authenticate").is_some());
     }
 }
@@ -168,10 +106,7 @@ async fn refresh_by_another_tenants_backend_is_refused_and_does_not_consume() {
             Some(json!({"refresh_token": session["refresh_token"]})),
         ))
         .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::UNAUTHORIZED, "invalid_refresh_token")
-    );
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "invalid_refresh_token"));
     let r = h
         .send(h.signed(
             Method::POST,
@@ -195,9 +130,7 @@ async fn concurrent_refresh_over_http_has_exactly_one_winner() {
     let tasks: Vec<_> = (0..10)
         .map(|_| {
             let (h, token) = (h.clone(), token.clone());
-            tokio::spawn(
-                async move { h.send(post(REFRESH, json!({"refresh_token": token}))).await },
-            )
+            tokio::spawn(async move { h.send(post(REFRESH, json!({"refresh_token": token}))).await })
         })
         .collect();
     let mut statuses = Vec::new();
@@ -205,20 +138,8 @@ async fn concurrent_refresh_over_http_has_exactly_one_winner() {
         let r = task.await.unwrap();
         statuses.push((r.status, r.code().to_string()));
     }
-    assert_eq!(
-        statuses
-            .iter()
-            .filter(|(s, _)| *s == StatusCode::OK)
-            .count(),
-        1,
-        "{statuses:?}"
-    );
-    assert!(
-        statuses
-            .iter()
-            .all(|(s, c)| *s == StatusCode::OK || c == "refresh_token_reused"),
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.iter().filter(|(s, _)| *s == StatusCode::OK).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|(s, c)| *s == StatusCode::OK || c == "refresh_token_reused"), "{statuses:?}");
 }
 
 #[tokio::test]
@@ -226,28 +147,14 @@ async fn logout_by_refresh_token_or_by_access_context() {
     let h = Harness::sqlite().await;
     let who = h.register("out@example.com").await;
     let one = h.session(&who, "user-1").await;
-    let r = h
-        .send(post(LOGOUT, json!({"refresh_token": one["refresh_token"]})))
-        .await;
+    let r = h.send(post(LOGOUT, json!({"refresh_token": one["refresh_token"]}))).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
-    assert_eq!(
-        h.token_verdict(one["access_token"].as_str().unwrap())
-            .await
-            .code(),
-        "session_revoked"
-    );
-    let r = h
-        .send(post(
-            REFRESH,
-            json!({"refresh_token": one["refresh_token"]}),
-        ))
-        .await;
+    assert_eq!(h.token_verdict(one["access_token"].as_str().unwrap()).await.code(), "session_revoked");
+    let r = h.send(post(REFRESH, json!({"refresh_token": one["refresh_token"]}))).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     // Idempotent.
     assert_eq!(
-        h.send(post(LOGOUT, json!({"refresh_token": one["refresh_token"]})))
-            .await
-            .status,
+        h.send(post(LOGOUT, json!({"refresh_token": one["refresh_token"]}))).await.status,
         StatusCode::NO_CONTENT
     );
 
@@ -263,23 +170,12 @@ async fn logout_by_refresh_token_or_by_access_context() {
     };
     let r = h.send(h.signed(Method::POST, LOGOUT, &ctx, None)).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
-    assert_eq!(
-        h.token_verdict(two["access_token"].as_str().unwrap())
-            .await
-            .code(),
-        "session_revoked"
-    );
+    assert_eq!(h.token_verdict(two["access_token"].as_str().unwrap()).await.code(), "session_revoked");
     let log = h.store.audit_log(&who.client_id, 1).await.unwrap();
-    assert_eq!(
-        (log[0].action.as_str(), log[0].ip.as_deref()),
-        ("session.logout", Some("127.0.0.1"))
-    );
+    assert_eq!((log[0].action.as_str(), log[0].ip.as_deref()), ("session.logout", Some("127.0.0.1")));
 
     let r = h.send(raw(Method::POST, LOGOUT, None, "")).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::UNAUTHORIZED, "missing_credentials")
-    );
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "missing_credentials"));
     // Another tenant's backend cannot end this tenant's sessions.
     let other = h.register("other@example.com").await;
     let three = h.session(&who, "user-3").await;
@@ -292,10 +188,5 @@ async fn logout_by_refresh_token_or_by_access_context() {
         ))
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        h.token_verdict(three["access_token"].as_str().unwrap())
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(h.token_verdict(three["access_token"].as_str().unwrap()).await.status, StatusCode::OK);
 }

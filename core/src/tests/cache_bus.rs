@@ -12,55 +12,27 @@ fn unique(prefix: &str) -> String {
 async fn cache_conformance(cache: Arc<dyn Cache>) {
     let key = unique("test:cache");
     assert_eq!(cache.get(&key).await.unwrap(), None);
-    cache
-        .set(&key, "one", Duration::from_secs(30))
-        .await
-        .unwrap();
+    cache.set(&key, "one", Duration::from_secs(30)).await.unwrap();
     assert_eq!(cache.get(&key).await.unwrap().as_deref(), Some("one"));
-    assert!(
-        !cache
-            .set_if_absent(&key, "two", Duration::from_secs(30))
-            .await
-            .unwrap()
-    );
+    assert!(!cache.set_if_absent(&key, "two", Duration::from_secs(30)).await.unwrap());
     assert_eq!(cache.get(&key).await.unwrap().as_deref(), Some("one"));
     cache.delete(&key).await.unwrap();
-    assert!(
-        cache
-            .set_if_absent(&key, "three", Duration::from_secs(30))
-            .await
-            .unwrap()
-    );
+    assert!(cache.set_if_absent(&key, "three", Duration::from_secs(30)).await.unwrap());
     assert_eq!(cache.get(&key).await.unwrap().as_deref(), Some("three"));
 
     let short = unique("test:short");
-    cache
-        .set(&short, "x", Duration::from_secs(1))
-        .await
-        .unwrap();
+    cache.set(&short, "x", Duration::from_secs(1)).await.unwrap();
     assert!(
-        crate::testing::eventually(Duration::from_secs(3), || async {
-            cache.get(&short).await.unwrap().is_none()
-        })
-        .await
+        crate::testing::eventually(Duration::from_secs(3), || async { cache.get(&short).await.unwrap().is_none() })
+            .await
     );
 
     let counter = unique("test:counter");
     assert_eq!(cache.counter(&counter).await.unwrap().0, 0);
-    let (n, left) = cache
-        .increment(&counter, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let (n, left) = cache.increment(&counter, Duration::from_secs(60)).await.unwrap();
     assert_eq!(n, 1);
     assert!((59..=60).contains(&left), "{left}");
-    assert_eq!(
-        cache
-            .increment(&counter, Duration::from_secs(60))
-            .await
-            .unwrap()
-            .0,
-        2
-    );
+    assert_eq!(cache.increment(&counter, Duration::from_secs(60)).await.unwrap().0, 2);
     assert_eq!(cache.counter(&counter).await.unwrap().0, 2);
     cache.ping().await.unwrap();
 }
@@ -68,10 +40,7 @@ async fn cache_conformance(cache: Arc<dyn Cache>) {
 async fn bus_conformance(a: Arc<dyn EventBus>, b: Arc<dyn EventBus>) {
     let mut on_a = a.subscribe();
     let mut on_b = b.subscribe();
-    let event = Event::SessionRevoked {
-        tenant_id: unique("cl"),
-        session_id: unique("ses"),
-    };
+    let event = Event::SessionRevoked { tenant_id: unique("cl"), session_id: unique("ses") };
     a.publish(event.clone()).await.unwrap();
     for rx in [&mut on_a, &mut on_b] {
         let got = tokio::time::timeout(Duration::from_secs(2), async {
@@ -125,10 +94,7 @@ async fn redis_bus_between_two_processes() {
     };
     let a = RedisBus::start(&url).unwrap();
     let b = RedisBus::start(&url).unwrap();
-    assert!(
-        a.wait_connected(Duration::from_secs(5)).await
-            && b.wait_connected(Duration::from_secs(5)).await
-    );
+    assert!(a.wait_connected(Duration::from_secs(5)).await && b.wait_connected(Duration::from_secs(5)).await);
     bus_conformance(Arc::new(a), Arc::new(b)).await;
 }
 
@@ -142,12 +108,6 @@ async fn redis_down_is_an_error_not_a_hang() {
     assert!(!bus.wait_connected(Duration::from_millis(300)).await);
     // Local delivery still happens when Redis is down.
     let mut rx = bus.subscribe();
-    assert!(
-        bus.publish(Event::IpWhitelistChanged {
-            tenant_id: "t".into()
-        })
-        .await
-        .is_err()
-    );
+    assert!(bus.publish(Event::IpWhitelistChanged { tenant_id: "t".into() }).await.is_err());
     assert!(matches!(rx.recv().await.unwrap(), BusMessage::Event(_)));
 }

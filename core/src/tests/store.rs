@@ -8,14 +8,7 @@ const NOW: i64 = 1_700_000_000;
 
 fn new_key() -> (NewApiKey, String) {
     let generated = api_key::generate();
-    (
-        NewApiKey {
-            id: crate::id::new_id("key"),
-            hash: generated.hash,
-            prefix: generated.display_prefix,
-        },
-        generated.key,
-    )
+    (NewApiKey { id: crate::id::new_id("key"), hash: generated.hash, prefix: generated.display_prefix }, generated.key)
 }
 
 pub(crate) async fn register(store: &Store, email: &str) -> (String, String, NewApiKey, String) {
@@ -23,16 +16,7 @@ pub(crate) async fn register(store: &Store, email: &str) -> (String, String, New
     let account_id = crate::id::new_id("acc");
     let (key, raw) = new_key();
     store
-        .register_client(
-            &client_id,
-            "Acme",
-            &account_id,
-            email,
-            "$argon2id$fake",
-            &key,
-            Some("127.0.0.1"),
-            NOW,
-        )
+        .register_client(&client_id, "Acme", &account_id, email, "$argon2id$fake", &key, Some("127.0.0.1"), NOW)
         .await
         .unwrap();
     (client_id, account_id, key, raw)
@@ -51,33 +35,14 @@ fn audit(client_id: &str, action: &'static str) -> AuditEntry {
 async fn registration_is_atomic_and_emails_unique(store: Store) {
     let (client_id, account_id, key, _) = register(&store, "ada@example.com").await;
     let client = store.client(&client_id).await.unwrap().unwrap();
-    assert_eq!(
-        (client.name.as_str(), client.email.as_str()),
-        ("Acme", "ada@example.com")
-    );
-    let account = store
-        .account_by_email("ada@example.com")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (account.id, account.client_id.clone()),
-        (account_id, client_id.clone())
-    );
+    assert_eq!((client.name.as_str(), client.email.as_str()), ("Acme", "ada@example.com"));
+    let account = store.account_by_email("ada@example.com").await.unwrap().unwrap();
+    assert_eq!((account.id, account.client_id.clone()), (account_id, client_id.clone()));
 
     let other = crate::id::new_id("cl");
     let (key2, _) = new_key();
     let err = store
-        .register_client(
-            &other,
-            "Again",
-            &crate::id::new_id("acc"),
-            "ada@example.com",
-            "h",
-            &key2,
-            None,
-            NOW,
-        )
+        .register_client(&other, "Again", &crate::id::new_id("acc"), "ada@example.com", "h", &key2, None, NOW)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::EmailTaken), "{err:?}");
@@ -86,10 +51,7 @@ async fn registration_is_atomic_and_emails_unique(store: Store) {
     assert!(store.api_key_by_hash(&key2.hash).await.unwrap().is_none());
 
     let record = store.api_key_by_hash(&key.hash).await.unwrap().unwrap();
-    assert_eq!(
-        (record.role.as_str(), record.client_id.as_str()),
-        ("primary", client_id.as_str())
-    );
+    assert_eq!((record.role.as_str(), record.client_id.as_str()), ("primary", client_id.as_str()));
     let log = store.audit_log(&client_id, 10).await.unwrap();
     assert_eq!(log[0].action, "client.registered");
     assert_eq!(log[0].ip.as_deref(), Some("127.0.0.1"));
@@ -98,72 +60,28 @@ async fn registration_is_atomic_and_emails_unique(store: Store) {
 async fn key_rotation_keeps_at_most_two_keys(store: Store) {
     let (client_id, _, first, _) = register(&store, "rot@example.com").await;
     let (second, _) = new_key();
-    let rotation = store
-        .rotate_api_key(
-            &client_id,
-            &second,
-            3600,
-            &audit(&client_id, "api_key.rotated"),
-            NOW,
-        )
-        .await
-        .unwrap();
+    let rotation =
+        store.rotate_api_key(&client_id, &second, 3600, &audit(&client_id, "api_key.rotated"), NOW).await.unwrap();
     assert_eq!(rotation.new_key.role, "primary");
     let demoted = rotation.demoted.unwrap();
     assert_eq!(
-        (
-            demoted.id.as_str(),
-            demoted.role.as_str(),
-            demoted.expires_at
-        ),
+        (demoted.id.as_str(), demoted.role.as_str(), demoted.expires_at),
         (first.id.as_str(), "secondary", Some(NOW + 3600))
     );
     assert!(rotation.revoked.is_empty());
-    assert_eq!(
-        store.active_api_keys(&client_id, NOW).await.unwrap().len(),
-        2
-    );
+    assert_eq!(store.active_api_keys(&client_id, NOW).await.unwrap().len(), 2);
     // Past the grace expiry only the new key is active.
     let later = store.active_api_keys(&client_id, NOW + 3600).await.unwrap();
-    assert_eq!(
-        later.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
-        [second.id.as_str()]
-    );
+    assert_eq!(later.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), [second.id.as_str()]);
 
     // Rotating again revokes the old secondary at once.
     let (third, _) = new_key();
-    let rotation = store
-        .rotate_api_key(
-            &client_id,
-            &third,
-            60,
-            &audit(&client_id, "api_key.rotated"),
-            NOW + 10,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        rotation
-            .revoked
-            .iter()
-            .map(|k| k.id.as_str())
-            .collect::<Vec<_>>(),
-        [first.id.as_str()]
-    );
+    let rotation =
+        store.rotate_api_key(&client_id, &third, 60, &audit(&client_id, "api_key.rotated"), NOW + 10).await.unwrap();
+    assert_eq!(rotation.revoked.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), [first.id.as_str()]);
     let active = store.active_api_keys(&client_id, NOW + 10).await.unwrap();
-    assert_eq!(
-        active.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
-        [third.id.as_str(), second.id.as_str()]
-    );
-    assert!(
-        store
-            .api_key_by_hash(&first.hash)
-            .await
-            .unwrap()
-            .unwrap()
-            .revoked_at
-            .is_some()
-    );
+    assert_eq!(active.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), [third.id.as_str(), second.id.as_str()]);
+    assert!(store.api_key_by_hash(&first.hash).await.unwrap().unwrap().revoked_at.is_some());
 }
 
 async fn concurrent_rotations_never_leave_three_keys(store: Store) {
@@ -174,16 +92,7 @@ async fn concurrent_rotations_never_leave_three_keys(store: Store) {
             let (store, client_id) = (store.clone(), client_id.clone());
             tokio::spawn(async move {
                 let (key, _) = new_key();
-                store
-                    .rotate_api_key(
-                        &client_id,
-                        &key,
-                        3600,
-                        &audit(&client_id, "api_key.rotated"),
-                        NOW,
-                    )
-                    .await
-                    .unwrap();
+                store.rotate_api_key(&client_id, &key, 3600, &audit(&client_id, "api_key.rotated"), NOW).await.unwrap();
             })
         })
         .collect();
@@ -198,73 +107,25 @@ async fn concurrent_rotations_never_leave_three_keys(store: Store) {
 async fn revoking_a_key_is_scoped_to_its_tenant(store: Store) {
     let (a, _, key_a, _) = register(&store, "a@example.com").await;
     let (b, _, _, _) = register(&store, "b@example.com").await;
-    assert!(
-        store
-            .revoke_api_key(&b, &key_a.id, &audit(&b, "api_key.revoked"), NOW)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        store
-            .api_key_by_hash(&key_a.hash)
-            .await
-            .unwrap()
-            .unwrap()
-            .revoked_at
-            .is_none()
-    );
-    let revoked = store
-        .revoke_api_key(&a, &key_a.id, &audit(&a, "api_key.revoked"), NOW)
-        .await
-        .unwrap()
-        .unwrap();
+    assert!(store.revoke_api_key(&b, &key_a.id, &audit(&b, "api_key.revoked"), NOW).await.unwrap().is_none());
+    assert!(store.api_key_by_hash(&key_a.hash).await.unwrap().unwrap().revoked_at.is_none());
+    let revoked = store.revoke_api_key(&a, &key_a.id, &audit(&a, "api_key.revoked"), NOW).await.unwrap().unwrap();
     assert_eq!(revoked.revoked_at, Some(NOW));
-    assert!(
-        store
-            .revoke_api_key(&a, &key_a.id, &audit(&a, "api_key.revoked"), NOW)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(store.revoke_api_key(&a, &key_a.id, &audit(&a, "api_key.revoked"), NOW).await.unwrap().is_none());
     assert!(store.active_api_keys(&a, NOW).await.unwrap().is_empty());
-    assert_eq!(
-        store.audit_log(&a, 1).await.unwrap()[0].action,
-        "api_key.revoked"
-    );
+    assert_eq!(store.audit_log(&a, 1).await.unwrap()[0].action, "api_key.revoked");
 }
 
 async fn whitelists_are_replaced_whole(store: Store) {
     let (client_id, _, _, _) = register(&store, "wl@example.com").await;
     let entries = vec!["10.0.0.0/8".to_string(), "127.0.0.1/32".to_string()];
     store
-        .replace_whitelist(
-            WhitelistKind::Ip,
-            &client_id,
-            &entries,
-            &audit(&client_id, "ip_whitelist.updated"),
-            NOW,
-        )
+        .replace_whitelist(WhitelistKind::Ip, &client_id, &entries, &audit(&client_id, "ip_whitelist.updated"), NOW)
         .await
         .unwrap();
-    assert_eq!(
-        store
-            .whitelist(WhitelistKind::Ip, &client_id)
-            .await
-            .unwrap(),
-        entries
-    );
-    assert!(
-        store
-            .whitelist(WhitelistKind::Origin, &client_id)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let origins = vec![
-        "https://b.example".to_string(),
-        "https://a.example".to_string(),
-    ];
+    assert_eq!(store.whitelist(WhitelistKind::Ip, &client_id).await.unwrap(), entries);
+    assert!(store.whitelist(WhitelistKind::Origin, &client_id).await.unwrap().is_empty());
+    let origins = vec!["https://b.example".to_string(), "https://a.example".to_string()];
     store
         .replace_whitelist(
             WhitelistKind::Origin,
@@ -275,31 +136,12 @@ async fn whitelists_are_replaced_whole(store: Store) {
         )
         .await
         .unwrap();
-    assert_eq!(
-        store
-            .whitelist(WhitelistKind::Origin, &client_id)
-            .await
-            .unwrap(),
-        origins,
-        "order is kept"
-    );
+    assert_eq!(store.whitelist(WhitelistKind::Origin, &client_id).await.unwrap(), origins, "order is kept");
     store
-        .replace_whitelist(
-            WhitelistKind::Ip,
-            &client_id,
-            &[],
-            &audit(&client_id, "ip_whitelist.updated"),
-            NOW,
-        )
+        .replace_whitelist(WhitelistKind::Ip, &client_id, &[], &audit(&client_id, "ip_whitelist.updated"), NOW)
         .await
         .unwrap();
-    assert!(
-        store
-            .whitelist(WhitelistKind::Ip, &client_id)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.whitelist(WhitelistKind::Ip, &client_id).await.unwrap().is_empty());
 }
 
 async fn new_session(store: &Store, client_id: &str, user: &str) -> (String, String) {
@@ -314,10 +156,7 @@ async fn new_session(store: &Store, client_id: &str, user: &str) -> (String, Str
         refresh_hash: hash,
         refresh_expires_at: NOW + 3600,
     };
-    store
-        .create_sdk_session(&new, &audit(client_id, "session.created"), NOW)
-        .await
-        .unwrap();
+    store.create_sdk_session(&new, &audit(client_id, "session.created"), NOW).await.unwrap();
     (session_id, token)
 }
 
@@ -326,34 +165,23 @@ async fn refresh_rotates_and_detects_reuse(store: Store) {
     let (session_id, token) = new_session(&store, &client_id, "user-1").await;
     let hash = refresh_token::parse(&token).unwrap();
     let (next, next_hash) = refresh_token::generate();
-    match store
-        .rotate_refresh_token(&hash, &next_hash, NOW + 7200, None, None, NOW + 1)
-        .await
-        .unwrap()
-    {
-        RefreshOutcome::Rotated(session) => assert_eq!(
-            (session.id.as_str(), session.expires_at),
-            (session_id.as_str(), NOW + 7200)
-        ),
+    match store.rotate_refresh_token(&hash, &next_hash, NOW + 7200, None, None, NOW + 1).await.unwrap() {
+        RefreshOutcome::Rotated(session) => {
+            assert_eq!((session.id.as_str(), session.expires_at), (session_id.as_str(), NOW + 7200))
+        }
         other => panic!("{other:?}"),
     }
     // The next token works once.
     let (_, third_hash) = refresh_token::generate();
     let next_parsed = refresh_token::parse(&next).unwrap();
     assert!(matches!(
-        store
-            .rotate_refresh_token(&next_parsed, &third_hash, NOW + 7200, None, None, NOW + 2)
-            .await
-            .unwrap(),
+        store.rotate_refresh_token(&next_parsed, &third_hash, NOW + 7200, None, None, NOW + 2).await.unwrap(),
         RefreshOutcome::Rotated(_)
     ));
     // Presenting the first one again is reuse: the whole family dies.
     let (_, unused) = refresh_token::generate();
     assert!(matches!(
-        store
-            .rotate_refresh_token(&hash, &unused, NOW + 7200, None, None, NOW + 3)
-            .await
-            .unwrap(),
+        store.rotate_refresh_token(&hash, &unused, NOW + 7200, None, None, NOW + 3).await.unwrap(),
         RefreshOutcome::Reused(_)
     ));
     let session = store.session(&session_id).await.unwrap().unwrap();
@@ -361,23 +189,11 @@ async fn refresh_rotates_and_detects_reuse(store: Store) {
     // Even the newest token of the family is now refused.
     let (_, more) = refresh_token::generate();
     assert_eq!(
-        store
-            .rotate_refresh_token(&third_hash, &more, NOW + 7200, None, None, NOW + 4)
-            .await
-            .unwrap(),
+        store.rotate_refresh_token(&third_hash, &more, NOW + 7200, None, None, NOW + 4).await.unwrap(),
         RefreshOutcome::Invalid
     );
-    let actions: Vec<String> = store
-        .audit_log(&client_id, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.action)
-        .collect();
-    assert!(
-        actions.contains(&"session.refresh_token_reused".to_string()),
-        "{actions:?}"
-    );
+    let actions: Vec<String> = store.audit_log(&client_id, 10).await.unwrap().into_iter().map(|r| r.action).collect();
+    assert!(actions.contains(&"session.refresh_token_reused".to_string()), "{actions:?}");
 }
 
 async fn refresh_refuses_unknown_expired_and_foreign_tokens(store: Store) {
@@ -388,33 +204,21 @@ async fn refresh_refuses_unknown_expired_and_foreign_tokens(store: Store) {
     let (_, next) = refresh_token::generate();
     let (_, unknown) = refresh_token::generate();
     assert_eq!(
-        store
-            .rotate_refresh_token(&unknown, &next, NOW + 7200, None, None, NOW)
-            .await
-            .unwrap(),
+        store.rotate_refresh_token(&unknown, &next, NOW + 7200, None, None, NOW).await.unwrap(),
         RefreshOutcome::Invalid
     );
     // Another tenant's caller cannot use it, and the attempt does not consume it.
     assert_eq!(
-        store
-            .rotate_refresh_token(&hash, &next, NOW + 7200, Some(&b), None, NOW)
-            .await
-            .unwrap(),
+        store.rotate_refresh_token(&hash, &next, NOW + 7200, Some(&b), None, NOW).await.unwrap(),
         RefreshOutcome::Invalid
     );
     // Expired.
     assert_eq!(
-        store
-            .rotate_refresh_token(&hash, &next, NOW + 9000, None, None, NOW + 3600)
-            .await
-            .unwrap(),
+        store.rotate_refresh_token(&hash, &next, NOW + 9000, None, None, NOW + 3600).await.unwrap(),
         RefreshOutcome::Invalid
     );
     assert!(matches!(
-        store
-            .rotate_refresh_token(&hash, &next, NOW + 7200, Some(&a), None, NOW + 10)
-            .await
-            .unwrap(),
+        store.rotate_refresh_token(&hash, &next, NOW + 7200, Some(&a), None, NOW + 10).await.unwrap(),
         RefreshOutcome::Rotated(_)
     ));
 }
@@ -429,10 +233,7 @@ async fn concurrent_refresh_has_one_winner(store: Store) {
             let (store, hash) = (store.clone(), hash.clone());
             tokio::spawn(async move {
                 let (_, next) = refresh_token::generate();
-                store
-                    .rotate_refresh_token(&hash, &next, NOW + 7200, None, None, NOW + 1)
-                    .await
-                    .unwrap()
+                store.rotate_refresh_token(&hash, &next, NOW + 7200, None, None, NOW + 1).await.unwrap()
             })
         })
         .collect();
@@ -440,29 +241,10 @@ async fn concurrent_refresh_has_one_winner(store: Store) {
     for task in tasks {
         outcomes.push(task.await.unwrap());
     }
-    assert_eq!(
-        outcomes
-            .iter()
-            .filter(|o| matches!(o, RefreshOutcome::Rotated(_)))
-            .count(),
-        1,
-        "{outcomes:?}"
-    );
-    assert!(
-        outcomes
-            .iter()
-            .all(|o| matches!(o, RefreshOutcome::Rotated(_) | RefreshOutcome::Reused(_)))
-    );
+    assert_eq!(outcomes.iter().filter(|o| matches!(o, RefreshOutcome::Rotated(_))).count(), 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|o| matches!(o, RefreshOutcome::Rotated(_) | RefreshOutcome::Reused(_))));
     // The losers were reuse: the family is revoked (RFC 9700 §4.14.2).
-    assert!(
-        store
-            .session(&session_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .revoked_at
-            .is_some()
-    );
+    assert!(store.session(&session_id).await.unwrap().unwrap().revoked_at.is_some());
 }
 
 async fn sessions_revoke_and_upsert_end_users(store: Store) {
@@ -470,33 +252,18 @@ async fn sessions_revoke_and_upsert_end_users(store: Store) {
     let (s1, token) = new_session(&store, &client_id, "user-1").await;
     let (s2, _) = new_session(&store, &client_id, "user-1").await;
     assert_ne!(s1, s2);
-    let by_token = store
-        .session_by_refresh_token(&refresh_token::parse(&token).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let by_token = store.session_by_refresh_token(&refresh_token::parse(&token).unwrap()).await.unwrap().unwrap();
     assert_eq!(by_token.id, s1);
-    let revoked = store
-        .revoke_session(&s1, "logout", &audit(&client_id, "session.logout"), NOW + 5)
-        .await
-        .unwrap()
-        .unwrap();
+    let revoked =
+        store.revoke_session(&s1, "logout", &audit(&client_id, "session.logout"), NOW + 5).await.unwrap().unwrap();
     assert_eq!(revoked.revoked_at, Some(NOW + 5));
     // Idempotent: the first revocation time stays.
-    let again = store
-        .revoke_session(&s1, "logout", &audit(&client_id, "session.logout"), NOW + 9)
-        .await
-        .unwrap()
-        .unwrap();
+    let again =
+        store.revoke_session(&s1, "logout", &audit(&client_id, "session.logout"), NOW + 9).await.unwrap().unwrap();
     assert_eq!(again.revoked_at, Some(NOW + 5));
     assert!(
         store
-            .revoke_session(
-                "ses_missing",
-                "logout",
-                &audit(&client_id, "session.logout"),
-                NOW
-            )
+            .revoke_session("ses_missing", "logout", &audit(&client_id, "session.logout"), NOW)
             .await
             .unwrap()
             .is_none()
@@ -515,10 +282,7 @@ async fn sessions_revoke_and_upsert_end_users(store: Store) {
         .await
         .unwrap();
     let dash = store.session("ses_dash").await.unwrap().unwrap();
-    assert_eq!(
-        (dash.kind.as_str(), dash.subject.as_str()),
-        ("dashboard", account_id.as_str())
-    );
+    assert_eq!((dash.kind.as_str(), dash.subject.as_str()), ("dashboard", account_id.as_str()));
 }
 
 async fn api_key_use_is_recorded(store: Store) {
@@ -556,9 +320,7 @@ async fn sqlite_file_and_folder_are_created() {
 
 #[tokio::test]
 async fn unreachable_database_is_unavailable_not_a_panic() {
-    let err = Store::connect("postgres://nobody@127.0.0.1:1/none", 1)
-        .await
-        .unwrap_err();
+    let err = Store::connect("postgres://nobody@127.0.0.1:1/none", 1).await.unwrap_err();
     assert!(matches!(err, StoreError::Setup(_)), "{err:?}");
     assert!(Store::connect("mysql://x", 1).await.is_err());
 }

@@ -1,0 +1,413 @@
+//! The decision: from a CheckRequest to allow (with context), deny (with a
+//! reason) or answer a CORS preflight. All rules are caas-core's; this file
+//! only reads the request the way Envoy presents it.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use caas_core::context::{AuthType, ContextSigner, RequestContext};
+use caas_core::id::{new_id, unix_now};
+use caas_core::jwt::{Audience, MAX_TOKEN_LEN, TokenError};
+use caas_core::validate::{Denial, DenialClass, Rejection, Validator};
+use envoy_types::pb::envoy::config::core::v3::address::Address;
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+
+use crate::metrics::GatewayMetrics;
+use crate::policy::Policy;
+use crate::response;
+
+/// Subprotocol prefix a WebSocket client uses to carry its token.
+pub const BEARER_SUBPROTOCOL: &str = "caas.bearer.";
+
+#[derive(Debug, Clone)]
+pub struct AuthorizerSettings {
+    /// Proxies in front of Envoy whose X-Forwarded-For entries are trusted.
+    pub trusted_proxy_hops: usize,
+    /// `false` is shadow mode: decide, log and count, but allow.
+    pub enforce: bool,
+    /// Internal deadline, shorter than Envoy's timeout: past it, deny.
+    pub deadline: Duration,
+}
+
+impl Default for AuthorizerSettings {
+    fn default() -> Self {
+        Self { trusted_proxy_hops: 0, enforce: true, deadline: Duration::from_millis(800) }
+    }
+}
+
+/// Why a request was refused at the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Denied(Denial),
+    /// A credential in the URL, where logs and referrers keep it.
+    CredentialInQuery,
+    /// The route declares no (or an unknown) policy: a gateway misconfiguration.
+    PolicyMissing,
+    /// TRUSTED_PROXY_HOPS says there are proxies, but X-Forwarded-For is too short.
+    ClientIpUnknown,
+    /// The internal deadline passed before a decision.
+    DeadlineExceeded,
+    /// A preflight for a route browsers must not call (API-key routes).
+    PreflightNotAllowed,
+}
+
+impl Reason {
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Denied(denial) => denial.code(),
+            Reason::CredentialInQuery => "credential_in_query",
+            Reason::PolicyMissing => "route_policy_missing",
+            Reason::ClientIpUnknown => "client_ip_unknown",
+            Reason::DeadlineExceeded => "auth_timeout",
+            Reason::PreflightNotAllowed => "cors_not_allowed",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            Reason::Denied(denial) => match denial.class() {
+                DenialClass::Unauthenticated => 401,
+                DenialClass::Forbidden => 403,
+                DenialClass::Unavailable => 503,
+            },
+            Reason::CredentialInQuery => 400,
+            Reason::PolicyMissing => 500,
+            Reason::ClientIpUnknown | Reason::PreflightNotAllowed => 403,
+            Reason::DeadlineExceeded => 503,
+        }
+    }
+
+    pub fn message(self) -> String {
+        match self {
+            Reason::Denied(denial) => denial.to_string(),
+            Reason::CredentialInQuery => "credentials must be sent in headers, never in the URL".into(),
+            Reason::PolicyMissing => "this route is not configured for authorization".into(),
+            Reason::ClientIpUnknown => "the client address could not be determined".into(),
+            Reason::DeadlineExceeded => "authorization took too long; retry".into(),
+            Reason::PreflightNotAllowed => "this route does not accept browser requests".into(),
+        }
+    }
+}
+
+/// What the gateway decided; `response::build` turns it into a CheckResponse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow {
+        /// `None` only in shadow mode, for a request that would be denied.
+        context: Option<RequestContext>,
+        /// Remove `authorization` and `x-api-key` before forwarding.
+        strip_credentials: bool,
+        /// An Origin the tenant allows: echoed in CORS response headers.
+        cors_origin: Option<String>,
+        /// Query parameters to drop before forwarding (a WebSocket `token`).
+        strip_query: Vec<String>,
+    },
+    Preflight {
+        origin: String,
+    },
+    Deny {
+        reason: Reason,
+        tenant_id: Option<String>,
+        /// The request's Origin, so a browser can read why it was refused.
+        origin: Option<String>,
+    },
+}
+
+/// A CheckRequest, read once into what the decision needs.
+pub struct Incoming<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: &'a HashMap<String, String>,
+    pub peer: Option<&'a str>,
+    pub policy: Option<&'a str>,
+    pub request_id: String,
+}
+
+impl<'a> Incoming<'a> {
+    pub fn read(request: &'a CheckRequest, empty: &'a HashMap<String, String>) -> Self {
+        let attributes = request.attributes.as_ref();
+        let http = attributes.and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+        let headers = http.map_or(empty, |h| &h.headers);
+        let peer = attributes.and_then(|a| a.source.as_ref()).and_then(|s| s.address.as_ref()).and_then(|a| {
+            match a.address.as_ref()? {
+                Address::SocketAddress(socket) => Some(socket.address.as_str()),
+                _ => None,
+            }
+        });
+        let request_id = headers
+            .get("x-request-id")
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .cloned()
+            .or_else(|| http.map(|h| h.id.clone()).filter(|id| !id.is_empty()))
+            .unwrap_or_else(|| new_id("req"));
+        Self {
+            method: http.map_or("", |h| h.method.as_str()),
+            path: http.map_or("", |h| h.path.as_str()),
+            headers,
+            peer,
+            policy: attributes.and_then(|a| a.context_extensions.get("policy")).map(String::as_str),
+            request_id,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+pub struct Authorizer {
+    validator: Arc<Validator>,
+    signer: ContextSigner,
+    settings: AuthorizerSettings,
+    metrics: Arc<GatewayMetrics>,
+}
+
+impl Authorizer {
+    pub fn new(
+        validator: Arc<Validator>,
+        signer: ContextSigner,
+        settings: AuthorizerSettings,
+        metrics: Arc<GatewayMetrics>,
+    ) -> Self {
+        Self { validator, signer, settings, metrics }
+    }
+
+    pub fn metrics(&self) -> &Arc<GatewayMetrics> {
+        &self.metrics
+    }
+
+    pub fn validator(&self) -> &Arc<Validator> {
+        &self.validator
+    }
+
+    /// Decides within the internal deadline; past it, denies (fail closed).
+    pub async fn check(&self, request: CheckRequest) -> CheckResponse {
+        let started = Instant::now();
+        let empty = HashMap::new();
+        let incoming = Incoming::read(&request, &empty);
+        let decision = match tokio::time::timeout(self.settings.deadline, self.decide(&incoming, unix_now())).await {
+            Ok(decision) => decision,
+            Err(_) => deny(Reason::DeadlineExceeded, None, incoming.header("origin")),
+        };
+        let decision = self.observe(&incoming, decision, started);
+        response::build(&decision, &incoming, &self.signer, unix_now())
+    }
+
+    /// The decision alone (tests call this through `check`).
+    pub async fn decide(&self, req: &Incoming<'_>, now: i64) -> Decision {
+        let origin = req.header("origin");
+        let Some(policy) = req.policy.and_then(Policy::parse) else {
+            tracing::error!(
+                path = %path_only(req.path),
+                policy = req.policy.unwrap_or("<none>"),
+                request_id = %req.request_id,
+                "route has no valid authorization policy: gateway misconfiguration, denying"
+            );
+            return deny(Reason::PolicyMissing, None, origin);
+        };
+        if req.method == "OPTIONS"
+            && let Some(origin) = origin
+            && req.header("access-control-request-method").is_some()
+        {
+            return if policy.browser_facing() {
+                Decision::Preflight { origin: origin.to_string() }
+            } else {
+                deny(Reason::PreflightNotAllowed, None, Some(origin))
+            };
+        }
+        if credential_in_query(req.path) {
+            return deny(Reason::CredentialInQuery, None, origin);
+        }
+        let peer = req.peer.and_then(|p| p.parse::<IpAddr>().ok());
+        let client_ip = peer.and_then(|peer| {
+            caas_core::net::client_ip(peer, req.header("x-forwarded-for"), self.settings.trusted_proxy_hops)
+        });
+        let Some(client_ip) = client_ip else {
+            return deny(Reason::ClientIpUnknown, None, origin);
+        };
+        let mut context = RequestContext {
+            tenant_id: String::new(),
+            user_id: String::new(),
+            session_id: String::new(),
+            auth_type: AuthType::Anonymous,
+            key_id: String::new(),
+            client_ip: caas_core::whitelist::canonical_ip(client_ip).to_string(),
+            request_id: req.request_id.clone(),
+        };
+        let mut cors_origin = None;
+        let mut strip_query = Vec::new();
+        let outcome: Result<(), Rejection> = async {
+            match policy {
+                Policy::Public => Ok(()),
+                Policy::ApiKey => {
+                    let key = req.header("x-api-key").ok_or(Denial::MissingCredentials)?;
+                    self.api_key(&mut context, key, client_ip, now).await
+                }
+                Policy::Refresh => match req.header("x-api-key") {
+                    Some(key) => self.api_key(&mut context, key, client_ip, now).await,
+                    None => Ok(()),
+                },
+                Policy::Dashboard => {
+                    let token = bearer(req)?;
+                    let claims = self.validator.validate_token(token, Audience::Dashboard, None, now).await?;
+                    context.tenant_id = claims.tid;
+                    context.user_id = claims.sub;
+                    context.session_id = claims.sid;
+                    context.auth_type = AuthType::Dashboard;
+                    Ok(())
+                }
+                Policy::EndUser => {
+                    let (token, from_query) = end_user_token(req)?;
+                    let claims = self.validator.validate_token(token, Audience::Sdk, origin, now).await?;
+                    context.tenant_id = claims.tid;
+                    context.user_id = claims.sub;
+                    context.session_id = claims.sid;
+                    context.auth_type = AuthType::Jwt;
+                    cors_origin = origin.map(str::to_string);
+                    if from_query {
+                        strip_query.push("token".to_string());
+                    }
+                    Ok(())
+                }
+            }
+        }
+        .await;
+        match outcome {
+            Ok(()) => Decision::Allow { context: Some(context), strip_credentials: true, cors_origin, strip_query },
+            Err(rejection) => Decision::Deny {
+                reason: Reason::Denied(rejection.denial),
+                tenant_id: rejection.tenant_id,
+                origin: origin.map(str::to_string),
+            },
+        }
+    }
+
+    async fn api_key(&self, context: &mut RequestContext, key: &str, ip: IpAddr, now: i64) -> Result<(), Rejection> {
+        let identity = self.validator.validate_api_key(key, ip, now).await?;
+        context.tenant_id = identity.tenant_id;
+        context.key_id = identity.key_id;
+        context.auth_type = AuthType::ApiKey;
+        Ok(())
+    }
+
+    /// Counts and logs the decision; in shadow mode turns a denial into an
+    /// allow without context (downstream keeps validating as before).
+    fn observe(&self, req: &Incoming<'_>, decision: Decision, started: Instant) -> Decision {
+        let policy = req.policy.and_then(Policy::parse).map_or("none", Policy::as_str);
+        self.metrics.check_seconds.get_or_create(&[("policy", policy)]).observe(started.elapsed().as_secs_f64());
+        let (reason, tenant_id) = match &decision {
+            Decision::Allow { context, .. } => {
+                self.metrics.requests.get_or_create(&[("policy", policy), ("decision", "allow")]).inc();
+                let tenant_id = context.as_ref().map_or("", |c| c.tenant_id.as_str());
+                tracing::debug!(request_id = %req.request_id, tenant_id, policy, decision = "allow", "check");
+                return decision;
+            }
+            Decision::Preflight { .. } => {
+                self.metrics.requests.get_or_create(&[("policy", policy), ("decision", "preflight")]).inc();
+                return decision;
+            }
+            Decision::Deny { reason, tenant_id, .. } => (*reason, tenant_id.clone()),
+        };
+        self.metrics.auth_failures.get_or_create(&[("policy", policy), ("reason", reason.code())]).inc();
+        match reason {
+            Reason::Denied(Denial::IpNotAllowed) => self.metrics.ip_whitelist_rejections.inc(),
+            Reason::Denied(Denial::OriginNotAllowed) => self.metrics.origin_rejections.inc(),
+            _ => 0,
+        };
+        let tenant = tenant_id.as_deref().unwrap_or("");
+        let path = path_only(req.path);
+        if self.settings.enforce || reason == Reason::PolicyMissing {
+            self.metrics.requests.get_or_create(&[("policy", policy), ("decision", "deny")]).inc();
+            tracing::info!(request_id = %req.request_id, tenant_id = tenant, policy, %path, method = req.method, reason = reason.code(), status = reason.status(), decision = "deny", "check");
+            return decision;
+        }
+        self.metrics.requests.get_or_create(&[("policy", policy), ("decision", "shadow_deny")]).inc();
+        tracing::warn!(request_id = %req.request_id, tenant_id = tenant, policy, %path, method = req.method, reason = reason.code(), decision = "shadow_deny", "check: would deny; allowed because USE_AUTH_SERVICE=false");
+        Decision::Allow {
+            context: None,
+            // Downstream still validates credentials itself during a migration.
+            strip_credentials: false,
+            cors_origin: None,
+            strip_query: Vec::new(),
+        }
+    }
+
+    /// Whether shadow mode is on.
+    pub fn enforcing(&self) -> bool {
+        self.settings.enforce
+    }
+}
+
+fn deny(reason: Reason, tenant_id: Option<String>, origin: Option<&str>) -> Decision {
+    Decision::Deny { reason, tenant_id, origin: origin.map(str::to_string) }
+}
+
+/// The path without its query, for logs (a query can hold a credential).
+pub fn path_only(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or("")
+}
+
+/// `Authorization: Bearer <token>`. Two headers arrive joined by a comma,
+/// which no token contains: refused as malformed.
+fn bearer<'a>(req: &Incoming<'a>) -> Result<&'a str, Denial> {
+    let value = req.header("authorization").ok_or(Denial::MissingCredentials)?;
+    let (scheme, token) = value.split_once(' ').ok_or(Denial::Token(TokenError::Malformed))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Denial::Token(TokenError::Malformed));
+    }
+    well_formed_token(token)
+}
+
+fn well_formed_token(token: &str) -> Result<&str, Denial> {
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(Denial::Token(TokenError::Malformed));
+    }
+    if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+        return Err(Denial::Token(TokenError::Malformed));
+    }
+    Ok(token)
+}
+
+/// An end user's token: the Authorization header, else (WebSocket upgrades
+/// only) the `caas.bearer.<jwt>` subprotocol or the `token` query parameter.
+/// The bool says it came from the query (to be stripped before forwarding).
+fn end_user_token<'a>(req: &Incoming<'a>) -> Result<(&'a str, bool), Denial> {
+    if req.header("authorization").is_some() {
+        return bearer(req).map(|t| (t, false));
+    }
+    let upgrade = req.header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return Err(Denial::MissingCredentials);
+    }
+    if let Some(protocols) = req.header("sec-websocket-protocol") {
+        let mut tokens = protocols.split(',').filter_map(|p| p.trim().strip_prefix(BEARER_SUBPROTOCOL));
+        if let Some(token) = tokens.next() {
+            if tokens.next().is_some() {
+                return Err(Denial::Token(TokenError::Malformed));
+            }
+            return well_formed_token(token).map(|t| (t, false));
+        }
+    }
+    let query = req.path.split_once('?').map_or("", |(_, q)| q);
+    let mut tokens = query.split('&').filter_map(|pair| pair.strip_prefix("token="));
+    match (tokens.next(), tokens.next()) {
+        (Some(token), None) => well_formed_token(token).map(|t| (t, true)),
+        (Some(_), Some(_)) => Err(Denial::Token(TokenError::Malformed)),
+        (None, _) => Err(Denial::MissingCredentials),
+    }
+}
+
+/// An API key (or any `caas_` credential) in the query string.
+fn credential_in_query(path: &str) -> bool {
+    let Some((_, query)) = path.split_once('?') else { return false };
+    query.split('&').any(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = name.to_ascii_lowercase();
+        matches!(name.as_str(), "api_key" | "apikey" | "api-key" | "x-api-key" | "key" | "refresh_token")
+            || value.starts_with("caas_")
+            || value.starts_with("caas%5F")
+            || value.starts_with("caas%5f")
+    })
+}

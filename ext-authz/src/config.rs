@@ -1,0 +1,96 @@
+//! ext-authz configuration (clap + environment).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use caas_core::config::{
+    JwtArgs, PolicyArgs, Problems, ServiceSecretArgs, StorageArgs, check_distinct_secrets, parse_duration,
+};
+
+use crate::AuthorizerSettings;
+
+/// Settings of ext-authz itself; `caas up` flattens these too.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExtAuthzArgs {
+    /// gRPC address Envoy calls.
+    #[arg(long = "ext-authz-addr", env = "EXT_AUTHZ_ADDR", default_value = "127.0.0.1:9191")]
+    pub listen: SocketAddr,
+    /// Address of `/metrics` and `/health`.
+    #[arg(long = "ext-authz-ops-addr", env = "EXT_AUTHZ_OPS_ADDR", default_value = "127.0.0.1:9192")]
+    pub ops_listen: SocketAddr,
+    /// Proxies in front of Envoy whose X-Forwarded-For entries to trust
+    /// (must equal Envoy's `xff_num_trusted_hops`). 0: the TCP peer is the client.
+    #[arg(long, env = "TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    pub trusted_proxy_hops: usize,
+    /// `false` is shadow mode: decisions are computed, logged and counted but
+    /// not enforced. For migrations only.
+    #[arg(long, env = "USE_AUTH_SERVICE", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub use_auth_service: bool,
+    /// Deny when a decision takes longer than this (keep below Envoy's ext_authz timeout).
+    #[arg(long, env = "EXT_AUTHZ_DEADLINE", default_value = "800ms", value_parser = parse_millis)]
+    pub deadline: Duration,
+}
+
+fn parse_millis(text: &str) -> Result<Duration, String> {
+    match text.strip_suffix("ms") {
+        Some(ms) => ms.parse::<u64>().map(Duration::from_millis).map_err(|_| format!("'{text}' is not a duration")),
+        None => parse_duration(text),
+    }
+}
+
+impl ExtAuthzArgs {
+    pub fn check(&self, problems: &mut Problems) {
+        if self.deadline.is_zero() || self.deadline > Duration::from_secs(10) {
+            problems.add("EXT_AUTHZ_DEADLINE must be between 1ms and 10s");
+        }
+        if self.trusted_proxy_hops > 10 {
+            problems.add("TRUSTED_PROXY_HOPS must be at most 10");
+        }
+    }
+
+    pub fn settings(&self) -> AuthorizerSettings {
+        AuthorizerSettings {
+            trusted_proxy_hops: self.trusted_proxy_hops,
+            enforce: self.use_auth_service,
+            deadline: self.deadline,
+        }
+    }
+
+    /// Says loudly when not enforcing.
+    pub fn warn_if_shadow(&self) {
+        if !self.use_auth_service {
+            tracing::warn!(
+                "USE_AUTH_SERVICE=false: SHADOW MODE. Requests that fail authorization are LOGGED AND ALLOWED \
+                 (without context headers). Use only while migrating; downstream services must still validate."
+            );
+        }
+    }
+}
+
+/// The `ext-authz` binary's configuration.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "ext-authz", version, about = "CAAS external authorization server for Envoy")]
+pub struct Config {
+    #[command(flatten)]
+    pub ext_authz: ExtAuthzArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub service: ServiceSecretArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+impl Config {
+    pub fn check(&self) -> Result<(), String> {
+        let mut problems = Problems::default();
+        self.ext_authz.check(&mut problems);
+        self.storage.check(&mut problems);
+        self.jwt.check(&mut problems);
+        self.service.check(&mut problems);
+        check_distinct_secrets(&mut problems, &self.jwt, &self.service);
+        problems.finish()
+    }
+}

@@ -1,0 +1,594 @@
+//! Unit tests of the Check mapping: built CheckRequests into `check()`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use caas_core::bus::LocalBus;
+use caas_core::cache::{Cache, MemoryCache, RedisCache};
+use caas_core::context::{self, AuthType, ContextSigner, ContextVerifier};
+use caas_core::id::{new_id, unix_now};
+use caas_core::jwt::{Audience, Claims, JwtKeys};
+use caas_core::metrics::AuthMetrics;
+use caas_core::secret::Secret;
+use caas_core::store::{AuditEntry, NewApiKey, NewSdkSession, Store, WhitelistKind};
+use caas_core::validate::{Validator, ValidatorSettings};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+
+use crate::metrics::GatewayMetrics;
+use crate::{Authorizer, AuthorizerSettings};
+
+const SERVICE: &str = "service-secret-service-secret-0001";
+
+fn jwt() -> JwtKeys {
+    JwtKeys::new("caas", &Secret::new("jwt-secret-jwt-secret-jwt-secret-0003"), None)
+}
+
+struct Fixture {
+    authorizer: Authorizer,
+    tenant: String,
+    other_tenant: String,
+    key: String,
+    key_id: String,
+    token: String,
+    other_token: String,
+    dashboard_token: String,
+}
+
+async fn register(store: &Store, email: &str) -> (String, String, String) {
+    let generated = caas_core::api_key::generate();
+    let key = NewApiKey { id: new_id("key"), hash: generated.hash, prefix: generated.display_prefix };
+    let tenant = new_id("cl");
+    store.register_client(&tenant, "Acme", &new_id("acc"), email, "h", &key, None, unix_now()).await.unwrap();
+    (tenant, generated.key, key.id)
+}
+
+async fn token(store: &Store, tenant: &str, audience: Audience) -> String {
+    let now = unix_now();
+    let session_id = new_id("ses");
+    let audit = AuditEntry { action: "test", ..Default::default() };
+    if audience == Audience::Sdk {
+        let (_, hash) = caas_core::refresh_token::generate();
+        let new = NewSdkSession {
+            session_id: session_id.clone(),
+            client_id: tenant.into(),
+            user_id: "user-1".into(),
+            name: None,
+            metadata: None,
+            refresh_hash: hash,
+            refresh_expires_at: now + 3600,
+        };
+        store.create_sdk_session(&new, &audit, now).await.unwrap();
+    } else {
+        store.create_dashboard_session(&session_id, tenant, "user-1", now + 900, &audit, now).await.unwrap();
+    }
+    jwt().issue(&Claims {
+        iss: "caas".into(),
+        aud: audience.as_str().into(),
+        sub: "user-1".into(),
+        tid: tenant.into(),
+        sid: session_id,
+        jti: new_id("jti"),
+        iat: now,
+        exp: now + 900,
+        nbf: None,
+    })
+}
+
+async fn fixture_with(settings: AuthorizerSettings, cache: Arc<dyn Cache>) -> Fixture {
+    let store = caas_core::testing::sqlite_store().await;
+    let (tenant, key, key_id) = register(&store, "a@example.com").await;
+    let (other_tenant, _, _) = register(&store, "b@example.com").await;
+    let audit = AuditEntry { action: "test", ..Default::default() };
+    let now = unix_now();
+    store.replace_whitelist(WhitelistKind::Ip, &tenant, &["127.0.0.1/32".into()], &audit, now).await.unwrap();
+    store
+        .replace_whitelist(WhitelistKind::Origin, &tenant, &["https://app.a.example".into()], &audit, now)
+        .await
+        .unwrap();
+    store
+        .replace_whitelist(WhitelistKind::Origin, &other_tenant, &["https://app.b.example".into()], &audit, now)
+        .await
+        .unwrap();
+    let token_a = token(&store, &tenant, Audience::Sdk).await;
+    let token_b = token(&store, &other_tenant, Audience::Sdk).await;
+    let dashboard = token(&store, &tenant, Audience::Dashboard).await;
+    let validator = Validator::start(
+        store,
+        cache,
+        Arc::new(LocalBus::new()),
+        jwt(),
+        ValidatorSettings::default(),
+        Arc::new(AuthMetrics::default()),
+    );
+    let authorizer = Authorizer::new(
+        validator,
+        ContextSigner::new(&Secret::new(SERVICE)),
+        settings,
+        Arc::new(GatewayMetrics::default()),
+    );
+    Fixture {
+        authorizer,
+        tenant,
+        other_tenant,
+        key,
+        key_id,
+        token: token_a,
+        other_token: token_b,
+        dashboard_token: dashboard,
+    }
+}
+
+async fn fixture() -> Fixture {
+    fixture_with(AuthorizerSettings::default(), Arc::new(MemoryCache::new())).await
+}
+
+fn request(policy: Option<&str>, method: &str, path: &str, headers: &[(&str, &str)], peer: &str) -> CheckRequest {
+    let headers: HashMap<String, String> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut context_extensions = HashMap::new();
+    if let Some(policy) = policy {
+        context_extensions.insert("policy".to_string(), policy.to_string());
+    }
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(Address {
+                    address: Some(AddressKind::SocketAddress(SocketAddress {
+                        address: peer.into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest { method: method.into(), path: path.into(), headers, ..Default::default() }),
+                ..Default::default()
+            }),
+            context_extensions,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// What a CheckResponse says, flattened for assertions.
+#[derive(Debug)]
+struct Verdict {
+    status: u16,
+    set: HashMap<String, String>,
+    removed: Vec<String>,
+    response_headers: HashMap<String, String>,
+    strip_query: Vec<String>,
+    body: serde_json::Value,
+}
+
+impl Verdict {
+    fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or_default()
+    }
+
+    /// The context a downstream service would verify.
+    fn context(&self, method: &str) -> context::RequestContext {
+        ContextVerifier::new(&Secret::new(SERVICE), None)
+            .verify(|name| self.set.get(name).map(String::as_str), method, unix_now())
+            .unwrap()
+    }
+}
+
+fn verdict(response: CheckResponse) -> Verdict {
+    let pairs = |headers: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| -> HashMap<String, String> {
+        headers.iter().filter_map(|h| h.header.as_ref()).map(|h| (h.key.clone(), h.value.clone())).collect()
+    };
+    match response.http_response.unwrap() {
+        HttpResponse::OkResponse(ok) => {
+            assert_eq!(response.status.unwrap().code, 0);
+            for option in &ok.headers {
+                assert_eq!(option.append_action, 2, "context headers must be OVERWRITE_IF_EXISTS_OR_ADD");
+            }
+            Verdict {
+                status: 200,
+                set: pairs(&ok.headers),
+                removed: ok.headers_to_remove,
+                response_headers: pairs(&ok.response_headers_to_add),
+                strip_query: ok.query_parameters_to_remove,
+                body: serde_json::Value::Null,
+            }
+        }
+        HttpResponse::DeniedResponse(denied) => {
+            assert_ne!(response.status.unwrap().code, 0);
+            Verdict {
+                status: denied.status.unwrap().code as u16,
+                set: HashMap::new(),
+                removed: Vec::new(),
+                response_headers: pairs(&denied.headers),
+                strip_query: Vec::new(),
+                body: serde_json::from_str(&denied.body).unwrap_or(serde_json::Value::Null),
+            }
+        }
+        HttpResponse::ErrorResponse(_) => panic!("unexpected error response"),
+    }
+}
+
+async fn check(f: &Fixture, req: CheckRequest) -> Verdict {
+    verdict(f.authorizer.check(req).await)
+}
+
+#[tokio::test]
+async fn api_key_from_a_whitelisted_ip_gets_signed_context() {
+    let f = fixture().await;
+    let v = check(
+        &f,
+        request(
+            Some("api_key"),
+            "POST",
+            "/v1/sdk/session",
+            &[("x-api-key", &f.key), ("x-request-id", "rid-1"), ("x-caas-tenant-id", "cl_evil"), ("x-caas-admin", "1")],
+            "127.0.0.1",
+        ),
+    )
+    .await;
+    assert_eq!(v.status, 200, "{v:?}");
+    let ctx = v.context("POST");
+    assert_eq!(
+        (ctx.tenant_id.as_str(), ctx.key_id.as_str(), ctx.auth_type),
+        (f.tenant.as_str(), f.key_id.as_str(), AuthType::ApiKey)
+    );
+    assert_eq!((ctx.client_ip.as_str(), ctx.request_id.as_str()), ("127.0.0.1", "rid-1"));
+    for header in ["x-api-key", "authorization", "x-caas-admin", context::USER_ID, context::SESSION_ID] {
+        assert!(v.removed.contains(&header.to_string()), "{header} not removed: {:?}", v.removed);
+    }
+    // The client's x-caas-tenant-id is overwritten, never kept.
+    assert_eq!(v.set[context::TENANT_ID], f.tenant);
+    // Signed for this method only.
+    assert!(
+        ContextVerifier::new(&Secret::new(SERVICE), None)
+            .verify(|n| v.set.get(n).map(String::as_str), "DELETE", unix_now())
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn api_key_refusals() {
+    let f = fixture().await;
+    let at = |headers: Vec<(&'static str, String)>, path: &'static str, peer: &'static str| {
+        let headers: Vec<(&str, String)> = headers;
+        let owned: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        request(Some("api_key"), "POST", path, &owned, peer)
+    };
+    let key = f.key.clone();
+    let cases = [
+        (at(vec![("x-api-key", key.clone())], "/v1/sdk/session", "127.0.0.2"), 403, "ip_not_allowed"),
+        // X-Forwarded-For naming a whitelisted address changes nothing without trusted hops.
+        (
+            at(
+                vec![("x-api-key", key.clone()), ("x-forwarded-for", "127.0.0.1".into())],
+                "/v1/sdk/session",
+                "127.0.0.2",
+            ),
+            403,
+            "ip_not_allowed",
+        ),
+        (at(vec![], "/v1/sdk/session", "127.0.0.1"), 401, "missing_credentials"),
+        (at(vec![], &"/v1/sdk/session?api_key=x", "127.0.0.1"), 400, "credential_in_query"),
+        (at(vec![("x-api-key", key[..20].into())], "/v1/sdk/session", "127.0.0.1"), 401, "invalid_api_key"),
+        (
+            at(vec![("x-api-key", caas_core::api_key::generate().key)], "/v1/sdk/session", "127.0.0.1"),
+            401,
+            "invalid_api_key",
+        ),
+        (at(vec![("x-api-key", format!("{key},{key}"))], "/v1/sdk/session", "127.0.0.1"), 401, "invalid_api_key"),
+    ];
+    for (req, status, code) in cases {
+        let v = check(&f, req).await;
+        assert_eq!((v.status, v.code()), (status, code), "{v:?}");
+        assert_eq!(v.body["error"]["request_id"].as_str().map(|s| !s.is_empty()), Some(true));
+    }
+    let v = check(
+        &f,
+        request(
+            Some("api_key"),
+            "POST",
+            &format!("/v1/sdk/session?k={}", f.key),
+            &[("x-api-key", &f.key)],
+            "127.0.0.1",
+        ),
+    )
+    .await;
+    assert_eq!(v.code(), "credential_in_query");
+    let v = check(&f, request(Some("api_key"), "POST", "/v1/sdk/session", &[], "127.0.0.1")).await;
+    assert!(v.response_headers["www-authenticate"].starts_with("Bearer"));
+    assert_eq!(v.response_headers["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn trusted_hops_take_the_address_that_many_places_left_of_the_peer() {
+    let f =
+        fixture_with(AuthorizerSettings { trusted_proxy_hops: 1, ..Default::default() }, Arc::new(MemoryCache::new()))
+            .await;
+    // Envoy appended the peer (127.0.0.9, the trusted proxy); the client is the one before.
+    let v = check(
+        &f,
+        request(
+            Some("api_key"),
+            "POST",
+            "/x",
+            &[("x-api-key", &f.key), ("x-forwarded-for", "6.6.6.6, 127.0.0.1, 127.0.0.9")],
+            "127.0.0.9",
+        ),
+    )
+    .await;
+    assert_eq!(v.status, 200, "{v:?}");
+    assert_eq!(v.context("POST").client_ip, "127.0.0.1");
+    // The leftmost entry (client-written) is never used.
+    let v = check(
+        &f,
+        request(
+            Some("api_key"),
+            "POST",
+            "/x",
+            &[("x-api-key", &f.key), ("x-forwarded-for", "127.0.0.1, 6.6.6.6, 127.0.0.9")],
+            "127.0.0.9",
+        ),
+    )
+    .await;
+    assert_eq!((v.status, v.code()), (403, "ip_not_allowed"));
+    let v = check(&f, request(Some("api_key"), "POST", "/x", &[("x-api-key", &f.key)], "127.0.0.9")).await;
+    assert_eq!((v.status, v.code()), (403, "client_ip_unknown"));
+}
+
+#[tokio::test]
+async fn end_user_tokens_origins_and_cors() {
+    let f = fixture().await;
+    let bearer = format!("Bearer {}", f.token);
+    let v = check(
+        &f,
+        request(
+            Some("end_user"),
+            "GET",
+            "/v1/conversations",
+            &[("authorization", &bearer), ("origin", "https://app.a.example")],
+            "127.0.0.5",
+        ),
+    )
+    .await;
+    assert_eq!(v.status, 200, "{v:?}");
+    let ctx = v.context("GET");
+    assert_eq!(
+        (ctx.tenant_id.as_str(), ctx.user_id.as_str(), ctx.auth_type),
+        (f.tenant.as_str(), "user-1", AuthType::Jwt)
+    );
+    assert_eq!(v.response_headers["access-control-allow-origin"], "https://app.a.example");
+    assert_eq!(v.response_headers["vary"], "Origin");
+    assert!(v.removed.contains(&"authorization".to_string()));
+
+    // Mobile apps send no Origin: allowed, no CORS headers.
+    let v =
+        check(&f, request(Some("end_user"), "GET", "/v1/conversations", &[("authorization", &bearer)], "127.0.0.5"))
+            .await;
+    assert_eq!(v.status, 200);
+    assert!(!v.response_headers.contains_key("access-control-allow-origin"));
+
+    // Tenant A's token with an Origin only tenant B allows.
+    let v = check(
+        &f,
+        request(
+            Some("end_user"),
+            "GET",
+            "/v1/conversations",
+            &[("authorization", &bearer), ("origin", "https://app.b.example")],
+            "127.0.0.5",
+        ),
+    )
+    .await;
+    assert_eq!((v.status, v.code()), (403, "origin_not_allowed"));
+    assert!(!v.response_headers.contains_key("access-control-allow-origin"));
+    let b = format!("Bearer {}", f.other_token);
+    let v = check(
+        &f,
+        request(
+            Some("end_user"),
+            "GET",
+            "/v1/conversations",
+            &[("authorization", &b), ("origin", "https://app.b.example")],
+            "127.0.0.5",
+        ),
+    )
+    .await;
+    assert_eq!(v.status, 200);
+    assert_eq!(v.context("GET").tenant_id, f.other_tenant);
+}
+
+#[tokio::test]
+async fn bad_bearer_tokens() {
+    let f = fixture().await;
+    let dashboard = format!("Bearer {}", f.dashboard_token);
+    let sdk = format!("Bearer {}", f.token);
+    let duplicate = format!("Bearer {},Bearer {}", f.token, f.token);
+    let oversized = format!("Bearer {}", "a".repeat(5000));
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("end_user", dashboard.clone(), 401, "wrong_audience"),
+        ("dashboard", sdk.clone(), 401, "wrong_audience"),
+        ("end_user", duplicate, 401, "malformed_token"),
+        ("end_user", oversized, 401, "malformed_token"),
+        ("end_user", f.token.clone(), 401, "malformed_token"),
+        ("end_user", format!("Basic {}", f.token), 401, "malformed_token"),
+        ("end_user", "Bearer ".into(), 401, "malformed_token"),
+        ("end_user", "Bearer a.b.c".into(), 401, "malformed_token"),
+    ];
+    for (policy, authorization, status, code) in cases {
+        let v =
+            check(&f, request(Some(policy), "GET", "/v1/x", &[("authorization", &authorization)], "127.0.0.1")).await;
+        assert_eq!((v.status, v.code()), (status, code), "{policy} {}", &authorization[..authorization.len().min(40)]);
+    }
+    let v = check(
+        &f,
+        request(Some("dashboard"), "GET", "/v1/client/profile", &[("authorization", &dashboard)], "127.0.0.1"),
+    )
+    .await;
+    assert_eq!(v.status, 200);
+    assert_eq!(v.context("GET").auth_type, AuthType::Dashboard);
+}
+
+#[tokio::test]
+async fn websocket_tokens_from_subprotocol_or_query() {
+    let f = fixture().await;
+    let protocol = format!("caas.v1, caas.bearer.{}", f.token);
+    let v = check(
+        &f,
+        request(
+            Some("end_user"),
+            "GET",
+            "/v1/ws",
+            &[("upgrade", "websocket"), ("sec-websocket-protocol", &protocol)],
+            "127.0.0.1",
+        ),
+    )
+    .await;
+    assert_eq!(v.status, 200, "{v:?}");
+    let v = check(
+        &f,
+        request(
+            Some("end_user"),
+            "GET",
+            &format!("/v1/ws?token={}", f.token),
+            &[("upgrade", "websocket")],
+            "127.0.0.1",
+        ),
+    )
+    .await;
+    assert_eq!(v.status, 200, "{v:?}");
+    assert_eq!(v.strip_query, vec!["token".to_string()], "the token must not reach the socket service's URL");
+    // Outside an upgrade, a query token is not a credential.
+    let v =
+        check(&f, request(Some("end_user"), "GET", &format!("/v1/conversations?token={}", f.token), &[], "127.0.0.1"))
+            .await;
+    assert_eq!((v.status, v.code()), (401, "missing_credentials"));
+}
+
+#[tokio::test]
+async fn preflights_are_answered_without_opening_routes() {
+    let f = fixture().await;
+    let headers = [
+        ("origin", "https://anything.example"),
+        ("access-control-request-method", "POST"),
+        ("access-control-request-headers", "Authorization, Content-Type, X-Evil"),
+    ];
+    let v = check(&f, request(Some("end_user"), "OPTIONS", "/v1/messages", &headers, "127.0.0.1")).await;
+    assert_eq!(v.status, 204, "{v:?}");
+    assert_eq!(v.response_headers["access-control-allow-origin"], "https://anything.example");
+    assert_eq!(v.response_headers["access-control-allow-headers"], "authorization, content-type");
+    assert!(v.response_headers["access-control-allow-methods"].contains("POST"));
+    let v = check(&f, request(Some("api_key"), "OPTIONS", "/v1/sdk/session", &headers, "127.0.0.1")).await;
+    assert_eq!((v.status, v.code()), (403, "cors_not_allowed"));
+    // An OPTIONS without the preflight headers is an ordinary request.
+    let v = check(&f, request(Some("end_user"), "OPTIONS", "/v1/messages", &[], "127.0.0.1")).await;
+    assert_eq!(v.status, 401);
+}
+
+#[tokio::test]
+async fn routes_without_a_policy_are_denied() {
+    let f = fixture().await;
+    for policy in [None, Some("admin"), Some("")] {
+        let v = check(
+            &f,
+            request(policy, "GET", "/v1/x", &[("authorization", &format!("Bearer {}", f.token))], "127.0.0.1"),
+        )
+        .await;
+        assert_eq!((v.status, v.code()), (500, "route_policy_missing"));
+    }
+    let v = check(
+        &f,
+        request(
+            Some("public"),
+            "POST",
+            "/v1/client/register",
+            &[("authorization", "Bearer junk"), ("x-caas-user-id", "u")],
+            "127.0.0.3",
+        ),
+    )
+    .await;
+    assert_eq!(v.status, 200);
+    let ctx = v.context("POST");
+    assert_eq!((ctx.auth_type, ctx.client_ip.as_str(), ctx.tenant_id.as_str()), (AuthType::Anonymous, "127.0.0.3", ""));
+    assert!(v.removed.contains(&"authorization".to_string()) && v.removed.contains(&context::USER_ID.to_string()));
+}
+
+#[tokio::test]
+async fn shadow_mode_allows_but_without_context() {
+    let f =
+        fixture_with(AuthorizerSettings { enforce: false, ..Default::default() }, Arc::new(MemoryCache::new())).await;
+    let v = check(
+        &f,
+        request(
+            Some("end_user"),
+            "GET",
+            "/v1/x",
+            &[("authorization", "Bearer nope"), ("x-caas-tenant-id", "cl_evil")],
+            "127.0.0.1",
+        ),
+    )
+    .await;
+    assert_eq!(v.status, 200);
+    assert!(v.set.is_empty());
+    for header in context::CONTEXT_HEADERS {
+        assert!(v.removed.contains(&header.to_string()), "{header}");
+    }
+    assert!(!v.removed.contains(&"authorization".to_string()), "downstream still validates in shadow mode");
+    let shadow =
+        f.authorizer.metrics().requests.get_or_create(&[("policy", "end_user"), ("decision", "shadow_deny")]).get();
+    assert_eq!(shadow, 1);
+    // Valid requests still get context.
+    let v = check(
+        &f,
+        request(Some("end_user"), "GET", "/v1/x", &[("authorization", &format!("Bearer {}", f.token))], "127.0.0.1"),
+    )
+    .await;
+    assert_eq!(v.context("GET").tenant_id, f.tenant);
+}
+
+#[tokio::test]
+async fn a_slow_dependency_is_a_denial_at_the_deadline() {
+    // A "Redis" that accepts connections and never answers.
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = blackhole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = blackhole.accept().await {
+            held.push(socket);
+        }
+    });
+    let cache: Arc<dyn Cache> = Arc::new(RedisCache::new(&format!("redis://{addr}")).unwrap());
+    let f =
+        fixture_with(AuthorizerSettings { deadline: Duration::from_millis(100), ..Default::default() }, cache).await;
+    let started = std::time::Instant::now();
+    let v = check(&f, request(Some("api_key"), "POST", "/v1/sdk/session", &[("x-api-key", &f.key)], "127.0.0.1")).await;
+    assert_eq!((v.status, v.code()), (503, "auth_timeout"));
+    assert!(started.elapsed() < Duration::from_millis(400));
+}
+
+#[tokio::test]
+async fn decisions_are_counted() {
+    let f = fixture().await;
+    check(&f, request(Some("api_key"), "POST", "/x", &[("x-api-key", &f.key)], "127.0.0.2")).await;
+    check(
+        &f,
+        request(
+            Some("end_user"),
+            "GET",
+            "/x",
+            &[("authorization", &format!("Bearer {}", f.token)), ("origin", "https://evil.example")],
+            "127.0.0.1",
+        ),
+    )
+    .await;
+    check(&f, request(Some("api_key"), "POST", "/x", &[("x-api-key", &f.key)], "127.0.0.1")).await;
+    let m = f.authorizer.metrics();
+    assert_eq!(m.ip_whitelist_rejections.get(), 1);
+    assert_eq!(m.origin_rejections.get(), 1);
+    assert_eq!(m.requests.get_or_create(&[("policy", "api_key"), ("decision", "allow")]).get(), 1);
+    assert_eq!(m.auth_failures.get_or_create(&[("policy", "api_key"), ("reason", "ip_not_allowed")]).get(), 1);
+}
