@@ -151,7 +151,6 @@ fn request(policy: Option<&str>, method: &str, path: &str, headers: &[(&str, &st
             context_extensions,
             ..Default::default()
         }),
-        ..Default::default()
     }
 }
 
@@ -273,7 +272,7 @@ async fn api_key_refusals() {
             "ip_not_allowed",
         ),
         (at(vec![], "/v1/sdk/session", "127.0.0.1"), 401, "missing_credentials"),
-        (at(vec![], &"/v1/sdk/session?api_key=x", "127.0.0.1"), 400, "credential_in_query"),
+        (at(vec![], "/v1/sdk/session?api_key=x", "127.0.0.1"), 400, "credential_in_query"),
         (at(vec![("x-api-key", key[..20].into())], "/v1/sdk/session", "127.0.0.1"), 401, "invalid_api_key"),
         (
             at(vec![("x-api-key", caas_core::api_key::generate().key)], "/v1/sdk/session", "127.0.0.1"),
