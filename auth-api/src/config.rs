@@ -13,8 +13,8 @@ use crate::Settings;
 #[derive(clap::Args, Debug, Clone)]
 pub struct AuthApiArgs {
     /// Address auth-api listens on.
-    #[arg(long = "auth-api-addr", env = "AUTH_API_ADDR", default_value = "127.0.0.1:3007")]
-    pub listen: SocketAddr,
+    #[arg(long, env = "AUTH_API_ADDR", default_value = "127.0.0.1:3007")]
+    pub auth_api_addr: SocketAddr,
     /// Failed logins per email within the window before 429.
     #[arg(long, env = "LOGIN_MAX_FAILURES_PER_EMAIL", default_value_t = 5)]
     pub login_max_failures_per_email: u64,

@@ -38,10 +38,10 @@ async fn main() -> ExitCode {
         Arc::new(AuthMetrics::default()),
     );
     let state = AppState::new(backends, validator, config.api.settings(&config.jwt, &config.service));
-    let listener = match tokio::net::TcpListener::bind(config.api.listen).await {
+    let listener = match tokio::net::TcpListener::bind(config.api.auth_api_addr).await {
         Ok(listener) => listener,
         Err(error) => {
-            eprintln!("auth-api: cannot listen on {}: {error}", config.api.listen);
+            eprintln!("auth-api: cannot listen on {}: {error}", config.api.auth_api_addr);
             return ExitCode::from(1);
         }
     };

@@ -245,9 +245,20 @@ impl Authorizer {
                     let key = req.header("x-api-key").ok_or(Denial::MissingCredentials)?;
                     self.api_key(&mut context, key, client_ip, now).await
                 }
-                Policy::Refresh => match req.header("x-api-key") {
-                    Some(key) => self.api_key(&mut context, key, client_ip, now).await,
-                    None => Ok(()),
+                // The refresh token travels in the body (auth-api checks it);
+                // an API key or an access token, if sent, is checked here.
+                Policy::Refresh => match (req.header("x-api-key"), req.header("authorization")) {
+                    (Some(key), _) => self.api_key(&mut context, key, client_ip, now).await,
+                    (None, Some(_)) => {
+                        let claims = self.validator.validate_token(bearer(req)?, Audience::Sdk, origin, now).await?;
+                        context.tenant_id = claims.tid;
+                        context.user_id = claims.sub;
+                        context.session_id = claims.sid;
+                        context.auth_type = AuthType::Jwt;
+                        cors_origin = origin.map(str::to_string);
+                        Ok(())
+                    }
+                    (None, None) => Ok(()),
                 },
                 Policy::Dashboard => {
                     let token = bearer(req)?;

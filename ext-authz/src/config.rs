@@ -13,11 +13,11 @@ use crate::AuthorizerSettings;
 #[derive(clap::Args, Debug, Clone)]
 pub struct ExtAuthzArgs {
     /// gRPC address Envoy calls.
-    #[arg(long = "ext-authz-addr", env = "EXT_AUTHZ_ADDR", default_value = "127.0.0.1:9191")]
-    pub listen: SocketAddr,
+    #[arg(long, env = "EXT_AUTHZ_ADDR", default_value = "127.0.0.1:9191")]
+    pub ext_authz_addr: SocketAddr,
     /// Address of `/metrics` and `/health`.
-    #[arg(long = "ext-authz-ops-addr", env = "EXT_AUTHZ_OPS_ADDR", default_value = "127.0.0.1:9192")]
-    pub ops_listen: SocketAddr,
+    #[arg(long, env = "EXT_AUTHZ_OPS_ADDR", default_value = "127.0.0.1:9192")]
+    pub ext_authz_ops_addr: SocketAddr,
     /// Proxies in front of Envoy whose X-Forwarded-For entries to trust
     /// (must equal Envoy's `xff_num_trusted_hops`). 0: the TCP peer is the client.
     #[arg(long, env = "TRUSTED_PROXY_HOPS", default_value_t = 0)]

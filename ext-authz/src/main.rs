@@ -47,8 +47,8 @@ async fn main() -> ExitCode {
         Arc::new(GatewayMetrics::default()),
     ));
     let (grpc, ops) = match (
-        tokio::net::TcpListener::bind(config.ext_authz.listen).await,
-        tokio::net::TcpListener::bind(config.ext_authz.ops_listen).await,
+        tokio::net::TcpListener::bind(config.ext_authz.ext_authz_addr).await,
+        tokio::net::TcpListener::bind(config.ext_authz.ext_authz_ops_addr).await,
     ) {
         (Ok(grpc), Ok(ops)) => (grpc, ops),
         (Err(error), _) | (_, Err(error)) => {

@@ -11,7 +11,8 @@ pub enum Policy {
     /// An API key in `x-api-key`, from an IP in the tenant's whitelist.
     ApiKey,
     /// The credential is a refresh token in the body (checked by auth-api);
-    /// an API key, when one is also sent, is checked here with its IP.
+    /// an API key (with its IP) or an end user's access token, when one is
+    /// also sent, is checked here.
     Refresh,
     /// An end user's token (aud `caas-sdk`) and, when present, its Origin.
     EndUser,

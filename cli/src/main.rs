@@ -1,0 +1,142 @@
+//! `caas`: see the library for what each command does.
+
+use std::process::ExitCode;
+
+use caas::stack::{AccessLog, Stack, UpConfig};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "caas", version, about = "CAAS: auth gateway, auth API and services")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything in one process (SQLite and in-process bus by default) with Envoy in front.
+    Up(Box<UpConfig>),
+    /// Apply database migrations and exit.
+    Migrate(caas_core::config::StorageArgs),
+    /// Print the Envoy configuration for the given service addresses.
+    EnvoyConfig(EnvoyConfigArgs),
+}
+
+#[derive(clap::Args)]
+struct EnvoyConfigArgs {
+    #[arg(long, default_value = "0.0.0.0")]
+    listen_address: String,
+    #[arg(long, default_value_t = 8080)]
+    listen_port: u16,
+    #[arg(long, default_value_t = 9901)]
+    admin_port: u16,
+    #[arg(long, default_value = "auth-api:3007")]
+    auth_api: String,
+    #[arg(long, default_value = "ext-authz:9191")]
+    ext_authz: String,
+    #[arg(long, default_value = "chat:3008")]
+    chat: String,
+    #[arg(long, default_value = "socket:3009")]
+    socket: String,
+    #[arg(long, env = "TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    trusted_proxy_hops: usize,
+    #[arg(long, default_value = "/dev/stdout")]
+    access_log_path: String,
+}
+
+fn host_port(value: &str) -> Result<(String, u16), String> {
+    let (host, port) = value.rsplit_once(':').ok_or_else(|| format!("'{value}' is not host:port"))?;
+    Ok((host.to_string(), port.parse().map_err(|_| format!("'{value}' has no valid port"))?))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    caas_core::config::init_logging();
+    let result = match cli.command {
+        Command::Up(config) => up(*config).await,
+        Command::Migrate(storage) => migrate(storage).await,
+        Command::EnvoyConfig(args) => envoy_config(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("caas: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn up(mut config: UpConfig) -> anyhow::Result<()> {
+    if config.fill_dev_secrets()? {
+        tracing::warn!(path = %config.data_dir.join("dev-secrets.json").display(), "using generated development secrets; set JWT_SECRET and SERVICE_SECRET in production");
+    }
+    config.check().map_err(anyhow::Error::msg)?;
+    config.policy.warn_if_relaxed();
+    config.ext_authz.warn_if_shadow();
+    let mut stack = Stack::start(&config, AccessLog::Stdout).await?;
+    print_welcome(&stack, &config);
+    let failure = tokio::select! {
+        _ = caas_core::config::shutdown_signal() => None,
+        message = stack.failed() => Some(message),
+    };
+    eprintln!("caas: stopping…");
+    stack.shutdown().await;
+    match failure {
+        Some(message) => anyhow::bail!(message),
+        None => Ok(()),
+    }
+}
+
+fn print_welcome(stack: &Stack, config: &UpConfig) {
+    let gateway = stack.gateway().map_or("(no Envoy)".to_string(), |g| format!("http://{g}"));
+    let store = caas_core::config::redact_url(&config.storage.database_url);
+    let bus = if config.storage.redis_url.is_some() { "Redis" } else { "in-process" };
+    eprintln!(
+        "\nCAAS is up.\n\
+         \x20 gateway    {gateway}   (Envoy admin http://127.0.0.1:{admin})\n\
+         \x20 auth-api   http://{auth}   ext-authz grpc {authz}, metrics http://{ops}/metrics\n\
+         \x20 storage    {store}   cache and bus: {bus}\n\n\
+         Try it (through the gateway):\n\
+         \x20 G={gateway}\n\
+         \x20 curl -s -XPOST $G/v1/client/register -H 'content-type: application/json' \\\n\
+         \x20      -d '{{\"name\":\"Acme\",\"email\":\"you@example.com\",\"password\":\"a long password\"}}'\n\
+         \x20     # → client_id and api_key.key (shown once)\n\
+         \x20 TOKEN=$(curl -s -XPOST $G/v1/client/login -H 'content-type: application/json' \\\n\
+         \x20      -d '{{\"email\":\"you@example.com\",\"password\":\"a long password\"}}' | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')\n\
+         \x20 curl -s -XPUT $G/v1/client/ip-whitelist -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"cidrs\":[\"127.0.0.1\"]}}'\n\
+         \x20 curl -s -XPOST $G/v1/sdk/session -H \"x-api-key: <api_key.key>\" -H 'content-type: application/json' -d '{{\"user_id\":\"user-1\"}}'\n\
+         \x20     # → an end user's access_token and refresh_token\n\n\
+         Ctrl-C stops everything.\n",
+        admin = config.envoy_admin_port,
+        auth = stack.auth_api,
+        authz = stack.ext_authz,
+        ops = stack.ext_authz_ops,
+    );
+}
+
+async fn migrate(storage: caas_core::config::StorageArgs) -> anyhow::Result<()> {
+    let mut problems = caas_core::config::Problems::default();
+    storage.check(&mut problems);
+    problems.finish().map_err(anyhow::Error::msg)?;
+    let store = caas_core::store::Store::connect(&storage.database_url, 1).await?;
+    store.migrate().await?;
+    eprintln!("caas: migrations applied to {}", caas_core::config::redact_url(&storage.database_url));
+    Ok(())
+}
+
+fn envoy_config(args: EnvoyConfigArgs) -> anyhow::Result<()> {
+    let addresses = caas::envoy::Addresses {
+        listen_address: args.listen_address,
+        listen_port: args.listen_port,
+        admin_port: args.admin_port,
+        auth_api: host_port(&args.auth_api).map_err(anyhow::Error::msg)?,
+        ext_authz: host_port(&args.ext_authz).map_err(anyhow::Error::msg)?,
+        chat: host_port(&args.chat).map_err(anyhow::Error::msg)?,
+        socket: host_port(&args.socket).map_err(anyhow::Error::msg)?,
+        trusted_proxy_hops: args.trusted_proxy_hops,
+        access_log_path: args.access_log_path,
+    };
+    print!("{}", caas::envoy::render(caas::envoy::TEMPLATE, &addresses)?);
+    Ok(())
+}

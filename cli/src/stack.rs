@@ -1,0 +1,272 @@
+//! The whole stack in one process: auth-api and ext-authz (sharing one
+//! validator and its caches) on the storage of the configuration, plus Envoy
+//! as a child. `caas up` and the end-to-end tests both start it from here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use caas_auth_api::AuthApiArgs;
+use caas_core::config::{
+    Backends, JwtArgs, PolicyArgs, Problems, ServiceSecretArgs, StorageArgs, check_distinct_secrets,
+};
+use caas_core::context::ContextSigner;
+use caas_core::metrics::AuthMetrics;
+use caas_core::secret::Secret;
+use caas_core::validate::{Validator, ValidatorSettings};
+use caas_ext_authz::metrics::GatewayMetrics;
+use caas_ext_authz::{Authorizer, ExtAuthzArgs};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::envoy::{self, Envoy};
+
+/// Configuration of `caas up`: every service's settings plus the gateway's.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpConfig {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub service: ServiceSecretArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub auth_api: AuthApiArgs,
+    #[command(flatten)]
+    pub ext_authz: ExtAuthzArgs,
+    /// Where generated development secrets (and the SQLite file) live.
+    #[arg(long, env = "CAAS_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// The gateway's public address.
+    #[arg(long, env = "ENVOY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub envoy_listen: SocketAddr,
+    /// Envoy's admin port (always bound to 127.0.0.1).
+    #[arg(long, env = "ENVOY_ADMIN_PORT", default_value_t = 9901)]
+    pub envoy_admin_port: u16,
+    /// Envoy worker threads.
+    #[arg(long, env = "ENVOY_CONCURRENCY", default_value_t = 2)]
+    pub envoy_concurrency: usize,
+    /// Run the services without Envoy.
+    #[arg(long)]
+    pub no_envoy: bool,
+    /// Chat service address Envoy routes to.
+    #[arg(long, env = "CHAT_ADDR", default_value = "127.0.0.1:3008")]
+    pub chat_addr: SocketAddr,
+    /// Socket service address Envoy routes to.
+    #[arg(long, env = "SOCKET_ADDR", default_value = "127.0.0.1:3009")]
+    pub socket_addr: SocketAddr,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DevSecrets {
+    jwt_secret: String,
+    service_secret: String,
+}
+
+impl UpConfig {
+    /// Fills unset secrets with development values kept in
+    /// `<data_dir>/dev-secrets.json` (mode 0600), so restarts keep tokens valid.
+    pub fn fill_dev_secrets(&mut self) -> anyhow::Result<bool> {
+        if self.jwt.jwt_secret.is_some() && self.service.service_secret.is_some() {
+            return Ok(false);
+        }
+        let path = self.data_dir.join("dev-secrets.json");
+        let secrets = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid; delete it to regenerate", path.display()))?,
+            Err(_) => {
+                let secrets = DevSecrets {
+                    jwt_secret: Secret::generate().expose().to_string(),
+                    service_secret: Secret::generate().expose().to_string(),
+                };
+                std::fs::create_dir_all(&self.data_dir)?;
+                write_private(&path, &serde_json::to_string_pretty(&secrets)?)?;
+                secrets
+            }
+        };
+        self.jwt.jwt_secret.get_or_insert_with(|| Secret::new(secrets.jwt_secret));
+        self.service.service_secret.get_or_insert_with(|| Secret::new(secrets.service_secret));
+        Ok(true)
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        let mut problems = Problems::default();
+        self.storage.check(&mut problems);
+        self.jwt.check(&mut problems);
+        self.service.check(&mut problems);
+        check_distinct_secrets(&mut problems, &self.jwt, &self.service);
+        self.auth_api.check(&mut problems);
+        self.ext_authz.check(&mut problems);
+        problems.finish()
+    }
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Where Envoy's JSON access log goes.
+pub enum AccessLog {
+    Stdout,
+    File(PathBuf),
+}
+
+/// A running stack.
+pub struct Stack {
+    pub backends: Backends,
+    pub validator: Arc<Validator>,
+    pub auth_api: SocketAddr,
+    pub ext_authz: SocketAddr,
+    pub ext_authz_ops: SocketAddr,
+    pub envoy: Option<Envoy>,
+    auth_task: JoinHandle<std::io::Result<()>>,
+    authz_task: JoinHandle<std::io::Result<()>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Stack {
+    /// Starts everything and waits until it is ready. `config` must have
+    /// passed `check`.
+    pub async fn start(config: &UpConfig, access_log: AccessLog) -> anyhow::Result<Self> {
+        let backends = config.storage.connect("caas", true).await.context("storage")?;
+        let settings = ValidatorSettings {
+            ip_whitelist_enabled: config.policy.ip_whitelist_enabled,
+            origin_validation_enabled: config.policy.origin_validation_enabled,
+            ..ValidatorSettings::default()
+        };
+        // One validator, so auth-api's changes evict ext-authz's cache directly.
+        let validator = Validator::start(
+            backends.store.clone(),
+            backends.cache.clone(),
+            backends.bus.clone(),
+            config.jwt.keys(),
+            settings,
+            Arc::new(AuthMetrics::default()),
+        );
+        let auth_listener = bind(config.auth_api.auth_api_addr, "auth-api").await?;
+        let grpc_listener = bind(config.ext_authz.ext_authz_addr, "ext-authz").await?;
+        let ops_listener = bind(config.ext_authz.ext_authz_ops_addr, "ext-authz ops").await?;
+        let (auth_api, ext_authz, ext_authz_ops) =
+            (auth_listener.local_addr()?, grpc_listener.local_addr()?, ops_listener.local_addr()?);
+
+        let (stop, stopped) = watch::channel(false);
+        let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let state = caas_auth_api::AppState::new(
+            backends.clone(),
+            validator.clone(),
+            config.auth_api.settings(&config.jwt, &config.service),
+        );
+        let auth_task = tokio::spawn(caas_auth_api::serve(auth_listener, state, until_stopped(stopped.clone())));
+        let authorizer = Arc::new(Authorizer::new(
+            validator.clone(),
+            ContextSigner::new(&config.service.current()),
+            config.ext_authz.settings(),
+            Arc::new(GatewayMetrics::default()),
+        ));
+        let authz_task = tokio::spawn(caas_ext_authz::serve(
+            grpc_listener,
+            ops_listener,
+            authorizer,
+            backends.clone(),
+            until_stopped(stopped),
+        ));
+
+        for (name, addr) in [("auth-api", auth_api), ("ext-authz", ext_authz_ops)] {
+            wait_healthy(name, addr).await?;
+        }
+
+        let envoy = if config.no_envoy {
+            None
+        } else {
+            let binary = envoy::find_binary()?;
+            let host = |addr: SocketAddr| (addr.ip().to_string(), addr.port());
+            let addresses = envoy::Addresses {
+                listen_address: config.envoy_listen.ip().to_string(),
+                listen_port: config.envoy_listen.port(),
+                admin_port: config.envoy_admin_port,
+                auth_api: host(auth_api),
+                ext_authz: host(ext_authz),
+                chat: host(config.chat_addr),
+                socket: host(config.socket_addr),
+                trusted_proxy_hops: config.ext_authz.trusted_proxy_hops,
+                access_log_path: match access_log {
+                    AccessLog::Stdout => "/dev/stdout".to_string(),
+                    AccessLog::File(path) => path.display().to_string(),
+                },
+            };
+            let rendered = envoy::render(envoy::TEMPLATE, &addresses)?;
+            Some(Envoy::start(&binary, &rendered, &config.data_dir, config.envoy_concurrency).await?)
+        };
+        Ok(Self { backends, validator, auth_api, ext_authz, ext_authz_ops, envoy, auth_task, authz_task, stop })
+    }
+
+    /// The gateway's address, if Envoy runs.
+    pub fn gateway(&self) -> Option<SocketAddr> {
+        self.envoy.as_ref().map(|e| e.listener)
+    }
+
+    /// Kills ext-authz at once (its connections drop), leaving Envoy up: to
+    /// show the gateway fails closed.
+    pub fn kill_ext_authz(&self) {
+        self.authz_task.abort();
+    }
+
+    /// Completes when a component stops on its own (a crash, or Envoy exiting).
+    pub async fn failed(&mut self) -> String {
+        let envoy = async {
+            match self.envoy.as_mut() {
+                Some(envoy) => format!("Envoy exited: {:?}", envoy.exited().await),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = &mut self.auth_task => format!("auth-api stopped: {result:?}"),
+            result = &mut self.authz_task => format!("ext-authz stopped: {result:?}"),
+            message = envoy => message,
+        }
+    }
+
+    /// Stops Envoy first (no new requests), then drains the services.
+    pub async fn shutdown(self) {
+        if let Some(envoy) = self.envoy {
+            envoy.stop().await;
+        }
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.auth_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.authz_task).await;
+        self.backends.store.close().await;
+    }
+}
+
+async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{name} cannot listen on {addr} (is another instance running?)"))
+}
+
+async fn wait_healthy(name: &str, addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if envoy::http_status(addr, "/health").await == Some(200) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("{name} on {addr} did not become healthy within 15 s");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -1,0 +1,70 @@
+use crate::envoy::{Addresses, TEMPLATE, render};
+
+fn addresses() -> Addresses {
+    Addresses {
+        listen_address: "0.0.0.0".into(),
+        listen_port: 8080,
+        admin_port: 9901,
+        auth_api: ("auth-api".into(), 3007),
+        ext_authz: ("ext-authz".into(), 9191),
+        chat: ("chat".into(), 3008),
+        socket: ("socket".into(), 3009),
+        trusted_proxy_hops: 1,
+        access_log_path: "/dev/stdout".into(),
+    }
+}
+
+#[test]
+fn template_renders_every_placeholder() {
+    let rendered = render(TEMPLATE, &addresses()).unwrap();
+    let config_lines = rendered.lines().filter(|l| !l.trim_start().starts_with('#'));
+    for line in config_lines {
+        assert!(!line.contains("${"), "unfilled placeholder: {line}");
+    }
+    assert!(rendered.contains("xff_num_trusted_hops: 1"));
+    assert!(rendered.contains("address: ext-authz, port_value: 9191"));
+    assert!(rendered.contains("failure_mode_allow: false"));
+}
+
+#[test]
+fn unknown_placeholders_are_errors() {
+    assert!(render("a: ${NOPE}\n", &addresses()).is_err());
+    assert!(render("a: ${LISTEN_PORT\n", &addresses()).is_err());
+}
+
+#[test]
+fn every_public_route_declares_a_policy() {
+    // Each route is followed (within its block) by a policy or an explicit
+    // disable; a route added without one would be denied at runtime.
+    let blocks: Vec<&str> = TEMPLATE.split("- match:").skip(1).collect();
+    assert!(blocks.len() >= 10);
+    for block in blocks {
+        let declares = block.contains("policy:")
+            || block.contains("*public")
+            || block.contains("*refresh")
+            || block.contains("*end_user")
+            || block.contains("*no_authz")
+            || block.contains("&no_authz");
+        assert!(declares, "route without authorization policy: {}", block.lines().next().unwrap_or_default());
+    }
+}
+
+#[test]
+fn command_line_is_consistent() {
+    use clap::CommandFactory as _;
+    #[derive(clap::Parser)]
+    struct Up {
+        #[command(flatten)]
+        config: crate::stack::UpConfig,
+    }
+    Up::command().debug_assert();
+    caas_auth_api::Config::command().debug_assert();
+    caas_ext_authz::Config::command().debug_assert();
+}
+
+#[test]
+fn chunked_bodies_are_decoded() {
+    let response = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n{}\n\r\n2\r\nab\r\n0\r\n\r\n";
+    assert_eq!(crate::envoy::body_of(response), "{}\nab");
+    assert_eq!(crate::envoy::body_of("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"), "ok");
+}

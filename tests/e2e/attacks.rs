@@ -1,0 +1,177 @@
+//! Attacks that must fail, each through real Envoy.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use caas_core::id::unix_now;
+use caas_core::jwt::{Audience, Claims, JwtKeys};
+use caas_core::secret::Secret;
+use hmac::{Hmac, Mac as _};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+fn claims_of(token: &str) -> Claims {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+fn kid_of(token: &str) -> String {
+    let header: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
+    header["kid"].as_str().unwrap().to_string()
+}
+
+fn forge_hs512(token: &str) -> String {
+    let head = URL_SAFE_NO_PAD.encode(json!({"alg": "HS512", "typ": "JWT", "kid": kid_of(token)}).to_string());
+    let body = token.split('.').nth(1).unwrap();
+    let mut mac = Hmac::<sha2::Sha512>::new_from_slice(JWT_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{head}.{body}").as_bytes());
+    format!("{head}.{body}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn forged_expired_and_misdirected_tokens_are_refused() {
+    let Some(cluster) = cluster(1, &[]).await else { return };
+    let node = cluster.node();
+    let tenant = onboard(node, "tokens").await;
+    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
+    let session = sdk_session(node, &tenant, "user-1").await;
+    let token = session["access_token"].as_str().unwrap();
+    let keys = JwtKeys::new("caas", &Secret::new(JWT_SECRET), None);
+    let claims = claims_of(token);
+
+    let parts: Vec<&str> = token.split('.').collect();
+    let alg_none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(json!({"alg": "none", "typ": "JWT", "kid": kid_of(token)}).to_string()),
+        parts[1]
+    );
+    let mut other = claims.clone();
+    other.sub = "someone-else".into();
+    let tampered = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(serde_json::to_vec(&other).unwrap()), parts[2]);
+    let expired = keys.issue(&Claims { iat: unix_now() - 3600, exp: unix_now() - 60, ..claims.clone() });
+    let not_yet = keys.issue(&Claims { nbf: Some(unix_now() + 600), ..claims.clone() });
+    let foreign = JwtKeys::new("caas", &Secret::new("some-other-deployment-secret-000000"), None).issue(&claims);
+
+    let cases = [
+        (alg_none, "algorithm_not_allowed"),
+        (forge_hs512(token), "algorithm_not_allowed"),
+        (tampered, "bad_signature"),
+        (foreign, "bad_signature"),
+        (expired, "token_expired"),
+        (not_yet, "token_not_yet_valid"),
+        (tenant.dashboard.clone(), "wrong_audience"),
+    ];
+    let http = client();
+    for (candidate, code) in cases {
+        let r = send(http.get(node.url("/v1/conversations")).bearer_auth(&candidate)).await;
+        assert_eq!((r.status, r.code()), (401, code), "{r:?}");
+        assert!(r.header("www-authenticate").is_some_and(|v| v.starts_with("Bearer")));
+    }
+    // An end user's token on a dashboard route.
+    let r = send(http.get(node.url("/v1/client/profile")).bearer_auth(token)).await;
+    assert_eq!((r.status, r.code()), (401, "wrong_audience"));
+
+    // Duplicate Authorization headers (Envoy joins them): refused.
+    let r = send(
+        http.get(node.url("/v1/conversations"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("authorization", format!("Bearer {token}")),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (401, "malformed_token"));
+    // Oversized Authorization: refused (by Envoy's header limit or as malformed).
+    let r = send(http.get(node.url("/v1/conversations")).bearer_auth("a".repeat(8000))).await;
+    assert_eq!((r.status, r.code()), (401, "malformed_token"));
+    let r = send(http.get(node.url("/v1/conversations")).bearer_auth("a".repeat(20_000))).await;
+    assert_eq!(r.status, 431);
+    let _ = Audience::Sdk;
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_api_keys_and_keys_in_urls_are_refused() {
+    let Some(cluster) = cluster(1, &[]).await else { return };
+    let node = cluster.node();
+    let tenant = onboard(node, "keys").await;
+    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
+    let http = client();
+    let session = |key: String| {
+        let http = http.clone();
+        async move {
+            send(http.post(node.url("/v1/sdk/session")).header("x-api-key", key).json(&json!({"user_id": "u1"}))).await
+        }
+    };
+    let mut typo = tenant.key.clone().into_bytes();
+    typo[12] = if typo[12] == b'A' { b'B' } else { b'A' };
+    for (key, code) in [
+        ("not-a-key".to_string(), "invalid_api_key"),
+        (tenant.key[..tenant.key.len() - 4].to_string(), "invalid_api_key"),
+        (String::from_utf8(typo).unwrap(), "invalid_api_key"),
+        (caas_core::api_key::generate().key, "invalid_api_key"),
+    ] {
+        let r = session(key).await;
+        assert_eq!((r.status, r.code()), (401, code), "{r:?}");
+    }
+    // In the query string: refused even with the right key in the header too.
+    for query in [format!("?api_key={}", tenant.key), format!("?key={}", tenant.key), format!("?x={}", tenant.key)] {
+        let r = send(
+            http.post(node.url(&format!("/v1/sdk/session{query}")))
+                .header("x-api-key", &tenant.key)
+                .json(&json!({"user_id": "u"})),
+        )
+        .await;
+        assert_eq!((r.status, r.code()), (400, "credential_in_query"), "{query}");
+    }
+    assert!(!node.access_log().contains(&tenant.key), "a key reached the access log");
+
+    // Rotated out: valid during the grace period, refused after it.
+    let rotated = send(
+        http.post(node.url("/v1/client/api-keys/rotate"))
+            .bearer_auth(&tenant.dashboard)
+            .json(&json!({"grace_seconds": 1})),
+    )
+    .await;
+    assert_eq!(rotated.status, 201);
+    let new_key = rotated.body["key"].as_str().unwrap().to_string();
+    assert_eq!(session(tenant.key.clone()).await.status, 201);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = session(tenant.key.clone()).await;
+    assert_eq!((r.status, r.code()), (401, "api_key_expired"));
+    assert_eq!(session(new_key.clone()).await.status, 201);
+    // Revoked.
+    let id = rotated.body["id"].as_str().unwrap();
+    assert_eq!(
+        send(http.delete(node.url(&format!("/v1/client/api-keys/{id}"))).bearer_auth(&tenant.dashboard)).await.status,
+        204
+    );
+    let r = session(new_key).await;
+    assert_eq!((r.status, r.code()), (401, "api_key_revoked"));
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn internal_and_unknown_routes_are_not_reachable() {
+    let Some(cluster) = cluster(1, &[]).await else { return };
+    let node = cluster.node();
+    let http = client();
+    for path in [
+        "/api/v1/auth/internal/validate",
+        "/api/v1/auth/internal/validate-api-key",
+        "/api/v1/auth/client/register",
+        "/metrics",
+        "/nope",
+    ] {
+        let r = send(
+            http.post(node.url(path))
+                .header("authorization", format!("Service {SERVICE_SECRET}"))
+                .json(&json!({"token": "x"})),
+        )
+        .await;
+        assert_eq!((r.status, r.code()), (404, "not_found"), "{path}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+    cluster.shutdown().await;
+}

@@ -1,0 +1,291 @@
+//! Starting stacks and talking to them.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::extract::Request;
+use caas::stack::{AccessLog, Stack, UpConfig};
+use caas_core::context::ContextVerifier;
+use caas_core::secret::Secret;
+use caas_core::testing::SchemaGuard;
+use clap_shim::parse_up;
+use serde_json::{Value, json};
+
+pub const JWT_SECRET: &str = "e2e-jwt-secret-e2e-jwt-secret-e2e-0001";
+pub const SERVICE_SECRET: &str = "e2e-service-secret-e2e-service-0002";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+mod clap_shim {
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Up {
+        #[command(flatten)]
+        config: caas::stack::UpConfig,
+    }
+
+    pub fn parse_up(args: &[String]) -> caas::stack::UpConfig {
+        let mut full = vec!["caas".to_string()];
+        full.extend(args.iter().cloned());
+        Up::try_parse_from(full).unwrap_or_else(|e| panic!("{e}")).config
+    }
+}
+
+/// One gateway node: Envoy, auth-api, ext-authz, plus an echo service that
+/// stands in for chat and socket and shows what reached it.
+pub struct Node {
+    pub stack: Stack,
+    pub gateway: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Node {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway)
+    }
+
+    /// Envoy's access log so far.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+}
+
+/// Nodes sharing one PostgreSQL schema and one Redis.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    _schema: SchemaGuard,
+}
+
+impl Cluster {
+    pub fn node(&self) -> &Node {
+        &self.nodes[0]
+    }
+
+    pub async fn shutdown(self) {
+        for node in self.nodes {
+            node.stack.shutdown().await;
+        }
+    }
+}
+
+/// Starts `count` nodes with `extra` arguments, or `None` (outside CI) when
+/// PostgreSQL or Redis is missing.
+pub async fn cluster(count: usize, extra: &[&str]) -> Option<Cluster> {
+    let (database_url, schema) = caas_core::testing::postgres_url().await?;
+    let redis_url = caas_core::testing::redis_url().await?;
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        let echo = start_echo().await;
+        let dir = std::env::temp_dir().join(caas_core::id::new_id("caas-e2e"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut args: Vec<String> = [
+            "--database-url",
+            &database_url,
+            "--database-max-connections",
+            "4",
+            "--redis-url",
+            &redis_url,
+            "--jwt-secret",
+            JWT_SECRET,
+            "--service-secret",
+            SERVICE_SECRET,
+            "--auth-api-addr",
+            "127.0.0.1:0",
+            "--ext-authz-addr",
+            "127.0.0.1:0",
+            "--ext-authz-ops-addr",
+            "127.0.0.1:0",
+            "--envoy-listen",
+            "127.0.0.1:0",
+            "--envoy-admin-port",
+            "0",
+            "--envoy-concurrency",
+            "1",
+            "--registrations-per-ip-per-hour",
+            "10000",
+            "--chat-addr",
+            &echo.to_string(),
+            "--socket-addr",
+            &echo.to_string(),
+            "--data-dir",
+            &dir.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let config: UpConfig = parse_up(&args);
+        config.check().unwrap();
+        let stack = Stack::start(&config, AccessLog::File(dir.join("access.log")))
+            .await
+            .unwrap_or_else(|e| panic!("stack: {e:#}"));
+        let gateway = stack.gateway().unwrap();
+        nodes.push(Node { stack, gateway, dir });
+    }
+    Some(Cluster { nodes, _schema: schema })
+}
+
+/// An upstream that answers every request with what it received.
+async fn start_echo() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|request: Request| async move {
+        let headers: HashMap<String, String> = request
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        axum::Json(json!({ "method": request.method().as_str(), "uri": request.uri().to_string(), "headers": headers }))
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or_default()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// For the echo upstream: the headers that reached the service.
+    pub fn upstream_headers(&self) -> &serde_json::Map<String, Value> {
+        self.body["headers"].as_object().expect("not an echo reply")
+    }
+
+    /// The signed context the service received, verified as a service would.
+    pub fn verified_context(&self) -> caas_core::context::RequestContext {
+        let headers = self.upstream_headers();
+        ContextVerifier::new(&Secret::new(SERVICE_SECRET), None)
+            .verify(
+                |name| headers.get(name).and_then(Value::as_str),
+                self.body["method"].as_str().unwrap(),
+                caas_core::id::unix_now(),
+            )
+            .expect("context did not verify")
+    }
+}
+
+/// An HTTP client whose connections come from `source` (any 127.x.y.z).
+pub fn client_from(source: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(source.parse::<IpAddr>().unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A client behind a trusted proxy that reports `forwarded_for` as the client.
+pub fn client_behind_proxy(forwarded_for: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-forwarded-for", forwarded_for.parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+pub fn client() -> reqwest::Client {
+    client_from("127.0.0.1")
+}
+
+pub async fn send(request: reqwest::RequestBuilder) -> Reply {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    Reply { status, headers, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
+}
+
+/// A registered client (tenant) with its dashboard token and first key.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: String,
+    pub key: String,
+    pub key_id: String,
+    pub dashboard: String,
+}
+
+pub async fn onboard(node: &Node, name: &str) -> Tenant {
+    onboard_via(node, name, &client()).await
+}
+
+pub async fn onboard_via(node: &Node, name: &str, http: &reqwest::Client) -> Tenant {
+    let email = format!("{}@example.com", caas_core::id::new_id(name).to_lowercase());
+    let r = send(
+        http.post(node.url("/v1/client/register")).json(&json!({"name": name, "email": email, "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let login =
+        send(http.post(node.url("/v1/client/login")).json(&json!({"email": email, "password": PASSWORD}))).await;
+    assert_eq!(login.status, 200, "{login:?}");
+    Tenant {
+        id: r.body["client_id"].as_str().unwrap().into(),
+        key: r.body["api_key"]["key"].as_str().unwrap().into(),
+        key_id: r.body["api_key"]["id"].as_str().unwrap().into(),
+        dashboard: login.body["access_token"].as_str().unwrap().into(),
+    }
+}
+
+pub async fn set_whitelists(node: &Node, tenant: &Tenant, cidrs: &[&str], origins: &[&str]) {
+    set_whitelists_via(node, tenant, cidrs, origins, &client()).await
+}
+
+pub async fn set_whitelists_via(
+    node: &Node,
+    tenant: &Tenant,
+    cidrs: &[&str],
+    origins: &[&str],
+    http: &reqwest::Client,
+) {
+    let r = send(
+        http.put(node.url("/v1/client/ip-whitelist")).bearer_auth(&tenant.dashboard).json(&json!({ "cidrs": cidrs })),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = send(
+        http.put(node.url("/v1/client/origin-whitelist"))
+            .bearer_auth(&tenant.dashboard)
+            .json(&json!({ "origins": origins })),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// An end-user session created by the tenant's backend from 127.0.0.1.
+pub async fn sdk_session(node: &Node, tenant: &Tenant, user: &str) -> Value {
+    let r = send(
+        client().post(node.url("/v1/sdk/session")).header("x-api-key", &tenant.key).json(&json!({ "user_id": user })),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    r.body
+}
+
+/// Polls until `check` holds or `within` passes; returns how long it took.
+pub async fn within<F, Fut>(within: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if check().await {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
