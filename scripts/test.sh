@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs everything CI runs: formatting, lints, and every test — unit, handler,
+# store conformance on SQLite and PostgreSQL, cache/bus on Redis, and the
+# end-to-end tests through real Envoy. PostgreSQL (127.0.0.1:5432, database
+# `test`) and Redis (127.0.0.1:6379) must be running; with CI=true a missing
+# one fails the run instead of skipping its tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/ensure-envoy.sh
+source scripts/ensure-envoy.sh
+
+reachable() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+missing=()
+reachable 127.0.0.1 5432 || missing+=("PostgreSQL on 127.0.0.1:5432")
+reachable 127.0.0.1 6379 || missing+=("Redis on 127.0.0.1:6379")
+if [ ${#missing[@]} -gt 0 ]; then
+  for m in "${missing[@]}"; do echo "warning: $m is not reachable" >&2; done
+  echo "  start PostgreSQL: pg_ctlcluster --skip-systemctl-redirect \$(ls /etc/postgresql) main start" >&2
+  echo "  start Redis:      redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no" >&2
+  if [ "${CI:-}" = "true" ]; then
+    echo "error: CI=true and a service the tests need is missing; refusing to skip its tests" >&2
+    exit 1
+  fi
+  echo "(not CI: the tests that need them will be skipped)" >&2
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
