@@ -26,4 +26,6 @@ fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The end-to-end tests also run the `caas` binary itself.
+cargo build -p caas --locked
 cargo test --workspace --locked

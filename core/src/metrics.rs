@@ -29,19 +29,59 @@ pub struct AuthMetrics {
     /// Database reads made by validation (cache misses that reached it).
     pub db_reads: Counter,
     cache_hit_rate: Gauge<f64, AtomicU64>,
+    /// Series of the allow path, resolved once: a family lookup takes a lock
+    /// and hashes the labels on every increment.
+    pub hot: HotSeries,
+}
+
+/// The caches the validator keeps, in the order of `HotSeries::hits`.
+pub const CACHES: [&str; 4] = ["api_key", "session", "ip_whitelist", "origin_whitelist"];
+
+pub struct HotSeries {
+    pub valid_sdk_token: Counter,
+    pub valid_dashboard_token: Counter,
+    pub valid_api_key: Counter,
+    pub jwt_seconds: Histogram,
+    pub api_key_seconds: Histogram,
+    pub cache_hits: [Counter; 4],
+    pub cache_misses: [Counter; 4],
 }
 
 impl Default for AuthMetrics {
     fn default() -> Self {
+        let token_validations: Family<Labels2, Counter> = Family::default();
+        let token_validation_seconds: Family<Labels, Histogram> = Family::new_with_constructor(latency_histogram);
+        let api_key_validations: Family<Labels, Counter> = Family::default();
+        let cache_hits: Family<Labels, Counter> = Family::default();
+        let cache_misses: Family<Labels, Counter> = Family::default();
+        // One statement per series: a lookup's read guard lives to the end of
+        // its statement, and the next new series needs the write lock.
+        let resolve = |family: &Family<Labels, Counter>, labels: Labels| family.get_or_create(&labels).clone();
+        let valid_sdk_token = token_validations.get_or_create(&[("audience", "caas-sdk"), ("result", "valid")]).clone();
+        let valid_dashboard_token =
+            token_validations.get_or_create(&[("audience", "caas-dashboard"), ("result", "valid")]).clone();
+        let valid_api_key = resolve(&api_key_validations, [("result", "valid")]);
+        let jwt_seconds = token_validation_seconds.get_or_create(&[("kind", "jwt")]).clone();
+        let api_key_seconds = token_validation_seconds.get_or_create(&[("kind", "api_key")]).clone();
+        let hot = HotSeries {
+            valid_sdk_token,
+            valid_dashboard_token,
+            valid_api_key,
+            jwt_seconds,
+            api_key_seconds,
+            cache_hits: CACHES.map(|c| resolve(&cache_hits, [("cache", c)])),
+            cache_misses: CACHES.map(|c| resolve(&cache_misses, [("cache", c)])),
+        };
         Self {
-            token_validations: Family::default(),
-            token_validation_seconds: Family::new_with_constructor(latency_histogram),
+            token_validations,
+            token_validation_seconds,
             session_creations: Family::default(),
-            api_key_validations: Family::default(),
-            cache_hits: Family::default(),
-            cache_misses: Family::default(),
+            api_key_validations,
+            cache_hits,
+            cache_misses,
             db_reads: Counter::default(),
             cache_hit_rate: Gauge::default(),
+            hot,
         }
     }
 }
@@ -49,13 +89,9 @@ impl Default for AuthMetrics {
 impl AuthMetrics {
     pub fn register(&self, registry: &mut Registry) {
         // Series that exist from the start, so dashboards and alerts see 0, not nothing.
-        for audience in ["caas-sdk", "caas-dashboard"] {
-            let _ = self.token_validations.get_or_create(&[("audience", audience), ("result", "valid")]);
-        }
         for kind in ["sdk", "dashboard"] {
             let _ = self.session_creations.get_or_create(&[("kind", kind)]);
         }
-        let _ = self.api_key_validations.get_or_create(&[("result", "valid")]);
         registry.register(
             "auth_token_validations",
             "Credential validations by audience and result",
@@ -84,14 +120,8 @@ impl AuthMetrics {
 
     /// Recomputes derived gauges; call before rendering.
     pub fn refresh(&self) {
-        let sum = |family: &Family<Labels, Counter>| {
-            ["api_key", "session", "ip_whitelist", "origin_whitelist"]
-                .iter()
-                .map(|c| family.get_or_create(&[("cache", *c)]).get())
-                .sum::<u64>()
-        };
-        let hits = sum(&self.cache_hits) as f64;
-        let total = hits + sum(&self.cache_misses) as f64;
+        let hits = self.hot.cache_hits.iter().map(Counter::get).sum::<u64>() as f64;
+        let total = hits + self.hot.cache_misses.iter().map(Counter::get).sum::<u64>() as f64;
         self.cache_hit_rate.set(if total > 0.0 { hits / total } else { 1.0 });
     }
 }

@@ -208,14 +208,17 @@ impl<V> Slot<V> {
 /// started before a bump is not stored, so a stale read cannot undo an event.
 struct LocalCache<V> {
     name: &'static str,
+    /// Position in `metrics::CACHES`.
+    index: usize,
     map: RwLock<HashMap<String, Slot<V>>>,
     epoch: AtomicU64,
     capacity: usize,
 }
 
 impl<V: Clone> LocalCache<V> {
-    fn new(name: &'static str, capacity: usize) -> Self {
-        Self { name, map: RwLock::new(HashMap::new()), epoch: AtomicU64::new(0), capacity }
+    fn new(index: usize, capacity: usize) -> Self {
+        let name = crate::metrics::CACHES[index];
+        Self { name, index, map: RwLock::new(HashMap::new()), epoch: AtomicU64::new(0), capacity }
     }
 
     fn lookup(&self, key: &str, now: Instant, trust: bool) -> Lookup<V> {
@@ -333,10 +336,10 @@ impl Validator {
             jwt,
             settings,
             metrics,
-            keys: LocalCache::new("api_key", capacity),
-            sessions: LocalCache::new("session", capacity),
-            ip_lists: LocalCache::new("ip_whitelist", capacity),
-            origin_lists: LocalCache::new("origin_whitelist", capacity),
+            keys: LocalCache::new(0, capacity),
+            sessions: LocalCache::new(1, capacity),
+            ip_lists: LocalCache::new(2, capacity),
+            origin_lists: LocalCache::new(3, capacity),
             last_touched: Mutex::new(HashMap::new()),
             listener: Mutex::new(None),
         });
@@ -406,11 +409,11 @@ impl Validator {
             Ok(_) => "valid",
             Err(rejection) => rejection.denial.code(),
         };
-        self.metrics.api_key_validations.get_or_create(&[("result", outcome)]).inc();
-        self.metrics
-            .token_validation_seconds
-            .get_or_create(&[("kind", "api_key")])
-            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => self.metrics.hot.valid_api_key.inc(),
+            Err(_) => self.metrics.api_key_validations.get_or_create(&[("result", outcome)]).inc(),
+        };
+        self.metrics.hot.api_key_seconds.observe(started.elapsed().as_secs_f64());
         result
     }
 
@@ -461,12 +464,16 @@ impl Validator {
             Ok(_) => "valid",
             Err(rejection) => rejection.denial.code(),
         };
-        let aud = audience.as_str();
-        self.metrics.token_validations.get_or_create(&[("audience", aud), ("result", outcome)]).inc();
-        self.metrics
-            .token_validation_seconds
-            .get_or_create(&[("kind", "jwt")])
-            .observe(started.elapsed().as_secs_f64());
+        match (&result, audience) {
+            (Ok(_), Audience::Sdk) => self.metrics.hot.valid_sdk_token.inc(),
+            (Ok(_), Audience::Dashboard) => self.metrics.hot.valid_dashboard_token.inc(),
+            (Err(_), _) => self
+                .metrics
+                .token_validations
+                .get_or_create(&[("audience", audience.as_str()), ("result", outcome)])
+                .inc(),
+        };
+        self.metrics.hot.jwt_seconds.observe(started.elapsed().as_secs_f64());
         result
     }
 
@@ -590,13 +597,13 @@ impl Validator {
         let now = Instant::now();
         let stale = match cache.lookup(key, now, self.bus.is_connected()) {
             Lookup::Fresh(value) => {
-                self.metrics.cache_hits.get_or_create(&[("cache", cache.name)]).inc();
+                self.metrics.hot.cache_hits[cache.index].inc();
                 return Ok(value);
             }
             Lookup::Stale(value, age) => Some((value, age)),
             Lookup::Miss => None,
         };
-        self.metrics.cache_misses.get_or_create(&[("cache", cache.name)]).inc();
+        self.metrics.hot.cache_misses[cache.index].inc();
         let epoch = cache.epoch();
         match load().await {
             Ok(value) => {

@@ -15,17 +15,41 @@ pub struct GatewayMetrics {
     pub origin_rejections: Counter,
     /// Time inside `check`, by policy.
     pub check_seconds: Family<Labels, Histogram>,
+    /// Per policy (in `POLICY_NAMES` order): the allow counter and the check
+    /// histogram, resolved once (a family lookup locks and hashes per call).
+    pub hot: Vec<(Counter, Histogram)>,
 }
+
+/// Label values of the policy dimension; `none` is a route without one.
+pub const POLICY_NAMES: [&str; 6] = ["public", "dashboard", "api_key", "refresh", "end_user", "none"];
 
 impl Default for GatewayMetrics {
     fn default() -> Self {
+        let requests: Family<Labels2, Counter> = Family::default();
+        let check_seconds: Family<Labels, Histogram> = Family::new_with_constructor(latency_histogram);
+        let hot = POLICY_NAMES
+            .iter()
+            .map(|p| {
+                let allow = requests.get_or_create(&[("policy", p), ("decision", "allow")]).clone();
+                (allow, check_seconds.get_or_create(&[("policy", p)]).clone())
+            })
+            .collect();
         Self {
-            requests: Family::default(),
+            requests,
             auth_failures: Family::default(),
             ip_whitelist_rejections: Counter::default(),
             origin_rejections: Counter::default(),
-            check_seconds: Family::new_with_constructor(latency_histogram),
+            check_seconds,
+            hot,
         }
+    }
+}
+
+impl GatewayMetrics {
+    /// The allow counter and check histogram of a policy label.
+    pub fn hot(&self, policy: &str) -> &(Counter, Histogram) {
+        let index = POLICY_NAMES.iter().position(|p| *p == policy).unwrap_or(POLICY_NAMES.len() - 1);
+        &self.hot[index]
     }
 }
 

@@ -35,7 +35,9 @@ async fn end_users_with_origins_cors_and_signed_context() {
     assert_eq!(r.header("vary"), Some("Origin"));
     let ctx = r.verified_context();
     assert_eq!((ctx.tenant_id.as_str(), ctx.user_id.as_str(), ctx.auth_type), (a.id.as_str(), "user-1", AuthType::Jwt));
-    assert_eq!(ctx.client_ip, "127.0.0.9");
+    // End-user routes do not carry the address (services there do not use it).
+    assert_eq!(ctx.client_ip, "");
+    assert!(!r.upstream_headers().contains_key("x-caas-client-ip"));
     assert_eq!(ctx.session_id, session["session_id"].as_str().unwrap());
     let upstream = r.upstream_headers();
     assert!(!upstream.contains_key("authorization"), "the token must not reach services");

@@ -73,6 +73,9 @@ impl Cluster {
 /// Starts `count` nodes with `extra` arguments, or `None` (outside CI) when
 /// PostgreSQL or Redis is missing.
 pub async fn cluster(count: usize, extra: &[&str]) -> Option<Cluster> {
+    if envoy_missing() {
+        return None;
+    }
     let (database_url, schema) = caas_core::testing::postgres_url().await?;
     let redis_url = caas_core::testing::redis_url().await?;
     let mut nodes = Vec::new();
@@ -141,6 +144,18 @@ async fn start_echo() -> SocketAddr {
     });
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
+}
+
+/// True (and a message, or a failure in CI) when no Envoy binary is found.
+pub fn envoy_missing() -> bool {
+    match caas::envoy::find_binary() {
+        Ok(_) => false,
+        Err(error) => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but {error}");
+            eprintln!("SKIPPED: {error}");
+            true
+        }
+    }
 }
 
 /// A response, read whole.

@@ -8,6 +8,7 @@
 mod harness;
 
 mod attacks;
+mod caas_up;
 mod end_user;
 mod failure;
 mod onboarding;

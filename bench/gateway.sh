@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Gateway benchmark (issue #3), side by side in one run, same load tool (wrk),
+# same route (a direct_response, so only the filter differs), same Envoy
+# settings (1 worker), variants interleaved over ROUNDS rounds, medians:
+#   a   Envoy, no auth
+#   b   Envoy jwt_authn (HS256, local JWKS with an oct key)
+#   c   Envoy ext_authz -> do-nothing server (allows everything; bench/src/load.rs)
+#   c'  the do-nothing server returning the same header mutations as (d): what
+#       the context-header contract itself costs Envoy
+#   d   Envoy ext_authz -> caas ext-authz, JWT route (end_user policy)
+#   e   Envoy ext_authz -> caas ext-authz, API-key route (api_key policy)
+# then ext-authz alone at a fixed 5,000 rps (handler latency).
+#   bench/gateway.sh    env: DURATION (10s), CONNECTIONS (32), ROUNDS (3)
+source "$(dirname "$0")/lib.sh"
+
+cargo build --release -q -p caas-bench -p caas-ext-authz
+JWT_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=' | head -c 48)
+SERVICE_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n')
+DB="sqlite://$WORK/caas.db"
+SEED=$(./target/release/caas-bench seed --database-url "$DB" --jwt-secret "$JWT_SECRET" --token-ttl 7200)
+field() { echo "$SEED" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+TOKEN=$(field token); API_KEY=$(field api_key)
+KID=$(python3 -c "import hashlib,sys; print(hashlib.sha256(sys.argv[1].encode()).hexdigest()[:16])" "$JWT_SECRET")
+K=$(python3 -c "import base64,sys; print(base64.urlsafe_b64encode(sys.argv[1].encode()).decode().rstrip('='))" "$JWT_SECRET")
+
+./target/release/caas-bench noop-authz --addr 127.0.0.1:9291 2>/dev/null & NOOP=$!; PIDS+=("$NOOP")
+# (d) sets 6 headers (tenant, user, session, auth type, ts, sig: ~21 bytes
+# each on average) and removes `authorization`.
+./target/release/caas-bench noop-authz --addr 127.0.0.1:9293 --set-headers 6 --header-bytes 21 --remove-headers 1 2>/dev/null & SHAPED=$!; PIDS+=("$SHAPED")
+DATABASE_URL=$DB JWT_SECRET=$JWT_SECRET SERVICE_SECRET=$SERVICE_SECRET EXT_AUTHZ_ADDR=127.0.0.1:9391 \
+  EXT_AUTHZ_OPS_ADDR=127.0.0.1:9392 RUST_LOG=warn ./target/release/ext-authz >/dev/null 2>&1 & AUTHZ=$!; PIDS+=("$AUTHZ")
+for _ in $(seq 100); do curl -sf http://127.0.0.1:9392/health >/dev/null && break; sleep 0.1; done
+
+JWT_FILTER="          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                caas:
+                  issuer: caas
+                  audiences: [caas-sdk]
+                  local_jwks: { inline_string: '{\"keys\":[{\"kty\":\"oct\",\"alg\":\"HS256\",\"kid\":\"$KID\",\"k\":\"$K\"}]}' }
+              rules: [ { match: { prefix: / }, requires: { provider_name: caas } } ]"
+config a ""
+config b "$JWT_FILTER"
+config c "$(ext_authz_filter)" 9291
+config c2 "$(ext_authz_filter)" 9293
+config d "$(ext_authz_filter)" 9391
+
+metric() { curl -s http://127.0.0.1:9392/metrics | awk -v m="$1" '$1 ~ "^"m {s += $2} END {print s+0}'; }
+cache_counters() { echo "$(metric auth_db_reads) $(metric auth_cache_hits) $(metric auth_cache_misses)"; }
+run() { # label config path header server
+  local before after
+  before=$(cache_counters)
+  local line; line=$(measure "$2" "$3" "$4" "$5")
+  after=$(cache_counters)
+  echo "$1 ${line#* } $before $after"
+}
+
+RESULTS=$WORK/results.txt
+: > "$RESULTS"
+for round in $(seq "$ROUNDS"); do
+  run a a /bench/jwt "x-bench: $round" "$NOOP" >> "$RESULTS"
+  run b b /bench/jwt "authorization: Bearer $TOKEN" "$NOOP" >> "$RESULTS"
+  run c c /bench/jwt "x-bench: $round" "$NOOP" >> "$RESULTS"
+  run c2 c2 /bench/jwt "x-bench: $round" "$SHAPED" >> "$RESULTS"
+  run d d /bench/jwt "authorization: Bearer $TOKEN" "$AUTHZ" >> "$RESULTS"
+  run e d /bench/key "x-api-key: $API_KEY" "$AUTHZ" >> "$RESULTS"
+done
+
+python3 - "$RESULTS" "$TICK" "$CONNECTIONS" "$DURATION" <<'PY'
+import sys, statistics
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+tick = int(sys.argv[2])
+by = {}
+for r in rows:
+    by.setdefault(r[0], []).append(r)
+med = lambda k, i: statistics.median(float(r[i]) for r in by[k])
+names = {"a": "Envoy, no auth", "b": "Envoy jwt_authn (HS256, local JWKS)", "c": "Envoy + do-nothing ext_authz",
+         "c2": "Envoy + do-nothing ext_authz returning (d)'s header mutations",
+         "d": "Envoy + caas ext-authz, JWT route", "e": "Envoy + caas ext-authz, API-key route"}
+print(f"wrk -t1 -c{sys.argv[3]} -d{sys.argv[4]}, Envoy --concurrency 1, median of {len(by['a'])} interleaved rounds\n")
+print("| variant | req/s | vs (a) | vs (c) | vs (c') | p99 | non-2xx | authz server CPU µs/check | Envoy CPU µs/req |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+cpu = lambda k: med(k, 5) / tick / med(k, 2) * 1e6
+for k in ["a", "b", "c", "c2", "d", "e"]:
+    rps = med(k, 1)
+    authz = "—" if k in "ab" else f"{cpu(k):.1f}"
+    label = "c'" if k == "c2" else k
+    print(f"| ({label}) {names[k]} | {rps:,.0f} | {rps / med('a', 1):.2f} | {rps / med('c', 1):.2f} | {rps / med('c2', 1):.2f} | {by[k][0][3]} | {int(med(k, 4))} | {authz} | {med(k, 6) / tick / med(k, 2) * 1e6:.1f} |")
+for k in "de":
+    reqs = sum(float(r[2]) for r in by[k])
+    reads = sum(int(r[10]) - int(r[7]) for r in by[k])
+    hits = sum(int(r[11]) - int(r[8]) for r in by[k]); misses = sum(int(r[12]) - int(r[9]) for r in by[k])
+    rate = hits / (hits + misses) if hits + misses else 1.0
+    print(f"\n({k}) cache hit rate {rate:.4%}; database reads {reads} over {reqs:,.0f} authorized requests ({reads / reqs * 1000:.3f} per 1,000)")
+ours = (cpu("d") + cpu("e")) / 2
+print(f"\next-authz CPU per check / do-nothing server's: {ours / cpu('c'):.2f} vs (c), {ours / cpu('c2'):.2f} vs (c') (d and e averaged)")
+PY
+
+echo
+echo "ext-authz alone, Check at a fixed 5,000 rps for 10 s (open loop; client-side latency from dispatch, incl. the tonic client on the same 2 cores),"
+echo "and the server's own time per Check (ext-authz's gateway_check_duration_seconds histogram, bucket bounds):"
+hist() { curl -s http://127.0.0.1:9392/metrics | grep "^gateway_check_duration_seconds_bucket{.*policy=\"$1\"" ; }
+for policy in end_user api_key; do
+  before=$(hist $policy)
+  if [ $policy = end_user ]; then cred=(--token "$TOKEN"); else cred=(--api-key "$API_KEY"); fi
+  ./target/release/caas-bench grpc-load --addr 127.0.0.1:9391 --rate 5000 --seconds 10 --policy $policy "${cred[@]}"
+  after=$(hist $policy)
+  python3 - "$before" "$after" <<'PY'
+import re, sys
+def parse(text):
+    return {float(m.group(1)) if m.group(1) != "+Inf" else float("inf"): int(float(m.group(2)))
+            for m in re.finditer(r'le="([^"]+)"[^}]*} (\S+)', text)}
+b, a = parse(sys.argv[1]), parse(sys.argv[2])
+delta = {le: a[le] - b.get(le, 0) for le in a}
+total = delta[float("inf")]
+for q in (0.5, 0.99, 0.999):
+    le = min(le for le, n in delta.items() if n >= q * total)
+    print(f"  server-side p{q*100:g} ≤ {le*1e6:.0f} µs", end="")
+print(f"  ({total} checks)")
+PY
+done

@@ -1,0 +1,112 @@
+# Shared plumbing of the gateway benchmarks (sourced by gateway.sh, floor.sh).
+# Each variant is one Envoy config differing only where the variant says.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/ensure-envoy.sh
+ENVOY=${ENVOY_BIN:-envoy}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+ROUNDS=${ROUNDS:-3}
+WORK=$(mktemp -d /tmp/caas-bench.XXXXXX)
+TICK=$(getconf CLK_TCK)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+DEFAULT_H2='http2_protocol_options: { initial_stream_window_size: 1048576, initial_connection_window_size: 4194304 }'
+ALLOWED_HEADERS='allowed_headers:
+                patterns: [ { exact: authorization }, { exact: x-api-key }, { exact: origin }, { exact: x-forwarded-for }, { exact: x-request-id }, { exact: upgrade }, { exact: sec-websocket-protocol }, { exact: access-control-request-method }, { exact: access-control-request-headers }, { prefix: x-caas- } ]'
+
+# ext_authz filter YAML; $1 = extra filter options (indented 14), default the
+# product's allowed_headers.
+ext_authz_filter() {
+  cat <<YAML
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              grpc_service: { envoy_grpc: { cluster_name: authz }, timeout: 1s }
+              failure_mode_allow: false
+              status_on_error: { code: ServiceUnavailable }
+              ${1-$ALLOWED_HEADERS}
+YAML
+}
+
+# config NAME FILTER [AUTHZ_PORT] [HTTP2_OPTIONS]: writes $WORK/NAME.yaml, a
+# listener on 127.0.0.1:18000 with two direct_response routes (JWT and API-key
+# policy) behind FILTER.
+config() {
+  local name=$1 filter=$2 port=${3:-9291} h2=${4:-$DEFAULT_H2}
+  cat > "$WORK/$name.yaml" <<YAML
+admin: { address: { socket_address: { address: 127.0.0.1, port_value: 0 } } }
+static_resources:
+  listeners:
+  - name: public
+    address: { socket_address: { address: 127.0.0.1, port_value: 18000 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          use_remote_address: true
+          generate_request_id: true
+          http_filters:
+$filter
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+          route_config:
+            virtual_hosts:
+            - name: bench
+              domains: ["*"]
+              routes:
+              - match: { path: /bench/jwt }
+                direct_response: { status: 200, body: { inline_string: ok } }
+                typed_per_filter_config:
+                  envoy.filters.http.ext_authz:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                    check_settings: { context_extensions: { policy: end_user } }
+              - match: { path: /bench/key }
+                direct_response: { status: 200, body: { inline_string: ok } }
+                typed_per_filter_config:
+                  envoy.filters.http.ext_authz:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                    check_settings: { context_extensions: { policy: api_key } }
+  clusters:
+  - name: authz
+    type: STATIC
+    connect_timeout: 0.25s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          $h2
+    load_assignment:
+      cluster_name: authz
+      endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $port } } } } ] } ]
+YAML
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# measure NAME PATH HEADER SERVER_PID [ENVOY_WORKERS]: one wrk run against
+# $WORK/NAME.yaml; prints "NAME rps requests p99 non2xx server_ticks envoy_ticks".
+measure() {
+  local name=$1 path=$2 header=$3 server=$4 workers=${5:-1}
+  "$ENVOY" -c "$WORK/$name.yaml" --disable-hot-restart --concurrency "$workers" --log-level error >/dev/null 2>&1 & local envoy=$!
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:18000/" && break; sleep 0.05; done
+  local status; status=$(curl -s -o /dev/null -w '%{http_code}' -H "$header" "http://127.0.0.1:18000$path")
+  [ "$status" = 200 ] || { echo "variant $name answered $status, not 200" >&2; kill $envoy; exit 1; }
+  wrk -t1 -c"$CONNECTIONS" -d2s -H "$header" "http://127.0.0.1:18000$path" >/dev/null
+  local s0 e0 s1 e1 out
+  s0=$(cpu_ticks "$server"); e0=$(cpu_ticks $envoy)
+  out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "$header" "http://127.0.0.1:18000$path")
+  s1=$(cpu_ticks "$server"); e1=$(cpu_ticks $envoy)
+  kill $envoy; wait $envoy 2>/dev/null || true
+  local rps reqs p99 non2xx
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+  echo "$name $rps $reqs $p99 ${non2xx:-0} $(( s1 - s0 )) $(( e1 - e0 ))"
+}

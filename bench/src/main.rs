@@ -1,0 +1,49 @@
+//! caas-bench: the measuring tools behind BENCHMARKS.md.
+//!
+//! - `micro`: in-process cost of the hot rules (cached API-key check, JWT +
+//!   cached revocation, context sign + verify), median of rounds.
+//! - `noop-authz`: an ext_authz server that allows everything: the floor any
+//!   ext_authz server pays (Envoy's gRPC client + the gRPC stack).
+//! - `seed`: a tenant, key, whitelist and session in a database, for runs.
+//! - `grpc-load`: Check requests at a fixed rate straight to an ext_authz
+//!   server; client-side latency percentiles.
+//! - `sessions`: concurrent `POST /api/v1/auth/sdk/session` against auth-api.
+
+mod load;
+mod micro;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "caas-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Micro(micro::MicroArgs),
+    NoopAuthz(load::NoopArgs),
+    Seed(load::SeedArgs),
+    GrpcLoad(load::GrpcLoadArgs),
+    Sessions(load::SessionsArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let command = Cli::parse().command;
+    if let Command::NoopAuthz(args) = command {
+        // Builds its own runtime: its thread count is part of the experiment.
+        return load::noop_authz(args);
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        match command {
+            Command::Micro(args) => micro::run(args).await,
+            Command::Seed(args) => load::seed(args).await,
+            Command::GrpcLoad(args) => load::grpc_load(args).await,
+            Command::Sessions(args) => load::sessions(args).await,
+            Command::NoopAuthz(_) => unreachable!("handled above"),
+        }
+    })
+}
