@@ -16,8 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::AppState;
-use crate::error::ApiError;
-use crate::extract::{ApiJson, ClientIp, DashboardCaller, OptionalJson};
+use caas_http::{ApiError, ApiJson, ClientIp, DashboardCaller, OptionalJson};
 
 const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
 

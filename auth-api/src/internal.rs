@@ -13,8 +13,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
-use crate::error::ApiError;
-use crate::extract::{ApiJson, ServiceCaller};
+use caas_http::{ApiError, ApiJson};
+
+use crate::extract::ServiceCaller;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

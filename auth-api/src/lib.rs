@@ -10,7 +10,6 @@
 
 mod client;
 pub mod config;
-mod error;
 mod extract;
 mod internal;
 mod ops;
@@ -36,7 +35,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 pub use crate::config::{AuthApiArgs, Config};
-pub use crate::error::ApiError;
+pub use caas_http::ApiError;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -116,8 +115,8 @@ impl AppState {
         &self.0.validator
     }
 
-    pub(crate) fn verifier(&self) -> &ContextVerifier {
-        &self.0.verifier
+    fn observer(&self) -> caas_http::Observer {
+        caas_http::Observer { verifier: self.0.verifier.clone(), service: "auth-api" }
     }
 
     pub(crate) fn settings(&self) -> &Settings {
@@ -169,10 +168,10 @@ pub fn app(state: AppState) -> Router {
         .nest("/api/v1/auth", auth)
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
-        .fallback(ops::not_found)
-        .method_not_allowed_fallback(ops::method_not_allowed)
+        .fallback(caas_http::not_found)
+        .method_not_allowed_fallback(caas_http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), ops::observe))
+        .layer(axum::middleware::from_fn_with_state(state.observer(), caas_http::observe))
         .with_state(state)
 }
 

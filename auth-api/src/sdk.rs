@@ -15,10 +15,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiKeyCaller, ClientIp, OptionalCaller, OptionalJson};
+use caas_http::{ApiError, ApiJson, ApiKeyCaller, ClientIp, OptionalCaller, OptionalJson};
 
-const MAX_USER_ID_BYTES: usize = 128;
+use caas_core::chat::MAX_USER_ID_BYTES;
 const MAX_METADATA_BYTES: usize = 4096;
 
 #[derive(Deserialize)]
@@ -42,10 +41,7 @@ pub struct LogoutRequest {
 }
 
 fn check_user_id(user_id: &str) -> Result<(), ApiError> {
-    if user_id.is_empty()
-        || user_id.len() > MAX_USER_ID_BYTES
-        || user_id.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
+    if !caas_core::chat::is_valid_user_id(user_id) {
         return Err(ApiError::invalid(
             "invalid_user_id",
             "user_id",

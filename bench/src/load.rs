@@ -321,6 +321,7 @@ pub async fn sessions(args: SessionsArgs) -> anyhow::Result<()> {
                     key_id: key_id.clone(),
                     client_ip: "127.0.0.1".into(),
                     request_id: format!("bench-{worker}-{n}"),
+                    token_expires_at: None,
                 };
                 let mut request = http.post(&url).json(&serde_json::json!({ "user_id": format!("user-{worker}-{n}") }));
                 for (name, value) in signer.headers(&ctx, "POST", unix_now()) {

@@ -105,6 +105,7 @@ pub async fn run(args: MicroArgs) -> anyhow::Result<()> {
         key_id: String::new(),
         client_ip: "127.0.0.1".into(),
         request_id: "4f1c2b1e-9d7a-4c55-a0a2-1b3d8c9e7f60".into(),
+        token_expires_at: None,
     };
     let (rounds, iterations) = (args.rounds, args.iterations);
 

@@ -34,6 +34,10 @@ pub trait Cache: Send + Sync + 'static {
     async fn increment(&self, key: &str, window: Duration) -> Result<(u64, u64), CacheError>;
     /// The counter's value and seconds left, without changing it.
     async fn counter(&self, key: &str) -> Result<(u64, u64), CacheError>;
+    /// Adds `member` to the set at `key`, whose time to live becomes `ttl`.
+    async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> Result<(), CacheError>;
+    async fn set_remove(&self, key: &str, member: &str) -> Result<(), CacheError>;
+    async fn set_members(&self, key: &str) -> Result<Vec<String>, CacheError>;
     async fn ping(&self) -> Result<(), CacheError>;
     /// `redis` or `memory`, for logs and health.
     fn kind(&self) -> &'static str;
@@ -43,6 +47,7 @@ pub trait Cache: Send + Sync + 'static {
 #[derive(Default)]
 pub struct MemoryCache {
     entries: Mutex<HashMap<String, (String, Instant)>>,
+    sets: Mutex<HashMap<String, (std::collections::HashSet<String>, Instant)>>,
 }
 
 impl MemoryCache {
@@ -106,6 +111,41 @@ impl Cache for MemoryCache {
             Some((v, expiry)) => (v.parse().unwrap_or(0), seconds_left(*expiry, now)),
             None => (0, 0),
         }))
+    }
+
+    async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> Result<(), CacheError> {
+        let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if sets.len() > 100_000 {
+            sets.retain(|_, (_, expiry)| *expiry > now);
+        }
+        let entry = sets.entry(key.to_string()).or_insert_with(|| (Default::default(), now));
+        if entry.1 <= now {
+            entry.0.clear();
+        }
+        entry.0.insert(member.to_string());
+        entry.1 = now + ttl;
+        Ok(())
+    }
+
+    async fn set_remove(&self, key: &str, member: &str) -> Result<(), CacheError> {
+        let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((members, _)) = sets.get_mut(key) {
+            members.remove(member);
+            if members.is_empty() {
+                sets.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_members(&self, key: &str) -> Result<Vec<String>, CacheError> {
+        let sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(sets
+            .get(key)
+            .filter(|(_, expiry)| *expiry > Instant::now())
+            .map(|(m, _)| m.iter().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn ping(&self) -> Result<(), CacheError> {
@@ -193,6 +233,27 @@ impl Cache for RedisCache {
         let (count, ttl): (Option<u64>, i64) =
             redis::pipe().get(key).ttl(key).query_async(&mut self.conn.clone()).await?;
         Ok((count.unwrap_or(0), ttl.max(0) as u64))
+    }
+
+    async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> Result<(), CacheError> {
+        let () = redis::pipe()
+            .atomic()
+            .sadd(key, member)
+            .ignore()
+            .expire(key, ttl.as_secs().max(1) as i64)
+            .ignore()
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn set_remove(&self, key: &str, member: &str) -> Result<(), CacheError> {
+        let _: i64 = self.conn.clone().srem(key, member).await?;
+        Ok(())
+    }
+
+    async fn set_members(&self, key: &str) -> Result<Vec<String>, CacheError> {
+        Ok(self.conn.clone().smembers(key).await?)
     }
 
     async fn ping(&self) -> Result<(), CacheError> {

@@ -25,11 +25,15 @@ pub const KEY_ID: &str = "x-caas-key-id";
 /// address); a signed address is the only one a client cannot forge.
 pub const CLIENT_IP: &str = "x-caas-client-ip";
 pub const REQUEST_ID: &str = "x-request-id";
+/// When the access token behind the context expires (Unix seconds); set on
+/// WebSocket upgrades only, where the connection outlives the request and
+/// must close when its token does.
+pub const TOKEN_EXPIRES_AT: &str = "x-caas-token-expires-at";
 pub const CONTEXT_TS: &str = "x-caas-context-ts";
 pub const CONTEXT_SIG: &str = "x-caas-context-sig";
 /// Every `x-caas-*` header the gateway may set; all others are removed.
-pub const CONTEXT_HEADERS: [&str; 8] =
-    [TENANT_ID, USER_ID, SESSION_ID, AUTH_TYPE, KEY_ID, CLIENT_IP, CONTEXT_TS, CONTEXT_SIG];
+pub const CONTEXT_HEADERS: [&str; 9] =
+    [TENANT_ID, USER_ID, SESSION_ID, AUTH_TYPE, KEY_ID, CLIENT_IP, TOKEN_EXPIRES_AT, CONTEXT_TS, CONTEXT_SIG];
 /// A context older than this is refused.
 pub const MAX_CONTEXT_AGE_SECONDS: i64 = 60;
 
@@ -76,6 +80,8 @@ pub struct RequestContext {
     pub key_id: String,
     pub client_ip: String,
     pub request_id: String,
+    /// Expiry of the access token, on WebSocket upgrades.
+    pub token_expires_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -106,6 +112,7 @@ impl ContextError {
 
 fn canonical_update(mac: &mut HmacSha256, ctx: &RequestContext, method: &str, ts: i64) {
     let ts = ts.to_string();
+    let expires = ctx.token_expires_at.map(|at| at.to_string()).unwrap_or_default();
     for field in [
         "caas-context-v1",
         method,
@@ -116,6 +123,7 @@ fn canonical_update(mac: &mut HmacSha256, ctx: &RequestContext, method: &str, ts
         &ctx.key_id,
         &ctx.client_ip,
         &ctx.request_id,
+        &expires,
         &ts,
     ] {
         mac.update(&(field.len() as u32).to_be_bytes());
@@ -149,7 +157,7 @@ impl ContextSigner {
 
     /// The headers to inject, signature included, in a fixed order. Fields
     /// that are empty are still listed so that the sender overwrites them.
-    pub fn headers(&self, ctx: &RequestContext, method: &str, ts: i64) -> [(&'static str, String); 9] {
+    pub fn headers(&self, ctx: &RequestContext, method: &str, ts: i64) -> [(&'static str, String); 10] {
         let signature = self.sign(ctx, method, ts);
         [
             (TENANT_ID, ctx.tenant_id.clone()),
@@ -159,6 +167,7 @@ impl ContextSigner {
             (KEY_ID, ctx.key_id.clone()),
             (CLIENT_IP, ctx.client_ip.clone()),
             (REQUEST_ID, ctx.request_id.clone()),
+            (TOKEN_EXPIRES_AT, ctx.token_expires_at.map(|at| at.to_string()).unwrap_or_default()),
             (CONTEXT_TS, ts.to_string()),
             (CONTEXT_SIG, signature),
         ]
@@ -202,6 +211,10 @@ impl ContextVerifier {
             key_id: field(KEY_ID),
             client_ip: field(CLIENT_IP),
             request_id: field(REQUEST_ID),
+            token_expires_at: match header(TOKEN_EXPIRES_AT).unwrap_or_default() {
+                "" => None,
+                at => Some(at.parse().map_err(|_| ContextError::Malformed)?),
+            },
         };
         let valid = self.macs.iter().any(|mac| {
             let mut mac = mac.clone();
@@ -234,6 +247,7 @@ mod tests {
             key_id: String::new(),
             client_ip: "127.0.0.1".into(),
             request_id: "req-1".into(),
+            token_expires_at: None,
         }
     }
 
@@ -263,7 +277,7 @@ mod tests {
         let verifier = ContextVerifier::new(&secret, None);
         let h = headers(&ContextSigner::new(&secret), &ctx(), 1_000);
         assert_eq!(verify(&verifier, &h, "GET", 1_000), Err(ContextError::BadSignature));
-        for name in [TENANT_ID, USER_ID, SESSION_ID, KEY_ID, CLIENT_IP, REQUEST_ID, CONTEXT_TS] {
+        for name in [TENANT_ID, USER_ID, SESSION_ID, KEY_ID, CLIENT_IP, REQUEST_ID, TOKEN_EXPIRES_AT, CONTEXT_TS] {
             let mut forged = h.clone();
             forged.insert(name, "999".into());
             assert_eq!(verify(&verifier, &forged, "POST", 1_000), Err(ContextError::BadSignature), "{name}");

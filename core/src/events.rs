@@ -1,7 +1,10 @@
-//! Events every credential change publishes, so that every process holding a
-//! cache of that credential can evict it (see `bus`).
+//! Events on the bus: every credential change (so that every process holding
+//! a cache of that credential can evict it) and every new chat message (so
+//! that every socket node can deliver it).
 
 use serde::{Deserialize, Serialize};
+
+use crate::chat::Message;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -22,5 +25,10 @@ pub enum Event {
     SessionRevoked {
         tenant_id: String,
         session_id: String,
+    },
+    /// A message was stored: socket nodes deliver it to their subscribers.
+    MessageCreated {
+        tenant_id: String,
+        message: Message,
     },
 }

@@ -10,6 +10,7 @@
 pub mod api_key;
 pub mod bus;
 pub mod cache;
+pub mod chat;
 pub mod config;
 pub mod context;
 pub mod events;

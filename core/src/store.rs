@@ -269,6 +269,11 @@ impl Store {
         self.dialect
     }
 
+    /// For the other storage modules of this crate (chat).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     pub async fn migrate(&self) -> Result<()> {
         let migrator = match self.dialect {
             Dialect::Sqlite => sqlx::migrate!("../migrations/sqlite"),

@@ -396,6 +396,7 @@ impl Validator {
                 Event::SessionRevoked { session_id, .. } => {
                     self.sessions.pin(session_id, Some(SessionEntry::revoked()), self.settings.pin_for);
                 }
+                Event::MessageCreated { .. } => {}
             },
         }
     }

@@ -249,6 +249,7 @@ impl Authorizer {
             key_id: String::new(),
             client_ip: caas_core::whitelist::canonical_ip(client_ip).to_string(),
             request_id: req.request_id.clone(),
+            token_expires_at: None,
         };
         let mut cors_origin = None;
         let mut strip_query = Vec::new();
@@ -289,6 +290,11 @@ impl Authorizer {
                     context.client_ip.clear();
                     let (token, from_query) = end_user_token(req)?;
                     let claims = self.validator.validate_token(token, Audience::Sdk, origin, now).await?;
+                    // A socket outlives its upgrade request and must close when
+                    // its token expires: tell the socket service when.
+                    if is_websocket_upgrade(req) {
+                        context.token_expires_at = Some(claims.exp);
+                    }
                     context.tenant_id = claims.tid;
                     context.user_id = claims.sub;
                     context.session_id = claims.sid;
@@ -405,8 +411,7 @@ fn end_user_token<'a>(req: &Incoming<'a>) -> Result<(&'a str, bool), Denial> {
     if req.header("authorization").is_some() {
         return bearer(req).map(|t| (t, false));
     }
-    let upgrade = req.header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
-    if !upgrade {
+    if !is_websocket_upgrade(req) {
         return Err(Denial::MissingCredentials);
     }
     if let Some(protocols) = req.header("sec-websocket-protocol") {
@@ -425,6 +430,10 @@ fn end_user_token<'a>(req: &Incoming<'a>) -> Result<(&'a str, bool), Denial> {
         (Some(_), Some(_)) => Err(Denial::Token(TokenError::Malformed)),
         (None, _) => Err(Denial::MissingCredentials),
     }
+}
+
+fn is_websocket_upgrade(req: &Incoming<'_>) -> bool {
+    req.header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
 }
 
 /// An API key (or any `caas_` credential) in the query string.

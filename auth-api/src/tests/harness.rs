@@ -156,6 +156,7 @@ impl Harness {
             key_id: String::new(),
             client_ip: "127.0.0.1".into(),
             request_id: "req-test".into(),
+            token_expires_at: None,
         }
     }
 
@@ -168,6 +169,7 @@ impl Harness {
             key_id: who.key_id.clone(),
             client_ip: "127.0.0.1".into(),
             request_id: "req-test".into(),
+            token_expires_at: None,
         }
     }
 

@@ -167,6 +167,7 @@ async fn logout_by_refresh_token_or_by_access_context() {
         key_id: String::new(),
         client_ip: "127.0.0.1".into(),
         request_id: "r".into(),
+        token_expires_at: None,
     };
     let r = h.send(h.signed(Method::POST, LOGOUT, &ctx, None)).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);

@@ -34,6 +34,16 @@ async fn cache_conformance(cache: Arc<dyn Cache>) {
     assert!((59..=60).contains(&left), "{left}");
     assert_eq!(cache.increment(&counter, Duration::from_secs(60)).await.unwrap().0, 2);
     assert_eq!(cache.counter(&counter).await.unwrap().0, 2);
+    let set = unique("test:set");
+    cache.set_add(&set, "a", Duration::from_secs(30)).await.unwrap();
+    cache.set_add(&set, "b", Duration::from_secs(30)).await.unwrap();
+    cache.set_add(&set, "a", Duration::from_secs(30)).await.unwrap();
+    let mut members = cache.set_members(&set).await.unwrap();
+    members.sort();
+    assert_eq!(members, ["a", "b"]);
+    cache.set_remove(&set, "a").await.unwrap();
+    assert_eq!(cache.set_members(&set).await.unwrap(), ["b"]);
+    assert!(cache.set_members(&unique("test:none")).await.unwrap().is_empty());
     cache.ping().await.unwrap();
 }
 

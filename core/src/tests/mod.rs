@@ -2,5 +2,6 @@
 //! in-process and Redis cache and bus).
 
 mod cache_bus;
+mod chat;
 mod store;
 mod validator;

@@ -1,0 +1,317 @@
+//! Chat: conversations, members and messages, scoped to a tenant. The chat
+//! service (REST) and the socket service both post through `Chat`, so a
+//! message is stored and announced on the bus the same way from either.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row as _;
+
+use crate::bus::EventBus;
+use crate::events::Event;
+use crate::id::new_id;
+use crate::store::{Store, StoreError};
+
+/// Largest message body, in bytes: larger is refused as too large.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+pub const MAX_MEMBERS: usize = 100;
+pub const MAX_TITLE_CHARS: usize = 200;
+pub const MAX_CLIENT_MSG_ID_BYTES: usize = 64;
+pub const MAX_USER_ID_BYTES: usize = 128;
+pub const MAX_PAGE: i64 = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub id: String,
+    pub title: Option<String>,
+    pub created_by: String,
+    pub created_at: i64,
+    pub member_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Message {
+    pub id: String,
+    pub conversation_id: String,
+    pub sender_id: String,
+    pub body: String,
+    pub client_msg_id: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// No such conversation in the caller's tenant, or the caller is not a
+    /// member: 404 either way, so nothing about other tenants (or other
+    /// people's conversations) leaks.
+    #[error("conversation not found")]
+    NotFound,
+    /// 400 naming the field.
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    /// The message body is over 16 KiB: 413.
+    #[error("message body is larger than 16 KiB")]
+    TooLarge,
+    /// 503.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for ChatError {
+    fn from(e: sqlx::Error) -> Self {
+        ChatError::Store(StoreError::Unavailable(e))
+    }
+}
+
+/// An end user's id as clients name them: 1–128 bytes, no spaces or control
+/// characters.
+pub fn is_valid_user_id(user_id: &str) -> bool {
+    !user_id.is_empty()
+        && user_id.len() <= MAX_USER_ID_BYTES
+        && !user_id.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ChatError {
+    ChatError::Invalid { field, message: message.into() }
+}
+
+fn check_cursor(field: &'static str, cursor: Option<&str>) -> Result<String, ChatError> {
+    match cursor {
+        None => Ok(String::new()),
+        Some(c) if !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
+            Ok(c.to_string())
+        }
+        Some(_) => Err(invalid(field, "not a valid cursor")),
+    }
+}
+
+fn check_limit(limit: Option<i64>) -> Result<i64, ChatError> {
+    match limit {
+        None => Ok(50),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(invalid("limit", format!("limit must be between 1 and {MAX_PAGE}"))),
+    }
+}
+
+/// The chat rules over the store and the bus.
+#[derive(Clone)]
+pub struct Chat {
+    store: Store,
+    bus: Arc<dyn EventBus>,
+}
+
+impl Chat {
+    pub fn new(store: Store, bus: Arc<dyn EventBus>) -> Self {
+        Self { store, bus }
+    }
+
+    /// A conversation of the creator and `member_ids` (the creator is always a member).
+    pub async fn create_conversation(
+        &self,
+        tenant_id: &str,
+        creator: &str,
+        member_ids: &[String],
+        title: Option<&str>,
+        now: i64,
+    ) -> Result<Conversation, ChatError> {
+        let mut members = vec![creator.to_string()];
+        for (i, member) in member_ids.iter().enumerate() {
+            if !is_valid_user_id(member) {
+                return Err(invalid("member_ids", format!("member_ids[{i}] is not a valid user id")));
+            }
+            if !members.contains(member) {
+                members.push(member.clone());
+            }
+        }
+        if members.len() > MAX_MEMBERS {
+            return Err(invalid("member_ids", format!("at most {MAX_MEMBERS} members")));
+        }
+        let title = title.map(str::trim).filter(|t| !t.is_empty());
+        if title.is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS || t.chars().any(char::is_control)) {
+            return Err(invalid("title", format!("title must be at most {MAX_TITLE_CHARS} printable characters")));
+        }
+        let id = new_id("conv");
+        let mut tx = self.store.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO conversations (id, client_id, title, created_by, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&id)
+        .bind(tenant_id)
+        .bind(title)
+        .bind(creator)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for member in &members {
+            sqlx::query("INSERT INTO conversation_members (conversation_id, client_id, user_id, joined_at) VALUES ($1, $2, $3, $4)")
+                .bind(&id)
+                .bind(tenant_id)
+                .bind(member)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Conversation {
+            id,
+            title: title.map(str::to_string),
+            created_by: creator.to_string(),
+            created_at: now,
+            member_ids: members,
+        })
+    }
+
+    /// The user's conversations, newest first; `before` is the last id of the previous page.
+    pub async fn conversations(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        before: Option<&str>,
+        limit: Option<i64>,
+    ) -> Result<Vec<Conversation>, ChatError> {
+        let before = check_cursor("cursor", before)?;
+        let limit = check_limit(limit)?;
+        let rows = sqlx::query(
+            "SELECT c.id, c.title, c.created_by, c.created_at FROM conversations c \
+             JOIN conversation_members m ON m.conversation_id = c.id \
+             WHERE m.client_id = $1 AND m.user_id = $2 AND c.client_id = $1 AND ($3 = '' OR c.id < $3) \
+             ORDER BY c.id DESC LIMIT $4",
+        )
+        .bind(tenant_id)
+        .bind(user_id)
+        .bind(&before)
+        .bind(limit)
+        .fetch_all(self.store.pool())
+        .await?;
+        let mut conversations = Vec::with_capacity(rows.len());
+        for row in rows {
+            conversations.push(Conversation {
+                id: row.try_get(0)?,
+                title: row.try_get(1)?,
+                created_by: row.try_get(2)?,
+                created_at: row.try_get(3)?,
+                member_ids: Vec::new(),
+            });
+        }
+        if !conversations.is_empty() {
+            let placeholders: Vec<String> = (2..conversations.len() + 2).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT conversation_id, user_id FROM conversation_members WHERE client_id = $1 AND conversation_id IN ({}) ORDER BY joined_at, user_id",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(tenant_id);
+            for c in &conversations {
+                query = query.bind(&c.id);
+            }
+            for row in query.fetch_all(self.store.pool()).await? {
+                let (conversation, user): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+                if let Some(c) = conversations.iter_mut().find(|c| c.id == conversation) {
+                    c.member_ids.push(user);
+                }
+            }
+        }
+        Ok(conversations)
+    }
+
+    pub async fn is_member(&self, tenant_id: &str, conversation_id: &str, user_id: &str) -> Result<bool, ChatError> {
+        let found = sqlx::query(
+            "SELECT 1 FROM conversation_members WHERE conversation_id = $1 AND client_id = $2 AND user_id = $3",
+        )
+        .bind(conversation_id)
+        .bind(tenant_id)
+        .bind(user_id)
+        .fetch_optional(self.store.pool())
+        .await?;
+        Ok(found.is_some())
+    }
+
+    /// Stores a message (idempotent on the sender's `client_msg_id`) and, the
+    /// first time only, announces it on the bus. Returns it and whether it is new.
+    pub async fn post(
+        &self,
+        tenant_id: &str,
+        sender_id: &str,
+        conversation_id: &str,
+        body: &str,
+        client_msg_id: &str,
+        now: i64,
+    ) -> Result<(Message, bool), ChatError> {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(ChatError::TooLarge);
+        }
+        if body.trim().is_empty() {
+            return Err(invalid("body", "body must not be empty"));
+        }
+        if client_msg_id.is_empty()
+            || client_msg_id.len() > MAX_CLIENT_MSG_ID_BYTES
+            || client_msg_id.chars().any(|c| c.is_control())
+        {
+            return Err(invalid(
+                "client_msg_id",
+                format!("client_msg_id must be 1 to {MAX_CLIENT_MSG_ID_BYTES} bytes"),
+            ));
+        }
+        if !self.is_member(tenant_id, conversation_id, sender_id).await? {
+            return Err(ChatError::NotFound);
+        }
+        let inserted: Option<Message> = sqlx::query_as(
+            "INSERT INTO messages (id, client_id, conversation_id, sender_id, body, client_msg_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (conversation_id, sender_id, client_msg_id) DO NOTHING \
+             RETURNING id, conversation_id, sender_id, body, client_msg_id, created_at",
+        )
+        .bind(new_id("msg"))
+        .bind(tenant_id)
+        .bind(conversation_id)
+        .bind(sender_id)
+        .bind(body)
+        .bind(client_msg_id)
+        .bind(now)
+        .fetch_optional(self.store.pool())
+        .await?;
+        let Some(message) = inserted else {
+            let existing: Message = sqlx::query_as(
+                "SELECT id, conversation_id, sender_id, body, client_msg_id, created_at FROM messages \
+                 WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3",
+            )
+            .bind(conversation_id)
+            .bind(sender_id)
+            .bind(client_msg_id)
+            .fetch_one(self.store.pool())
+            .await?;
+            return Ok((existing, false));
+        };
+        let event = Event::MessageCreated { tenant_id: tenant_id.to_string(), message: message.clone() };
+        if let Err(error) = self.bus.publish(event).await {
+            // Stored (acknowledged) but not announced to other nodes: their
+            // subscribers see it on their next fetch. Logged, not failed.
+            tracing::error!(%error, conversation_id, "message stored but not published to other nodes");
+        }
+        Ok((message, true))
+    }
+
+    /// A page of messages, newest first; `before` is the oldest id already seen.
+    pub async fn messages(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        conversation_id: &str,
+        before: Option<&str>,
+        limit: Option<i64>,
+    ) -> Result<Vec<Message>, ChatError> {
+        let before = check_cursor("before", before)?;
+        let limit = check_limit(limit)?;
+        if !self.is_member(tenant_id, conversation_id, user_id).await? {
+            return Err(ChatError::NotFound);
+        }
+        Ok(sqlx::query_as(
+            "SELECT id, conversation_id, sender_id, body, client_msg_id, created_at FROM messages \
+             WHERE conversation_id = $1 AND client_id = $2 AND ($3 = '' OR id < $3) ORDER BY id DESC LIMIT $4",
+        )
+        .bind(conversation_id)
+        .bind(tenant_id)
+        .bind(&before)
+        .bind(limit)
+        .fetch_all(self.store.pool())
+        .await?)
+    }
+}

@@ -1,0 +1,155 @@
+//! The gateway's signed context, verified once per request by `observe` and
+//! read by the caller extractors. Services trust only this, never bare
+//! `x-caas-*` headers.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::HeaderValue;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+use caas_core::context::{AuthType, ContextError, ContextVerifier, RequestContext};
+use caas_core::id::unix_now;
+
+use crate::ApiError;
+
+/// What `observe` needs: the verifier, and the service name for logs.
+#[derive(Clone)]
+pub struct Observer {
+    pub verifier: ContextVerifier,
+    pub service: &'static str,
+}
+
+/// The outcome of verifying the request's context, kept in its extensions.
+#[derive(Clone)]
+pub struct VerifiedContext(pub Result<Option<RequestContext>, ContextError>);
+
+impl VerifiedContext {
+    pub fn of(headers: &axum::http::HeaderMap, method: &str, verifier: &ContextVerifier) -> Self {
+        let verified = verifier.verify(|name| headers.get(name).and_then(|v| v.to_str().ok()), method, unix_now());
+        VerifiedContext(match verified {
+            Ok(context) => Ok(Some(context)),
+            Err(ContextError::Missing) => Ok(None),
+            Err(error) => Err(error),
+        })
+    }
+}
+
+/// Middleware: verifies the context once, then writes one log line per
+/// request — method, path (never the query, which may hold a credential),
+/// status, duration, request id, the verified tenant — and echoes
+/// `x-request-id`.
+pub async fn observe(State(observer): State<Observer>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let verified = VerifiedContext::of(request.headers(), request.method().as_str(), &observer.verifier);
+    let tenant = match &verified.0 {
+        Ok(Some(context)) => context.tenant_id.clone(),
+        _ => String::new(),
+    };
+    request.extensions_mut().insert(verified);
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| caas_core::id::new_id("req"));
+    let mut response = next.run(request).await;
+    let status = response.status().as_u16();
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    let service = observer.service;
+    if status >= 500 {
+        tracing::error!(service, %method, path, status, millis, request_id, tenant, "request");
+    } else {
+        tracing::info!(service, %method, path, status, millis, request_id, tenant, "request");
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// The verified context, if the request carries one; an invalid one is an
+/// error, never silently ignored. Without `observe` in front: none.
+pub fn signed_context(parts: &Parts) -> Result<Option<RequestContext>, ContextError> {
+    parts.extensions.get::<VerifiedContext>().map_or(Ok(None), |verified| verified.0.clone())
+}
+
+/// A context of one of `auth_types`, naming a tenant.
+pub fn require(parts: &Parts, auth_types: &[AuthType]) -> Result<RequestContext, ApiError> {
+    let context = signed_context(parts)?.ok_or(ContextError::Missing)?;
+    if !auth_types.contains(&context.auth_type) || context.tenant_id.is_empty() {
+        return Err(ApiError::forbidden("wrong_credential_type", "this route needs a different kind of credential"));
+    }
+    Ok(context)
+}
+
+macro_rules! caller {
+    ($(#[$doc:meta])* $name:ident, $($auth:expr),+) => {
+        $(#[$doc])*
+        pub struct $name(pub RequestContext);
+
+        impl<S: Send + Sync> FromRequestParts<S> for $name {
+            type Rejection = ApiError;
+            async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+                require(parts, &[$($auth),+]).map($name)
+            }
+        }
+    };
+}
+
+caller!(
+    /// A dashboard user of a client (tenant).
+    DashboardCaller,
+    AuthType::Dashboard
+);
+caller!(
+    /// A client's backend, by API key from a whitelisted IP.
+    ApiKeyCaller,
+    AuthType::ApiKey
+);
+
+/// An end user (access token, aud `caas-sdk`) with a user id.
+pub struct EndUser(pub RequestContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for EndUser {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let context = require(parts, &[AuthType::Jwt])?;
+        if context.user_id.is_empty() {
+            return Err(ApiError::forbidden("wrong_credential_type", "this route needs an end user's access token"));
+        }
+        Ok(EndUser(context))
+    }
+}
+
+/// Whatever the gateway vouched for, if anything (public routes).
+pub struct OptionalCaller(pub Option<RequestContext>);
+
+impl<S: Send + Sync> FromRequestParts<S> for OptionalCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(OptionalCaller(signed_context(parts)?))
+    }
+}
+
+/// The client address: from the signed context behind the gateway, else the
+/// TCP peer. Never from X-Forwarded-For, which a client can write.
+pub struct ClientIp(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if let Some(context) = signed_context(parts)?
+            && !context.client_ip.is_empty()
+        {
+            return Ok(ClientIp(context.client_ip));
+        }
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string());
+        Ok(ClientIp(peer.unwrap_or_else(|| "unknown".into())))
+    }
+}

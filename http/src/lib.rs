@@ -1,0 +1,18 @@
+//! caas-http: what every CAAS HTTP service shares at its edge — the one
+//! error type and its JSON shape, JSON bodies with our error codes, the
+//! gateway context verified once per request, and the ops routes.
+//!
+//! It turns HTTP into caas-core calls and back; it holds no rule of its own.
+
+mod context;
+mod error;
+mod json;
+mod ops;
+
+pub use context::{
+    ApiKeyCaller, ClientIp, DashboardCaller, EndUser, Observer, OptionalCaller, VerifiedContext, observe, require,
+    signed_context,
+};
+pub use error::ApiError;
+pub use json::{ApiJson, OptionalJson};
+pub use ops::{health, method_not_allowed, metrics, not_found};

@@ -1,0 +1,51 @@
+//! Ops routes every service serves, and the JSON fallbacks.
+
+use std::time::Duration;
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use caas_core::config::Backends;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use crate::ApiError;
+
+/// 200, or 503 naming each dependency that is down.
+pub async fn health(backends: &Backends) -> Response {
+    let timeout = Duration::from_secs(2);
+    let database = matches!(tokio::time::timeout(timeout, backends.store.ping()).await, Ok(Ok(())));
+    let cache = matches!(tokio::time::timeout(timeout, backends.cache.ping()).await, Ok(Ok(())));
+    let mut down = Vec::new();
+    if !database {
+        down.push("database");
+    }
+    if !cache {
+        down.push("redis");
+    }
+    if !backends.bus.is_connected() && cache {
+        down.push("event_bus");
+    }
+    let status = if down.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if down.is_empty() { "ok" } else { "unavailable" },
+        "down": down,
+        "database": backends.store.dialect().name(),
+        "cache": backends.cache.kind(),
+        "bus": backends.bus.kind(),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// The registry in Prometheus text format.
+pub fn metrics(registry: &Registry) -> Response {
+    let text = caas_core::metrics::render(registry);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such route")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+}
