@@ -1,0 +1,105 @@
+//! caas-chat: conversations and messages over REST, behind the gateway. It
+//! is the model of a downstream service: every request is authorized only by
+//! the gateway's signed context (one HMAC, no network call), everything is
+//! scoped to the context's tenant, and it never sees a token.
+//!
+//! The rules (membership, idempotency, limits) are caas-core's `Chat`; a
+//! stored message is announced on the bus for the socket nodes.
+
+pub mod config;
+mod routes;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use caas_core::chat::Chat;
+use caas_core::config::Backends;
+use caas_core::context::ContextVerifier;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+pub use crate::config::{ChatArgs, Config};
+
+/// Request bodies up to this size are read; a message body itself is limited
+/// to 16 KiB (JSON escaping can make its encoding several times longer).
+pub const MAX_REQUEST_BYTES: usize = 128 * 1024;
+
+#[derive(Default)]
+pub struct ChatMetrics {
+    pub messages_posted: Counter,
+    pub conversations_created: Counter,
+}
+
+struct Inner {
+    backends: Backends,
+    chat: Chat,
+    verifier: ContextVerifier,
+    metrics: ChatMetrics,
+    registry: Registry,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    pub fn new(backends: Backends, verifier: ContextVerifier) -> Self {
+        let chat = Chat::new(backends.store.clone(), backends.bus.clone());
+        let metrics = ChatMetrics::default();
+        let mut registry = Registry::default();
+        registry.register(
+            "chat_messages_posted",
+            "Messages stored (retries not counted)",
+            metrics.messages_posted.clone(),
+        );
+        registry.register("chat_conversations_created", "Conversations created", metrics.conversations_created.clone());
+        Self(Arc::new(Inner { backends, chat, verifier, metrics, registry }))
+    }
+
+    pub(crate) fn chat(&self) -> &Chat {
+        &self.0.chat
+    }
+
+    pub(crate) fn metrics(&self) -> &ChatMetrics {
+        &self.0.metrics
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    let observer = caas_http::Observer { verifier: state.0.verifier.clone(), service: "chat" };
+    Router::new()
+        .route("/v1/conversations", get(routes::list_conversations).post(routes::create_conversation))
+        .route("/v1/messages", get(routes::list_messages).post(routes::post_message))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(caas_http::not_found)
+        .method_not_allowed_fallback(caas_http::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(axum::middleware::from_fn_with_state(observer, caas_http::observe))
+        .with_state(state)
+}
+
+async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> axum::response::Response {
+    caas_http::health(&state.0.backends).await
+}
+
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> axum::response::Response {
+    caas_http::metrics(&state.0.registry)
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "chat listening");
+    axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
