@@ -96,6 +96,7 @@ fn print_welcome(stack: &Stack, config: &UpConfig) {
         "\nCAAS is up.\n\
          \x20 gateway    {gateway}   (Envoy admin http://127.0.0.1:{admin})\n\
          \x20 auth-api   http://{auth}   ext-authz grpc {authz}, metrics http://{ops}/metrics\n\
+         \x20 chat       http://{chat}   socket http://{socket} (WebSocket through the gateway: /v1/ws)\n\
          \x20 storage    {store}   cache and bus: {bus}\n\n\
          Try it (through the gateway):\n\
          \x20 G={gateway}\n\
@@ -112,6 +113,8 @@ fn print_welcome(stack: &Stack, config: &UpConfig) {
         auth = stack.auth_api,
         authz = stack.ext_authz,
         ops = stack.ext_authz_ops,
+        chat = stack.chat,
+        socket = stack.socket,
     );
 }
 

@@ -17,7 +17,9 @@ use caas_core::metrics::AuthMetrics;
 use caas_core::secret::Secret;
 use caas_core::validate::{Validator, ValidatorSettings};
 use caas_ext_authz::metrics::GatewayMetrics;
+use caas_chat::ChatArgs;
 use caas_ext_authz::{Authorizer, ExtAuthzArgs};
+use caas_socket::SocketArgs;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -54,12 +56,14 @@ pub struct UpConfig {
     /// Run the services without Envoy.
     #[arg(long)]
     pub no_envoy: bool,
-    /// Chat service address Envoy routes to.
-    #[arg(long, env = "CHAT_ADDR", default_value = "127.0.0.1:3008")]
-    pub chat_addr: SocketAddr,
-    /// Socket service address Envoy routes to.
-    #[arg(long, env = "SOCKET_ADDR", default_value = "127.0.0.1:3009")]
-    pub socket_addr: SocketAddr,
+    #[command(flatten)]
+    pub chat: ChatArgs,
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// Route the chat paths to this upstream instead of the built-in chat
+    /// service (e.g. a team's own service behind the CAAS gateway).
+    #[arg(long, env = "CHAT_UPSTREAM")]
+    pub chat_upstream: Option<SocketAddr>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -102,6 +106,7 @@ impl UpConfig {
         check_distinct_secrets(&mut problems, &self.jwt, &self.service);
         self.auth_api.check(&mut problems);
         self.ext_authz.check(&mut problems);
+        self.socket.check(&mut problems);
         problems.finish()
     }
 }
@@ -130,9 +135,13 @@ pub struct Stack {
     pub auth_api: SocketAddr,
     pub ext_authz: SocketAddr,
     pub ext_authz_ops: SocketAddr,
+    pub chat: SocketAddr,
+    pub socket: SocketAddr,
     pub envoy: Option<Envoy>,
     auth_task: JoinHandle<std::io::Result<()>>,
     authz_task: JoinHandle<std::io::Result<()>>,
+    chat_task: JoinHandle<std::io::Result<()>>,
+    socket_task: JoinHandle<std::io::Result<()>>,
     stop: watch::Sender<bool>,
 }
 
@@ -158,8 +167,11 @@ impl Stack {
         let auth_listener = bind(config.auth_api.auth_api_addr, "auth-api").await?;
         let grpc_listener = bind(config.ext_authz.ext_authz_addr, "ext-authz").await?;
         let ops_listener = bind(config.ext_authz.ext_authz_ops_addr, "ext-authz ops").await?;
+        let chat_listener = bind(config.chat.chat_addr, "chat").await?;
+        let socket_listener = bind(config.socket.socket_addr, "socket").await?;
         let (auth_api, ext_authz, ext_authz_ops) =
             (auth_listener.local_addr()?, grpc_listener.local_addr()?, ops_listener.local_addr()?);
+        let (chat, socket) = (chat_listener.local_addr()?, socket_listener.local_addr()?);
 
         let (stop, stopped) = watch::channel(false);
         let until_stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -182,10 +194,21 @@ impl Stack {
             ops_listener,
             authorizer,
             backends.clone(),
-            until_stopped(stopped),
+            until_stopped(stopped.clone()),
         ));
+        let chat_state = caas_chat::AppState::new(backends.clone(), config.service.verifier());
+        let chat_task = tokio::spawn(caas_chat::serve(chat_listener, chat_state, until_stopped(stopped.clone())));
+        // In one process the socket service asks this auth-api, wherever it bound.
+        let socket_state = caas_socket::SocketState::new(
+            backends.clone(),
+            config.service.current(),
+            config.service.service_secret_previous.clone(),
+            &format!("http://{auth_api}"),
+            caas_socket::Settings::from(&config.socket),
+        );
+        let socket_task = tokio::spawn(caas_socket::serve(socket_listener, socket_state, until_stopped(stopped)));
 
-        for (name, addr) in [("auth-api", auth_api), ("ext-authz", ext_authz_ops)] {
+        for (name, addr) in [("auth-api", auth_api), ("ext-authz", ext_authz_ops), ("chat", chat), ("socket", socket)] {
             wait_healthy(name, addr).await?;
         }
 
@@ -200,8 +223,8 @@ impl Stack {
                 admin_port: config.envoy_admin_port,
                 auth_api: host(auth_api),
                 ext_authz: host(ext_authz),
-                chat: host(config.chat_addr),
-                socket: host(config.socket_addr),
+                chat: host(config.chat_upstream.unwrap_or(chat)),
+                socket: host(socket),
                 trusted_proxy_hops: config.ext_authz.trusted_proxy_hops,
                 access_log_path: match access_log {
                     AccessLog::Stdout => "/dev/stdout".to_string(),
@@ -211,7 +234,21 @@ impl Stack {
             let rendered = envoy::render(envoy::TEMPLATE, &addresses)?;
             Some(Envoy::start(&binary, &rendered, &config.data_dir, config.envoy_concurrency).await?)
         };
-        Ok(Self { backends, validator, auth_api, ext_authz, ext_authz_ops, envoy, auth_task, authz_task, stop })
+        Ok(Self {
+            backends,
+            validator,
+            auth_api,
+            ext_authz,
+            ext_authz_ops,
+            chat,
+            socket,
+            envoy,
+            auth_task,
+            authz_task,
+            chat_task,
+            socket_task,
+            stop,
+        })
     }
 
     /// The gateway's address, if Envoy runs.
@@ -236,6 +273,8 @@ impl Stack {
         tokio::select! {
             result = &mut self.auth_task => format!("auth-api stopped: {result:?}"),
             result = &mut self.authz_task => format!("ext-authz stopped: {result:?}"),
+            result = &mut self.chat_task => format!("chat stopped: {result:?}"),
+            result = &mut self.socket_task => format!("socket stopped: {result:?}"),
             message = envoy => message,
         }
     }
@@ -246,8 +285,9 @@ impl Stack {
             envoy.stop().await;
         }
         let _ = self.stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.auth_task).await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.authz_task).await;
+        for task in [self.auth_task, self.authz_task, self.chat_task, self.socket_task] {
+            let _ = tokio::time::timeout(Duration::from_secs(12), task).await;
+        }
         self.backends.store.close().await;
     }
 }

@@ -76,7 +76,12 @@ pub async fn observe(State(observer): State<Observer>, mut request: Request, nex
 /// The verified context, if the request carries one; an invalid one is an
 /// error, never silently ignored. Without `observe` in front: none.
 pub fn signed_context(parts: &Parts) -> Result<Option<RequestContext>, ContextError> {
-    parts.extensions.get::<VerifiedContext>().map_or(Ok(None), |verified| verified.0.clone())
+    context_of(&parts.extensions)
+}
+
+/// As `signed_context`, from a request's extensions.
+pub fn context_of(extensions: &axum::http::Extensions) -> Result<Option<RequestContext>, ContextError> {
+    extensions.get::<VerifiedContext>().map_or(Ok(None), |verified| verified.0.clone())
 }
 
 /// A context of one of `auth_types`, naming a tenant.

@@ -14,7 +14,7 @@ use serde_json::json;
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: std::borrow::Cow<'static, str>,
     pub message: String,
     pub field: Option<String>,
     retry_after: Option<u64>,
@@ -25,12 +25,17 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
-            code,
+            code: std::borrow::Cow::Borrowed(code),
             message: message.into(),
             field: None,
             retry_after: None,
             challenge: r#"Bearer realm="caas""#,
         }
+    }
+
+    /// A code decided elsewhere (e.g. relayed from auth-api).
+    pub fn relayed(status: StatusCode, code: String, message: impl Into<String>) -> Self {
+        Self { code: std::borrow::Cow::Owned(code), ..Self::new(status, "", message) }
     }
 
     /// 400 naming the field that is wrong.

@@ -10,8 +10,8 @@ mod json;
 mod ops;
 
 pub use context::{
-    ApiKeyCaller, ClientIp, DashboardCaller, EndUser, Observer, OptionalCaller, VerifiedContext, observe, require,
-    signed_context,
+    ApiKeyCaller, ClientIp, DashboardCaller, EndUser, Observer, OptionalCaller, VerifiedContext, context_of, observe,
+    require, signed_context,
 };
 pub use error::ApiError;
 pub use json::{ApiJson, OptionalJson};

@@ -30,6 +30,10 @@ async fn caas_up(dir: &std::path::Path) -> (Child, String) {
             "127.0.0.1:0",
             "--ext-authz-ops-addr",
             "127.0.0.1:0",
+            "--chat-addr",
+            "127.0.0.1:0",
+            "--socket-addr",
+            "127.0.0.1:0",
         ])
         .args(["--envoy-listen", "127.0.0.1:0", "--envoy-admin-port", "0", "--envoy-concurrency", "1"])
         .current_dir(dir)

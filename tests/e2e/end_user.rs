@@ -10,7 +10,7 @@ use crate::harness::*;
 
 #[tokio::test]
 async fn end_users_with_origins_cors_and_signed_context() {
-    let Some(cluster) = cluster(1, &[]).await else { return };
+    let Some(cluster) = cluster(1, &ECHO_CHAT).await else { return };
     let node = cluster.node();
     let a = onboard(node, "alpha").await;
     let b = onboard(node, "beta").await;

@@ -36,7 +36,7 @@ async fn ext_authz_down_means_503_never_allowed() {
 
 #[tokio::test]
 async fn shadow_mode_logs_but_lets_requests_through_without_context() {
-    let Some(cluster) = cluster(1, &["--use-auth-service", "false"]).await else { return };
+    let Some(cluster) = cluster(1, &["--use-auth-service", "false", ECHO_CHAT[0], ECHO_CHAT[1]]).await else { return };
     let node = cluster.node();
     let r = send(
         client().get(node.url("/v1/conversations")).bearer_auth("not-a-token").header("x-caas-tenant-id", "cl_evil"),

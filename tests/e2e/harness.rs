@@ -33,8 +33,9 @@ mod clap_shim {
     }
 }
 
-/// One gateway node: Envoy, auth-api, ext-authz, plus an echo service that
-/// stands in for chat and socket and shows what reached it.
+/// One node: Envoy, auth-api, ext-authz, chat and socket; with
+/// `--chat-upstream ECHO`, Envoy sends chat paths to an echo service that
+/// shows what reached it instead.
 pub struct Node {
     pub stack: Stack,
     pub gateway: SocketAddr,
@@ -72,6 +73,9 @@ impl Cluster {
 
 /// Starts `count` nodes with `extra` arguments, or `None` (outside CI) when
 /// PostgreSQL or Redis is missing.
+/// Extra arguments that route chat paths to the echo upstream.
+pub const ECHO_CHAT: [&str; 2] = ["--chat-upstream", "ECHO"];
+
 pub async fn cluster(count: usize, extra: &[&str]) -> Option<Cluster> {
     if envoy_missing() {
         return None;
@@ -80,7 +84,7 @@ pub async fn cluster(count: usize, extra: &[&str]) -> Option<Cluster> {
     let redis_url = caas_core::testing::redis_url().await?;
     let mut nodes = Vec::new();
     for _ in 0..count {
-        let echo = start_echo().await;
+        let echo = start_echo().await.to_string();
         let dir = std::env::temp_dir().join(caas_core::id::new_id("caas-e2e"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut args: Vec<String> = [
@@ -109,16 +113,22 @@ pub async fn cluster(count: usize, extra: &[&str]) -> Option<Cluster> {
             "--registrations-per-ip-per-hour",
             "10000",
             "--chat-addr",
-            &echo.to_string(),
+            "127.0.0.1:0",
             "--socket-addr",
-            &echo.to_string(),
+            "127.0.0.1:0",
+            // Fast enough for tests to see idle closes and pings.
+            "--ping-interval",
+            "1s",
+            "--idle-timeout",
+            "3s",
             "--data-dir",
             &dir.display().to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        // `ECHO` stands for this node's echo upstream (which shows what reached it).
+        args.extend(extra.iter().map(|s| if *s == "ECHO" { echo.clone() } else { s.to_string() }));
         let config: UpConfig = parse_up(&args);
         config.check().unwrap();
         let stack = Stack::start(&config, AccessLog::File(dir.join("access.log")))

@@ -1,0 +1,269 @@
+//! This node's connections: who they are, what they subscribe to, and how to
+//! reach them. Fan-out serializes a message once and hands every subscriber
+//! a cheap clone; a subscriber whose queue is full is closed, never waited for.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::{Notify, mpsc};
+
+use crate::close::CloseReason;
+
+pub type ConnId = u64;
+
+/// A connection as the rest of the node sees it.
+pub struct ConnHandle {
+    pub id: ConnId,
+    /// The id stored in Redis (`socket:conn:{key}`).
+    pub key: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    outbound: mpsc::Sender<Utf8Bytes>,
+    /// Set once: why the connection must close; its task is woken by `notify`.
+    close: AtomicU16,
+    pub notify: Notify,
+}
+
+impl ConnHandle {
+    pub fn new(id: ConnId, key: String, tenant_id: String, user_id: String, outbound: mpsc::Sender<Utf8Bytes>) -> Self {
+        Self { id, key, tenant_id, user_id, outbound, close: AtomicU16::new(0), notify: Notify::new() }
+    }
+
+    /// Asks the connection's task to close with `reason` (the first reason wins).
+    pub fn close(&self, reason: CloseReason) {
+        if self.close.compare_exchange(0, reason_index(reason), Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            self.notify.notify_one();
+        }
+    }
+
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        reason_of(self.close.load(Ordering::SeqCst))
+    }
+
+    /// Queues a frame; a full queue closes the connection as too slow.
+    fn offer(&self, frame: &Utf8Bytes) -> bool {
+        match self.outbound.try_send(frame.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(CloseReason::SlowConsumer);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+const REASONS: [CloseReason; 8] = [
+    CloseReason::GoingAway,
+    CloseReason::TooBig,
+    CloseReason::Idle,
+    CloseReason::TokenExpired,
+    CloseReason::InvalidFrames,
+    CloseReason::SessionRevoked,
+    CloseReason::RateLimited,
+    CloseReason::SlowConsumer,
+];
+
+fn reason_index(reason: CloseReason) -> u16 {
+    REASONS.iter().position(|r| *r == reason).map_or(0, |i| i as u16 + 1)
+}
+
+fn reason_of(index: u16) -> Option<CloseReason> {
+    index.checked_sub(1).and_then(|i| REASONS.get(i as usize)).copied()
+}
+
+#[derive(Default)]
+struct Maps {
+    conns: HashMap<ConnId, Arc<ConnHandle>>,
+    by_conversation: HashMap<String, HashSet<ConnId>>,
+    by_session: HashMap<String, HashSet<ConnId>>,
+    subscriptions: HashMap<ConnId, HashSet<String>>,
+    session_of: HashMap<ConnId, String>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    maps: RwLock<Maps>,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    pub fn next_id(&self) -> ConnId {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Maps> {
+        self.maps.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Maps> {
+        self.maps.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn add(&self, handle: Arc<ConnHandle>, session_id: &str) {
+        let mut maps = self.write();
+        maps.by_session.entry(session_id.to_string()).or_default().insert(handle.id);
+        maps.session_of.insert(handle.id, session_id.to_string());
+        maps.conns.insert(handle.id, handle);
+    }
+
+    pub fn remove(&self, id: ConnId) {
+        let mut maps = self.write();
+        maps.conns.remove(&id);
+        if let Some(conversations) = maps.subscriptions.remove(&id) {
+            for conversation in conversations {
+                remove_from(&mut maps.by_conversation, &conversation, id);
+            }
+        }
+        if let Some(session) = maps.session_of.remove(&id) {
+            remove_from(&mut maps.by_session, &session, id);
+        }
+    }
+
+    /// Subscribes; false if the connection already has `limit` subscriptions.
+    pub fn subscribe(&self, id: ConnId, conversation_id: &str, limit: usize) -> bool {
+        let mut maps = self.write();
+        let subscriptions = maps.subscriptions.entry(id).or_default();
+        if subscriptions.len() >= limit && !subscriptions.contains(conversation_id) {
+            return false;
+        }
+        subscriptions.insert(conversation_id.to_string());
+        maps.by_conversation.entry(conversation_id.to_string()).or_default().insert(id);
+        true
+    }
+
+    pub fn unsubscribe(&self, id: ConnId, conversation_id: &str) {
+        let mut maps = self.write();
+        if let Some(subscriptions) = maps.subscriptions.get_mut(&id) {
+            subscriptions.remove(conversation_id);
+        }
+        remove_from(&mut maps.by_conversation, conversation_id, id);
+    }
+
+    /// A refresh may move the connection to another session of the same user.
+    pub fn move_session(&self, id: ConnId, session_id: &str) {
+        let mut maps = self.write();
+        if let Some(old) = maps.session_of.insert(id, session_id.to_string()) {
+            remove_from(&mut maps.by_session, &old, id);
+        }
+        maps.by_session.entry(session_id.to_string()).or_default().insert(id);
+    }
+
+    /// Offers `frame` to every subscriber of the conversation in `tenant_id`;
+    /// returns how many took it.
+    pub fn deliver(&self, tenant_id: &str, conversation_id: &str, frame: &Utf8Bytes) -> u64 {
+        let maps = self.read();
+        let Some(subscribers) = maps.by_conversation.get(conversation_id) else { return 0 };
+        let mut delivered = 0;
+        for id in subscribers {
+            // Conversation ids are unique, but a tenant never receives
+            // another's message even if that ever failed to hold.
+            if let Some(conn) = maps.conns.get(id).filter(|c| c.tenant_id == tenant_id)
+                && conn.offer(frame)
+            {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    pub fn close_session(&self, session_id: &str, reason: CloseReason) -> usize {
+        let maps = self.read();
+        let ids = maps.by_session.get(session_id).map(|s| s.iter().copied().collect::<Vec<_>>()).unwrap_or_default();
+        for id in &ids {
+            if let Some(conn) = maps.conns.get(id) {
+                conn.close(reason);
+            }
+        }
+        ids.len()
+    }
+
+    pub fn close_all(&self, reason: CloseReason) {
+        for conn in self.read().conns.values() {
+            conn.close(reason);
+        }
+    }
+
+    /// The distinct sessions of this node's connections.
+    pub fn sessions(&self) -> Vec<String> {
+        self.read().by_session.keys().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn remove_from(map: &mut HashMap<String, HashSet<ConnId>>, key: &str, id: ConnId) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(&id);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(registry: &Registry, tenant: &str, queue: usize) -> (Arc<ConnHandle>, mpsc::Receiver<Utf8Bytes>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let id = registry.next_id();
+        let handle = Arc::new(ConnHandle::new(id, format!("k{id}"), tenant.into(), "u".into(), tx));
+        registry.add(handle.clone(), &format!("ses-{id}"));
+        (handle, rx)
+    }
+
+    #[test]
+    fn delivery_reaches_subscribers_of_the_tenant_only() {
+        let registry = Registry::default();
+        let (a, mut rx_a) = conn(&registry, "t1", 8);
+        let (b, mut rx_b) = conn(&registry, "t2", 8);
+        let (_c, mut rx_c) = conn(&registry, "t1", 8);
+        assert!(registry.subscribe(a.id, "conv", 10));
+        assert!(registry.subscribe(b.id, "conv", 10));
+        let frame = Utf8Bytes::from("hello");
+        assert_eq!(registry.deliver("t1", "conv", &frame), 1);
+        assert_eq!(rx_a.try_recv().unwrap(), "hello");
+        assert!(rx_b.try_recv().is_err(), "another tenant's subscriber got it");
+        assert!(rx_c.try_recv().is_err(), "a non-subscriber got it");
+        registry.unsubscribe(a.id, "conv");
+        assert_eq!(registry.deliver("t1", "conv", &frame), 0);
+    }
+
+    #[test]
+    fn a_full_queue_closes_the_slow_consumer() {
+        let registry = Registry::default();
+        let (a, _rx) = conn(&registry, "t1", 2);
+        registry.subscribe(a.id, "conv", 10);
+        let frame = Utf8Bytes::from("m");
+        assert_eq!(registry.deliver("t1", "conv", &frame), 1);
+        assert_eq!(registry.deliver("t1", "conv", &frame), 1);
+        assert_eq!(registry.deliver("t1", "conv", &frame), 0);
+        assert_eq!(a.close_reason(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[test]
+    fn sessions_close_and_removal_cleans_up() {
+        let registry = Registry::default();
+        let (a, _rx) = conn(&registry, "t1", 2);
+        registry.subscribe(a.id, "conv", 10);
+        registry.move_session(a.id, "ses-new");
+        assert_eq!(registry.close_session(&format!("ses-{}", a.id), CloseReason::SessionRevoked), 0);
+        assert_eq!(registry.close_session("ses-new", CloseReason::SessionRevoked), 1);
+        assert_eq!(a.close_reason(), Some(CloseReason::SessionRevoked));
+        a.close(CloseReason::Idle);
+        assert_eq!(a.close_reason(), Some(CloseReason::SessionRevoked), "the first reason wins");
+        registry.remove(a.id);
+        assert!(registry.is_empty() && registry.sessions().is_empty());
+        assert_eq!(registry.deliver("t1", "conv", &Utf8Bytes::from("m")), 0);
+        assert!(!registry.subscribe(registry.next_id(), "x", 0));
+    }
+}
