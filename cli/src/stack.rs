@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use caas_auth_api::AuthApiArgs;
+use caas_chat::ChatArgs;
 use caas_core::config::{
     Backends, JwtArgs, PolicyArgs, Problems, ServiceSecretArgs, StorageArgs, check_distinct_secrets,
 };
@@ -17,7 +18,6 @@ use caas_core::metrics::AuthMetrics;
 use caas_core::secret::Secret;
 use caas_core::validate::{Validator, ValidatorSettings};
 use caas_ext_authz::metrics::GatewayMetrics;
-use caas_chat::ChatArgs;
 use caas_ext_authz::{Authorizer, ExtAuthzArgs};
 use caas_socket::SocketArgs;
 use tokio::net::TcpListener;

@@ -51,20 +51,21 @@ impl Problems {
     }
 }
 
-/// `900`, `900s`, `15m`, `1h`, `7d`.
+/// `900` (seconds), `250ms`, `900s`, `15m`, `1h`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let value: u64 = digits.parse().map_err(|_| format!("'{text}' is not a duration (e.g. 900, 15m, 1h, 7d)"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "m" => value * 60,
-        "h" => value * 3600,
-        "d" => value * 86_400,
-        _ => return Err(format!("'{text}' has an unknown unit (use s, m, h or d)")),
-    };
-    Ok(Duration::from_secs(seconds))
+    let value: u64 =
+        digits.parse().map_err(|_| format!("'{text}' is not a duration (e.g. 900, 250ms, 15m, 1h, 7d)"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(value),
+        "" | "s" => Duration::from_secs(value),
+        "m" => Duration::from_secs(value * 60),
+        "h" => Duration::from_secs(value * 3600),
+        "d" => Duration::from_secs(value * 86_400),
+        _ => return Err(format!("'{text}' has an unknown unit (use ms, s, m, h or d)")),
+    })
 }
 
 /// A URL with any password replaced, for logs.
@@ -287,6 +288,7 @@ mod tests {
         assert_eq!(parse_duration("900"), Ok(Duration::from_secs(900)));
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("7w").is_err());
         assert!(parse_duration("m").is_err());
     }

@@ -27,15 +27,8 @@ pub struct ExtAuthzArgs {
     #[arg(long, env = "USE_AUTH_SERVICE", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub use_auth_service: bool,
     /// Deny when a decision takes longer than this (keep below Envoy's ext_authz timeout).
-    #[arg(long, env = "EXT_AUTHZ_DEADLINE", default_value = "800ms", value_parser = parse_millis)]
+    #[arg(long, env = "EXT_AUTHZ_DEADLINE", default_value = "800ms", value_parser = parse_duration)]
     pub deadline: Duration,
-}
-
-fn parse_millis(text: &str) -> Result<Duration, String> {
-    match text.strip_suffix("ms") {
-        Some(ms) => ms.parse::<u64>().map(Duration::from_millis).map_err(|_| format!("'{text}' is not a duration")),
-        None => parse_duration(text),
-    }
 }
 
 impl ExtAuthzArgs {

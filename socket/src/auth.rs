@@ -54,7 +54,12 @@ pub fn from_context(context: Result<Option<RequestContext>, ContextError>) -> Op
     let Some(expires_at) = context.token_expires_at else {
         return Some(Err(Refusal::new(401, "invalid_context", "gateway context has no token expiry")));
     };
-    Some(Ok(Identity { tenant_id: context.tenant_id, user_id: context.user_id, session_id: context.session_id, expires_at }))
+    Some(Ok(Identity {
+        tenant_id: context.tenant_id,
+        user_id: context.user_id,
+        session_id: context.session_id,
+        expires_at,
+    }))
 }
 
 /// The token of a direct upgrade: `caas.bearer.<jwt>` subprotocol, then
@@ -67,9 +72,8 @@ pub fn token_of<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .find_map(|p| p.trim().strip_prefix(BEARER_SUBPROTOCOL));
-    let from_header = || {
-        headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
-    };
+    let from_header =
+        || headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     let from_query = || query?.split('&').find_map(|pair| pair.strip_prefix("token="));
     from_protocol.or_else(from_header).or_else(from_query).filter(|t| !t.is_empty())
 }
@@ -115,7 +119,12 @@ impl TokenValidator {
         match status {
             200 => {
                 let valid: Validated = serde_json::from_value(reply).map_err(|_| Refusal::unavailable())?;
-                Ok(Identity { tenant_id: valid.tenant_id, user_id: valid.user_id, session_id: valid.session_id, expires_at: valid.expires_at })
+                Ok(Identity {
+                    tenant_id: valid.tenant_id,
+                    user_id: valid.user_id,
+                    session_id: valid.session_id,
+                    expires_at: valid.expires_at,
+                })
             }
             401 | 403 => Err(Refusal {
                 status,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use caas_core::chat::ChatError;
 use caas_core::id::{new_id, unix_now};
-use futures_util::stream::{SplitSink, StreamExt as _};
 use futures_util::SinkExt as _;
+use futures_util::stream::{SplitSink, StreamExt as _};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -157,7 +157,10 @@ impl Connection {
         if self.bad_frames.hit() > BAD_FRAMES_PER_SECOND {
             return Some(CloseReason::InvalidFrames);
         }
-        send(sink, Message::Text(protocol::error(error.code(), error.message(), id).into())).await.err().map(|()| CloseReason::SlowConsumer)
+        send(sink, Message::Text(protocol::error(error.code(), error.message(), id).into()))
+            .await
+            .err()
+            .map(|()| CloseReason::SlowConsumer)
     }
 
     async fn reply(&self, sink: &mut Sink, text: String) -> Option<CloseReason> {
@@ -196,7 +199,8 @@ impl Connection {
             self.state.metrics().context_cache_hits.inc();
             return Ok(true);
         }
-        let member = self.state.chat().is_member(&self.identity.tenant_id, conversation_id, &self.identity.user_id).await?;
+        let member =
+            self.state.chat().is_member(&self.identity.tenant_id, conversation_id, &self.identity.user_id).await?;
         if member && self.member_of.len() < MEMBERSHIP_CACHE {
             self.member_of.insert(conversation_id.to_string());
         }
@@ -210,7 +214,11 @@ impl Connection {
                 if self.state.registry().subscribe(self.handle.id, conversation_id, limit) {
                     protocol::ack("subscribe", id, json!({ "conversation_id": conversation_id }))
                 } else {
-                    protocol::error("too_many_subscriptions", &format!("at most {limit} subscriptions per connection"), id)
+                    protocol::error(
+                        "too_many_subscriptions",
+                        &format!("at most {limit} subscriptions per connection"),
+                        id,
+                    )
                 }
             }
             Ok(false) => protocol::error("conversation_not_found", "no such conversation", id),

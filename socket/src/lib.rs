@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -89,7 +89,13 @@ struct Inner {
 pub struct SocketState(Arc<Inner>);
 
 impl SocketState {
-    pub fn new(backends: Backends, service_secret: Secret, previous: Option<Secret>, auth_service_url: &str, settings: Settings) -> Self {
+    pub fn new(
+        backends: Backends,
+        service_secret: Secret,
+        previous: Option<Secret>,
+        auth_service_url: &str,
+        settings: Settings,
+    ) -> Self {
         let metrics = SocketMetrics::default();
         let mut metrics_registry = MetricsRegistry::default();
         metrics.register(&mut metrics_registry);
@@ -169,17 +175,30 @@ fn static_reason(code: &str) -> &'static str {
 }
 
 /// The upgrade: authenticate before the 101, then hand the socket over.
-async fn upgrade(State(state): State<SocketState>, ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>, request: Request) -> Response {
+async fn upgrade(
+    State(state): State<SocketState>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    request: Request,
+) -> Response {
     let ws = match ws {
         Ok(ws) => ws,
-        Err(_) => return ApiError::new(StatusCode::UPGRADE_REQUIRED, "upgrade_required", "this route takes WebSocket upgrades").into_response(),
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "upgrade_required",
+                "this route takes WebSocket upgrades",
+            )
+            .into_response();
+        }
     };
     let origin = request.headers().get("origin").and_then(|v| v.to_str().ok()).map(str::to_string);
     let identity: Result<Identity, Refusal> = match auth::from_context(caas_http::context_of(request.extensions())) {
         Some(result) => result,
         None => match auth::token_of(request.headers(), request.uri().query()) {
             Some(token) => state.validator().validate(token, origin.as_deref()).await,
-            None => Err(Refusal { status: 401, code: "missing_credentials".into(), message: "a token is required".into() }),
+            None => {
+                Err(Refusal { status: 401, code: "missing_credentials".into(), message: "a token is required".into() })
+            }
         },
     };
     let identity = match identity {
@@ -259,7 +278,11 @@ async fn recheck_sessions(state: SocketState) {
 
 /// Serves until `shutdown`, then closes every connection with "going away"
 /// and waits (up to 10 s) for them to go.
-pub async fn serve(listener: TcpListener, state: SocketState, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: SocketState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "socket listening");
     let fanout = spawn_fanout(state.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -22,13 +22,21 @@ pub struct SocketMetrics {
 impl SocketMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register("socket_connections", "WebSocket connections accepted", self.connections_total.clone());
-        registry.register("socket_auth_failures", "Refused upgrades and refreshes, by reason", self.auth_failures.clone());
+        registry.register(
+            "socket_auth_failures",
+            "Refused upgrades and refreshes, by reason",
+            self.auth_failures.clone(),
+        );
         registry.register(
             "socket_context_cache_hits",
             "Permission checks answered from the connection's cached context",
             self.context_cache_hits.clone(),
         );
-        registry.register("socket_connections_current", "Open WebSocket connections on this node", self.connections.clone());
+        registry.register(
+            "socket_connections_current",
+            "Open WebSocket connections on this node",
+            self.connections.clone(),
+        );
         registry.register("socket_messages_delivered", "Message frames queued to subscribers", self.delivered.clone());
         registry.register("socket_closes", "Connections closed by the server, by reason", self.closes.clone());
     }

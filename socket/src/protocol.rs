@@ -11,10 +11,24 @@ pub const SUBPROTOCOL: &str = "caas.v1";
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Inbound {
-    Subscribe { conversation_id: String, id: Option<String> },
-    Unsubscribe { conversation_id: String, id: Option<String> },
-    Message { conversation_id: String, body: String, client_msg_id: String, id: Option<String> },
-    Refresh { token: String, id: Option<String> },
+    Subscribe {
+        conversation_id: String,
+        id: Option<String>,
+    },
+    Unsubscribe {
+        conversation_id: String,
+        id: Option<String>,
+    },
+    Message {
+        conversation_id: String,
+        body: String,
+        client_msg_id: String,
+        id: Option<String>,
+    },
+    Refresh {
+        token: String,
+        id: Option<String>,
+    },
     /// A client acknowledging a delivery (any fields); accepted and ignored.
     #[serde(skip)]
     Ack,
@@ -102,7 +116,10 @@ mod tests {
         assert_eq!(parse(r#"{"type":"explode"}"#).unwrap_err(), FrameError::UnknownType);
         assert_eq!(parse(r#"{"conversation_id":"c1"}"#).unwrap_err(), FrameError::InvalidFrame);
         assert_eq!(parse(r#"{"type":"subscribe"}"#).unwrap_err(), FrameError::InvalidFrame);
-        assert_eq!(parse(r#"{"type":"subscribe","conversation_id":"c1","admin":true}"#).unwrap_err(), FrameError::InvalidFrame);
+        assert_eq!(
+            parse(r#"{"type":"subscribe","conversation_id":"c1","admin":true}"#).unwrap_err(),
+            FrameError::InvalidFrame
+        );
         assert_eq!(parse(r#"[1,2]"#).unwrap_err(), FrameError::InvalidFrame);
     }
 

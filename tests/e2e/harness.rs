@@ -47,6 +47,11 @@ impl Node {
         format!("http://{}{path}", self.gateway)
     }
 
+    /// The WebSocket route through the gateway.
+    pub fn ws(&self) -> String {
+        format!("ws://{}/v1/ws", self.gateway)
+    }
+
     /// Envoy's access log so far.
     pub fn access_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
@@ -116,11 +121,6 @@ pub async fn cluster(count: usize, extra: &[&str]) -> Option<Cluster> {
             "127.0.0.1:0",
             "--socket-addr",
             "127.0.0.1:0",
-            // Fast enough for tests to see idle closes and pings.
-            "--ping-interval",
-            "1s",
-            "--idle-timeout",
-            "3s",
             "--data-dir",
             &dir.display().to_string(),
         ]
@@ -129,6 +129,10 @@ pub async fn cluster(count: usize, extra: &[&str]) -> Option<Cluster> {
         .collect();
         // `ECHO` stands for this node's echo upstream (which shows what reached it).
         args.extend(extra.iter().map(|s| if *s == "ECHO" { echo.clone() } else { s.to_string() }));
+        if !extra.contains(&"--ping-interval") {
+            // Pings often enough to be seen in a test, idle close well beyond it.
+            args.extend(["--ping-interval", "2s", "--idle-timeout", "20s"].map(String::from));
+        }
         let config: UpConfig = parse_up(&args);
         config.check().unwrap();
         let stack = Stack::start(&config, AccessLog::File(dir.join("access.log")))

@@ -12,3 +12,5 @@ mod caas_up;
 mod end_user;
 mod failure;
 mod onboarding;
+mod realtime;
+mod ws;
