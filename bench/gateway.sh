@@ -106,17 +106,5 @@ for policy in end_user api_key; do
   if [ $policy = end_user ]; then cred=(--token "$TOKEN"); else cred=(--api-key "$API_KEY"); fi
   ./target/release/caas-bench grpc-load --addr 127.0.0.1:9391 --rate 5000 --seconds 10 --policy $policy "${cred[@]}"
   after=$(hist $policy)
-  python3 - "$before" "$after" <<'PY'
-import re, sys
-def parse(text):
-    return {float(m.group(1)) if m.group(1) != "+Inf" else float("inf"): int(float(m.group(2)))
-            for m in re.finditer(r'le="([^"]+)"[^}]*} (\S+)', text)}
-b, a = parse(sys.argv[1]), parse(sys.argv[2])
-delta = {le: a[le] - b.get(le, 0) for le in a}
-total = delta[float("inf")]
-for q in (0.5, 0.99, 0.999):
-    le = min(le for le, n in delta.items() if n >= q * total)
-    print(f"  server-side p{q*100:g} ≤ {le*1e6:.0f} µs", end="")
-print(f"  ({total} checks)")
-PY
+  hist_percentiles "$before" "$after"
 done

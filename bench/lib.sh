@@ -110,3 +110,22 @@ measure() {
   non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
   echo "$name $rps $reqs $p99 ${non2xx:-0} $(( s1 - s0 )) $(( e1 - e0 ))"
 }
+
+# hist_percentiles BEFORE AFTER: p50/p99/p99.9 upper bounds of a Prometheus
+# histogram between two scrapes of its _bucket lines.
+hist_percentiles() {
+  python3 - "$1" "$2" <<'PY'
+import re, sys
+def parse(text):
+    return {float(m.group(1)) if m.group(1) != "+Inf" else float("inf"): int(float(m.group(2)))
+            for m in re.finditer(r'le="([^"]+)"[^}]*} (\S+)', text)}
+b, a = parse(sys.argv[1]), parse(sys.argv[2])
+delta = {le: a[le] - b.get(le, 0) for le in a}
+total = delta.get(float("inf"), 0)
+if total:
+    for q in (0.5, 0.99, 0.999):
+        le = min(le for le, n in delta.items() if n >= q * total)
+        print(f"  server-side p{q*100:g} ≤ {le*1e6:,.0f} µs", end="")
+print(f"  ({total} observations)")
+PY
+}

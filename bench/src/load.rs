@@ -154,8 +154,26 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<()> {
         exp: now + args.token_ttl,
         nbf: None,
     });
-    println!("{}", serde_json::json!({ "tenant": tenant, "key_id": key.id, "api_key": generated.key, "token": token }));
+    let chat = caas_core::chat::Chat::new(store.clone(), std::sync::Arc::new(caas_core::bus::LocalBus::new()));
+    let conversation = chat.create_conversation(&tenant, "bench-user", &[], Some("bench"), now).await?;
+    let session_id = claims_session(&token);
+    println!(
+        "{}",
+        serde_json::json!({
+            "tenant": tenant, "key_id": key.id, "api_key": generated.key, "token": token,
+            "session": session_id, "conversation": conversation.id,
+        })
+    );
     Ok(())
+}
+
+fn claims_session(token: &str) -> String {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap_or_default();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap_or_default())
+            .unwrap_or_default();
+    claims["sid"].as_str().unwrap_or_default().to_string()
 }
 
 #[derive(clap::Args)]

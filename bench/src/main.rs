@@ -8,9 +8,14 @@
 //! - `grpc-load`: Check requests at a fixed rate straight to an ext_authz
 //!   server; client-side latency percentiles.
 //! - `sessions`: concurrent `POST /api/v1/auth/sdk/session` against auth-api.
+//! - `ws-hold`: many authenticated WebSocket connections (memory, accept
+//!   rate, and deliveries with latency when subscribed).
+//! - `ws-publish`: messages on the Redis bus at a fixed rate, as chat nodes
+//!   announce them.
 
 mod load;
 mod micro;
+mod ws;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +33,8 @@ enum Command {
     Seed(load::SeedArgs),
     GrpcLoad(load::GrpcLoadArgs),
     Sessions(load::SessionsArgs),
+    WsHold(ws::WsHoldArgs),
+    WsPublish(ws::WsPublishArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         // Builds its own runtime: its thread count is part of the experiment.
         return load::noop_authz(args);
     }
+
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         match command {
@@ -43,6 +51,8 @@ fn main() -> anyhow::Result<()> {
             Command::Seed(args) => load::seed(args).await,
             Command::GrpcLoad(args) => load::grpc_load(args).await,
             Command::Sessions(args) => load::sessions(args).await,
+            Command::WsHold(args) => ws::hold(args).await,
+            Command::WsPublish(args) => ws::publish(args).await,
             Command::NoopAuthz(_) => unreachable!("handled above"),
         }
     })

@@ -19,7 +19,7 @@ use crate::SocketState;
 use crate::auth::Identity;
 use crate::close::CloseReason;
 use crate::protocol::{self, FrameError, Inbound};
-use crate::registry::ConnHandle;
+use crate::registry::{ConnHandle, Outbound, node_micros};
 
 /// A write that takes longer than this means the client stopped reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,6 +88,32 @@ fn deadline(at: i64) -> Instant {
     Instant::now() + Duration::from_secs(at.saturating_sub(unix_now()).max(0) as u64)
 }
 
+/// Writes the frames with one flush, then records each one's delivery time.
+async fn send_all(
+    sink: &mut Sink,
+    frames: Vec<Outbound>,
+    latency: &prometheus_client::metrics::histogram::Histogram,
+) -> Result<(), ()> {
+    let mut arrivals = Vec::with_capacity(frames.len());
+    let write = async {
+        for Outbound { frame, arrived } in frames {
+            arrivals.push(arrived);
+            sink.feed(Message::Text(frame)).await?;
+        }
+        sink.flush().await
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, write).await {
+        Ok(Ok(())) => {
+            let now = node_micros();
+            for arrived in arrivals {
+                latency.observe(f64::from(now.wrapping_sub(arrived)) / 1e6);
+            }
+            Ok(())
+        }
+        _ => Err(()),
+    }
+}
+
 async fn send(sink: &mut Sink, message: Message) -> Result<(), ()> {
     match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
         Ok(Ok(())) => Ok(()),
@@ -101,7 +127,7 @@ impl Connection {
         &mut self,
         sink: &mut Sink,
         mut stream: futures_util::stream::SplitStream<WebSocket>,
-        outbound: &mut mpsc::Receiver<Utf8Bytes>,
+        outbound: &mut mpsc::Receiver<Outbound>,
     ) -> Option<CloseReason> {
         let settings = self.state.settings().clone();
         let mut ping = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
@@ -114,8 +140,12 @@ impl Connection {
                 _ = self.handle.notify.notified() => return Some(self.handle.close_reason().unwrap_or(CloseReason::GoingAway)),
                 _ = &mut expiry => return Some(CloseReason::TokenExpired),
                 frame = outbound.recv() => {
-                    let frame = frame?;
-                    send(sink, Message::Text(frame)).await.ok()?;
+                    // Under load frames queue up: write them all with one flush.
+                    let mut batch = vec![frame?];
+                    while batch.len() < 64 && let Ok(next) = outbound.try_recv() {
+                        batch.push(next);
+                    }
+                    send_all(sink, batch, &self.state.metrics().delivery_seconds).await.ok()?;
                 }
                 inbound = stream.next() => {
                     last_seen = Instant::now();

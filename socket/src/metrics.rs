@@ -1,12 +1,12 @@
 //! Socket metrics (names from DESIGN.md, plus current connections, deliveries and closes).
 
-use caas_core::metrics::Labels;
+use caas_core::metrics::{Labels, latency_histogram};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-#[derive(Default)]
 pub struct SocketMetrics {
     pub connections_total: Counter,
     /// By reason code.
@@ -17,6 +17,23 @@ pub struct SocketMetrics {
     pub delivered: Counter,
     /// Server-initiated closes, by reason.
     pub closes: Family<Labels, Counter>,
+    /// From a message event reaching this node to its frame written to a
+    /// subscriber's socket.
+    pub delivery_seconds: Histogram,
+}
+
+impl Default for SocketMetrics {
+    fn default() -> Self {
+        Self {
+            connections_total: Counter::default(),
+            auth_failures: Family::default(),
+            context_cache_hits: Counter::default(),
+            connections: Gauge::default(),
+            delivered: Counter::default(),
+            closes: Family::default(),
+            delivery_seconds: latency_histogram(),
+        }
+    }
 }
 
 impl SocketMetrics {
@@ -39,5 +56,10 @@ impl SocketMetrics {
         );
         registry.register("socket_messages_delivered", "Message frames queued to subscribers", self.delivered.clone());
         registry.register("socket_closes", "Connections closed by the server, by reason", self.closes.clone());
+        registry.register(
+            "socket_delivery_duration_seconds",
+            "From a message event reaching the node to its frame written to a subscriber",
+            self.delivery_seconds.clone(),
+        );
     }
 }

@@ -13,6 +13,20 @@ use crate::close::CloseReason;
 
 pub type ConnId = u64;
 
+/// A frame queued for a connection, with when its event reached this node.
+pub struct Outbound {
+    pub frame: Utf8Bytes,
+    /// `node_micros()` at arrival (wraps after ~71 minutes; only differences matter).
+    pub arrived: u32,
+}
+
+static EPOCH: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
+
+/// Microseconds on this node's clock, small enough to queue cheaply.
+pub fn node_micros() -> u32 {
+    EPOCH.elapsed().as_micros() as u32
+}
+
 /// A connection as the rest of the node sees it.
 pub struct ConnHandle {
     pub id: ConnId,
@@ -20,14 +34,14 @@ pub struct ConnHandle {
     pub key: String,
     pub tenant_id: String,
     pub user_id: String,
-    outbound: mpsc::Sender<Utf8Bytes>,
+    outbound: mpsc::Sender<Outbound>,
     /// Set once: why the connection must close; its task is woken by `notify`.
     close: AtomicU16,
     pub notify: Notify,
 }
 
 impl ConnHandle {
-    pub fn new(id: ConnId, key: String, tenant_id: String, user_id: String, outbound: mpsc::Sender<Utf8Bytes>) -> Self {
+    pub fn new(id: ConnId, key: String, tenant_id: String, user_id: String, outbound: mpsc::Sender<Outbound>) -> Self {
         Self { id, key, tenant_id, user_id, outbound, close: AtomicU16::new(0), notify: Notify::new() }
     }
 
@@ -43,8 +57,8 @@ impl ConnHandle {
     }
 
     /// Queues a frame; a full queue closes the connection as too slow.
-    fn offer(&self, frame: &Utf8Bytes) -> bool {
-        match self.outbound.try_send(frame.clone()) {
+    fn offer(&self, frame: &Utf8Bytes, arrived: u32) -> bool {
+        match self.outbound.try_send(Outbound { frame: frame.clone(), arrived }) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.close(CloseReason::SlowConsumer);
@@ -154,6 +168,7 @@ impl Registry {
     /// Offers `frame` to every subscriber of the conversation in `tenant_id`;
     /// returns how many took it.
     pub fn deliver(&self, tenant_id: &str, conversation_id: &str, frame: &Utf8Bytes) -> u64 {
+        let arrived = node_micros();
         let maps = self.read();
         let Some(subscribers) = maps.by_conversation.get(conversation_id) else { return 0 };
         let mut delivered = 0;
@@ -161,7 +176,7 @@ impl Registry {
             // Conversation ids are unique, but a tenant never receives
             // another's message even if that ever failed to hold.
             if let Some(conn) = maps.conns.get(id).filter(|c| c.tenant_id == tenant_id)
-                && conn.offer(frame)
+                && conn.offer(frame, arrived)
             {
                 delivered += 1;
             }
@@ -213,7 +228,7 @@ fn remove_from(map: &mut HashMap<String, HashSet<ConnId>>, key: &str, id: ConnId
 mod tests {
     use super::*;
 
-    fn conn(registry: &Registry, tenant: &str, queue: usize) -> (Arc<ConnHandle>, mpsc::Receiver<Utf8Bytes>) {
+    fn conn(registry: &Registry, tenant: &str, queue: usize) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(queue);
         let id = registry.next_id();
         let handle = Arc::new(ConnHandle::new(id, format!("k{id}"), tenant.into(), "u".into(), tx));
@@ -231,7 +246,7 @@ mod tests {
         assert!(registry.subscribe(b.id, "conv", 10));
         let frame = Utf8Bytes::from("hello");
         assert_eq!(registry.deliver("t1", "conv", &frame), 1);
-        assert_eq!(rx_a.try_recv().unwrap(), "hello");
+        assert_eq!(rx_a.try_recv().unwrap().frame, "hello");
         assert!(rx_b.try_recv().is_err(), "another tenant's subscriber got it");
         assert!(rx_c.try_recv().is_err(), "a non-subscriber got it");
         registry.unsubscribe(a.id, "conv");
