@@ -276,9 +276,7 @@ pub async fn grpc_load(args: GrpcLoadArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let mut sorted = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
     sorted.sort_unstable();
-    let pct = |p: f64| {
-        sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1))).copied().unwrap_or(0)
-    };
+    let pct = |q: f64| crate::percentile(&sorted, q);
     println!(
         "{}",
         serde_json::json!({

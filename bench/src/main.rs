@@ -37,6 +37,11 @@ enum Command {
     WsPublish(ws::WsPublishArgs),
 }
 
+/// The value at quantile `q` of sorted samples (0 when there are none).
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1))).copied().unwrap_or(0)
+}
+
 fn main() -> anyhow::Result<()> {
     let command = Cli::parse().command;
     if let Command::NoopAuthz(args) = command {

@@ -14,9 +14,8 @@ use caas_core::config::{
     Backends, JwtArgs, PolicyArgs, Problems, ServiceSecretArgs, StorageArgs, check_distinct_secrets,
 };
 use caas_core::context::ContextSigner;
-use caas_core::metrics::AuthMetrics;
 use caas_core::secret::Secret;
-use caas_core::validate::{Validator, ValidatorSettings};
+use caas_core::validate::Validator;
 use caas_ext_authz::metrics::GatewayMetrics;
 use caas_ext_authz::{Authorizer, ExtAuthzArgs};
 use caas_socket::SocketArgs;
@@ -150,20 +149,8 @@ impl Stack {
     /// passed `check`.
     pub async fn start(config: &UpConfig, access_log: AccessLog) -> anyhow::Result<Self> {
         let backends = config.storage.connect("caas", true).await.context("storage")?;
-        let settings = ValidatorSettings {
-            ip_whitelist_enabled: config.policy.ip_whitelist_enabled,
-            origin_validation_enabled: config.policy.origin_validation_enabled,
-            ..ValidatorSettings::default()
-        };
         // One validator, so auth-api's changes evict ext-authz's cache directly.
-        let validator = Validator::start(
-            backends.store.clone(),
-            backends.cache.clone(),
-            backends.bus.clone(),
-            config.jwt.keys(),
-            settings,
-            Arc::new(AuthMetrics::default()),
-        );
+        let validator = caas_core::startup::validator(&backends, &config.jwt, &config.policy);
         let auth_listener = bind(config.auth_api.auth_api_addr, "auth-api").await?;
         let grpc_listener = bind(config.ext_authz.ext_authz_addr, "ext-authz").await?;
         let ops_listener = bind(config.ext_authz.ext_authz_ops_addr, "ext-authz ops").await?;

@@ -22,6 +22,7 @@ pub mod password;
 pub mod ratelimit;
 pub mod refresh_token;
 pub mod secret;
+pub mod startup;
 pub mod store;
 pub mod validate;
 pub mod whitelist;

@@ -2,43 +2,30 @@
 
 use std::process::ExitCode;
 
+use caas_core::startup;
 use caas_socket::{Config, Settings, SocketState};
 use clap::Parser as _;
 
+const SERVICE: &str = "socket";
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    run().await.unwrap_or_else(|code| code)
+}
+
+async fn run() -> Result<ExitCode, ExitCode> {
     let config = Config::parse();
     caas_core::config::init_logging();
-    if let Err(problems) = config.check() {
-        eprintln!("socket: {problems}");
-        return ExitCode::from(2);
-    }
-    let backends = match config.storage.connect("socket", false).await {
-        Ok(backends) => backends,
-        Err(error) => {
-            eprintln!("socket: {error}");
-            return ExitCode::from(1);
-        }
-    };
+    startup::checked(SERVICE, config.check())?;
+    let backends = startup::backends(SERVICE, &config.storage).await?;
+    let secrets = &config.service;
     let state = SocketState::new(
         backends,
-        config.service.current(),
-        config.service.service_secret_previous.clone(),
+        secrets.current(),
+        secrets.service_secret_previous.clone(),
         &config.socket.auth_service_url,
         Settings::from(&config.socket),
     );
-    let listener = match tokio::net::TcpListener::bind(config.socket.socket_addr).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            eprintln!("socket: cannot listen on {}: {error}", config.socket.socket_addr);
-            return ExitCode::from(1);
-        }
-    };
-    match caas_socket::serve(listener, state, caas_core::config::shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("socket: {error}");
-            ExitCode::from(1)
-        }
-    }
+    let listener = startup::listen(SERVICE, config.socket.socket_addr).await?;
+    Ok(startup::exit(SERVICE, caas_socket::serve(listener, state, caas_core::config::shutdown_signal()).await))
 }
