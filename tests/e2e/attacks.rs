@@ -127,17 +127,18 @@ async fn bad_api_keys_and_keys_in_urls_are_refused() {
     }
     assert!(!node.access_log().contains(&tenant.key), "a key reached the access log");
 
-    // Rotated out: valid during the grace period, refused after it.
+    // Rotated out: valid during the grace period, refused after it. (Grace
+    // has one-second resolution, so 2 s is at least 1 s from now.)
     let rotated = send(
         http.post(node.url("/v1/client/api-keys/rotate"))
             .bearer_auth(&tenant.dashboard)
-            .json(&json!({"grace_seconds": 1})),
+            .json(&json!({"grace_seconds": 2})),
     )
     .await;
     assert_eq!(rotated.status, 201);
     let new_key = rotated.body["key"].as_str().unwrap().to_string();
     assert_eq!(session(tenant.key.clone()).await.status, 201);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let r = session(tenant.key.clone()).await;
     assert_eq!((r.status, r.code()), (401, "api_key_expired"));
     assert_eq!(session(new_key.clone()).await.status, 201);
