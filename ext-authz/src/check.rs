@@ -29,11 +29,13 @@ pub struct AuthorizerSettings {
     pub enforce: bool,
     /// Internal deadline, shorter than Envoy's timeout: past it, deny.
     pub deadline: Duration,
+    /// Policies by path, for requests whose route declares none (meshes).
+    pub policy_table: Option<crate::policy::PolicyTable>,
 }
 
 impl Default for AuthorizerSettings {
     fn default() -> Self {
-        Self { trusted_proxy_hops: 0, enforce: true, deadline: Duration::from_millis(800) }
+        Self { trusted_proxy_hops: 0, enforce: true, deadline: Duration::from_millis(800), policy_table: None }
     }
 }
 
@@ -212,7 +214,7 @@ impl Authorizer {
     /// The decision alone (tests call this through `check`).
     pub async fn decide(&self, req: &Incoming<'_>, now: i64) -> Decision {
         let origin = req.header("origin");
-        let Some(policy) = req.policy.and_then(Policy::parse) else {
+        let Some(policy) = self.policy_of(req) else {
             tracing::error!(
                 path = %path_only(req.path),
                 policy = req.policy.unwrap_or("<none>"),
@@ -318,6 +320,14 @@ impl Authorizer {
         }
     }
 
+    /// The route's declared policy, else (for meshes) the table's for the path.
+    fn policy_of(&self, req: &Incoming<'_>) -> Option<Policy> {
+        match req.policy {
+            Some(name) => Policy::parse(name),
+            None => self.settings.policy_table.as_ref().and_then(|table| table.lookup(req.path)),
+        }
+    }
+
     async fn api_key(&self, context: &mut RequestContext, key: &str, ip: IpAddr, now: i64) -> Result<(), Rejection> {
         let identity = self.validator.validate_api_key(key, ip, now).await?;
         context.tenant_id = identity.tenant_id;
@@ -329,7 +339,7 @@ impl Authorizer {
     /// Counts and logs the decision; in shadow mode turns a denial into an
     /// allow without context (downstream keeps validating as before).
     fn observe(&self, req: &Incoming<'_>, decision: Decision, started: Instant) -> Decision {
-        let policy = req.policy.and_then(Policy::parse).map_or("none", Policy::as_str);
+        let policy = self.policy_of(req).map_or("none", Policy::as_str);
         let (allowed, seconds) = self.metrics.hot(policy);
         seconds.observe(started.elapsed().as_secs_f64());
         let (reason, tenant_id) = match &decision {

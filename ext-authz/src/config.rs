@@ -8,6 +8,7 @@ use caas_core::config::{
 };
 
 use crate::AuthorizerSettings;
+use crate::policy::PolicyTable;
 
 /// Settings of ext-authz itself; `caas up` flattens these too.
 #[derive(clap::Args, Debug, Clone)]
@@ -29,6 +30,11 @@ pub struct ExtAuthzArgs {
     /// Deny when a decision takes longer than this (keep below Envoy's ext_authz timeout).
     #[arg(long, env = "EXT_AUTHZ_DEADLINE", default_value = "800ms", value_parser = parse_duration)]
     pub deadline: Duration,
+    /// Policies by path for routes that cannot declare one (Istio, Envoy
+    /// Gateway): `builtin` (the routes of envoy/envoy.yaml) or a file of
+    /// `exact|prefix <path> <policy>` lines. Unset: routes must declare theirs.
+    #[arg(long, env = "POLICY_TABLE")]
+    pub policy_table: Option<String>,
 }
 
 impl ExtAuthzArgs {
@@ -39,6 +45,20 @@ impl ExtAuthzArgs {
         if self.trusted_proxy_hops > 10 {
             problems.add("TRUSTED_PROXY_HOPS must be at most 10");
         }
+        if let Err(problem) = self.table() {
+            problems.add(problem);
+        }
+    }
+
+    fn table(&self) -> Result<Option<PolicyTable>, String> {
+        match self.policy_table.as_deref() {
+            None | Some("") => Ok(None),
+            Some("builtin") => Ok(Some(PolicyTable::builtin())),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("POLICY_TABLE {path}: {e}"))?;
+                PolicyTable::parse(&text).map(Some).map_err(|e| format!("POLICY_TABLE {path}: {e}"))
+            }
+        }
     }
 
     pub fn settings(&self) -> AuthorizerSettings {
@@ -46,6 +66,8 @@ impl ExtAuthzArgs {
             trusted_proxy_hops: self.trusted_proxy_hops,
             enforce: self.use_auth_service,
             deadline: self.deadline,
+            // Checked at start (`check`): a bad table never gets this far.
+            policy_table: self.table().ok().flatten(),
         }
     }
 

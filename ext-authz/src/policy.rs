@@ -45,3 +45,161 @@ impl Policy {
         !matches!(self, Policy::ApiKey)
     }
 }
+
+/// How a path is matched, as Envoy matches routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+/// Path → policy, for meshes whose routes cannot carry a per-route policy
+/// (Istio's `envoyExtAuthzGrpc` provider, Envoy Gateway's `extAuth`). Used
+/// only when a request arrives without one; the first matching rule wins;
+/// a path no rule matches has no policy and is denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyTable {
+    rules: Vec<(PathMatch, Policy)>,
+}
+
+/// The routes of envoy/envoy.yaml, for deployments that cannot declare them
+/// per route. Keep the two in step (a test checks they agree).
+pub const BUILTIN_TABLE: &str = "\
+exact  /v1/client/register  public
+exact  /v1/client/login     public
+prefix /v1/client/          dashboard
+exact  /v1/sdk/session      api_key
+exact  /v1/sdk/refresh      refresh
+exact  /v1/sdk/logout       refresh
+exact  /v1/ws               end_user
+prefix /v1/conversations    end_user
+prefix /v1/messages         end_user
+";
+
+impl PolicyTable {
+    /// Lines of `exact|prefix <path> <policy>`; `#` starts a comment.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut rules = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [kind, path, policy] = fields[..] else {
+                return Err(format!("line {}: expected `exact|prefix <path> <policy>`", number + 1));
+            };
+            if !path.starts_with('/') {
+                return Err(format!("line {}: path must start with /", number + 1));
+            }
+            let policy =
+                Policy::parse(policy).ok_or_else(|| format!("line {}: unknown policy '{policy}'", number + 1))?;
+            let matcher = match kind {
+                "exact" => PathMatch::Exact(path.to_string()),
+                "prefix" => PathMatch::Prefix(path.to_string()),
+                _ => return Err(format!("line {}: '{kind}' is not exact or prefix", number + 1)),
+            };
+            rules.push((matcher, policy));
+        }
+        Ok(Self { rules })
+    }
+
+    pub fn builtin() -> Self {
+        Self::parse(BUILTIN_TABLE).unwrap_or(Self { rules: Vec::new() })
+    }
+
+    /// The policy of a request path (its query ignored).
+    pub fn lookup(&self, path: &str) -> Option<Policy> {
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        self.rules.iter().find_map(|(matcher, policy)| match matcher {
+            PathMatch::Exact(p) if p == path => Some(*policy),
+            PathMatch::Prefix(p) if path.starts_with(p.as_str()) => Some(*policy),
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_table_maps_every_public_route() {
+        let table = PolicyTable::builtin();
+        for (path, policy) in [
+            ("/v1/client/register", Some(Policy::Public)),
+            ("/v1/client/login", Some(Policy::Public)),
+            ("/v1/client/profile", Some(Policy::Dashboard)),
+            ("/v1/client/api-keys/key_1", Some(Policy::Dashboard)),
+            ("/v1/client/ip-whitelist", Some(Policy::Dashboard)),
+            ("/v1/sdk/session", Some(Policy::ApiKey)),
+            ("/v1/sdk/refresh", Some(Policy::Refresh)),
+            ("/v1/sdk/logout", Some(Policy::Refresh)),
+            ("/v1/ws?token=x", Some(Policy::EndUser)),
+            ("/v1/conversations", Some(Policy::EndUser)),
+            ("/v1/messages?conversation_id=c", Some(Policy::EndUser)),
+            ("/v1/sdk/session/extra", None),
+            ("/api/v1/auth/internal/validate", None),
+            ("/", None),
+            ("/v1/client", None),
+        ] {
+            assert_eq!(table.lookup(path), policy, "{path}");
+        }
+    }
+
+    #[test]
+    fn tables_parse_with_errors_named_by_line() {
+        let table = PolicyTable::parse("# comment\nprefix /a public # trailing\nexact /a/b dashboard\n").unwrap();
+        assert_eq!(table.lookup("/a/b"), Some(Policy::Public), "first match wins");
+        for (bad, needle) in [
+            ("exact /a", "line 1"),
+            ("suffix /a public", "not exact or prefix"),
+            ("exact a public", "start with /"),
+            ("\nexact /a root", "line 2: unknown policy"),
+        ] {
+            let err = PolicyTable::parse(bad).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn builtin_table_agrees_with_envoy_yaml() {
+        // Every route of the gateway config that declares a policy appears in
+        // the table with that policy (so mesh and gateway deployments agree).
+        let yaml = include_str!("../../envoy/envoy.yaml");
+        let table = PolicyTable::builtin();
+        let mut anchors = std::collections::HashMap::new();
+        let mut checked = 0;
+        for block in yaml.split("- match:").skip(1) {
+            let first = block.lines().next().unwrap_or_default();
+            let path = first.split(['{', '}', ',']).find_map(|part| {
+                let part = part.trim();
+                part.strip_prefix("path: ").or_else(|| part.strip_prefix("prefix: ")).map(str::trim)
+            });
+            let Some(path) = path else { continue };
+            let declared = block
+                .lines()
+                .find_map(|l| l.split("policy: ").nth(1))
+                .map(|p| p.trim_end_matches(['}', ' ']).trim().to_string());
+            let anchor =
+                block.lines().find_map(|l| l.split("typed_per_filter_config: &").nth(1)).map(|a| a.trim().to_string());
+            let alias =
+                block.lines().find_map(|l| l.split("typed_per_filter_config: *").nth(1)).map(|a| a.trim().to_string());
+            let policy = match (declared, alias) {
+                (Some(p), _) => {
+                    if let Some(anchor) = anchor {
+                        anchors.insert(anchor, p.clone());
+                    }
+                    Some(p)
+                }
+                (None, Some(alias)) => anchors.get(&alias).cloned(),
+                _ => None,
+            };
+            if let Some(policy) = policy {
+                assert_eq!(table.lookup(path).map(Policy::as_str), Some(policy.as_str()), "{path}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 9, "only {checked} routes checked");
+    }
+}

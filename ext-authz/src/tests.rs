@@ -621,3 +621,30 @@ async fn decisions_are_counted() {
     assert_eq!(m.requests.get_or_create(&[("policy", "api_key"), ("decision", "allow")]).get(), 1);
     assert_eq!(m.auth_failures.get_or_create(&[("policy", "api_key"), ("reason", "ip_not_allowed")]).get(), 1);
 }
+
+#[tokio::test]
+async fn without_a_route_policy_the_path_table_decides() {
+    let settings =
+        AuthorizerSettings { policy_table: Some(crate::policy::PolicyTable::builtin()), ..Default::default() };
+    let f = fixture_with(settings, Arc::new(MemoryCache::new())).await;
+    let v = check(&f, request(None, "POST", "/v1/sdk/session", &[("x-api-key", &f.key)], "127.0.0.1")).await;
+    assert_eq!(v.status, 200, "{v:?}");
+    assert_eq!(v.context("POST").auth_type, AuthType::ApiKey);
+    let bearer = format!("Bearer {}", f.token);
+    let v =
+        check(&f, request(None, "GET", "/v1/messages?conversation_id=c", &[("authorization", &bearer)], "127.0.0.1"))
+            .await;
+    assert_eq!(v.context("GET").auth_type, AuthType::Jwt);
+    // A dashboard route by path needs a dashboard token.
+    let v = check(&f, request(None, "GET", "/v1/client/profile", &[("authorization", &bearer)], "127.0.0.1")).await;
+    assert_eq!((v.status, v.code()), (401, "wrong_audience"));
+    // Paths the table does not know are denied.
+    for path in ["/api/v1/auth/internal/validate", "/", "/v1/unknown"] {
+        let v = check(&f, request(None, "POST", path, &[("authorization", &bearer)], "127.0.0.1")).await;
+        assert_eq!((v.status, v.code()), (500, "route_policy_missing"), "{path}");
+    }
+    // A policy the route declares wins over the table.
+    let v = check(&f, request(Some("api_key"), "GET", "/v1/conversations", &[("authorization", &bearer)], "127.0.0.1"))
+        .await;
+    assert_eq!((v.status, v.code()), (401, "missing_credentials"));
+}
