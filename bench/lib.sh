@@ -15,7 +15,7 @@ trap cleanup EXIT
 
 DEFAULT_H2='http2_protocol_options: { initial_stream_window_size: 1048576, initial_connection_window_size: 4194304 }'
 ALLOWED_HEADERS='allowed_headers:
-                patterns: [ { exact: authorization }, { exact: x-api-key }, { exact: origin }, { exact: x-forwarded-for }, { exact: x-request-id }, { exact: upgrade }, { exact: sec-websocket-protocol }, { exact: access-control-request-method }, { exact: access-control-request-headers }, { prefix: x-caas- } ]'
+                patterns: [ { exact: authorization }, { exact: x-api-key }, { exact: origin }, { exact: x-forwarded-for }, { exact: x-request-id }, { exact: traceparent }, { exact: tracestate }, { exact: upgrade }, { exact: sec-websocket-protocol }, { exact: access-control-request-method }, { exact: access-control-request-headers }, { prefix: x-caas- } ]'
 
 # ext_authz filter YAML; $1 = extra filter options (indented 14), default the
 # product's allowed_headers.

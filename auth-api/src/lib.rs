@@ -55,9 +55,9 @@ pub struct Settings {
 }
 
 struct Inner {
+    observer: caas_http::Observer,
     backends: Backends,
     validator: Arc<Validator>,
-    verifier: ContextVerifier,
     settings: Settings,
     login_by_email: RateLimiter,
     login_by_ip: RateLimiter,
@@ -77,6 +77,7 @@ impl AppState {
         let mut registry = Registry::default();
         validator.metrics().register(&mut registry);
         Self(Arc::new(Inner {
+            observer: caas_http::Observer::new(verifier.clone(), "auth-api"),
             login_by_email: RateLimiter::new(
                 "login-email",
                 settings.login_failures_per_email,
@@ -97,7 +98,6 @@ impl AppState {
             ),
             backends,
             validator,
-            verifier,
             settings,
             registry,
         }))
@@ -116,7 +116,7 @@ impl AppState {
     }
 
     fn observer(&self) -> caas_http::Observer {
-        caas_http::Observer { verifier: self.0.verifier.clone(), service: "auth-api" }
+        self.0.observer.clone()
     }
 
     pub(crate) fn settings(&self) -> &Settings {

@@ -38,9 +38,9 @@ pub struct ChatMetrics {
 }
 
 struct Inner {
+    observer: caas_http::Observer,
     backends: Backends,
     chat: Chat,
-    verifier: ContextVerifier,
     metrics: ChatMetrics,
     registry: Registry,
 }
@@ -59,7 +59,8 @@ impl AppState {
             metrics.messages_posted.clone(),
         );
         registry.register("chat_conversations_created", "Conversations created", metrics.conversations_created.clone());
-        Self(Arc::new(Inner { backends, chat, verifier, metrics, registry }))
+        let observer = caas_http::Observer::new(verifier, "chat");
+        Self(Arc::new(Inner { observer, backends, chat, metrics, registry }))
     }
 
     pub(crate) fn chat(&self) -> &Chat {
@@ -72,7 +73,7 @@ impl AppState {
 }
 
 pub fn app(state: AppState) -> Router {
-    let observer = caas_http::Observer { verifier: state.0.verifier.clone(), service: "chat" };
+    let observer = state.0.observer.clone();
     Router::new()
         .route("/v1/conversations", get(routes::list_conversations).post(routes::create_conversation))
         .route("/v1/messages", get(routes::list_messages).post(routes::post_message))

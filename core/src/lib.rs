@@ -24,6 +24,7 @@ pub mod refresh_token;
 pub mod secret;
 pub mod startup;
 pub mod store;
+pub mod trace;
 pub mod validate;
 pub mod whitelist;
 

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use caas_core::context::{AuthType, ContextSigner, RequestContext};
 use caas_core::id::{new_id, unix_now};
 use caas_core::jwt::{Audience, MAX_TOKEN_LEN, TokenError};
+use caas_core::trace::TraceParent;
 use caas_core::validate::{Denial, DenialClass, Rejection, Validator};
+use caas_http::otlp::{Span, SpanExporter};
 use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
@@ -31,11 +33,19 @@ pub struct AuthorizerSettings {
     pub deadline: Duration,
     /// Policies by path, for requests whose route declares none (meshes).
     pub policy_table: Option<crate::policy::PolicyTable>,
+    /// Log allowed requests too (at info), not only denials.
+    pub log_allowed: bool,
 }
 
 impl Default for AuthorizerSettings {
     fn default() -> Self {
-        Self { trusted_proxy_hops: 0, enforce: true, deadline: Duration::from_millis(800), policy_table: None }
+        Self {
+            trusted_proxy_hops: 0,
+            enforce: true,
+            deadline: Duration::from_millis(800),
+            policy_table: None,
+            log_allowed: true,
+        }
     }
 }
 
@@ -164,16 +174,18 @@ pub struct Authorizer {
     signer: ContextSigner,
     settings: AuthorizerSettings,
     metrics: Arc<GatewayMetrics>,
+    exporter: Option<SpanExporter>,
 }
 
 impl Authorizer {
+    /// Spans of each Check are exported when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
     pub fn new(
         validator: Arc<Validator>,
         signer: ContextSigner,
         settings: AuthorizerSettings,
         metrics: Arc<GatewayMetrics>,
     ) -> Self {
-        Self { validator, signer, settings, metrics }
+        Self { validator, signer, settings, metrics, exporter: SpanExporter::from_env("ext-authz") }
     }
 
     pub fn metrics(&self) -> &Arc<GatewayMetrics> {
@@ -342,41 +354,76 @@ impl Authorizer {
         let policy = self.policy_of(req).map_or("none", Policy::as_str);
         let (allowed, seconds) = self.metrics.hot(policy);
         seconds.observe(started.elapsed().as_secs_f64());
-        let (reason, tenant_id) = match &decision {
+        let trace = req.header("traceparent").and_then(TraceParent::parse);
+        let trace_id = trace.as_ref().map_or("", |t| t.trace_id.as_str());
+        let path = path_only(req.path);
+        let (outcome, status, tenant_id) = match &decision {
             Decision::Allow { context, .. } => {
                 allowed.inc();
                 let tenant_id = context.as_ref().map_or("", |c| c.tenant_id.as_str());
-                tracing::debug!(request_id = %req.request_id, tenant_id, policy, decision = "allow", "check");
-                return decision;
+                if self.settings.log_allowed {
+                    tracing::info!(request_id = %req.request_id, trace_id, tenant_id, policy, %path, method = req.method, decision = "allow", "check");
+                }
+                ("allow", 200, tenant_id.to_string())
             }
             Decision::Preflight { .. } => {
                 self.metrics.requests.get_or_create(&[("policy", policy), ("decision", "preflight")]).inc();
-                return decision;
+                ("preflight", 204, String::new())
             }
-            Decision::Deny { reason, tenant_id, .. } => (*reason, tenant_id.clone()),
+            Decision::Deny { reason, tenant_id, .. } => {
+                let reason = *reason;
+                self.metrics.auth_failures.get_or_create(&[("policy", policy), ("reason", reason.code())]).inc();
+                match reason {
+                    Reason::Denied(Denial::IpNotAllowed) => self.metrics.ip_whitelist_rejections.inc(),
+                    Reason::Denied(Denial::OriginNotAllowed) => self.metrics.origin_rejections.inc(),
+                    _ => 0,
+                };
+                let tenant = tenant_id.as_deref().unwrap_or("");
+                if self.settings.enforce || reason == Reason::PolicyMissing {
+                    self.metrics.requests.get_or_create(&[("policy", policy), ("decision", "deny")]).inc();
+                    tracing::info!(request_id = %req.request_id, trace_id, tenant_id = tenant, policy, %path, method = req.method, reason = reason.code(), status = reason.status(), decision = "deny", "check");
+                    ("deny", reason.status(), tenant.to_string())
+                } else {
+                    self.metrics.requests.get_or_create(&[("policy", policy), ("decision", "shadow_deny")]).inc();
+                    tracing::warn!(request_id = %req.request_id, trace_id, tenant_id = tenant, policy, %path, method = req.method, reason = reason.code(), decision = "shadow_deny", "check: would deny; allowed because USE_AUTH_SERVICE=false");
+                    self.export(trace, req, policy, "shadow_deny", 200, tenant, started);
+                    return Decision::Allow {
+                        context: None,
+                        // Downstream still validates credentials itself during a migration.
+                        strip_credentials: false,
+                        cors_origin: None,
+                        strip_query: Vec::new(),
+                    };
+                }
+            }
         };
-        self.metrics.auth_failures.get_or_create(&[("policy", policy), ("reason", reason.code())]).inc();
-        match reason {
-            Reason::Denied(Denial::IpNotAllowed) => self.metrics.ip_whitelist_rejections.inc(),
-            Reason::Denied(Denial::OriginNotAllowed) => self.metrics.origin_rejections.inc(),
-            _ => 0,
-        };
-        let tenant = tenant_id.as_deref().unwrap_or("");
-        let path = path_only(req.path);
-        if self.settings.enforce || reason == Reason::PolicyMissing {
-            self.metrics.requests.get_or_create(&[("policy", policy), ("decision", "deny")]).inc();
-            tracing::info!(request_id = %req.request_id, tenant_id = tenant, policy, %path, method = req.method, reason = reason.code(), status = reason.status(), decision = "deny", "check");
-            return decision;
-        }
-        self.metrics.requests.get_or_create(&[("policy", policy), ("decision", "shadow_deny")]).inc();
-        tracing::warn!(request_id = %req.request_id, tenant_id = tenant, policy, %path, method = req.method, reason = reason.code(), decision = "shadow_deny", "check: would deny; allowed because USE_AUTH_SERVICE=false");
-        Decision::Allow {
-            context: None,
-            // Downstream still validates credentials itself during a migration.
-            strip_credentials: false,
-            cors_origin: None,
-            strip_query: Vec::new(),
-        }
+        self.export(trace, req, policy, outcome, status, &tenant_id, started);
+        decision
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn export(
+        &self,
+        trace: Option<TraceParent>,
+        req: &Incoming<'_>,
+        policy: &str,
+        outcome: &str,
+        status: u16,
+        tenant: &str,
+        started: Instant,
+    ) {
+        let Some(exporter) = &self.exporter else { return };
+        let mut span = Span::start(trace, format!("check {policy}"));
+        span.start = std::time::SystemTime::now() - started.elapsed();
+        span.error = status >= 500;
+        span.attributes.extend([
+            ("caas.policy", policy.to_string()),
+            ("caas.decision", outcome.to_string()),
+            ("http.response.status_code", status.to_string()),
+            ("caas.request_id", req.request_id.clone()),
+            ("caas.tenant_id", tenant.to_string()),
+        ]);
+        exporter.record(span);
     }
 
     /// Whether shadow mode is on.

@@ -35,6 +35,9 @@ pub struct ExtAuthzArgs {
     /// `exact|prefix <path> <policy>` lines. Unset: routes must declare theirs.
     #[arg(long, env = "POLICY_TABLE")]
     pub policy_table: Option<String>,
+    /// Log every allowed request (a line per request at info); `false` logs denials only.
+    #[arg(long, env = "EXT_AUTHZ_LOG_ALLOWED", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub log_allowed: bool,
 }
 
 impl ExtAuthzArgs {
@@ -68,6 +71,7 @@ impl ExtAuthzArgs {
             deadline: self.deadline,
             // Checked at start (`check`): a bad table never gets this far.
             policy_table: self.table().ok().flatten(),
+            log_allowed: self.log_allowed,
         }
     }
 

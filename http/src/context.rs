@@ -13,13 +13,30 @@ use axum::response::Response;
 use caas_core::context::{AuthType, ContextError, ContextVerifier, RequestContext};
 use caas_core::id::unix_now;
 
-use crate::ApiError;
+use caas_core::trace::TraceParent;
 
-/// What `observe` needs: the verifier, and the service name for logs.
+use crate::ApiError;
+use crate::otlp::{Span, SpanExporter};
+
+/// What `observe` needs: the verifier, the service name for logs, and where
+/// spans go (if anywhere).
 #[derive(Clone)]
 pub struct Observer {
     pub verifier: ContextVerifier,
     pub service: &'static str,
+    pub exporter: Option<SpanExporter>,
+}
+
+impl Observer {
+    /// Spans are exported when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+    pub fn new(verifier: ContextVerifier, service: &'static str) -> Self {
+        Self { verifier, service, exporter: SpanExporter::from_env(service) }
+    }
+}
+
+/// The request's trace context, if the caller sent a valid `traceparent`.
+pub fn trace_of(headers: &axum::http::HeaderMap) -> Option<TraceParent> {
+    headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceParent::parse)
 }
 
 /// The outcome of verifying the request's context, kept in its extensions.
@@ -39,8 +56,8 @@ impl VerifiedContext {
 
 /// Middleware: verifies the context once, then writes one log line per
 /// request — method, path (never the query, which may hold a credential),
-/// status, duration, request id, the verified tenant — and echoes
-/// `x-request-id`.
+/// status, duration, request id, trace id, the verified tenant — exports a
+/// span when configured, and echoes `x-request-id`.
 pub async fn observe(State(observer): State<Observer>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let verified = VerifiedContext::of(request.headers(), request.method().as_str(), &observer.verifier);
@@ -49,6 +66,8 @@ pub async fn observe(State(observer): State<Observer>, mut request: Request, nex
         _ => String::new(),
     };
     request.extensions_mut().insert(verified);
+    let trace = trace_of(request.headers());
+    let trace_id = trace.as_ref().map(|t| t.trace_id.clone()).unwrap_or_default();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let request_id = request
@@ -63,9 +82,22 @@ pub async fn observe(State(observer): State<Observer>, mut request: Request, nex
     let millis = started.elapsed().as_secs_f64() * 1000.0;
     let service = observer.service;
     if status >= 500 {
-        tracing::error!(service, %method, path, status, millis, request_id, tenant, "request");
+        tracing::error!(service, %method, path, status, millis, request_id, trace_id, tenant, "request");
     } else {
-        tracing::info!(service, %method, path, status, millis, request_id, tenant, "request");
+        tracing::info!(service, %method, path, status, millis, request_id, trace_id, tenant, "request");
+    }
+    if let Some(exporter) = &observer.exporter {
+        let mut span = Span::start(trace, format!("{method} {path}"));
+        span.start = std::time::SystemTime::now() - started.elapsed();
+        span.error = status >= 500;
+        span.attributes.extend([
+            ("http.request.method", method.to_string()),
+            ("url.path", path.clone()),
+            ("http.response.status_code", status.to_string()),
+            ("caas.request_id", request_id.clone()),
+            ("caas.tenant_id", tenant.clone()),
+        ]);
+        exporter.record(span);
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);

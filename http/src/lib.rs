@@ -8,10 +8,11 @@ mod context;
 mod error;
 mod json;
 mod ops;
+pub mod otlp;
 
 pub use context::{
     ApiKeyCaller, ClientIp, DashboardCaller, EndUser, Observer, OptionalCaller, VerifiedContext, context_of, observe,
-    require, signed_context,
+    require, signed_context, trace_of,
 };
 pub use error::ApiError;
 pub use json::{ApiJson, OptionalJson};

@@ -101,19 +101,23 @@ impl TokenValidator {
         Self { http, url, service_secret }
     }
 
-    pub async fn validate(&self, token: &str, origin: Option<&str>) -> Result<Identity, Refusal> {
+    /// `traceparent` (the caller's) is passed on, so auth-api's log lines join the trace.
+    pub async fn validate(
+        &self,
+        token: &str,
+        origin: Option<&str>,
+        traceparent: Option<&axum::http::HeaderValue>,
+    ) -> Result<Identity, Refusal> {
         let body = serde_json::json!({ "token": token, "origin": origin });
-        let response = self
-            .http
-            .post(&self.url)
-            .header("authorization", format!("Service {}", self.service_secret.expose()))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "auth-api unreachable while validating a socket token");
-                Refusal::unavailable()
-            })?;
+        let mut request =
+            self.http.post(&self.url).header("authorization", format!("Service {}", self.service_secret.expose()));
+        if let Some(traceparent) = traceparent.and_then(|v| v.to_str().ok()) {
+            request = request.header("traceparent", traceparent);
+        }
+        let response = request.json(&body).send().await.map_err(|error| {
+            tracing::error!(%error, "auth-api unreachable while validating a socket token");
+            Refusal::unavailable()
+        })?;
         let status = response.status().as_u16();
         let reply: serde_json::Value = response.json().await.unwrap_or_default();
         match status {

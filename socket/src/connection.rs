@@ -276,7 +276,7 @@ impl Connection {
     /// A new token for the same user and tenant replaces the expiry (it can
     /// never remove it); anyone else's token is refused.
     async fn refresh(&mut self, token: &str, id: Option<&str>) -> String {
-        match self.state.validator().validate(token, self.origin.as_deref()).await {
+        match self.state.validator().validate(token, self.origin.as_deref(), None).await {
             Ok(new) if new.tenant_id == self.identity.tenant_id && new.user_id == self.identity.user_id => {
                 if new.session_id != self.identity.session_id {
                     self.state.registry().move_session(self.handle.id, &new.session_id);

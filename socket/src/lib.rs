@@ -79,7 +79,7 @@ struct Inner {
     registry: Registry,
     presence: Presence,
     validator: TokenValidator,
-    verifier: ContextVerifier,
+    observer: caas_http::Observer,
     settings: Settings,
     metrics: SocketMetrics,
     metrics_registry: MetricsRegistry,
@@ -104,7 +104,7 @@ impl SocketState {
             presence: Presence::new(backends.cache.clone(), caas_core::id::new_id("node")),
             registry: Registry::default(),
             validator: TokenValidator::new(auth_service_url, service_secret.clone()),
-            verifier: ContextVerifier::new(&service_secret, previous.as_ref()),
+            observer: caas_http::Observer::new(ContextVerifier::new(&service_secret, previous.as_ref()), "socket"),
             backends,
             settings,
             metrics,
@@ -138,7 +138,7 @@ impl SocketState {
 }
 
 pub fn app(state: SocketState) -> Router {
-    let observer = caas_http::Observer { verifier: state.0.verifier.clone(), service: "socket" };
+    let observer = state.0.observer.clone();
     Router::new()
         .route("/v1/ws", get(upgrade))
         .route("/health", get(health))
@@ -195,7 +195,9 @@ async fn upgrade(
     let identity: Result<Identity, Refusal> = match auth::from_context(caas_http::context_of(request.extensions())) {
         Some(result) => result,
         None => match auth::token_of(request.headers(), request.uri().query()) {
-            Some(token) => state.validator().validate(token, origin.as_deref()).await,
+            Some(token) => {
+                state.validator().validate(token, origin.as_deref(), request.headers().get("traceparent")).await
+            }
             None => {
                 Err(Refusal { status: 401, code: "missing_credentials".into(), message: "a token is required".into() })
             }

@@ -111,3 +111,116 @@ async fn caas_up_serves_through_envoy_stops_cleanly_and_keeps_secrets() {
     stop(child).await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A stand-in OTLP/HTTP collector: keeps every JSON body posted to /v1/traces.
+async fn collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let store = store.clone();
+            async move {
+                store.lock().unwrap().push(body);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+#[tokio::test]
+async fn a_clients_trace_id_reaches_every_log_and_the_collector() {
+    if crate::harness::envoy_missing() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(caas_core::id::new_id("caas-trace"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (collector_url, spans) = collector().await;
+    let log = dir.join("stdout.log");
+    let mut child = Command::new(caas_binary())
+        .arg("up")
+        .args([
+            "--auth-api-addr",
+            "127.0.0.1:0",
+            "--ext-authz-addr",
+            "127.0.0.1:0",
+            "--ext-authz-ops-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--chat-addr", "127.0.0.1:0", "--socket-addr", "127.0.0.1:0"])
+        .args(["--envoy-listen", "127.0.0.1:0", "--envoy-admin-port", "0", "--envoy-concurrency", "1"])
+        .current_dir(&dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env("RUST_LOG", "info")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector_url)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let gateway = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.trim().strip_prefix("gateway") {
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+        }
+        panic!("caas up exited before it was ready");
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let http = client();
+    let r = send(
+        http.post(format!("{gateway}/v1/client/register"))
+            .header("traceparent", &traceparent)
+            .json(&json!({"name": "Traced", "email": "trace@example.com", "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+
+    let found = crate::harness::within(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let spans = spans.lock().unwrap().clone();
+        async move {
+            let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            let with_trace = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+                lines.iter().any(|l| l.to_string().contains(trace_id) && pred(l))
+            };
+            let envoy = with_trace(&|l| l["component"] == "envoy");
+            let authz = with_trace(&|l| {
+                l["target"].as_str().is_some_and(|t| t.starts_with("caas_ext_authz"))
+                    && l["fields"]["decision"] == "allow"
+            });
+            let service = with_trace(&|l| l["fields"]["service"] == "auth-api" && l["fields"]["trace_id"] == trace_id);
+            let exported: Vec<String> = spans
+                .iter()
+                .flat_map(|body| body["resourceSpans"].as_array().cloned().unwrap_or_default())
+                .filter(|rs| rs.to_string().contains(trace_id))
+                .filter_map(|rs| rs["resource"]["attributes"][0]["value"]["stringValue"].as_str().map(String::from))
+                .collect();
+            envoy
+                && authz
+                && service
+                && exported.contains(&"ext-authz".to_string())
+                && exported.contains(&"auth-api".to_string())
+        }
+    })
+    .await;
+    assert!(
+        found.is_some(),
+        "trace id missing somewhere; logs:\n{}\nspans: {:?}",
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        spans.lock().unwrap()
+    );
+    stop(child).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
