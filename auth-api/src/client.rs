@@ -13,14 +13,16 @@ use caas_core::password;
 use caas_core::store::{ApiKeyRecord, AuditEntry, NewApiKey, WhitelistKind};
 use caas_core::whitelist::{IpWhitelist, OriginWhitelist};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::ToSchema;
+
+use caas_http::{ApiError, ApiJson, ClientIp, DashboardCaller, ErrorBody, OptionalJson};
 
 use crate::AppState;
-use caas_http::{ApiError, ApiJson, ClientIp, DashboardCaller, OptionalJson};
+use crate::schema::{AccessToken, IssuedKey, KeyList, KeyView, PreviousKey, Profile, Registered, RotatedKey};
 
 const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     name: String,
@@ -28,21 +30,11 @@ pub struct RegisterRequest {
     password: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     email: String,
     password: String,
-}
-
-#[derive(Serialize)]
-struct KeyView {
-    id: String,
-    prefix: String,
-    role: String,
-    created_at: i64,
-    expires_at: Option<i64>,
-    last_used_at: Option<i64>,
 }
 
 impl From<ApiKeyRecord> for KeyView {
@@ -86,6 +78,10 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     tokio::task::spawn_blocking(work).await.map_err(|_| ApiError::internal())
 }
 
+/// Registers a client (tenant) with its dashboard account and first API key.
+#[utoipa::path(post, path = "/client/register", tag = "client", request_body = RegisterRequest,
+    responses((status = 201, description = "Registered; the API key is shown this once", body = Registered), (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 409, description = "Email taken", body = ErrorBody), (status = 429, description = "Too many registrations", body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -104,15 +100,19 @@ pub async fn register(
     tracing::info!(client_id, "client registered");
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "client_id": client_id,
-            "name": name,
-            "email": email,
-            "api_key": { "id": key.id, "key": raw_key, "prefix": key.prefix, "role": "primary" },
-        })),
+        Json(Registered {
+            client_id,
+            name,
+            email,
+            api_key: IssuedKey { id: key.id, key: raw_key, prefix: key.prefix, role: "primary".into() },
+        }),
     ))
 }
 
+/// Dashboard login.
+#[utoipa::path(post, path = "/client/login", tag = "client", request_body = LoginRequest,
+    responses((status = 200, description = "A dashboard token", body = AccessToken), (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 401, description = "Email or password is incorrect", body = ErrorBody), (status = 429, description = "Throttled", body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -141,7 +141,7 @@ pub async fn login(
                 actor: other.as_ref().map(|a| a.id.clone()),
                 action: "client.login_failed",
                 ip: Some(ip.clone()),
-                detail: Some(json!({ "email": email })),
+                detail: Some(serde_json::json!({ "email": email })),
             };
             if let Err(error) = state.store().audit(&entry, now).await {
                 tracing::error!(%error, "could not write audit entry for a failed login");
@@ -176,11 +176,15 @@ pub async fn login(
         exp: now + ttl,
         nbf: None,
     };
-    Ok(Json(
-        json!({ "access_token": state.validator().jwt().issue(&claims), "token_type": "Bearer", "expires_in": ttl }),
-    ))
+    Ok(Json(AccessToken {
+        access_token: state.validator().jwt().issue(&claims),
+        token_type: "Bearer",
+        expires_in: ttl,
+    }))
 }
 
+/// The client, its keys (never the key material) and whitelists.
+#[utoipa::path(get, path = "/client/profile", tag = "client", responses((status = 200, body = Profile), (status = 401, description = "No valid dashboard context", body = ErrorBody)))]
 pub async fn profile(
     State(state): State<AppState>,
     DashboardCaller(caller): DashboardCaller,
@@ -195,32 +199,37 @@ pub async fn profile(
         state.store().active_api_keys(tenant, unix_now()).await?.into_iter().map(KeyView::from).collect();
     let cidrs = state.store().whitelist(WhitelistKind::Ip, tenant).await?;
     let origins = state.store().whitelist(WhitelistKind::Origin, tenant).await?;
-    Ok(Json(json!({
-        "client_id": client.id,
-        "name": client.name,
-        "email": client.email,
-        "created_at": client.created_at,
-        "api_keys": keys,
-        "ip_whitelist": cidrs,
-        "origin_whitelist": origins,
-    })))
+    Ok(Json(Profile {
+        client_id: client.id,
+        name: client.name,
+        email: client.email,
+        created_at: client.created_at,
+        api_keys: keys,
+        ip_whitelist: cidrs,
+        origin_whitelist: origins,
+    }))
 }
 
+/// Active API keys.
+#[utoipa::path(get, path = "/client/api-keys", tag = "client", responses((status = 200, body = KeyList), (status = 401, description = "No valid dashboard context", body = ErrorBody)))]
 pub async fn list_keys(
     State(state): State<AppState>,
     DashboardCaller(caller): DashboardCaller,
 ) -> Result<impl IntoResponse, ApiError> {
     let keys: Vec<KeyView> =
         state.store().active_api_keys(&caller.tenant_id, unix_now()).await?.into_iter().map(KeyView::from).collect();
-    Ok(Json(json!({ "api_keys": keys })))
+    Ok(Json(KeyList { api_keys: keys }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
     grace_seconds: Option<u64>,
 }
 
+/// A new primary key; the old primary stays valid for `grace_seconds`.
+#[utoipa::path(post, path = "/client/api-keys/rotate", tag = "client", request_body = Option<RotateRequest>,
+    responses((status = 201, description = "The new key, shown this once", body = RotatedKey), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No valid dashboard context", body = ErrorBody)))]
 pub async fn rotate_key(
     State(state): State<AppState>,
     DashboardCaller(caller): DashboardCaller,
@@ -253,18 +262,21 @@ pub async fn rotate_key(
     tracing::info!(tenant_id = tenant, key_id = key.id, "API key rotated");
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": key.id,
-            "key": raw_key,
-            "prefix": key.prefix,
-            "role": "primary",
-            "created_at": rotation.new_key.created_at,
-            "previous_key": rotation.demoted.map(|k| json!({ "id": k.id, "role": k.role, "expires_at": k.expires_at })),
-            "revoked_key_ids": rotation.revoked.iter().map(|k| k.id.clone()).collect::<Vec<_>>(),
-        })),
+        Json(RotatedKey {
+            id: key.id,
+            key: raw_key,
+            prefix: key.prefix,
+            role: "primary",
+            created_at: rotation.new_key.created_at,
+            previous_key: rotation.demoted.map(|k| PreviousKey { id: k.id, role: k.role, expires_at: k.expires_at }),
+            revoked_key_ids: rotation.revoked.iter().map(|k| k.id.clone()).collect(),
+        }),
     ))
 }
 
+/// Revokes a key at once.
+#[utoipa::path(delete, path = "/client/api-keys/{id}", tag = "client", params(("id" = String, Path, description = "The key's id")),
+    responses((status = 204, description = "Revoked"), (status = 401, description = "No valid dashboard context", body = ErrorBody), (status = 404, description = "No such active key", body = ErrorBody)))]
 pub async fn revoke_key(
     State(state): State<AppState>,
     DashboardCaller(caller): DashboardCaller,
@@ -286,25 +298,29 @@ pub async fn revoke_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpWhitelistBody {
     cidrs: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OriginWhitelistBody {
     origins: Vec<String>,
 }
 
+#[utoipa::path(get, path = "/client/ip-whitelist", tag = "client", responses((status = 200, body = IpWhitelistBody), (status = 401, description = "No valid dashboard context", body = ErrorBody)))]
 pub async fn get_ip_whitelist(
     State(state): State<AppState>,
     DashboardCaller(caller): DashboardCaller,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(json!({ "cidrs": state.store().whitelist(WhitelistKind::Ip, &caller.tenant_id).await? })))
+    Ok(Json(IpWhitelistBody { cidrs: state.store().whitelist(WhitelistKind::Ip, &caller.tenant_id).await? }))
 }
 
+/// Replaces the whole list, or nothing.
+#[utoipa::path(put, path = "/client/ip-whitelist", tag = "client", request_body = IpWhitelistBody,
+    responses((status = 200, description = "The normalised list", body = IpWhitelistBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No valid dashboard context", body = ErrorBody)))]
 pub async fn put_ip_whitelist(
     State(state): State<AppState>,
     DashboardCaller(caller): DashboardCaller,
@@ -312,16 +328,20 @@ pub async fn put_ip_whitelist(
 ) -> Result<impl IntoResponse, ApiError> {
     let entries = IpWhitelist::parse(&body.cidrs)?.entries();
     write_whitelist(&state, &caller, WhitelistKind::Ip, &entries).await?;
-    Ok(Json(json!({ "cidrs": entries })))
+    Ok(Json(IpWhitelistBody { cidrs: entries }))
 }
 
+#[utoipa::path(get, path = "/client/origin-whitelist", tag = "client", responses((status = 200, body = OriginWhitelistBody), (status = 401, description = "No valid dashboard context", body = ErrorBody)))]
 pub async fn get_origin_whitelist(
     State(state): State<AppState>,
     DashboardCaller(caller): DashboardCaller,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(json!({ "origins": state.store().whitelist(WhitelistKind::Origin, &caller.tenant_id).await? })))
+    Ok(Json(OriginWhitelistBody { origins: state.store().whitelist(WhitelistKind::Origin, &caller.tenant_id).await? }))
 }
 
+/// Replaces the whole list, or nothing.
+#[utoipa::path(put, path = "/client/origin-whitelist", tag = "client", request_body = OriginWhitelistBody,
+    responses((status = 200, description = "The normalised list", body = OriginWhitelistBody), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No valid dashboard context", body = ErrorBody)))]
 pub async fn put_origin_whitelist(
     State(state): State<AppState>,
     DashboardCaller(caller): DashboardCaller,
@@ -329,7 +349,7 @@ pub async fn put_origin_whitelist(
 ) -> Result<impl IntoResponse, ApiError> {
     let entries = OriginWhitelist::parse(&body.origins)?.entries().to_vec();
     write_whitelist(&state, &caller, WhitelistKind::Origin, &entries).await?;
-    Ok(Json(json!({ "origins": entries })))
+    Ok(Json(OriginWhitelistBody { origins: entries }))
 }
 
 async fn write_whitelist(

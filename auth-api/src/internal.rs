@@ -10,14 +10,15 @@ use axum::response::IntoResponse;
 use caas_core::id::unix_now;
 use caas_core::jwt::Audience;
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::AppState;
-use caas_http::{ApiError, ApiJson};
+use caas_http::{ApiError, ApiJson, ErrorBody};
 
 use crate::extract::ServiceCaller;
+use crate::schema::{ValidatedKey, ValidatedToken};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValidateTokenRequest {
     token: String,
@@ -26,13 +27,17 @@ pub struct ValidateTokenRequest {
     audience: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValidateKeyRequest {
     api_key: String,
     ip: String,
 }
 
+/// Validates an access token (and Origin) for services outside the gateway.
+#[utoipa::path(post, path = "/internal/validate", tag = "internal", request_body = ValidateTokenRequest,
+    security(("service_token" = [])),
+    responses((status = 200, body = ValidatedToken), (status = 401, description = "Missing or wrong service token, or the credential is refused (code says why)", body = ErrorBody), (status = 403, description = "origin_not_allowed", body = ErrorBody)))]
 pub async fn validate_token(
     _: ServiceCaller,
     State(state): State<AppState>,
@@ -51,16 +56,20 @@ pub async fn validate_token(
     };
     let claims = state.validator().validate_token(&body.token, audience, body.origin.as_deref(), unix_now()).await?;
     let auth_type = if audience == Audience::Sdk { "jwt" } else { "dashboard" };
-    Ok(Json(json!({
-        "valid": true,
-        "tenant_id": claims.tid,
-        "user_id": claims.sub,
-        "session_id": claims.sid,
-        "auth_type": auth_type,
-        "expires_at": claims.exp,
-    })))
+    Ok(Json(ValidatedToken {
+        valid: true,
+        tenant_id: claims.tid,
+        user_id: claims.sub,
+        session_id: claims.sid,
+        auth_type,
+        expires_at: claims.exp,
+    }))
 }
 
+/// Validates an API key from an address, for services outside the gateway.
+#[utoipa::path(post, path = "/internal/validate-api-key", tag = "internal", request_body = ValidateKeyRequest,
+    security(("service_token" = [])),
+    responses((status = 200, body = ValidatedKey), (status = 401, description = "Missing or wrong service token, or the credential is refused (code says why)", body = ErrorBody), (status = 403, description = "ip_not_allowed", body = ErrorBody)))]
 pub async fn validate_api_key(
     _: ServiceCaller,
     State(state): State<AppState>,
@@ -72,7 +81,5 @@ pub async fn validate_api_key(
         .parse()
         .map_err(|_| ApiError::invalid("invalid_ip", "ip", "ip is not an IPv4 or IPv6 address"))?;
     let identity = state.validator().validate_api_key(&body.api_key, ip, unix_now()).await?;
-    Ok(Json(
-        json!({ "valid": true, "tenant_id": identity.tenant_id, "key_id": identity.key_id, "auth_type": "api_key" }),
-    ))
+    Ok(Json(ValidatedKey { valid: true, tenant_id: identity.tenant_id, key_id: identity.key_id, auth_type: "api_key" }))
 }

@@ -13,6 +13,7 @@ pub mod config;
 mod extract;
 mod internal;
 mod ops;
+mod schema;
 mod sdk;
 
 #[cfg(test)]
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use caas_core::config::Backends;
 use caas_core::context::ContextVerifier;
 use caas_core::metrics::AuthMetrics;
@@ -148,24 +149,65 @@ impl AppState {
     }
 }
 
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "CAAS auth API",
+        description = "Issues and owns every credential. Behind the gateway these paths are reached as /v1/client/*, /v1/sdk/session, /v1/sdk/refresh and /v1/sdk/logout; callers are identified by the gateway's signed context. /internal/* is for services only and never routed by the gateway."
+    ),
+    modifiers(&ServiceToken),
+    tags((name = "client", description = "Client onboarding and dashboard"), (name = "sdk", description = "End-user sessions"), (name = "internal", description = "Validation for services outside the gateway"))
+)]
+struct ApiDoc;
+
+struct ServiceToken;
+
+impl utoipa::Modify for ServiceToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "service_token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "authorization",
+                "Service <SERVICE_SECRET>",
+            ))),
+        );
+    }
+}
+
+/// The routes, and the OpenAPI document generated from the same handlers.
+fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    let auth = OpenApiRouter::new()
+        .routes(routes!(client::register))
+        .routes(routes!(client::login))
+        .routes(routes!(client::profile))
+        .routes(routes!(client::list_keys))
+        .routes(routes!(client::rotate_key))
+        .routes(routes!(client::revoke_key))
+        .routes(routes!(client::get_ip_whitelist, client::put_ip_whitelist))
+        .routes(routes!(client::get_origin_whitelist, client::put_origin_whitelist))
+        .routes(routes!(sdk::create_session))
+        .routes(routes!(sdk::refresh))
+        .routes(routes!(sdk::logout))
+        .routes(routes!(internal::validate_token))
+        .routes(routes!(internal::validate_api_key));
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi()).nest("/api/v1/auth", auth).split_for_parts()
+}
+
+/// auth-api's OpenAPI 3 document (also served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
 /// Every route of auth-api.
 pub fn app(state: AppState) -> Router {
-    let auth = Router::new()
-        .route("/client/register", post(client::register))
-        .route("/client/login", post(client::login))
-        .route("/client/profile", get(client::profile))
-        .route("/client/api-keys", get(client::list_keys))
-        .route("/client/api-keys/rotate", post(client::rotate_key))
-        .route("/client/api-keys/{id}", delete(client::revoke_key))
-        .route("/client/ip-whitelist", get(client::get_ip_whitelist).put(client::put_ip_whitelist))
-        .route("/client/origin-whitelist", get(client::get_origin_whitelist).put(client::put_origin_whitelist))
-        .route("/sdk/session", post(sdk::create_session))
-        .route("/refresh", post(sdk::refresh))
-        .route("/logout", post(sdk::logout))
-        .route("/internal/validate", post(internal::validate_token))
-        .route("/internal/validate-api-key", post(internal::validate_api_key));
-    Router::new()
-        .nest("/api/v1/auth", auth)
+    let (router, spec) = routes();
+    let spec = Arc::new(spec);
+    router
+        .route("/openapi.json", get(move || async move { axum::Json(spec.as_ref().clone()) }))
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .fallback(caas_http::not_found)

@@ -12,29 +12,34 @@ use caas_core::jwt::{Audience, Claims};
 use caas_core::refresh_token;
 use caas_core::store::{AuditEntry, NewSdkSession, RefreshOutcome};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use caas_http::{ApiError, ApiJson, ApiKeyCaller, ClientIp, ErrorBody, OptionalCaller, OptionalJson};
 
 use crate::AppState;
-use caas_http::{ApiError, ApiJson, ApiKeyCaller, ClientIp, OptionalCaller, OptionalJson};
+use crate::schema::SessionTokens;
 
 use caas_core::chat::MAX_USER_ID_BYTES;
 const MAX_METADATA_BYTES: usize = 4096;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionRequest {
     user_id: String,
     name: Option<String>,
+    /// A JSON object of at most 4 KiB.
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     refresh_token: String,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogoutRequest {
     refresh_token: Option<String>,
@@ -52,7 +57,14 @@ fn check_user_id(user_id: &str) -> Result<(), ApiError> {
 }
 
 /// Issues the access token for an SDK session and the response body.
-fn tokens(state: &AppState, tenant_id: &str, user_id: &str, session_id: &str, refresh: &str, now: i64) -> Value {
+fn tokens(
+    state: &AppState,
+    tenant_id: &str,
+    user_id: &str,
+    session_id: &str,
+    refresh: &str,
+    now: i64,
+) -> SessionTokens {
     let ttl = state.settings().access_ttl.as_secs() as i64;
     let claims = Claims {
         iss: state.validator().jwt().issuer().to_string(),
@@ -65,17 +77,21 @@ fn tokens(state: &AppState, tenant_id: &str, user_id: &str, session_id: &str, re
         exp: now + ttl,
         nbf: None,
     };
-    json!({
-        "access_token": state.validator().jwt().issue(&claims),
-        "refresh_token": refresh,
-        "token_type": "Bearer",
-        "expires_in": ttl,
-        "refresh_expires_in": state.settings().refresh_ttl.as_secs(),
-        "session_id": session_id,
-        "user_id": user_id,
-    })
+    SessionTokens {
+        access_token: state.validator().jwt().issue(&claims),
+        refresh_token: refresh.into(),
+        token_type: "Bearer",
+        expires_in: ttl,
+        refresh_expires_in: state.settings().refresh_ttl.as_secs() as i64,
+        session_id: session_id.into(),
+        user_id: user_id.into(),
+    }
 }
 
+/// An end user's session, by the client's backend (API key from a whitelisted address).
+#[utoipa::path(post, path = "/sdk/session", tag = "sdk", request_body = SessionRequest,
+    responses((status = 201, body = SessionTokens), (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 401, description = "No valid API-key context", body = ErrorBody), (status = 403, description = "Another credential type", body = ErrorBody)))]
 pub async fn create_session(
     State(state): State<AppState>,
     ApiKeyCaller(caller): ApiKeyCaller,
@@ -134,6 +150,10 @@ fn invalid_refresh() -> ApiError {
     ApiError::unauthorized("invalid_refresh_token", "refresh token is invalid, expired or revoked")
 }
 
+/// Uses a refresh token once: new access and refresh tokens. Reusing one revokes its session.
+#[utoipa::path(post, path = "/refresh", tag = "sdk", request_body = RefreshRequest,
+    responses((status = 200, body = SessionTokens), (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 401, description = "invalid_refresh_token, or refresh_token_reused (the session is now revoked)", body = ErrorBody)))]
 pub async fn refresh(
     State(state): State<AppState>,
     OptionalCaller(caller): OptionalCaller,
@@ -172,6 +192,10 @@ pub async fn refresh(
     }
 }
 
+/// Revokes a session: by refresh token, or the caller's own (access token context).
+#[utoipa::path(post, path = "/logout", tag = "sdk", request_body = Option<LogoutRequest>,
+    responses((status = 204, description = "Revoked everywhere within a second"), (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 401, description = "Nothing identifies a session", body = ErrorBody)))]
 pub async fn logout(
     State(state): State<AppState>,
     OptionalCaller(caller): OptionalCaller,

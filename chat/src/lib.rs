@@ -72,11 +72,37 @@ impl AppState {
     }
 }
 
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "CAAS chat",
+        description = "Conversations and messages. Every request is authorized by the gateway's signed context for an end user (aud caas-sdk); everything is scoped to that user's tenant."
+    ),
+    tags((name = "chat", description = "Conversations and messages"))
+)]
+struct ApiDoc;
+
+/// The routes, and the OpenAPI document generated from the same handlers.
+fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(routes::list_conversations, routes::create_conversation))
+        .routes(routes!(routes::list_messages, routes::post_message))
+        .split_for_parts()
+}
+
+/// The chat service's OpenAPI 3 document (also served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
 pub fn app(state: AppState) -> Router {
     let observer = state.0.observer.clone();
-    Router::new()
-        .route("/v1/conversations", get(routes::list_conversations).post(routes::create_conversation))
-        .route("/v1/messages", get(routes::list_messages).post(routes::post_message))
+    let (router, spec) = routes();
+    let spec = Arc::new(spec);
+    router
+        .route("/openapi.json", get(move || async move { axum::Json(spec.as_ref().clone()) }))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(caas_http::not_found)

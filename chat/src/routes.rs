@@ -6,12 +6,29 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use caas_core::chat::ChatError;
+use caas_core::chat::{Conversation, Message};
 use caas_core::id::unix_now;
-use caas_http::{ApiError, ApiJson, EndUser};
-use serde::Deserialize;
-use serde_json::json;
+use caas_http::{ApiError, ApiJson, EndUser, ErrorBody};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
+
+#[derive(Serialize, ToSchema)]
+pub struct ConversationList {
+    /// Newest first.
+    conversations: Vec<Conversation>,
+    /// Pass as `cursor` for the next page; null on the last.
+    next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MessageList {
+    /// Newest first.
+    messages: Vec<Message>,
+    /// Pass as `before` for older messages; null on the last page.
+    next_before: Option<String>,
+}
 
 /// The one place chat errors become HTTP.
 fn chat_error(error: ChatError) -> ApiError {
@@ -31,13 +48,16 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "query string is not valid"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewConversation {
     member_ids: Vec<String>,
     title: Option<String>,
 }
 
+/// A conversation of the caller and `member_ids`.
+#[utoipa::path(post, path = "/v1/conversations", tag = "chat", request_body = NewConversation,
+    responses((status = 201, body = Conversation), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No valid end-user context", body = ErrorBody), (status = 403, description = "Another credential type", body = ErrorBody)))]
 pub async fn create_conversation(
     State(state): State<AppState>,
     EndUser(caller): EndUser,
@@ -52,13 +72,16 @@ pub async fn create_conversation(
     Ok((StatusCode::CREATED, Json(conversation)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ConversationPage {
     cursor: Option<String>,
     limit: Option<i64>,
 }
 
+/// The caller's conversations, newest first.
+#[utoipa::path(get, path = "/v1/conversations", tag = "chat", params(ConversationPage),
+    responses((status = 200, body = ConversationList), (status = 400, description = "Invalid query", body = ErrorBody), (status = 401, description = "No valid end-user context", body = ErrorBody), (status = 403, description = "Another credential type", body = ErrorBody)))]
 pub async fn list_conversations(
     State(state): State<AppState>,
     EndUser(caller): EndUser,
@@ -73,10 +96,10 @@ pub async fn list_conversations(
     let next_cursor = (conversations.len() as i64 == page.limit.unwrap_or(50))
         .then(|| conversations.last().map(|c| c.id.clone()))
         .flatten();
-    Ok(Json(json!({ "conversations": conversations, "next_cursor": next_cursor })))
+    Ok(Json(ConversationList { conversations, next_cursor }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
     conversation_id: String,
@@ -86,6 +109,11 @@ pub struct NewMessage {
 
 /// 201 with the stored message; a retry (same `client_msg_id`) gets 200 and
 /// the message stored the first time.
+/// Posts a message; a retry with the same `client_msg_id` stores nothing twice.
+#[utoipa::path(post, path = "/v1/messages", tag = "chat", request_body = NewMessage,
+    responses((status = 201, description = "Stored and delivered", body = Message), (status = 200, description = "A retry: the message stored the first time", body = Message),
+        (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No valid end-user context", body = ErrorBody), (status = 403, description = "Another credential type", body = ErrorBody),
+        (status = 404, description = "Not a conversation of the caller's", body = ErrorBody), (status = 413, description = "Body over 16 KiB", body = ErrorBody)))]
 pub async fn post_message(
     State(state): State<AppState>,
     EndUser(caller): EndUser,
@@ -102,7 +130,7 @@ pub async fn post_message(
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(message)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct MessagePage {
     conversation_id: String,
@@ -110,6 +138,10 @@ pub struct MessagePage {
     limit: Option<i64>,
 }
 
+/// A page of a conversation's messages, newest first; members only.
+#[utoipa::path(get, path = "/v1/messages", tag = "chat", params(MessagePage),
+    responses((status = 200, body = MessageList), (status = 400, description = "Invalid query", body = ErrorBody), (status = 401, description = "No valid end-user context", body = ErrorBody), (status = 403, description = "Another credential type", body = ErrorBody),
+        (status = 404, description = "Not a conversation of the caller's", body = ErrorBody)))]
 pub async fn list_messages(
     State(state): State<AppState>,
     EndUser(caller): EndUser,
@@ -123,5 +155,5 @@ pub async fn list_messages(
         .map_err(chat_error)?;
     let next_before =
         (messages.len() as i64 == page.limit.unwrap_or(50)).then(|| messages.last().map(|m| m.id.clone())).flatten();
-    Ok(Json(json!({ "messages": messages, "next_before": next_before })))
+    Ok(Json(MessageList { messages, next_before }))
 }

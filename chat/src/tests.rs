@@ -198,3 +198,44 @@ async fn bad_input() {
     let (status, _) = h.call(Method::POST, "/v1/conversations", &ann, Some(json!({"member_ids": ["a b"]}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn openapi_document_matches_the_routes() {
+    let (h, _, _) = harness().await;
+    let (status, spec) = h.send(Request::builder().uri("/openapi.json").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut operations = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            operations.push(format!("{} {path}", method.to_uppercase()));
+            let request = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(path.as_str())
+                .body(Body::empty())
+                .unwrap();
+            let (status, reply) = h.send(request).await;
+            // Routed: the handler refuses the missing context, not the fallback.
+            assert_eq!(
+                (status, reply["error"]["code"].as_str()),
+                (StatusCode::UNAUTHORIZED, Some("missing_context")),
+                "{method} {path}"
+            );
+        }
+    }
+    operations.sort();
+    assert_eq!(
+        operations,
+        ["GET /v1/conversations", "GET /v1/messages", "POST /v1/conversations", "POST /v1/messages"]
+    );
+    for name in ["Conversation", "Message", "ConversationList", "MessageList", "ErrorBody"] {
+        assert!(spec["components"]["schemas"].get(name).is_some(), "{name} missing");
+    }
+    let params: Vec<&str> = spec["paths"]["/v1/messages"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(params, ["conversation_id", "before", "limit"]);
+    assert_eq!(serde_json::to_value(crate::openapi()).unwrap(), spec);
+}

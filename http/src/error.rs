@@ -151,3 +151,18 @@ impl From<InvalidEntry> for ApiError {
         ApiError::invalid(code, entry.field.clone(), entry.to_string())
     }
 }
+
+/// The error body every service sends (for OpenAPI documents).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// snake_case reason, e.g. `invalid_cidr`, `session_revoked`.
+    pub code: String,
+    pub message: String,
+    /// The offending input, on 400s.
+    pub field: Option<String>,
+}

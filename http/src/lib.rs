@@ -14,6 +14,6 @@ pub use context::{
     ApiKeyCaller, ClientIp, DashboardCaller, EndUser, Observer, OptionalCaller, VerifiedContext, context_of, observe,
     require, signed_context, trace_of,
 };
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use json::{ApiJson, OptionalJson};
 pub use ops::{health, method_not_allowed, metrics, not_found};

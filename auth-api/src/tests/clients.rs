@@ -352,3 +352,55 @@ async fn ops_routes_and_fallbacks() {
     assert!(!r.text.to_lowercase().contains("pool"), "internal details leak: {}", r.text);
     let _ = AuthType::Jwt;
 }
+
+#[tokio::test]
+async fn openapi_document_matches_the_routes() {
+    let h = Harness::sqlite().await;
+    let r = h.send(get("/openapi.json")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", r.body["openapi"]);
+    let paths = r.body["paths"].as_object().unwrap();
+    let mut operations = Vec::new();
+    for (path, item) in paths {
+        for method in
+            item.as_object().unwrap().keys().filter(|m| ["get", "post", "put", "delete", "patch"].contains(&m.as_str()))
+        {
+            operations.push(format!("{} {path}", method.to_uppercase()));
+            // A documented operation must reach a handler, not the fallbacks.
+            let uri = path.replace("{id}", "key_x");
+            let request = raw(method.to_uppercase().parse().unwrap(), &uri, None, "");
+            let reply = h.send(request).await;
+            assert!(
+                !["not_found", "method_not_allowed"].contains(&reply.code()),
+                "{method} {path} is documented but not routed"
+            );
+            assert_ne!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        }
+    }
+    operations.sort();
+    let expected = [
+        "DELETE /api/v1/auth/client/api-keys/{id}",
+        "GET /api/v1/auth/client/api-keys",
+        "GET /api/v1/auth/client/ip-whitelist",
+        "GET /api/v1/auth/client/origin-whitelist",
+        "GET /api/v1/auth/client/profile",
+        "POST /api/v1/auth/client/api-keys/rotate",
+        "POST /api/v1/auth/client/login",
+        "POST /api/v1/auth/client/register",
+        "POST /api/v1/auth/internal/validate",
+        "POST /api/v1/auth/internal/validate-api-key",
+        "POST /api/v1/auth/logout",
+        "POST /api/v1/auth/refresh",
+        "POST /api/v1/auth/sdk/session",
+        "PUT /api/v1/auth/client/ip-whitelist",
+        "PUT /api/v1/auth/client/origin-whitelist",
+    ];
+    assert_eq!(operations, expected);
+    // Every response body the handlers send is described.
+    let schemas = r.body["components"]["schemas"].as_object().unwrap();
+    for name in ["Registered", "AccessToken", "Profile", "RotatedKey", "SessionTokens", "ValidatedToken", "ErrorBody"] {
+        assert!(schemas.contains_key(name), "{name} missing from components");
+    }
+    // The document and the crate agree.
+    assert_eq!(serde_json::to_value(crate::openapi()).unwrap(), r.body);
+}

@@ -1,0 +1,109 @@
+//! Response bodies of auth-api, typed so the OpenAPI document describes
+//! exactly what the handlers send.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// A key as issued: the only time the full key is ever returned.
+#[derive(Serialize, ToSchema)]
+pub struct IssuedKey {
+    pub id: String,
+    /// The key itself; store it now, it is never shown again.
+    pub key: String,
+    pub prefix: String,
+    pub role: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Registered {
+    pub client_id: String,
+    pub name: String,
+    pub email: String,
+    pub api_key: IssuedKey,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AccessToken {
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until it expires.
+    pub expires_in: i64,
+}
+
+/// A key as listed: never the key itself.
+#[derive(Serialize, ToSchema)]
+pub struct KeyView {
+    pub id: String,
+    pub prefix: String,
+    /// `primary` or `secondary`.
+    pub role: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Profile {
+    pub client_id: String,
+    pub name: String,
+    pub email: String,
+    pub created_at: i64,
+    pub api_keys: Vec<KeyView>,
+    pub ip_whitelist: Vec<String>,
+    pub origin_whitelist: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KeyList {
+    pub api_keys: Vec<KeyView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PreviousKey {
+    pub id: String,
+    pub role: String,
+    /// End of its grace period.
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RotatedKey {
+    pub id: String,
+    pub key: String,
+    pub prefix: String,
+    pub role: &'static str,
+    pub created_at: i64,
+    pub previous_key: Option<PreviousKey>,
+    pub revoked_key_ids: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SessionTokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    pub refresh_expires_in: i64,
+    pub session_id: String,
+    pub user_id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ValidatedToken {
+    pub valid: bool,
+    pub tenant_id: String,
+    pub user_id: String,
+    pub session_id: String,
+    /// `jwt` (end user) or `dashboard`.
+    pub auth_type: &'static str,
+    pub expires_at: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ValidatedKey {
+    pub valid: bool,
+    pub tenant_id: String,
+    pub key_id: String,
+    pub auth_type: &'static str,
+}
