@@ -18,8 +18,13 @@ enum Command {
     Up(Box<UpConfig>),
     /// Apply database migrations and exit.
     Migrate(caas_core::config::StorageArgs),
-    /// Print the Envoy configuration for the given service addresses.
+    /// Print (or write) the Envoy configuration for the given service addresses.
     EnvoyConfig(EnvoyConfigArgs),
+    /// Exit 0 if a URL answers 200 (container health checks without curl).
+    Healthcheck {
+        /// e.g. http://127.0.0.1:3007/health
+        url: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -42,6 +47,9 @@ struct EnvoyConfigArgs {
     trusted_proxy_hops: usize,
     #[arg(long, default_value = "/dev/stdout")]
     access_log_path: String,
+    /// Write the configuration here instead of printing it.
+    #[arg(long)]
+    output: Option<std::path::PathBuf>,
 }
 
 fn host_port(value: &str) -> Result<(String, u16), String> {
@@ -57,6 +65,7 @@ async fn main() -> ExitCode {
         Command::Up(config) => up(*config).await,
         Command::Migrate(storage) => migrate(storage).await,
         Command::EnvoyConfig(args) => envoy_config(args),
+        Command::Healthcheck { url } => healthcheck(&url).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,6 +149,25 @@ fn envoy_config(args: EnvoyConfigArgs) -> anyhow::Result<()> {
         trusted_proxy_hops: args.trusted_proxy_hops,
         access_log_path: args.access_log_path,
     };
-    print!("{}", caas::envoy::render(caas::envoy::TEMPLATE, &addresses)?);
+    let rendered = caas::envoy::render(caas::envoy::TEMPLATE, &addresses)?;
+    match args.output {
+        Some(path) => {
+            std::fs::write(&path, rendered).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?
+        }
+        None => print!("{rendered}"),
+    }
     Ok(())
+}
+
+async fn healthcheck(url: &str) -> anyhow::Result<()> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("only http:// URLs"))?;
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let addr = tokio::net::lookup_host(authority)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{authority} does not resolve"))?;
+    match caas::envoy::http_status(addr, &path).await {
+        Some(200) => Ok(()),
+        other => anyhow::bail!("{url} answered {other:?}"),
+    }
 }

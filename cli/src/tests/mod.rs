@@ -1,3 +1,5 @@
+//! Tests of the CLI: the Envoy template, the command line, and the deployment files.
+
 use crate::envoy::{Addresses, TEMPLATE, render};
 
 fn addresses() -> Addresses {
@@ -68,3 +70,4 @@ fn chunked_bodies_are_decoded() {
     assert_eq!(crate::envoy::body_of(response), "{}\nab");
     assert_eq!(crate::envoy::body_of("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"), "ok");
 }
+mod deploy;

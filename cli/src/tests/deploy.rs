@@ -1,0 +1,323 @@
+//! docker-compose.yml, deploy/k8s, deploy/istio and deploy/envoy-gateway,
+//! parsed and cross-checked against the binaries' own configuration parsers
+//! (no Docker engine or cluster runs here, so this is how they stay true).
+
+use std::collections::HashMap;
+
+use clap::CommandFactory as _;
+use serde_norway::Value;
+
+const COMPOSE: &str = include_str!("../../../docker-compose.yml");
+const K8S: &str = include_str!("../../../deploy/k8s/caas.yaml");
+const ISTIO_PROVIDER: &str = include_str!("../../../deploy/istio/ext-authz-provider.yaml");
+const ISTIO_POLICY: &str = include_str!("../../../deploy/istio/authorization-policy.yaml");
+const ENVOY_GATEWAY: &str = include_str!("../../../deploy/envoy-gateway/security-policy.yaml");
+
+/// What an operator's .env would hold (see .env.example).
+fn dot_env() -> HashMap<&'static str, String> {
+    HashMap::from([
+        ("JWT_SECRET", "j".repeat(48)),
+        ("SERVICE_SECRET", "s".repeat(48)),
+        ("POSTGRES_PASSWORD", "pw".to_string()),
+    ])
+}
+
+/// Compose's `${NAME}`, `${NAME:-default}` and `${NAME:?error}`.
+fn interpolate(text: &str, env: &HashMap<&'static str, String>) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').unwrap() + start;
+        let expr = &rest[start + 2..end];
+        let (name, fallback) = match expr.split_once(":-") {
+            Some((name, default)) => (name, Some(default.to_string())),
+            None => (expr.split(":?").next().unwrap(), None),
+        };
+        let value = env.get(name).cloned().or(fallback);
+        out.push_str(&value.unwrap_or_else(|| panic!("{name} is required by the file but not in .env.example")));
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The variables each binary cannot start without (checked beside its parser).
+fn required(binary: &str) -> &'static [&'static str] {
+    match binary {
+        "auth-api" | "ext-authz" => &["DATABASE_URL", "REDIS_URL", "JWT_SECRET", "SERVICE_SECRET"],
+        "chat" => &["DATABASE_URL", "REDIS_URL", "SERVICE_SECRET"],
+        "socket" => &["DATABASE_URL", "REDIS_URL", "SERVICE_SECRET", "AUTH_SERVICE_URL"],
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+/// Feeds the environment to the binary's own clap parser and `check`: every
+/// variable must be one it reads, and the result must be a valid config.
+fn check_binary(binary: &str, env: &[(String, String)], place: &str) {
+    let command = match binary {
+        "auth-api" => caas_auth_api::Config::command(),
+        "ext-authz" => caas_ext_authz::Config::command(),
+        "chat" => caas_chat::Config::command(),
+        "socket" => caas_socket::Config::command(),
+        other => panic!("{place}: unknown binary {other}"),
+    };
+    let mut argv = vec![binary.to_string()];
+    for (name, value) in env {
+        if name == "RUST_LOG" {
+            continue;
+        }
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == name.as_str()))
+            .unwrap_or_else(|| panic!("{place}: {binary} reads no variable {name}"));
+        argv.push(format!("--{}={value}", arg.get_long().unwrap()));
+    }
+    for name in required(binary) {
+        assert!(env.iter().any(|(n, _)| n == name), "{place}: {binary} needs {name}");
+    }
+    let checked = match binary {
+        "auth-api" => caas_auth_api::Config::try_parse_from(&argv).map_err(|e| e.to_string()).and_then(|c| c.check()),
+        "ext-authz" => caas_ext_authz::Config::try_parse_from(&argv).map_err(|e| e.to_string()).and_then(|c| c.check()),
+        "chat" => caas_chat::Config::try_parse_from(&argv).map_err(|e| e.to_string()).and_then(|c| c.check()),
+        _ => caas_socket::Config::try_parse_from(&argv).map_err(|e| e.to_string()).and_then(|c| c.check()),
+    };
+    if let Err(problem) = checked {
+        panic!("{place}: {binary} would refuse to start: {problem}");
+    }
+}
+
+use clap::Parser as _;
+
+/// A YAML scalar as the environment would see it (`0`, not `Number(0)`).
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => panic!("not a scalar: {other:?}"),
+    }
+}
+
+fn compose() -> Value {
+    let mut value: Value = serde_norway::from_str(&interpolate(COMPOSE, &dot_env())).unwrap();
+    value.apply_merge().unwrap();
+    // Merges inside services (`environment: {<<: *service-env, ...}`).
+    if let Some(services) = value.get_mut("services").and_then(Value::as_mapping_mut) {
+        for (_, service) in services.iter_mut() {
+            service.apply_merge().unwrap();
+            if let Some(env) = service.get_mut("environment") {
+                env.apply_merge().unwrap();
+            }
+        }
+    }
+    value
+}
+
+#[test]
+fn compose_services_start_with_their_environment() {
+    let compose = compose();
+    let services = compose["services"].as_mapping().unwrap();
+    let names: Vec<&str> = services.keys().filter_map(Value::as_str).collect();
+    for expected in ["postgres", "redis", "auth-api", "ext-authz", "chat", "socket", "envoy-config", "envoy"] {
+        assert!(names.contains(&expected), "{expected} missing from docker-compose.yml");
+    }
+    for binary in ["auth-api", "ext-authz", "chat", "socket"] {
+        let service = &services[binary];
+        assert_eq!(service["command"][0].as_str(), Some(binary));
+        assert!(service["healthcheck"]["test"].is_sequence(), "{binary} has no health check");
+        let env: Vec<(String, String)> = service["environment"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.as_str().unwrap().to_string(), scalar(v)))
+            .collect();
+        check_binary(binary, &env, "docker-compose.yml");
+        // Services reach each other by name, and the data stores are the compose ones.
+        let get = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        assert!(get("DATABASE_URL").is_some_and(|u| u.contains("@postgres:5432/")));
+        assert_eq!(get("REDIS_URL"), Some("redis://redis:6379"));
+    }
+    assert_eq!(services["socket"]["environment"]["AUTH_SERVICE_URL"].as_str(), Some("http://auth-api:3007"));
+    assert_eq!(services["envoy"]["ports"][0].as_str(), Some("8080:8080"));
+    for dependency in ["postgres", "redis"] {
+        assert!(services["postgres"]["healthcheck"].is_mapping() && services[dependency]["healthcheck"].is_mapping());
+    }
+    // Secrets are never in the file itself.
+    for secret in ["JWT_SECRET:", "SERVICE_SECRET:", "POSTGRES_PASSWORD:"] {
+        for line in COMPOSE.lines().filter(|l| l.trim_start().starts_with(secret)) {
+            assert!(line.contains("${"), "a literal secret in docker-compose.yml: {line}");
+        }
+    }
+}
+
+/// `--name=value` arguments of a command list.
+fn flags(command: &Value) -> HashMap<String, String> {
+    command
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str()?.strip_prefix("--")?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+fn host_port(value: &str) -> (String, u16) {
+    let (host, port) = value.rsplit_once(':').unwrap();
+    (host.to_string(), port.parse().unwrap())
+}
+
+/// Renders envoy/envoy.yaml as a deployment's `caas envoy-config` step would
+/// and asks Envoy itself whether it is valid.
+fn envoy_validates(args: &HashMap<String, String>, place: &str) {
+    let addresses = crate::envoy::Addresses {
+        listen_address: args["listen-address"].clone(),
+        listen_port: args["listen-port"].parse().unwrap(),
+        admin_port: args["admin-port"].parse().unwrap(),
+        auth_api: host_port(&args["auth-api"]),
+        ext_authz: host_port(&args["ext-authz"]),
+        chat: host_port(&args["chat"]),
+        socket: host_port(&args["socket"]),
+        trusted_proxy_hops: 0,
+        access_log_path: "/dev/stdout".into(),
+    };
+    let rendered = crate::envoy::render(crate::envoy::TEMPLATE, &addresses).unwrap();
+    let Ok(envoy) = crate::envoy::find_binary() else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but Envoy is missing");
+        return;
+    };
+    let path = std::env::temp_dir().join(format!("{}.yaml", caas_core::id::new_id("envoy-validate")));
+    std::fs::write(&path, rendered).unwrap();
+    let output = std::process::Command::new(envoy)
+        .args(["--mode", "validate", "--log-level", "error", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        output.status.success(),
+        "{place}: Envoy rejects the rendered config: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn compose_renders_a_valid_gateway_config() {
+    let compose = compose();
+    let args = flags(&compose["services"]["envoy-config"]["command"]);
+    assert_eq!(args["output"], "/config/envoy.yaml");
+    let services = compose["services"].as_mapping().unwrap();
+    for (key, service) in [("auth-api", "auth-api"), ("ext-authz", "ext-authz"), ("chat", "chat"), ("socket", "socket")]
+    {
+        assert!(
+            services.contains_key(service) && args[key].starts_with(&format!("{service}:")),
+            "{key} -> {}",
+            args[key]
+        );
+    }
+    envoy_validates(&args, "docker-compose.yml");
+}
+
+fn k8s_documents() -> Vec<Value> {
+    serde_norway::Deserializer::from_str(K8S).map(|doc| serde::Deserialize::deserialize(doc).unwrap()).collect()
+}
+
+fn service_port(docs: &[Value], name: &str, port: u16) -> bool {
+    docs.iter().any(|d| {
+        d["kind"] == "Service"
+            && d["metadata"]["name"] == name
+            && d["spec"]["ports"].as_sequence().unwrap().iter().any(|p| p["port"].as_u64() == Some(u64::from(port)))
+    })
+}
+
+#[test]
+fn kubernetes_deployments_start_with_their_environment() {
+    let docs = k8s_documents();
+    let mut seen = Vec::new();
+    for doc in docs.iter().filter(|d| d["kind"] == "Deployment") {
+        let container = &doc["spec"]["template"]["spec"]["containers"][0];
+        let binary = container["command"][0].as_str().unwrap();
+        if binary == "envoy" {
+            let init = &doc["spec"]["template"]["spec"]["initContainers"][0];
+            let args = flags(&init["command"]);
+            for (key, port) in [("auth-api", 3007), ("ext-authz", 9191), ("chat", 3008), ("socket", 3009)] {
+                let (host, p) = host_port(&args[key]);
+                assert_eq!(p, port);
+                assert!(service_port(&docs, host.split('.').next().unwrap(), port), "no Service for {host}:{port}");
+            }
+            envoy_validates(&args, "deploy/k8s/caas.yaml");
+            continue;
+        }
+        seen.push(binary.to_string());
+        let env: Vec<(String, String)> = container["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let name = e["name"].as_str().unwrap().to_string();
+                let value = match e.get("value") {
+                    Some(v) => v.as_str().unwrap().to_string(),
+                    // From the caas-secrets Secret: stand-ins of the right shape.
+                    None => match name.as_str() {
+                        "DATABASE_URL" => "postgres://caas:pw@postgres:5432/caas".into(),
+                        "REDIS_URL" => "redis://redis:6379".into(),
+                        "JWT_SECRET" => "j".repeat(48),
+                        _ => "s".repeat(48),
+                    },
+                };
+                (name, value)
+            })
+            .collect();
+        check_binary(binary, &env, "deploy/k8s/caas.yaml");
+        // Probes point at a port the container declares, and a Service exposes it.
+        let ports = container["ports"].as_sequence().unwrap();
+        let probe_port = container["readinessProbe"]["httpGet"]["port"].as_str().unwrap();
+        assert!(ports.iter().any(|p| p["name"] == probe_port), "{binary}: probe port {probe_port} not declared");
+        let port = ports[0]["containerPort"].as_u64().unwrap() as u16;
+        assert!(service_port(&docs, binary, port), "{binary}: no Service on {port}");
+    }
+    seen.sort();
+    assert_eq!(seen, ["auth-api", "chat", "ext-authz", "socket"]);
+}
+
+#[test]
+fn mesh_examples_point_at_ext_authz_and_fail_closed() {
+    let docs = k8s_documents();
+    assert!(service_port(&docs, "ext-authz", 9191));
+    // ext-authz decides by path behind meshes, which cannot set a per-route policy.
+    let ext_authz = docs.iter().find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "ext-authz").unwrap();
+    let env = ext_authz["spec"]["template"]["spec"]["containers"][0]["env"].as_sequence().unwrap();
+    assert!(env.iter().any(|e| e["name"] == "POLICY_TABLE" && e["value"] == "builtin"));
+
+    let provider: Value = serde_norway::from_str(ISTIO_PROVIDER).unwrap();
+    let provider = &provider["spec"]["meshConfig"]["extensionProviders"][0];
+    let grpc = &provider["envoyExtAuthzGrpc"];
+    assert_eq!(
+        (grpc["service"].as_str(), grpc["port"].as_u64()),
+        (Some("ext-authz.caas.svc.cluster.local"), Some(9191))
+    );
+    assert_eq!(grpc["failOpen"].as_bool(), Some(false));
+    let policies: Vec<Value> = serde_norway::Deserializer::from_str(ISTIO_POLICY)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let custom = policies.iter().find(|p| p["spec"]["action"] == "CUSTOM").unwrap();
+    assert_eq!(custom["spec"]["provider"]["name"], provider["name"]);
+    assert!(policies.iter().any(|p| p["spec"]["action"] == "DENY"
+        && p.to_owned()["spec"]["rules"][0]["to"][0]["operation"]["paths"][0] == "/api/*"));
+
+    let gateway: Vec<Value> = serde_norway::Deserializer::from_str(ENVOY_GATEWAY)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let policy = gateway.iter().find(|d| d["kind"] == "SecurityPolicy").unwrap();
+    let backend = &policy["spec"]["extAuth"]["grpc"]["backendRefs"][0];
+    assert_eq!((backend["name"].as_str(), backend["port"].as_u64()), (Some("ext-authz"), Some(9191)));
+    assert_eq!(policy["spec"]["extAuth"]["failOpen"].as_bool(), Some(false));
+    // Every path the route sends on has a policy in ext-authz's table.
+    let table = caas_ext_authz::policy::PolicyTable::builtin();
+    let route = gateway.iter().find(|d| d["kind"] == "HTTPRoute").unwrap();
+    for rule in route["spec"]["rules"].as_sequence().unwrap() {
+        for m in rule["matches"].as_sequence().unwrap() {
+            let path = m["path"]["value"].as_str().unwrap();
+            assert!(table.lookup(path).is_some(), "{path} has no policy in the table");
+        }
+    }
+}
