@@ -104,6 +104,7 @@ pub fn app(state: AppState) -> Router {
     router
         .route("/openapi.json", get(move || async move { axum::Json(spec.as_ref().clone()) }))
         .route("/health", get(health))
+        .route("/livez", get(caas_http::live))
         .route("/metrics", get(metrics))
         .fallback(caas_http::not_found)
         .method_not_allowed_fallback(caas_http::method_not_allowed)

@@ -70,6 +70,7 @@ pub async fn serve(
     let ops_app = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))
         .route("/health", axum::routing::get(health))
+        .route("/livez", axum::routing::get(caas_http::live))
         .with_state(ops_state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -107,19 +108,7 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
 }
 
 async fn health(State(state): State<OpsState>) -> impl IntoResponse {
-    let timeout = Duration::from_secs(2);
-    let database = matches!(tokio::time::timeout(timeout, state.backends.store.ping()).await, Ok(Ok(())));
-    let cache = matches!(tokio::time::timeout(timeout, state.backends.cache.ping()).await, Ok(Ok(())));
-    let mut down = Vec::new();
-    if !database {
-        down.push("database");
-    }
-    if !cache {
-        down.push("redis");
-    }
-    if !state.backends.bus.is_connected() && cache {
-        down.push("event_bus");
-    }
+    let down = caas_http::down(&state.backends).await;
     // Degraded dependencies still leave cached decisions working; the status
     // tells operators, the gateway keeps failing closed where it must.
     let status = if down.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -16,4 +16,4 @@ pub use context::{
 };
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use json::{ApiJson, OptionalJson};
-pub use ops::{health, method_not_allowed, metrics, not_found};
+pub use ops::{down, health, live, method_not_allowed, metrics, not_found};

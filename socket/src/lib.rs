@@ -142,6 +142,7 @@ pub fn app(state: SocketState) -> Router {
     Router::new()
         .route("/v1/ws", get(upgrade))
         .route("/health", get(health))
+        .route("/livez", get(caas_http::live))
         .route("/metrics", get(metrics))
         .fallback(caas_http::not_found)
         .method_not_allowed_fallback(caas_http::method_not_allowed)

@@ -345,6 +345,8 @@ async fn ops_routes_and_fallbacks() {
     let r = h.send(get("/health")).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.body["down"], json!(["database"]));
+    // Liveness stays up: probes must not restart every replica over a shared outage.
+    assert_eq!(h.send(get("/livez")).await.status, StatusCode::OK);
     let r = h
         .send(post(REGISTER, json!({"name": "A", "email": "down@example.com", "password": "correct horse battery"})))
         .await;

@@ -272,6 +272,12 @@ fn kubernetes_deployments_start_with_their_environment() {
         let ports = container["ports"].as_sequence().unwrap();
         let probe_port = container["readinessProbe"]["httpGet"]["port"].as_str().unwrap();
         assert!(ports.iter().any(|p| p["name"] == probe_port), "{binary}: probe port {probe_port} not declared");
+        // Liveness, not /health: a shared dependency down must not unready or
+        // restart every replica (ext-authz keeps deciding from its cache).
+        for probe in ["readinessProbe", "livenessProbe"] {
+            let path = &container[probe]["httpGet"]["path"];
+            assert!(path.is_null() || path == "/livez", "{binary}: {probe} on {path:?}");
+        }
         let port = ports[0]["containerPort"].as_u64().unwrap() as u16;
         assert!(service_port(&docs, binary, port), "{binary}: no Service on {port}");
     }
