@@ -24,6 +24,23 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "(not CI: the tests that need them will be skipped)" >&2
 fi
 
+# The troubleshooting guide's commands (run by tests/e2e/docs.rs) use these.
+for tool in curl jq openssl; do
+  command -v "$tool" >/dev/null 2>&1 && continue
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "$tool not found: installing it (apt-get install $tool)…" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null 2>&1; } || true
+  fi
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "warning: $tool is not installed; the troubleshooting guide's test needs it" >&2
+    if [ "${CI:-}" = "true" ]; then
+      echo "error: CI=true and $tool is missing; refusing to skip that test" >&2
+      exit 1
+    fi
+  fi
+done
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests also run the `caas` binary itself.

@@ -99,11 +99,12 @@ async fn up(mut config: UpConfig) -> anyhow::Result<()> {
 
 fn print_welcome(stack: &Stack, config: &UpConfig) {
     let gateway = stack.gateway().map_or("(no Envoy)".to_string(), |g| format!("http://{g}"));
+    let admin = stack.envoy.as_ref().map_or("(no Envoy)".to_string(), |e| format!("http://{}", e.admin));
     let store = caas_core::config::redact_url(&config.storage.database_url);
     let bus = if config.storage.redis_url.is_some() { "Redis" } else { "in-process" };
     eprintln!(
         "\nCAAS is up.\n\
-         \x20 gateway    {gateway}   (Envoy admin http://127.0.0.1:{admin})\n\
+         \x20 gateway    {gateway}   (Envoy admin {admin})\n\
          \x20 auth-api   http://{auth}   ext-authz grpc {authz}, metrics http://{ops}/metrics\n\
          \x20 chat       http://{chat}   socket http://{socket} (WebSocket through the gateway: /v1/ws)\n\
          \x20 storage    {store}   cache and bus: {bus}\n\n\
@@ -118,7 +119,6 @@ fn print_welcome(stack: &Stack, config: &UpConfig) {
          \x20 curl -s -XPOST $G/v1/sdk/session -H \"x-api-key: <api_key.key>\" -H 'content-type: application/json' -d '{{\"user_id\":\"user-1\"}}'\n\
          \x20     # → an end user's access_token and refresh_token\n\n\
          Ctrl-C stops everything.\n",
-        admin = config.envoy_admin_port,
         auth = stack.auth_api,
         authz = stack.ext_authz,
         ops = stack.ext_authz_ops,

@@ -19,22 +19,25 @@ fn caas_binary() -> std::path::PathBuf {
     binary
 }
 
-/// Starts `caas up` in `dir` on free ports; returns it and its gateway URL.
-async fn caas_up(dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(caas_binary())
+/// A running `caas up` and the addresses its welcome text names.
+pub struct Up {
+    pub child: Child,
+    pub gateway: String,
+    pub envoy_admin: String,
+    pub auth_api: String,
+    pub ext_authz_ops: String,
+    pub chat: String,
+}
+
+/// Starts `caas up` in `dir` on free ports, on the embedded default unless
+/// `configure` says otherwise (it may also redirect stdout, where the logs go);
+/// returns once the welcome text says it is up.
+pub async fn start(dir: &std::path::Path, configure: impl FnOnce(&mut Command)) -> Up {
+    let mut command = Command::new(caas_binary());
+    command
         .arg("up")
-        .args([
-            "--auth-api-addr",
-            "127.0.0.1:0",
-            "--ext-authz-addr",
-            "127.0.0.1:0",
-            "--ext-authz-ops-addr",
-            "127.0.0.1:0",
-            "--chat-addr",
-            "127.0.0.1:0",
-            "--socket-addr",
-            "127.0.0.1:0",
-        ])
+        .args(["--auth-api-addr", "127.0.0.1:0", "--ext-authz-addr", "127.0.0.1:0"])
+        .args(["--ext-authz-ops-addr", "127.0.0.1:0", "--chat-addr", "127.0.0.1:0", "--socket-addr", "127.0.0.1:0"])
         .args(["--envoy-listen", "127.0.0.1:0", "--envoy-admin-port", "0", "--envoy-concurrency", "1"])
         .current_dir(dir)
         .env_remove("DATABASE_URL")
@@ -44,14 +47,28 @@ async fn caas_up(dir: &std::path::Path) -> (Child, String) {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .kill_on_drop(true);
+    configure(&mut command);
+    let mut child = command.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let gateway = tokio::time::timeout(Duration::from_secs(60), async {
+    // "  gateway    http://G   (Envoy admin http://A)" and
+    // "  auth-api   http://H   ext-authz grpc X, metrics http://O/metrics", then chat.
+    let urls = |line: &str| -> Vec<String> {
+        line.split_whitespace()
+            .filter(|w| w.starts_with("http://"))
+            .map(|w| w.trim_end_matches(')').trim_end_matches("/metrics").to_string())
+            .collect()
+    };
+    let (gateway, auth, chat) = tokio::time::timeout(Duration::from_secs(60), async {
+        let (mut gateway, mut auth) = (Vec::new(), Vec::new());
         while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.trim().strip_prefix("gateway") {
-                return rest.split_whitespace().next().unwrap().to_string();
+            let line = line.trim();
+            if line.starts_with("gateway") {
+                gateway = urls(line);
+            } else if line.starts_with("auth-api") {
+                auth = urls(line);
+            } else if line.starts_with("chat") {
+                return (gateway, auth, urls(line));
             }
         }
         panic!("caas up exited before it was ready");
@@ -59,10 +76,17 @@ async fn caas_up(dir: &std::path::Path) -> (Child, String) {
     .await
     .expect("caas up did not become ready within 60 s");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, gateway)
+    let [gateway, envoy_admin] = <[String; 2]>::try_from(gateway).expect("gateway line");
+    let [auth_api, ext_authz_ops] = <[String; 2]>::try_from(auth).expect("auth-api line");
+    Up { child, gateway, envoy_admin, auth_api, ext_authz_ops, chat: chat[0].clone() }
 }
 
-async fn stop(mut child: Child) {
+async fn caas_up(dir: &std::path::Path) -> (Child, String) {
+    let up = start(dir, |_| {}).await;
+    (up.child, up.gateway)
+}
+
+pub async fn stop(mut child: Child) {
     let pid = child.id().unwrap().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
@@ -141,40 +165,14 @@ async fn a_clients_trace_id_reaches_every_log_and_the_collector() {
     std::fs::create_dir_all(&dir).unwrap();
     let (collector_url, spans) = collector().await;
     let log = dir.join("stdout.log");
-    let mut child = Command::new(caas_binary())
-        .arg("up")
-        .args([
-            "--auth-api-addr",
-            "127.0.0.1:0",
-            "--ext-authz-addr",
-            "127.0.0.1:0",
-            "--ext-authz-ops-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--chat-addr", "127.0.0.1:0", "--socket-addr", "127.0.0.1:0"])
-        .args(["--envoy-listen", "127.0.0.1:0", "--envoy-admin-port", "0", "--envoy-concurrency", "1"])
-        .current_dir(&dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env("RUST_LOG", "info")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector_url)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let gateway = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.trim().strip_prefix("gateway") {
-                return rest.split_whitespace().next().unwrap().to_string();
-            }
-        }
-        panic!("caas up exited before it was ready");
+    let up = start(&dir, |command| {
+        command
+            .env("RUST_LOG", "info")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector_url)
+            .stdout(std::fs::File::create(&log).unwrap());
     })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    .await;
+    let (child, gateway) = (up.child, up.gateway);
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
