@@ -413,13 +413,10 @@ impl Authorizer {
         started: Instant,
     ) {
         let Some(exporter) = &self.exporter else { return };
-        let mut span = Span::start(trace, format!("check {policy}"));
-        span.start = std::time::SystemTime::now() - started.elapsed();
-        span.error = status >= 500;
+        let mut span = Span::ended(trace, format!("check {policy}"), started, status);
         span.attributes.extend([
             ("caas.policy", policy.to_string()),
             ("caas.decision", outcome.to_string()),
-            ("http.response.status_code", status.to_string()),
             ("caas.request_id", req.request_id.clone()),
             ("caas.tenant_id", tenant.to_string()),
         ]);

@@ -87,13 +87,10 @@ pub async fn observe(State(observer): State<Observer>, mut request: Request, nex
         tracing::info!(service, %method, path, status, millis, request_id, trace_id, tenant, "request");
     }
     if let Some(exporter) = &observer.exporter {
-        let mut span = Span::start(trace, format!("{method} {path}"));
-        span.start = std::time::SystemTime::now() - started.elapsed();
-        span.error = status >= 500;
+        let mut span = Span::ended(trace, format!("{method} {path}"), started, status);
         span.attributes.extend([
             ("http.request.method", method.to_string()),
             ("url.path", path.clone()),
-            ("http.response.status_code", status.to_string()),
             ("caas.request_id", request_id.clone()),
             ("caas.tenant_id", tenant.clone()),
         ]);

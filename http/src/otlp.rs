@@ -26,17 +26,23 @@ pub struct Span {
 }
 
 impl Span {
-    /// A span starting now under `trace` (or a new trace).
-    pub fn start(trace: Option<TraceParent>, name: impl Into<String>) -> Self {
-        let now = SystemTime::now();
+    /// A span under `trace` (or a new trace) that began at `started` and
+    /// ends now, answered with `status` (an error from 500 on).
+    pub fn ended(
+        trace: Option<TraceParent>,
+        name: impl Into<String>,
+        started: std::time::Instant,
+        status: u16,
+    ) -> Self {
+        let end = SystemTime::now();
         Self {
             trace: trace.unwrap_or_else(TraceParent::new_root),
             span_id: new_span_id(),
             name: name.into(),
-            start: now,
-            end: now,
-            attributes: Vec::new(),
-            error: false,
+            start: end - started.elapsed(),
+            end,
+            attributes: vec![("http.response.status_code", status.to_string())],
+            error: status >= 500,
         }
     }
 }
@@ -140,13 +146,12 @@ mod tests {
     #[test]
     fn spans_encode_as_otlp_json() {
         let trace = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        let mut span = Span::start(trace, "GET /v1/messages");
-        span.attributes.push(("http.status_code", "200".into()));
+        let span = Span::ended(trace, "GET /v1/messages", std::time::Instant::now(), 200);
         let body = encode("chat", &[span]);
         let encoded = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
         assert_eq!(encoded["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(encoded["parentSpanId"], "00f067aa0ba902b7");
-        assert_eq!(encoded["attributes"][0]["key"], "http.status_code");
+        assert_eq!(encoded["attributes"][0]["key"], "http.response.status_code");
         assert_eq!(body["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"], "chat");
     }
 }
