@@ -648,3 +648,94 @@ async fn without_a_route_policy_the_path_table_decides() {
         .await;
     assert_eq!((v.status, v.code()), (401, "missing_credentials"));
 }
+
+/// Every refusal the gateway (or a service, for its context) can answer,
+/// listed by exhaustive matches: a new variant does not compile until it is
+/// added here, and then the test wants it documented.
+fn every_refusal_code() -> Vec<(&'static str, u16)> {
+    use crate::check::Reason;
+    use caas_core::context::ContextError;
+    use caas_core::jwt::TokenError;
+    use caas_core::validate::Denial;
+    let tokens = [
+        TokenError::Malformed,
+        TokenError::TooLong,
+        TokenError::AlgorithmNotAllowed,
+        TokenError::BadSignature,
+        TokenError::Expired,
+        TokenError::NotYetValid,
+        TokenError::WrongAudience,
+        TokenError::WrongIssuer,
+    ];
+    let mut denials = vec![
+        Denial::MissingCredentials,
+        Denial::InvalidApiKey,
+        Denial::ApiKeyRevoked,
+        Denial::ApiKeyExpired,
+        Denial::SessionRevoked,
+        Denial::IpNotAllowed,
+        Denial::OriginNotAllowed,
+        Denial::Unavailable,
+    ];
+    denials.extend(tokens.map(Denial::Token));
+    let mut reasons: Vec<Reason> = denials.into_iter().map(Reason::Denied).collect();
+    reasons.extend([
+        Reason::CredentialInQuery,
+        Reason::PolicyMissing,
+        Reason::ClientIpUnknown,
+        Reason::DeadlineExceeded,
+        Reason::PreflightNotAllowed,
+    ]);
+    for reason in &reasons {
+        match reason {
+            Reason::Denied(
+                Denial::MissingCredentials
+                | Denial::InvalidApiKey
+                | Denial::ApiKeyRevoked
+                | Denial::ApiKeyExpired
+                | Denial::SessionRevoked
+                | Denial::IpNotAllowed
+                | Denial::OriginNotAllowed
+                | Denial::Unavailable,
+            )
+            | Reason::CredentialInQuery
+            | Reason::PolicyMissing
+            | Reason::ClientIpUnknown
+            | Reason::DeadlineExceeded
+            | Reason::PreflightNotAllowed => {}
+            Reason::Denied(Denial::Token(token)) => match token {
+                TokenError::Malformed
+                | TokenError::TooLong
+                | TokenError::AlgorithmNotAllowed
+                | TokenError::BadSignature
+                | TokenError::Expired
+                | TokenError::NotYetValid
+                | TokenError::WrongAudience
+                | TokenError::WrongIssuer => {}
+            },
+        }
+    }
+    let mut codes: Vec<(&'static str, u16)> = reasons.iter().map(|r| (r.code(), r.status())).collect();
+    for error in [ContextError::Missing, ContextError::Malformed, ContextError::BadSignature, ContextError::Expired] {
+        match error {
+            ContextError::Missing | ContextError::Malformed | ContextError::BadSignature | ContextError::Expired => {}
+        }
+        codes.push((error.code(), 401));
+    }
+    codes.sort();
+    codes.dedup();
+    codes
+}
+
+#[test]
+fn every_refusal_code_is_documented_with_its_status() {
+    let guide = include_str!("../../docs/TROUBLESHOOTING_AUTH.md");
+    let reference = include_str!("../../docs/API_REFERENCE.md");
+    for (code, status) in every_refusal_code() {
+        let row = guide.lines().find(|l| l.starts_with('|') && l.contains(&format!("`{code}`")));
+        let row = row.unwrap_or_else(|| panic!("{code} is not in TROUBLESHOOTING_AUTH.md's table"));
+        assert!(row.contains(&format!("| {status} |")), "{code}: the guide's table does not say {status}: {row}");
+        assert!(guide.contains(&format!("### `{code}`")) || row.contains("](#"), "{code} has no section in the guide");
+        assert!(reference.contains(&format!("`{code}`")), "{code} is not in API_REFERENCE.md");
+    }
+}
