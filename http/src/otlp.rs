@@ -4,6 +4,8 @@
 //! and sent off the request path; when the collector is slow or down, spans
 //! are dropped (and counted in a log line), never waited for.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use caas_core::trace::{TraceParent, new_span_id};
@@ -51,6 +53,8 @@ impl Span {
 #[derive(Clone)]
 pub struct SpanExporter {
     tx: mpsc::Sender<Span>,
+    /// Spans dropped because the queue was full, since the last log line.
+    dropped: Arc<AtomicU64>,
 }
 
 impl SpanExporter {
@@ -62,17 +66,23 @@ impl SpanExporter {
     }
 
     pub fn start(service: &'static str, endpoint: &str) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
-        tokio::spawn(export_loop(service, url, rx));
-        tracing::info!(service, endpoint, "exporting spans over OTLP/HTTP");
-        Self { tx }
+        Self::with_queue(service, endpoint, QUEUE)
     }
 
-    /// Queues a finished span; drops it if the queue is full.
-    pub fn record(&self, mut span: Span) {
-        span.end = SystemTime::now();
-        let _ = self.tx.try_send(span);
+    fn with_queue(service: &'static str, endpoint: &str, queue: usize) -> Self {
+        let (tx, rx) = mpsc::channel(queue);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+        tokio::spawn(export_loop(service, url, rx, dropped.clone()));
+        tracing::info!(service, endpoint, "exporting spans over OTLP/HTTP");
+        Self { tx, dropped }
+    }
+
+    /// Queues a finished span; drops (and counts) it if the queue is full.
+    pub fn record(&self, span: Span) {
+        if self.tx.try_send(span).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -110,7 +120,7 @@ fn encode(service: &str, spans: &[Span]) -> Value {
     })
 }
 
-async fn export_loop(service: &'static str, url: String, mut rx: mpsc::Receiver<Span>) {
+async fn export_loop(service: &'static str, url: String, mut rx: mpsc::Receiver<Span>, dropped: Arc<AtomicU64>) {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
     let mut batch = Vec::with_capacity(BATCH);
     loop {
@@ -136,6 +146,10 @@ async fn export_loop(service: &'static str, url: String, mut rx: mpsc::Receiver<
             Err(error) => tracing::warn!(%error, spans = batch.len(), "OTLP collector unreachable; spans dropped"),
         }
         batch.clear();
+        let overflowed = dropped.swap(0, Ordering::Relaxed);
+        if overflowed > 0 {
+            tracing::warn!(spans = overflowed, "OTLP export queue full; spans dropped");
+        }
     }
 }
 
@@ -153,5 +167,17 @@ mod tests {
         assert_eq!(encoded["parentSpanId"], "00f067aa0ba902b7");
         assert_eq!(encoded["attributes"][0]["key"], "http.response.status_code");
         assert_eq!(body["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"], "chat");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        // Nothing listens on port 9 of localhost: the exporter's one batch
+        // is stuck being refused while requests keep recording.
+        let exporter = SpanExporter::with_queue("chat", "http://127.0.0.1:9", 2);
+        for _ in 0..10 {
+            exporter.record(Span::ended(None, "GET /", std::time::Instant::now(), 200));
+        }
+        let dropped = exporter.dropped.load(Ordering::Relaxed);
+        assert!((7..=8).contains(&dropped), "dropped {dropped} of 10 with room for 2 (+1 in flight)");
     }
 }
