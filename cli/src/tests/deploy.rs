@@ -327,3 +327,62 @@ fn mesh_examples_point_at_ext_authz_and_fail_closed() {
         }
     }
 }
+
+const DOCKERFILE: &str = include_str!("../../../Dockerfile");
+
+/// The `NAME=value` pairs of the Dockerfile's ENV instructions.
+fn dockerfile_env() -> HashMap<String, String> {
+    let joined = DOCKERFILE.replace("\\\n", " ");
+    joined
+        .lines()
+        .filter_map(|l| l.strip_prefix("ENV "))
+        .flat_map(str::split_whitespace)
+        .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+#[test]
+fn the_image_holds_every_binary_the_deployments_run_and_listens_where_they_probe() {
+    let copied: Vec<&str> = DOCKERFILE
+        .lines()
+        .find(|l| l.contains("cp target/release/"))
+        .unwrap()
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("target/release/"))
+        .collect();
+    let mut run = Vec::new();
+    let compose = compose();
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        if service["image"] != "caas:latest" {
+            continue;
+        }
+        let name = name.as_str().unwrap();
+        run.push((format!("docker-compose.yml {name}"), service["command"][0].as_str().unwrap().to_string()));
+        if let Some(test) = service["healthcheck"]["test"].as_sequence() {
+            let probe: Vec<&str> = test.iter().filter_map(Value::as_str).collect();
+            assert_eq!(probe[..3], ["CMD", "caas", "healthcheck"], "{name}: health check {probe:?}");
+            run.push((format!("docker-compose.yml {name} healthcheck"), "caas".into()));
+            // The probed port is one the image tells this binary to listen on,
+            // on every interface (the binaries' defaults are loopback).
+            let port = probe[3].rsplit(':').next().unwrap().split('/').next().unwrap();
+            let prefix = format!("{}_", name.to_uppercase().replace('-', "_"));
+            let env = dockerfile_env();
+            assert!(
+                env.iter().any(|(k, v)| k.starts_with(&prefix) && *v == format!("0.0.0.0:{port}")),
+                "{name}: probes port {port}, but the Dockerfile sets no {prefix}*ADDR=0.0.0.0:{port}"
+            );
+        }
+    }
+    for doc in k8s_documents().iter().filter(|d| d["kind"] == "Deployment") {
+        let pod = &doc["spec"]["template"]["spec"];
+        let containers = pod["containers"].as_sequence().into_iter().chain(pod["initContainers"].as_sequence());
+        for container in containers.flatten().filter(|c| c["image"] == "caas:latest") {
+            let place = format!("deploy/k8s/caas.yaml {}", container["name"].as_str().unwrap_or("?"));
+            run.push((place, container["command"][0].as_str().unwrap().to_string()));
+        }
+    }
+    assert!(run.len() >= 10, "found only {run:?}");
+    for (place, binary) in run {
+        assert!(copied.contains(&binary.as_str()), "{place} runs {binary}, which the Dockerfile does not install");
+    }
+}
