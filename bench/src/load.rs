@@ -193,10 +193,16 @@ pub struct GrpcLoadArgs {
     token: String,
     #[arg(long, default_value = "")]
     api_key: String,
+    /// Send this W3C `traceparent` with every Check (as Envoy passes a client's on).
+    #[arg(long)]
+    traceparent: Option<String>,
 }
 
-fn check_request(policy: &str, token: &str, api_key: &str) -> CheckRequest {
+fn check_request(policy: &str, token: &str, api_key: &str, traceparent: Option<&str>) -> CheckRequest {
     let mut headers = HashMap::new();
+    if let Some(traceparent) = traceparent {
+        headers.insert("traceparent".to_string(), traceparent.to_string());
+    }
     if !token.is_empty() {
         headers.insert("authorization".to_string(), format!("Bearer {token}"));
     }
@@ -234,7 +240,7 @@ pub async fn grpc_load(args: GrpcLoadArgs) -> anyhow::Result<()> {
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", args.addr))?.tcp_nodelay(true).connect().await?;
     let client = AuthorizationClient::new(channel);
-    let request = check_request(&args.policy, &args.token, &args.api_key);
+    let request = check_request(&args.policy, &args.token, &args.api_key, args.traceparent.as_deref());
     // Warm up the caches and the connection.
     for _ in 0..100 {
         client.clone().check(request.clone()).await?;
@@ -365,5 +371,32 @@ pub async fn sessions(args: SessionsArgs) -> anyhow::Result<()> {
             "sessions_per_second": (created as f64 / elapsed).round(),
         })
     );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct OtlpSinkArgs {
+    #[arg(long, default_value = "127.0.0.1:4318")]
+    addr: SocketAddr,
+}
+
+/// An OTLP/HTTP collector that keeps nothing: `POST /v1/traces` counts the
+/// spans it receives, `GET /spans` answers the count.
+pub async fn otlp_sink(args: OtlpSinkArgs) -> anyhow::Result<()> {
+    use axum::routing::{get, post};
+    let spans = Arc::new(AtomicU64::new(0));
+    let received = spans.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/traces",
+            post(move |body: axum::body::Bytes| async move {
+                // Counted, not parsed: the collector shares the cores under test.
+                let batch = body.windows(8).filter(|w| w == b"\"spanId\"").count();
+                received.fetch_add(batch as u64, Ordering::Relaxed);
+                "{}"
+            }),
+        )
+        .route("/spans", get(move || async move { spans.load(Ordering::Relaxed).to_string() }));
+    axum::serve(tokio::net::TcpListener::bind(args.addr).await?, app).await?;
     Ok(())
 }

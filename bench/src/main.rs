@@ -7,6 +7,7 @@
 //! - `seed`: a tenant, key, whitelist and session in a database, for runs.
 //! - `grpc-load`: Check requests at a fixed rate straight to an ext_authz
 //!   server; client-side latency percentiles.
+//! - `otlp-sink`: an OTLP/HTTP collector that only counts spans.
 //! - `sessions`: concurrent `POST /api/v1/auth/sdk/session` against auth-api.
 //! - `ws-hold`: many authenticated WebSocket connections (memory, accept
 //!   rate, and deliveries with latency when subscribed).
@@ -32,6 +33,7 @@ enum Command {
     NoopAuthz(load::NoopArgs),
     Seed(load::SeedArgs),
     GrpcLoad(load::GrpcLoadArgs),
+    OtlpSink(load::OtlpSinkArgs),
     Sessions(load::SessionsArgs),
     WsHold(ws::WsHoldArgs),
     WsPublish(ws::WsPublishArgs),
@@ -55,6 +57,7 @@ fn main() -> anyhow::Result<()> {
             Command::Micro(args) => micro::run(args).await,
             Command::Seed(args) => load::seed(args).await,
             Command::GrpcLoad(args) => load::grpc_load(args).await,
+            Command::OtlpSink(args) => load::otlp_sink(args).await,
             Command::Sessions(args) => load::sessions(args).await,
             Command::WsHold(args) => ws::hold(args).await,
             Command::WsPublish(args) => ws::publish(args).await,

@@ -9,11 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use caas_core::trace::{TraceParent, new_span_id};
-use serde_json::{Value, json};
+use serde::Serialize;
 use tokio::sync::mpsc;
 
-const QUEUE: usize = 4096;
-const BATCH: usize = 256;
+/// Spans waiting for export: at `GATHER` intervals, room for 80,000 a second.
+const QUEUE: usize = 8192;
+/// Spans per POST.
+const BATCH: usize = 1024;
+const GATHER: Duration = Duration::from_millis(100);
 
 /// A finished span.
 #[derive(Debug, Clone)]
@@ -90,62 +93,132 @@ fn nanos(t: SystemTime) -> String {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0).to_string()
 }
 
-fn encode(service: &str, spans: &[Span]) -> Value {
-    let spans: Vec<Value> = spans
-        .iter()
-        .map(|s| {
-            let attributes: Vec<Value> =
-                s.attributes.iter().map(|(k, v)| json!({"key": k, "value": {"stringValue": v}})).collect();
-            let mut span = json!({
-                "traceId": s.trace.trace_id,
-                "spanId": s.span_id,
-                "name": s.name,
-                "kind": 2,
-                "startTimeUnixNano": nanos(s.start),
-                "endTimeUnixNano": nanos(s.end),
-                "attributes": attributes,
-                "status": {"code": if s.error { 2 } else { 1 }},
-            });
-            if !s.trace.parent_span_id.is_empty() {
-                span["parentSpanId"] = json!(s.trace.parent_span_id);
-            }
-            span
-        })
-        .collect();
-    json!({
-        "resourceSpans": [{
-            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
-            "scopeSpans": [{"scope": {"name": "caas"}, "spans": spans}],
-        }]
-    })
+// The OTLP/HTTP JSON shape, serialized straight from the spans (borrowed):
+// building a `serde_json::Value` tree first cost more than the Check itself.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Export<'a> {
+    resource_spans: [ResourceSpans<'a>; 1],
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResourceSpans<'a> {
+    resource: Resource<'a>,
+    scope_spans: [ScopeSpans<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Resource<'a> {
+    attributes: [KeyValue<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct ScopeSpans<'a> {
+    scope: Scope,
+    spans: Vec<OtlpSpan<'a>>,
+}
+
+#[derive(Serialize)]
+struct Scope {
+    name: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OtlpSpan<'a> {
+    trace_id: &'a str,
+    span_id: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    parent_span_id: &'a str,
+    name: &'a str,
+    /// SPAN_KIND_SERVER.
+    kind: u8,
+    start_time_unix_nano: String,
+    end_time_unix_nano: String,
+    attributes: Vec<KeyValue<'a>>,
+    status: Status,
+}
+
+#[derive(Serialize)]
+struct KeyValue<'a> {
+    key: &'a str,
+    value: AnyValue<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AnyValue<'a> {
+    string_value: &'a str,
+}
+
+#[derive(Serialize)]
+struct Status {
+    /// STATUS_CODE_OK (1) or STATUS_CODE_ERROR (2).
+    code: u8,
+}
+
+fn encode(service: &str, spans: &[Span]) -> Vec<u8> {
+    let kv = |key, value| KeyValue { key, value: AnyValue { string_value: value } };
+    let spans = spans
+        .iter()
+        .map(|s| OtlpSpan {
+            trace_id: &s.trace.trace_id,
+            span_id: &s.span_id,
+            parent_span_id: &s.trace.parent_span_id,
+            name: &s.name,
+            kind: 2,
+            start_time_unix_nano: nanos(s.start),
+            end_time_unix_nano: nanos(s.end),
+            attributes: s.attributes.iter().map(|(k, v)| kv(k, v)).collect(),
+            status: Status { code: if s.error { 2 } else { 1 } },
+        })
+        .collect();
+    let export = Export {
+        resource_spans: [ResourceSpans {
+            resource: Resource { attributes: [kv("service.name", service)] },
+            scope_spans: [ScopeSpans { scope: Scope { name: "caas" }, spans }],
+        }],
+    };
+    serde_json::to_vec(&export).unwrap_or_default()
+}
+
+/// Sleeps between batches instead of waiting on the queue, so recording a
+/// span never wakes this task: one wake-up per `GATHER`, whatever the rate.
 async fn export_loop(service: &'static str, url: String, mut rx: mpsc::Receiver<Span>, dropped: Arc<AtomicU64>) {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        let first = match rx.recv().await {
-            Some(span) => span,
-            None => return,
-        };
-        batch.push(first);
-        // Gather what arrives within 200 ms, up to a batch.
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(span)) => batch.push(span),
-                _ => break,
+        tokio::time::sleep(GATHER).await;
+        loop {
+            batch.clear();
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) if batch.is_empty() => return,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let request = http.post(&url).header("content-type", "application/json").body(encode(service, &batch));
+            match request.send().await {
+                Ok(response) if response.status().is_success() => {}
+                Ok(response) => {
+                    tracing::warn!(
+                        status = response.status().as_u16(),
+                        spans = batch.len(),
+                        "OTLP collector refused spans"
+                    )
+                }
+                Err(error) => tracing::warn!(%error, spans = batch.len(), "OTLP collector unreachable; spans dropped"),
+            }
+            if batch.len() < BATCH {
+                break;
             }
         }
-        let body = encode(service, &batch);
-        match http.post(&url).json(&body).send().await {
-            Ok(response) if response.status().is_success() => {}
-            Ok(response) => {
-                tracing::warn!(status = response.status().as_u16(), spans = batch.len(), "OTLP collector refused spans")
-            }
-            Err(error) => tracing::warn!(%error, spans = batch.len(), "OTLP collector unreachable; spans dropped"),
-        }
-        batch.clear();
         let overflowed = dropped.swap(0, Ordering::Relaxed);
         if overflowed > 0 {
             tracing::warn!(spans = overflowed, "OTLP export queue full; spans dropped");
@@ -161,12 +234,24 @@ mod tests {
     fn spans_encode_as_otlp_json() {
         let trace = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let span = Span::ended(trace, "GET /v1/messages", std::time::Instant::now(), 200);
-        let body = encode("chat", &[span]);
+        let body: serde_json::Value = serde_json::from_slice(&encode("chat", &[span])).unwrap();
         let encoded = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
         assert_eq!(encoded["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(encoded["parentSpanId"], "00f067aa0ba902b7");
         assert_eq!(encoded["attributes"][0]["key"], "http.response.status_code");
         assert_eq!(body["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"], "chat");
+        assert_eq!(encoded["kind"], 2);
+        assert_eq!(encoded["status"]["code"], 1);
+        let (start, end) =
+            (encoded["startTimeUnixNano"].as_str().unwrap(), encoded["endTimeUnixNano"].as_str().unwrap());
+        assert!(start.parse::<u128>().unwrap() <= end.parse::<u128>().unwrap());
+        // A span that starts a trace has no parent, and a 5xx is an error.
+        let root = Span::ended(None, "GET /", std::time::Instant::now(), 503);
+        let body: serde_json::Value = serde_json::from_slice(&encode("chat", &[root])).unwrap();
+        let encoded = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+        assert!(encoded.get("parentSpanId").is_none());
+        assert_eq!(encoded["status"]["code"], 2);
+        assert_eq!(encoded["traceId"].as_str().unwrap().len(), 32);
     }
 
     #[tokio::test]
