@@ -57,6 +57,9 @@ pub enum Reason {
     CredentialInQuery,
     /// The route declares no (or an unknown) policy: a gateway misconfiguration.
     PolicyMissing,
+    /// A path with `.`/`..`/empty segments or escaped separators, which a
+    /// later hop could route differently from the policy chosen here.
+    PathNotCanonical,
     /// TRUSTED_PROXY_HOPS says there are proxies, but X-Forwarded-For is too short.
     ClientIpUnknown,
     /// The internal deadline passed before a decision.
@@ -71,6 +74,7 @@ impl Reason {
             Reason::Denied(denial) => denial.code(),
             Reason::CredentialInQuery => "credential_in_query",
             Reason::PolicyMissing => "route_policy_missing",
+            Reason::PathNotCanonical => "path_not_canonical",
             Reason::ClientIpUnknown => "client_ip_unknown",
             Reason::DeadlineExceeded => "auth_timeout",
             Reason::PreflightNotAllowed => "cors_not_allowed",
@@ -84,7 +88,7 @@ impl Reason {
                 DenialClass::Forbidden => 403,
                 DenialClass::Unavailable => 503,
             },
-            Reason::CredentialInQuery => 400,
+            Reason::CredentialInQuery | Reason::PathNotCanonical => 400,
             Reason::PolicyMissing => 500,
             Reason::ClientIpUnknown | Reason::PreflightNotAllowed => 403,
             Reason::DeadlineExceeded => 503,
@@ -96,6 +100,9 @@ impl Reason {
             Reason::Denied(denial) => denial.to_string(),
             Reason::CredentialInQuery => "credentials must be sent in headers, never in the URL".into(),
             Reason::PolicyMissing => "this route is not configured for authorization".into(),
+            Reason::PathNotCanonical => {
+                "the path must not contain '.', '..' or empty segments or escaped separators".into()
+            }
             Reason::ClientIpUnknown => "the client address could not be determined".into(),
             Reason::DeadlineExceeded => "authorization took too long; retry".into(),
             Reason::PreflightNotAllowed => "this route does not accept browser requests".into(),
@@ -226,6 +233,11 @@ impl Authorizer {
     /// The decision alone (tests call this through `check`).
     pub async fn decide(&self, req: &Incoming<'_>, now: i64) -> Decision {
         let origin = req.header("origin");
+        // Before any policy: the policy is chosen by this path, and a path
+        // with another spelling could be routed elsewhere by a later hop.
+        if !crate::policy::canonical(path_only(req.path)) {
+            return deny(Reason::PathNotCanonical, None, origin);
+        }
         let Some(policy) = self.policy_of(req) else {
             tracing::error!(
                 path = %path_only(req.path),

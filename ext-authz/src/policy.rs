@@ -108,15 +108,35 @@ impl PolicyTable {
         Self::parse(BUILTIN_TABLE).unwrap_or(Self { rules: Vec::new() })
     }
 
-    /// The policy of a request path (its query ignored).
+    /// The policy of a request path (its query ignored). A path that is not
+    /// canonical has none: a mesh may route `/v1/ws/../client/keys` by
+    /// another spelling than the one the table would match, so only a path
+    /// that means what it says gets a policy (`check` refuses the others
+    /// first, `path_not_canonical`).
     pub fn lookup(&self, path: &str) -> Option<Policy> {
         let path = path.split(['?', '#']).next().unwrap_or_default();
+        if !canonical(path) {
+            return None;
+        }
         self.rules.iter().find_map(|(matcher, policy)| match matcher {
             PathMatch::Exact(p) if p == path => Some(*policy),
             PathMatch::Prefix(p) if path.starts_with(p.as_str()) => Some(*policy),
             _ => None,
         })
     }
+}
+
+/// No `.` or `..` segment, no empty segment (`//`), no backslash, and no
+/// escaped dot, slash or backslash that a later hop could decode into one.
+pub fn canonical(path: &str) -> bool {
+    if !path.starts_with('/') || path.contains('\\') || path.contains("//") {
+        return false;
+    }
+    if path.split('/').any(|segment| segment == "." || segment == "..") {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    !["%2e", "%2f", "%5c"].iter().any(|escaped| lower.contains(escaped))
 }
 
 #[cfg(test)]
@@ -144,6 +164,28 @@ mod tests {
             ("/v1/client", None),
         ] {
             assert_eq!(table.lookup(path), policy, "{path}");
+        }
+    }
+
+    #[test]
+    fn paths_that_are_not_canonical_have_no_policy() {
+        let table = PolicyTable::parse("prefix / public\n").unwrap();
+        assert_eq!(table.lookup("/v1/conversations/c_1/messages"), Some(Policy::Public));
+        assert_eq!(table.lookup("/v1/a.b/..c/x?next=../y"), Some(Policy::Public), "dots inside a segment, query");
+        for path in [
+            "/v1/ws/../client/keys",
+            "/v1/ws/..",
+            "/v1/./client/keys",
+            "/v1//client/keys",
+            "/v1/ws\\..\\client",
+            "/v1/ws/%2e%2e/client",
+            "/v1/ws/%2E%2e/client",
+            "/v1/ws/..%2Fclient",
+            "/v1/ws/..%5cclient",
+            "v1/ws",
+            "",
+        ] {
+            assert_eq!(table.lookup(path), None, "{path}");
         }
     }
 

@@ -649,6 +649,42 @@ async fn without_a_route_policy_the_path_table_decides() {
     assert_eq!((v.status, v.code()), (401, "missing_credentials"));
 }
 
+#[tokio::test]
+async fn paths_another_hop_could_route_elsewhere_are_refused() {
+    let settings =
+        AuthorizerSettings { policy_table: Some(crate::policy::PolicyTable::builtin()), ..Default::default() };
+    let f = fixture_with(settings, Arc::new(MemoryCache::new())).await;
+    let bearer = format!("Bearer {}", f.token);
+    // An end-user token on a path that starts like an end-user route but
+    // could be resolved to a dashboard route by a hop that normalizes later.
+    for path in [
+        "/v1/ws/../client/api-keys",
+        "/v1/conversations/%2e%2e/client/api-keys",
+        "/v1/messages/..%2f..%2fclient/api-keys",
+        "/v1//client/api-keys",
+        "/v1/ws/./x",
+        "/v1/ws\\..\\client",
+    ] {
+        for policy in [None, Some("end_user")] {
+            let v = check(&f, request(policy, "GET", path, &[("authorization", &bearer)], "127.0.0.1")).await;
+            assert_eq!((v.status, v.code()), (400, "path_not_canonical"), "{path} {policy:?}");
+        }
+    }
+    // Encoded separators in the query are the query's business.
+    let v = check(
+        &f,
+        request(
+            None,
+            "GET",
+            "/v1/messages?conversation_id=c&next=%2F..%2F",
+            &[("authorization", &bearer)],
+            "127.0.0.1",
+        ),
+    )
+    .await;
+    assert_eq!(v.status, 200, "{v:?}");
+}
+
 /// Every refusal the gateway (or a service, for its context) can answer,
 /// listed by exhaustive matches: a new variant does not compile until it is
 /// added here, and then the test wants it documented.
@@ -682,6 +718,7 @@ fn every_refusal_code() -> Vec<(&'static str, u16)> {
     reasons.extend([
         Reason::CredentialInQuery,
         Reason::PolicyMissing,
+        Reason::PathNotCanonical,
         Reason::ClientIpUnknown,
         Reason::DeadlineExceeded,
         Reason::PreflightNotAllowed,
@@ -700,6 +737,7 @@ fn every_refusal_code() -> Vec<(&'static str, u16)> {
             )
             | Reason::CredentialInQuery
             | Reason::PolicyMissing
+            | Reason::PathNotCanonical
             | Reason::ClientIpUnknown
             | Reason::DeadlineExceeded
             | Reason::PreflightNotAllowed => {}

@@ -174,5 +174,34 @@ async fn internal_and_unknown_routes_are_not_reachable() {
         assert_eq!((r.status, r.code()), (404, "not_found"), "{path}");
         assert_eq!(r.header("content-type"), Some("application/json"));
     }
+    // Other spellings of a path: sent as written (an HTTP client would
+    // resolve the dot segments itself), they reach the route they resolve to,
+    // under that route's policy, or are refused.
+    for (path, status, code) in [
+        ("/v1/client/../../api/v1/auth/internal/validate", 404, "not_found"),
+        ("/v1/client/%2e%2e/%2E%2E/api/v1/auth/internal/validate", 404, "not_found"),
+        ("/v1/ws/../client/profile", 401, "missing_credentials"),
+        ("/v1/ws/%2e%2e/client/profile", 401, "missing_credentials"),
+        ("//v1//client//profile", 401, "missing_credentials"),
+        ("/v1/conversations%2F..%2F..%2Fapi/v1/auth/internal/validate", 400, ""),
+        ("/v1/client/%5C..%5Cx", 400, ""),
+    ] {
+        let (got, body) = raw_get(node.gateway, path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body.contains(code), "{path}: {body}");
+    }
     cluster.shutdown().await;
+}
+
+/// One HTTP/1.1 GET with the path exactly as given; the status and the body.
+async fn raw_get(gateway: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: caas\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
 }

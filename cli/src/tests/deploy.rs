@@ -302,6 +302,11 @@ fn mesh_examples_point_at_ext_authz_and_fail_closed() {
         (Some("ext-authz.caas.svc.cluster.local"), Some(9191))
     );
     assert_eq!(grpc["failOpen"].as_bool(), Some(false));
+    // Paths are normalized before the policy is chosen (NONE would let other
+    // spellings through to ext-authz, which refuses them: safe, but noisy).
+    let normalization = &serde_norway::from_str::<Value>(ISTIO_PROVIDER).unwrap()["spec"]["meshConfig"]["pathNormalization"]
+        ["normalization"];
+    assert!(["BASE", "MERGE_SLASHES"].contains(&normalization.as_str().unwrap()), "{normalization:?}");
     let policies: Vec<Value> = serde_norway::Deserializer::from_str(ISTIO_POLICY)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
@@ -314,12 +319,15 @@ fn mesh_examples_point_at_ext_authz_and_fail_closed() {
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
     let policy = gateway.iter().find(|d| d["kind"] == "SecurityPolicy").unwrap();
+    let route = gateway.iter().find(|d| d["kind"] == "HTTPRoute").unwrap();
     let backend = &policy["spec"]["extAuth"]["grpc"]["backendRefs"][0];
     assert_eq!((backend["name"].as_str(), backend["port"].as_u64()), (Some("ext-authz"), Some(9191)));
     assert_eq!(policy["spec"]["extAuth"]["failOpen"].as_bool(), Some(false));
+    let paths = gateway.iter().find(|d| d["kind"] == "ClientTrafficPolicy").unwrap();
+    assert_eq!(paths["spec"]["path"]["escapedSlashesAction"], "RejectRequest");
+    assert_eq!(paths["spec"]["targetRefs"][0]["name"], route["spec"]["parentRefs"][0]["name"]);
     // Every path the route sends on has a policy in ext-authz's table.
     let table = caas_ext_authz::policy::PolicyTable::builtin();
-    let route = gateway.iter().find(|d| d["kind"] == "HTTPRoute").unwrap();
     for rule in route["spec"]["rules"].as_sequence().unwrap() {
         for m in rule["matches"].as_sequence().unwrap() {
             let path = m["path"]["value"].as_str().unwrap();
