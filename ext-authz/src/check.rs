@@ -335,7 +335,14 @@ impl Authorizer {
         }
         .await;
         match outcome {
-            Ok(()) => Decision::Allow { context: Some(context), strip_credentials: true, cors_origin, strip_query },
+            // In shadow mode services that have not moved to the signed
+            // context still validate the credential themselves.
+            Ok(()) => Decision::Allow {
+                context: Some(context),
+                strip_credentials: self.settings.enforce,
+                cors_origin,
+                strip_query,
+            },
             Err(rejection) => Decision::Deny {
                 reason: Reason::Denied(rejection.denial),
                 tenant_id: rejection.tenant_id,

@@ -570,13 +570,15 @@ async fn shadow_mode_allows_but_without_context() {
     let shadow =
         f.authorizer.metrics().requests.get_or_create(&[("policy", "end_user"), ("decision", "shadow_deny")]).get();
     assert_eq!(shadow, 1);
-    // Valid requests still get context.
-    let v = check(
-        &f,
-        request(Some("end_user"), "GET", "/v1/x", &[("authorization", &format!("Bearer {}", f.token))], "127.0.0.1"),
-    )
-    .await;
+    // Valid requests get context, and keep their credential for services
+    // that still validate it themselves (a migration moves them one by one).
+    let bearer = format!("Bearer {}", f.token);
+    let v = check(&f, request(Some("end_user"), "GET", "/v1/x", &[("authorization", &bearer)], "127.0.0.1")).await;
     assert_eq!(v.context("GET").tenant_id, f.tenant);
+    assert_eq!(v.upstream.get("authorization"), Some(&bearer), "{v:?}");
+    let v = check(&f, request(Some("api_key"), "POST", "/v1/sdk/session", &[("x-api-key", &f.key)], "127.0.0.1")).await;
+    assert_eq!(v.context("POST").tenant_id, f.tenant);
+    assert_eq!(v.upstream.get("x-api-key"), Some(&f.key));
 }
 
 #[tokio::test]

@@ -35,7 +35,7 @@ async fn ext_authz_down_means_503_never_allowed() {
 }
 
 #[tokio::test]
-async fn shadow_mode_logs_but_lets_requests_through_without_context() {
+async fn shadow_mode_logs_and_lets_requests_through_with_their_credentials() {
     let Some(cluster) = cluster(1, &["--use-auth-service", "false", ECHO_CHAT[0], ECHO_CHAT[1]]).await else { return };
     let node = cluster.node();
     let r = send(
@@ -46,5 +46,14 @@ async fn shadow_mode_logs_but_lets_requests_through_without_context() {
     let upstream = r.upstream_headers();
     assert!(upstream.keys().all(|k| !k.starts_with("x-caas-")), "{upstream:?}");
     assert!(upstream.contains_key("authorization"), "in shadow mode services still validate themselves");
+    // A request the gateway would allow carries the signed context for
+    // services that have moved, and its credential for those that have not.
+    let tenant = onboard(node, "Shadow").await;
+    set_whitelists(node, &tenant, &["127.0.0.1"], &[]).await;
+    let token = sdk_session(node, &tenant, "user-1").await["access_token"].as_str().unwrap().to_string();
+    let r = send(client().get(node.url("/v1/conversations")).bearer_auth(&token)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.verified_context().tenant_id, tenant.id);
+    assert_eq!(r.upstream_headers()["authorization"], format!("Bearer {token}"));
     cluster.shutdown().await;
 }
