@@ -54,14 +54,23 @@ impl VerifiedContext {
     }
 }
 
+/// The ids that join a request's log lines, in its extensions (for lines a
+/// handler writes later, such as a socket's close).
+#[derive(Debug, Clone, Default)]
+pub struct RequestIds {
+    pub request_id: String,
+    pub trace_id: String,
+}
+
 /// Middleware: verifies the context once, then writes one log line per
 /// request — method, path (never the query, which may hold a credential),
-/// status, duration, request id, trace id, the verified tenant — exports a
-/// span when configured, and echoes `x-request-id`.
+/// status, the error code of a refusal, duration, request id, trace id, the
+/// verified tenant — exports a span when configured, and echoes
+/// `x-request-id`.
 pub async fn observe(State(observer): State<Observer>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let verified = VerifiedContext::of(request.headers(), request.method().as_str(), &observer.verifier);
-    let tenant = match &verified.0 {
+    let tenant_id = match &verified.0 {
         Ok(Some(context)) => context.tenant_id.clone(),
         _ => String::new(),
     };
@@ -77,14 +86,16 @@ pub async fn observe(State(observer): State<Observer>, mut request: Request, nex
         .filter(|v| v.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(|| caas_core::id::new_id("req"));
+    request.extensions_mut().insert(RequestIds { request_id: request_id.clone(), trace_id: trace_id.clone() });
     let mut response = next.run(request).await;
     let status = response.status().as_u16();
+    let code = response.extensions().get::<crate::ErrorCode>().map(|c| c.0.clone()).unwrap_or_default();
     let millis = started.elapsed().as_secs_f64() * 1000.0;
     let service = observer.service;
     if status >= 500 {
-        tracing::error!(service, %method, path, status, millis, request_id, trace_id, tenant, "request");
+        tracing::error!(service, %method, path, status, %code, millis, request_id, trace_id, tenant_id, "request");
     } else {
-        tracing::info!(service, %method, path, status, millis, request_id, trace_id, tenant, "request");
+        tracing::info!(service, %method, path, status, %code, millis, request_id, trace_id, tenant_id, "request");
     }
     if let Some(exporter) = &observer.exporter {
         let mut span = Span::ended(trace, format!("{method} {path}"), started, status);
@@ -92,7 +103,7 @@ pub async fn observe(State(observer): State<Observer>, mut request: Request, nex
             ("http.request.method", method.to_string()),
             ("url.path", path.clone()),
             ("caas.request_id", request_id.clone()),
-            ("caas.tenant_id", tenant.clone()),
+            ("caas.tenant_id", tenant_id.clone()),
         ]);
         exporter.record(span);
     }

@@ -70,6 +70,11 @@ impl ApiError {
     }
 }
 
+/// The error code of a response, kept in its extensions for the request's
+/// log line (`observe`), so every refusal is logged with its reason.
+#[derive(Debug, Clone)]
+pub struct ErrorCode(pub std::borrow::Cow<'static, str>);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({ "error": { "code": self.code, "message": self.message } });
@@ -77,6 +82,7 @@ impl IntoResponse for ApiError {
             body["error"]["field"] = json!(field);
         }
         let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code));
         let headers = response.headers_mut();
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(self.challenge));

@@ -11,9 +11,9 @@ mod ops;
 pub mod otlp;
 
 pub use context::{
-    ApiKeyCaller, ClientIp, DashboardCaller, EndUser, Observer, OptionalCaller, VerifiedContext, context_of, observe,
-    require, signed_context, trace_of,
+    ApiKeyCaller, ClientIp, DashboardCaller, EndUser, Observer, OptionalCaller, RequestIds, VerifiedContext,
+    context_of, observe, require, signed_context, trace_of,
 };
-pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
 pub use json::{ApiJson, OptionalJson};
 pub use ops::{down, health, live, method_not_allowed, metrics, not_found};

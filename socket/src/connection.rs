@@ -31,7 +31,14 @@ const MEMBERSHIP_CACHE: usize = 256;
 type Sink = SplitSink<WebSocket, Message>;
 
 /// Serves an accepted connection until it ends.
-pub async fn run(state: SocketState, socket: WebSocket, identity: Identity, origin: Option<String>) {
+/// `ids` are the upgrade request's, so the connection's lines join its trace.
+pub async fn run(
+    state: SocketState,
+    socket: WebSocket,
+    identity: Identity,
+    origin: Option<String>,
+    ids: caas_http::RequestIds,
+) {
     let (tx, mut outbound) = mpsc::channel(state.settings().send_queue);
     let handle = Arc::new(ConnHandle::new(
         state.registry().next_id(),
@@ -44,7 +51,8 @@ pub async fn run(state: SocketState, socket: WebSocket, identity: Identity, orig
     state.presence().save(&handle.key, &identity).await;
     state.metrics().connections_total.inc();
     state.metrics().connections.inc();
-    tracing::info!(tenant_id = %identity.tenant_id, session_id = %identity.session_id, conn = %handle.key, "socket connected");
+    let caas_http::RequestIds { request_id, trace_id } = ids;
+    tracing::info!(tenant_id = %identity.tenant_id, session_id = %identity.session_id, conn = %handle.key, request_id, trace_id, "socket connected");
 
     let mut connection = Connection {
         state: state.clone(),
@@ -69,6 +77,8 @@ pub async fn run(state: SocketState, socket: WebSocket, identity: Identity, orig
         tenant_id = %connection.identity.tenant_id,
         conn = %handle.key,
         reason = reason.map_or("client", CloseReason::label),
+        request_id,
+        trace_id,
         "socket closed"
     );
 }

@@ -193,6 +193,7 @@ async fn upgrade(
         }
     };
     let origin = request.headers().get("origin").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let ids = request.extensions().get::<caas_http::RequestIds>().cloned().unwrap_or_default();
     let identity: Result<Identity, Refusal> = match auth::from_context(caas_http::context_of(request.extensions())) {
         Some(result) => result,
         None => match auth::token_of(request.headers(), request.uri().query()) {
@@ -215,7 +216,7 @@ async fn upgrade(
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_failed_upgrade(|error| tracing::warn!(%error, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| connection::run(state, socket, identity, origin))
+        .on_upgrade(move |socket| connection::run(state, socket, identity, origin, ids))
 }
 
 async fn health(State(state): State<SocketState>) -> Response {

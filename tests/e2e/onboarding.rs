@@ -45,7 +45,7 @@ async fn onboarding_register_login_profile_rotate_whitelists() {
     // the tenant ext-authz vouched for.
     let id = profile.header("x-request-id");
     assert!(id.is_none_or(|id| !id.is_empty()));
-    let needle = format!("\"tenant\":\"{}\"", tenant.id);
+    let needle = format!("\"tenant_id\":\"{}\"", tenant.id);
     let logged = within(std::time::Duration::from_secs(5), || {
         let found = node.access_log().contains(&needle);
         async move { found }
