@@ -18,7 +18,8 @@ fn dot_env() -> HashMap<&'static str, String> {
     HashMap::from([
         ("JWT_SECRET", "j".repeat(48)),
         ("SERVICE_SECRET", "s".repeat(48)),
-        ("POSTGRES_PASSWORD", "pw".to_string()),
+        // As .env.example says to make it (`openssl rand -hex 32`).
+        ("POSTGRES_PASSWORD", "9f".repeat(32)),
     ])
 }
 
@@ -140,6 +141,13 @@ fn compose_services_start_with_their_environment() {
     }
     assert_eq!(services["socket"]["environment"]["AUTH_SERVICE_URL"].as_str(), Some("http://auth-api:3007"));
     assert_eq!(services["envoy"]["ports"][0].as_str(), Some("8080:8080"));
+    // Everything else published is for this host only.
+    for (name, service) in services.iter().filter(|(name, _)| *name != "envoy") {
+        for port in service["ports"].as_sequence().into_iter().flatten() {
+            assert!(port.as_str().unwrap().starts_with("127.0.0.1:"), "{name:?} publishes {port:?} beyond this host");
+        }
+    }
+    assert!(include_str!("../../../.env.example").contains("openssl rand -hex 32"));
     for dependency in ["postgres", "redis"] {
         assert!(services["postgres"]["healthcheck"].is_mapping() && services[dependency]["healthcheck"].is_mapping());
     }
@@ -283,6 +291,17 @@ fn kubernetes_deployments_start_with_their_environment() {
     }
     seen.sort();
     assert_eq!(seen, ["auth-api", "chat", "ext-authz", "socket"]);
+    // The troubleshooting guide collects every pod's logs by this label.
+    for doc in docs.iter().filter(|d| d["kind"] == "Deployment") {
+        let labels = &doc["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels["app.kubernetes.io/part-of"], "caas", "{:?}", doc["metadata"]["name"]);
+    }
+    let service =
+        |name: &str| docs.iter().find(|d| d["kind"] == "Service" && d["metadata"]["name"] == name).unwrap().to_owned();
+    // The client's address survives the load balancer (IP whitelists,
+    // per-address limits), and Envoy sees every ext-authz pod.
+    assert_eq!(service("gateway")["spec"]["externalTrafficPolicy"], "Local");
+    assert_eq!(service("ext-authz")["spec"]["clusterIP"], "None");
 }
 
 #[test]
