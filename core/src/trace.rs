@@ -34,6 +34,11 @@ impl TraceParent {
         Some(Self { trace_id: trace_id.to_string(), parent_span_id: span_id.to_string(), sampled: flags & 1 == 1 })
     }
 
+    /// The `traceparent` for a call made from span `span_id` of this trace.
+    pub fn child(&self, span_id: &str) -> String {
+        format!("00-{}-{span_id}-{}", self.trace_id, if self.sampled { "01" } else { "00" })
+    }
+
     /// A new trace, for requests that arrive without one.
     pub fn new_root() -> Self {
         Self { trace_id: random_hex(16), parent_span_id: String::new(), sampled: true }

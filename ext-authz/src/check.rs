@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use caas_core::context::{AuthType, ContextSigner, RequestContext};
 use caas_core::id::{new_id, unix_now};
 use caas_core::jwt::{Audience, MAX_TOKEN_LEN, TokenError};
-use caas_core::trace::TraceParent;
+use caas_core::trace::{TraceParent, new_span_id};
 use caas_core::validate::{Denial, DenialClass, Rejection, Validator};
 use caas_http::otlp::{Span, SpanExporter};
 use envoy_types::pb::envoy::config::core::v3::address::Address;
@@ -46,6 +46,20 @@ impl Default for AuthorizerSettings {
             policy_table: None,
             log_allowed: true,
         }
+    }
+}
+
+/// A Check's place in a trace: the trace (the caller's, or a new one when
+/// spans are exported) and, when exporting, the Check's own span id.
+pub struct Traced {
+    trace: Option<TraceParent>,
+    span: Option<String>,
+}
+
+impl Traced {
+    /// The `traceparent` a service receives: this Check as its parent.
+    fn traceparent(&self, span_id: &str) -> Option<String> {
+        self.trace.as_ref().map(|trace| trace.child(span_id))
     }
 }
 
@@ -195,6 +209,11 @@ impl Authorizer {
         Self { validator, signer, settings, metrics, exporter: SpanExporter::from_env("ext-authz") }
     }
 
+    /// Spans go to `exporter` instead of where the environment says.
+    pub fn with_exporter(self, exporter: Option<SpanExporter>) -> Self {
+        Self { exporter, ..self }
+    }
+
     pub fn metrics(&self) -> &Arc<GatewayMetrics> {
         &self.metrics
     }
@@ -209,8 +228,23 @@ impl Authorizer {
         let empty = HashMap::new();
         let incoming = Incoming::read(&request, &empty);
         let decision = self.decide_within_deadline(&incoming).await;
-        let decision = self.observe(&incoming, decision, started);
-        response::build(&decision, &incoming, &self.signer, unix_now())
+        let trace = self.trace(&incoming);
+        let decision = self.observe(&incoming, decision, started, &trace);
+        let traceparent = trace.span.as_ref().and_then(|span_id| trace.traceparent(span_id));
+        response::build(&decision, &incoming, &self.signer, unix_now(), traceparent)
+    }
+
+    /// The Check's place in a trace. With export on, every Check is a span
+    /// (of the caller's trace, or of a new one) and an allowed request goes
+    /// on with a `traceparent` naming it, so the service's span is its child
+    /// even when the client sent none. With export off, only the caller's
+    /// trace id is logged, and nothing is added to the request.
+    fn trace(&self, req: &Incoming<'_>) -> Traced {
+        let caller = req.header("traceparent").and_then(TraceParent::parse);
+        match &self.exporter {
+            Some(_) => Traced { trace: Some(caller.unwrap_or_else(TraceParent::new_root)), span: Some(new_span_id()) },
+            None => Traced { trace: caller, span: None },
+        }
     }
 
     /// With warm caches a decision completes on its first poll; only one
@@ -369,12 +403,11 @@ impl Authorizer {
 
     /// Counts and logs the decision; in shadow mode turns a denial into an
     /// allow without context (downstream keeps validating as before).
-    fn observe(&self, req: &Incoming<'_>, decision: Decision, started: Instant) -> Decision {
+    fn observe(&self, req: &Incoming<'_>, decision: Decision, started: Instant, trace: &Traced) -> Decision {
         let policy = self.policy_of(req).map_or("none", Policy::as_str);
         let (allowed, seconds) = self.metrics.hot(policy);
         seconds.observe(started.elapsed().as_secs_f64());
-        let trace = req.header("traceparent").and_then(TraceParent::parse);
-        let trace_id = trace.as_ref().map_or("", |t| t.trace_id.as_str());
+        let trace_id = trace.trace.as_ref().map_or("", |t| t.trace_id.as_str());
         let path = path_only(req.path);
         let (outcome, status, tenant_id) = match &decision {
             Decision::Allow { context, .. } => {
@@ -423,7 +456,7 @@ impl Authorizer {
     #[allow(clippy::too_many_arguments)]
     fn export(
         &self,
-        trace: Option<TraceParent>,
+        trace: &Traced,
         req: &Incoming<'_>,
         policy: &str,
         outcome: &str,
@@ -431,8 +464,9 @@ impl Authorizer {
         tenant: &str,
         started: Instant,
     ) {
-        let Some(exporter) = &self.exporter else { return };
-        let mut span = Span::ended(trace, format!("check {policy}"), started, status);
+        let (Some(exporter), Some(span_id)) = (&self.exporter, &trace.span) else { return };
+        let mut span = Span::ended(trace.trace.clone(), format!("check {policy}"), started, status);
+        span.span_id = span_id.clone();
         span.attributes.extend([
             ("caas.policy", policy.to_string()),
             ("caas.decision", outcome.to_string()),

@@ -32,7 +32,15 @@ fn header(key: &str, value: impl Into<String>) -> HeaderValueOption {
     }
 }
 
-pub fn build(decision: &Decision, req: &Incoming<'_>, signer: &ContextSigner, now: i64) -> CheckResponse {
+/// `traceparent`, when spans are exported: the Check's, passed on so the
+/// service's span is its child.
+pub fn build(
+    decision: &Decision,
+    req: &Incoming<'_>,
+    signer: &ContextSigner,
+    now: i64,
+    traceparent: Option<String>,
+) -> CheckResponse {
     match decision {
         Decision::Allow { context, strip_credentials, cors_origin, strip_query } => {
             // Every header set or removed costs Envoy work on every request
@@ -40,6 +48,9 @@ pub fn build(decision: &Decision, req: &Incoming<'_>, signer: &ContextSigner, no
             // changes the request.
             let present = |name: &str| req.headers.contains_key(name);
             let mut headers = Vec::with_capacity(8);
+            if let Some(traceparent) = traceparent {
+                headers.push(header("traceparent", traceparent));
+            }
             let mut remove: Vec<String> = Vec::new();
             match context {
                 Some(context) => {

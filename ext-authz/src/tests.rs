@@ -687,6 +687,42 @@ async fn paths_another_hop_could_route_elsewhere_are_refused() {
     assert_eq!(v.status, 200, "{v:?}");
 }
 
+#[tokio::test]
+async fn with_export_on_every_allowed_request_goes_on_with_the_checks_traceparent() {
+    let mut f = fixture().await;
+    let bearer = format!("Bearer {}", f.token);
+    let get = |headers: Vec<(&'static str, String)>| {
+        let mut all = vec![("authorization", bearer.clone())];
+        all.extend(headers);
+        let pairs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        request(Some("end_user"), "GET", "/v1/conversations", &pairs, "127.0.0.1")
+    };
+    // Export off: nothing is added to the request.
+    let v = check(&f, get(vec![])).await;
+    assert_eq!(v.status, 200);
+    assert!(!v.set.contains_key("traceparent"), "{v:?}");
+
+    f.authorizer =
+        f.authorizer.with_exporter(Some(caas_http::otlp::SpanExporter::start("ext-authz", "http://127.0.0.1:9")));
+    let parse = |v: &Verdict| caas_core::trace::TraceParent::parse(&v.set["traceparent"]).unwrap();
+    // The caller's trace continues, with this Check as the parent.
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let v = check(&f, get(vec![("traceparent", caller.into())])).await;
+    let passed = parse(&v);
+    assert_eq!(passed.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_ne!(passed.parent_span_id, "00f067aa0ba902b7");
+    assert!(passed.sampled);
+    // Without one, the Check starts a trace; a caller's "not sampled" stays so.
+    let v = check(&f, get(vec![])).await;
+    assert_eq!(parse(&v).trace_id.len(), 32);
+    let v = check(&f, get(vec![("traceparent", caller.replace("-01", "-00"))])).await;
+    assert!(!parse(&v).sampled);
+    // A refusal carries no traceparent (nothing goes on).
+    let v = check(&f, request(Some("end_user"), "GET", "/v1/conversations", &[], "127.0.0.1")).await;
+    assert_eq!(v.status, 401);
+    assert!(v.set.is_empty());
+}
+
 /// Every refusal the gateway (or a service, for its context) can answer,
 /// listed by exhaustive matches: a new variant does not compile until it is
 /// added here, and then the test wants it documented.

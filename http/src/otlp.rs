@@ -82,7 +82,12 @@ impl SpanExporter {
     }
 
     /// Queues a finished span; drops (and counts) it if the queue is full.
+    /// A span of a trace its caller did not sample is not exported (the
+    /// caller decides, as W3C trace context says).
     pub fn record(&self, span: Span) {
+        if !span.trace.sampled {
+            return;
+        }
         if self.tx.try_send(span).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -264,5 +269,16 @@ mod tests {
         }
         let dropped = exporter.dropped.load(Ordering::Relaxed);
         assert!((7..=8).contains(&dropped), "dropped {dropped} of 10 with room for 2 (+1 in flight)");
+    }
+
+    #[tokio::test]
+    async fn spans_of_traces_the_caller_did_not_sample_are_not_exported() {
+        let exporter = SpanExporter::with_queue("chat", "http://127.0.0.1:9", 1);
+        let unsampled = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        for _ in 0..10 {
+            exporter.record(Span::ended(unsampled.clone(), "GET /", std::time::Instant::now(), 200));
+        }
+        assert_eq!(exporter.dropped.load(Ordering::Relaxed), 0, "nothing was even queued");
+        assert_eq!(exporter.tx.capacity(), 1);
     }
 }

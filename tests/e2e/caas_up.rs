@@ -219,6 +219,45 @@ async fn a_clients_trace_id_reaches_every_log_and_the_collector() {
         std::fs::read_to_string(&log).unwrap_or_default(),
         spans.lock().unwrap()
     );
+
+    // A client that sends no traceparent: ext-authz starts the trace, and
+    // Envoy's line and the service's carry it.
+    let r = send(
+        http.post(format!("{gateway}/v1/client/register"))
+            .json(&json!({"name": "Untraced", "email": "untraced@example.com", "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let request_id = r.header("x-request-id").unwrap().to_string();
+    let joined = crate::harness::within(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let request_id = request_id.clone();
+        async move {
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .filter(|l: &serde_json::Value| l.to_string().contains(&request_id))
+                .collect();
+            let trace_id = lines
+                .iter()
+                .find(|l| l["fields"]["message"] == "check")
+                .and_then(|l| l["fields"]["trace_id"].as_str())
+                .filter(|t| t.len() == 32)
+                .unwrap_or("none");
+            let service =
+                lines.iter().any(|l| l["fields"]["service"] == "auth-api" && l["fields"]["trace_id"] == trace_id);
+            let envoy = lines
+                .iter()
+                .any(|l| l["component"] == "envoy" && l["traceparent"].as_str().is_some_and(|t| t.contains(trace_id)));
+            service && envoy
+        }
+    })
+    .await;
+    assert!(
+        joined.is_some(),
+        "no common trace for {request_id}:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     stop(child).await;
     let _ = std::fs::remove_dir_all(dir);
 }
