@@ -112,10 +112,28 @@ impl StorageArgs {
                 redact_url(&self.database_url)
             ));
         }
-        if let Some(url) = &self.redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        // This build speaks no TLS to its data stores: refuse a URL that asks
+        // for it rather than fail at the first connection (or, for sslmode=
+        // prefer, PostgreSQL's default, quietly not encrypt: say so in the docs).
+        let database = self.database_url.to_ascii_lowercase();
+        if let Some(mode) = ["sslmode=require", "sslmode=verify-ca", "sslmode=verify-full"]
+            .into_iter()
+            .find(|mode| database.contains(mode))
         {
-            problems.add(format!("REDIS_URL '{}' must start with redis:// or rediss://", redact_url(url)));
+            problems.add(format!(
+                "DATABASE_URL asks for {mode}, but this build has no TLS: reach PostgreSQL over a private network, \
+                 a mesh's mTLS or a TLS sidecar"
+            ));
+        }
+        if let Some(url) = &self.redis_url {
+            if url.starts_with("rediss://") {
+                problems.add(
+                    "REDIS_URL is rediss:// (TLS), which this build does not speak: use redis:// over a private \
+                     network, a mesh's mTLS or a TLS sidecar",
+                );
+            } else if !url.starts_with("redis://") {
+                problems.add(format!("REDIS_URL '{}' must start with redis://", redact_url(url)));
+            }
         }
     }
 
@@ -297,6 +315,26 @@ mod tests {
     fn urls_are_redacted() {
         assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(redact_url("sqlite://data/caas.db"), "sqlite://data/caas.db");
+    }
+
+    #[test]
+    fn data_store_urls_asking_for_tls_are_refused_at_start() {
+        let check = |database: &str, redis: Option<&str>| {
+            let args = StorageArgs {
+                database_url: database.into(),
+                database_max_connections: 4,
+                redis_url: redis.map(String::from),
+            };
+            let mut problems = Problems::default();
+            args.check(&mut problems);
+            problems.finish().err().unwrap_or_default()
+        };
+        assert_eq!(check("postgres://u:pw@db:5432/caas", Some("redis://r:6379")), "");
+        assert_eq!(check("postgres://u:pw@db/caas?sslmode=disable", None), "");
+        let refused = check("postgres://u:pw@db/caas?sslmode=verify-full", Some("rediss://r:6380"));
+        assert!(refused.contains("sslmode=verify-full") && refused.contains("rediss://"), "{refused}");
+        assert!(!refused.contains("pw@"), "{refused}");
+        assert!(check("sqlite://x.db", Some("http://r")).contains("must start with redis://"));
     }
 
     #[test]

@@ -65,6 +65,14 @@ impl SpanExporter {
     /// `None` when it is unset. Must be called inside a Tokio runtime.
     pub fn from_env(service: &'static str) -> Option<Self> {
         let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty())?;
+        if !endpoint.starts_with("http://") {
+            // No TLS in this build: an https:// collector would drop every span.
+            tracing::error!(
+                service,
+                "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// URL (a local collector or agent); not exporting spans"
+            );
+            return None;
+        }
         Some(Self::start(service, &endpoint))
     }
 

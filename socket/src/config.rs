@@ -33,8 +33,13 @@ pub struct SocketArgs {
 
 impl SocketArgs {
     pub fn check(&self, problems: &mut Problems) {
-        if !(self.auth_service_url.starts_with("http://") || self.auth_service_url.starts_with("https://")) {
-            problems.add("AUTH_SERVICE_URL must be an http:// or https:// URL");
+        if self.auth_service_url.starts_with("https://") {
+            problems.add(
+                "AUTH_SERVICE_URL is https://, which this build does not speak: use http:// inside the cluster \
+                 (a mesh's mTLS encrypts it)",
+            );
+        } else if !self.auth_service_url.starts_with("http://") {
+            problems.add("AUTH_SERVICE_URL must be an http:// URL");
         }
         if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
             problems.add("SOCKET_IDLE_TIMEOUT must be longer than SOCKET_PING_INTERVAL (and both positive)");
