@@ -11,6 +11,7 @@ const COMPOSE: &str = include_str!("../../../docker-compose.yml");
 const K8S: &str = include_str!("../../../deploy/k8s/caas.yaml");
 const ISTIO_PROVIDER: &str = include_str!("../../../deploy/istio/ext-authz-provider.yaml");
 const ISTIO_POLICY: &str = include_str!("../../../deploy/istio/authorization-policy.yaml");
+const ISTIO_ROUTES: &str = include_str!("../../../deploy/istio/virtual-service.yaml");
 const ENVOY_GATEWAY: &str = include_str!("../../../deploy/envoy-gateway/security-policy.yaml");
 
 /// What an operator's .env would hold (see .env.example).
@@ -412,4 +413,135 @@ fn the_image_holds_every_binary_the_deployments_run_and_listens_where_they_probe
     for (place, binary) in run {
         assert!(copied.contains(&binary.as_str()), "{place} runs {binary}, which the Dockerfile does not install");
     }
+}
+
+/// Where a request path goes: the upstream (service name) and the path it
+/// arrives with; `None` when nothing routes it there.
+type Routed = Option<(String, String)>;
+
+/// Envoy's answer for `path`, from envoy/envoy.yaml's routes (first match).
+fn envoy_route(path: &str) -> Routed {
+    let addresses = crate::envoy::Addresses {
+        listen_address: "0.0.0.0".into(),
+        listen_port: 8080,
+        admin_port: 9901,
+        auth_api: ("auth-api".into(), 3007),
+        ext_authz: ("ext-authz".into(), 9191),
+        chat: ("chat".into(), 3008),
+        socket: ("socket".into(), 3009),
+        trusted_proxy_hops: 0,
+        access_log_path: "/dev/stdout".into(),
+    };
+    let rendered = crate::envoy::render(crate::envoy::TEMPLATE, &addresses).unwrap();
+    let mut config: Value = serde_norway::from_str(&rendered).unwrap();
+    config.apply_merge().unwrap();
+    let routes = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["routes"]
+        .as_sequence()
+        .unwrap()
+        .clone();
+    let route = routes.iter().find(|r| match (r["match"]["path"].as_str(), r["match"]["prefix"].as_str()) {
+        (Some(exact), _) => exact == path,
+        (_, Some(prefix)) => path.starts_with(prefix),
+        _ => false,
+    })?;
+    let cluster = route["route"]["cluster"].as_str()?.replace('_', "-");
+    let rewritten = match (route["route"]["prefix_rewrite"].as_str(), route["match"]["prefix"].as_str()) {
+        (Some(rewrite), Some(prefix)) => format!("{rewrite}{}", &path[prefix.len()..]),
+        (Some(rewrite), None) => rewrite.to_string(),
+        (None, _) => path.to_string(),
+    };
+    Some((cluster, rewritten))
+}
+
+/// Istio's answer for `path`, from deploy/istio/virtual-service.yaml.
+fn istio_route(path: &str) -> Routed {
+    let docs: Vec<Value> = serde_norway::Deserializer::from_str(ISTIO_ROUTES)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let service = docs.iter().find(|d| d["kind"] == "VirtualService").unwrap();
+    for route in service["spec"]["http"].as_sequence().unwrap() {
+        for m in route["match"].as_sequence().unwrap() {
+            let matched = match (m["uri"]["exact"].as_str(), m["uri"]["prefix"].as_str()) {
+                (Some(exact), _) if exact == path => Some(exact.len()),
+                (_, Some(prefix)) if path.starts_with(prefix) => Some(prefix.len()),
+                _ => None,
+            };
+            let Some(len) = matched else { continue };
+            let destination = &route["route"][0]["destination"];
+            let host = destination["host"].as_str().unwrap();
+            assert!(host.ends_with(".caas.svc.cluster.local"), "{host}");
+            let name = host.split('.').next().unwrap().to_string();
+            let port = destination["port"]["number"].as_u64().unwrap() as u16;
+            assert!(service_port(&k8s_documents(), &name, port), "no Service {name}:{port}");
+            // Istio's rewrite replaces what matched (the prefix, or the whole path).
+            let rewritten = match route["rewrite"]["uri"].as_str() {
+                Some(rewrite) => format!("{rewrite}{}", &path[len..]),
+                None => path.to_string(),
+            };
+            return Some((name, rewritten));
+        }
+    }
+    None
+}
+
+/// Envoy Gateway's answer for `path`, from its HTTPRoute (Gateway API
+/// precedence: an exact match, else the longest prefix).
+fn envoy_gateway_route(path: &str) -> Routed {
+    let docs: Vec<Value> = serde_norway::Deserializer::from_str(ENVOY_GATEWAY)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let route = docs.iter().find(|d| d["kind"] == "HTTPRoute").unwrap();
+    let mut best: Option<(bool, usize, &Value)> = None;
+    for rule in route["spec"]["rules"].as_sequence().unwrap() {
+        for m in rule["matches"].as_sequence().unwrap() {
+            let value = m["path"]["value"].as_str().unwrap();
+            let exact = m["path"]["type"] == "Exact";
+            let hit = if exact { path == value } else { path.starts_with(value) };
+            if hit && best.is_none_or(|(e, len, _)| (exact, value.len()) > (e, len)) {
+                best = Some((exact, value.len(), rule));
+            }
+        }
+    }
+    let (_, len, rule) = best?;
+    let backend = &rule["backendRefs"][0];
+    let name = backend["name"].as_str().unwrap().to_string();
+    assert!(service_port(&k8s_documents(), &name, backend["port"].as_u64().unwrap() as u16), "{name}");
+    let rewrite = &rule["filters"][0]["urlRewrite"]["path"];
+    let rewritten = match (rewrite["replacePrefixMatch"].as_str(), rewrite["replaceFullPath"].as_str()) {
+        (Some(prefix), _) => format!("{prefix}{}", &path[len..]),
+        (_, Some(full)) => full.to_string(),
+        _ => path.to_string(),
+    };
+    Some((name, rewritten))
+}
+
+#[test]
+fn mesh_routes_send_every_public_path_where_the_gateway_does() {
+    let table = caas_ext_authz::policy::PolicyTable::builtin();
+    for path in [
+        "/v1/client/register",
+        "/v1/client/login",
+        "/v1/client/profile",
+        "/v1/client/api-keys/rotate",
+        "/v1/sdk/session",
+        "/v1/sdk/refresh",
+        "/v1/sdk/logout",
+        "/v1/ws",
+        "/v1/conversations",
+        "/v1/conversations/c_1/messages",
+        "/v1/messages",
+        "/v1/sdk/session/x",
+        "/v1/nope",
+        "/api/v1/auth/internal/validate",
+    ] {
+        let envoy = envoy_route(path);
+        assert_eq!(istio_route(path), envoy, "Istio: {path}");
+        assert_eq!(envoy_gateway_route(path), envoy, "Envoy Gateway: {path}");
+        // Whatever is routed has a policy in ext-authz's table.
+        if envoy.is_some() {
+            assert!(table.lookup(path).is_some(), "{path} is routed but has no policy");
+        }
+    }
+    assert_eq!(envoy_route("/v1/ws"), Some(("socket".into(), "/v1/ws".into())), "the comparison itself works");
 }
