@@ -421,18 +421,7 @@ type Routed = Option<(String, String)>;
 
 /// Envoy's answer for `path`, from envoy/envoy.yaml's routes (first match).
 fn envoy_route(path: &str) -> Routed {
-    let addresses = crate::envoy::Addresses {
-        listen_address: "0.0.0.0".into(),
-        listen_port: 8080,
-        admin_port: 9901,
-        auth_api: ("auth-api".into(), 3007),
-        ext_authz: ("ext-authz".into(), 9191),
-        chat: ("chat".into(), 3008),
-        socket: ("socket".into(), 3009),
-        trusted_proxy_hops: 0,
-        access_log_path: "/dev/stdout".into(),
-    };
-    let rendered = crate::envoy::render(crate::envoy::TEMPLATE, &addresses).unwrap();
+    let rendered = crate::envoy::render(crate::envoy::TEMPLATE, &super::addresses()).unwrap();
     let mut config: Value = serde_norway::from_str(&rendered).unwrap();
     config.apply_merge().unwrap();
     let routes = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]

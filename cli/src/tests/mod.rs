@@ -2,7 +2,7 @@
 
 use crate::envoy::{Addresses, TEMPLATE, render};
 
-fn addresses() -> Addresses {
+pub(super) fn addresses() -> Addresses {
     Addresses {
         listen_address: "0.0.0.0".into(),
         listen_port: 8080,
