@@ -126,17 +126,21 @@ impl PolicyTable {
     }
 }
 
-/// No `.` or `..` segment, no empty segment (`//`), no backslash, and no
-/// escaped dot, slash or backslash that a later hop could decode into one.
+/// No `.` or `..` segment (escaped dots included), no empty segment (`//`),
+/// no backslash, and no escaped slash or backslash that a later hop could
+/// decode into a separator. An escaped dot inside a segment is fine.
 pub fn canonical(path: &str) -> bool {
     if !path.starts_with('/') || path.contains('\\') || path.contains("//") {
         return false;
     }
-    if path.split('/').any(|segment| segment == "." || segment == "..") {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
         return false;
     }
-    let lower = path.to_ascii_lowercase();
-    !["%2e", "%2f", "%5c"].iter().any(|escaped| lower.contains(escaped))
+    !lower.split('/').any(|segment| {
+        let decoded = segment.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
 }
 
 #[cfg(test)]
@@ -172,6 +176,7 @@ mod tests {
         let table = PolicyTable::parse("prefix / public\n").unwrap();
         assert_eq!(table.lookup("/v1/conversations/c_1/messages"), Some(Policy::Public));
         assert_eq!(table.lookup("/v1/a.b/..c/x?next=../y"), Some(Policy::Public), "dots inside a segment, query");
+        assert_eq!(table.lookup("/v1/conversations/a%2Eb/%2e%2e%2e"), Some(Policy::Public), "escaped dots inside one");
         for path in [
             "/v1/ws/../client/keys",
             "/v1/ws/..",
@@ -180,6 +185,8 @@ mod tests {
             "/v1/ws\\..\\client",
             "/v1/ws/%2e%2e/client",
             "/v1/ws/%2E%2e/client",
+            "/v1/ws/.%2e/client",
+            "/v1/ws/%2e",
             "/v1/ws/..%2Fclient",
             "/v1/ws/..%5cclient",
             "v1/ws",

@@ -183,6 +183,7 @@ async fn internal_and_unknown_routes_are_not_reachable() {
         ("/v1/ws/../client/profile", 401, "missing_credentials"),
         ("/v1/ws/%2e%2e/client/profile", 401, "missing_credentials"),
         ("//v1//client//profile", 401, "missing_credentials"),
+        ("/v1/conversations/c%2E1", 401, "missing_credentials"),
         ("/v1/conversations%2F..%2F..%2Fapi/v1/auth/internal/validate", 400, ""),
         ("/v1/client/%5C..%5Cx", 400, ""),
     ] {
