@@ -58,7 +58,7 @@ for round in $(seq "$ROUNDS"); do
     t0=$(cpu_ticks "${PID[$v]}")
     out=$(./target/release/caas-bench grpc-load "${args[@]}")
     t1=$(cpu_ticks "${PID[$v]}")
-    sleep 0.5 # the exporter's last batch (it gathers for 200 ms)
+    sleep 0.5 # the exporter's last batch (it gathers for 100 ms)
     spans1=$(curl -s http://127.0.0.1:9499/spans)
     echo "$v $(echo "$out" | python3 -c "import json,sys; d=json.load(sys.stdin); print(d['requests'] + 100, d['denied'], d['errors'], d['p99_us'])") $((t1 - t0)) $(p99 "$v") $((spans1 - spans0))" >> "$RESULTS"
   done

@@ -116,13 +116,16 @@ impl StorageArgs {
         // for it rather than fail at the first connection (or, for sslmode=
         // prefer, PostgreSQL's default, quietly not encrypt: say so in the docs).
         let database = self.database_url.to_ascii_lowercase();
-        if let Some(mode) = ["sslmode=require", "sslmode=verify-ca", "sslmode=verify-full"]
-            .into_iter()
-            .find(|mode| database.contains(mode))
-        {
+        // sqlx takes `sslmode` or `ssl-mode` in the URL, else PGSSLMODE.
+        let from_env = std::env::var("PGSSLMODE").map(|m| format!("sslmode={}", m.to_ascii_lowercase()));
+        let asked = ["require", "verify-ca", "verify-full"].into_iter().find(|mode| {
+            [format!("sslmode={mode}"), format!("ssl-mode={mode}")].iter().any(|p| database.contains(p.as_str()))
+                || (database.starts_with("postgres") && from_env.as_deref() == Ok(&format!("sslmode={mode}")))
+        });
+        if let Some(mode) = asked {
             problems.add(format!(
-                "DATABASE_URL asks for {mode}, but this build has no TLS: reach PostgreSQL over a private network, \
-                 a mesh's mTLS or a TLS sidecar"
+                "DATABASE_URL (or PGSSLMODE) asks for sslmode={mode}, but this build has no TLS: reach PostgreSQL \
+                 over a private network, a mesh's mTLS or a TLS sidecar"
             ));
         }
         if let Some(url) = &self.redis_url {
@@ -333,6 +336,7 @@ mod tests {
         assert_eq!(check("postgres://u:pw@db/caas?sslmode=disable", None), "");
         let refused = check("postgres://u:pw@db/caas?sslmode=verify-full", Some("rediss://r:6380"));
         assert!(refused.contains("sslmode=verify-full") && refused.contains("rediss://"), "{refused}");
+        assert!(check("postgres://u:pw@db/caas?ssl-mode=require", None).contains("sslmode=require"));
         assert!(!refused.contains("pw@"), "{refused}");
         assert!(check("sqlite://x.db", Some("http://r")).contains("must start with redis://"));
     }

@@ -54,12 +54,22 @@ impl Default for AuthorizerSettings {
 pub struct Traced {
     trace: Option<TraceParent>,
     span: Option<String>,
+    /// The trace began here (the caller sent no valid traceparent).
+    new_trace: bool,
+}
+
+/// What an allowed request carries on of its trace, when spans are exported.
+pub struct UpstreamTrace {
+    /// This Check as the service's parent.
+    pub traceparent: String,
+    /// The caller's `tracestate` belongs to no trace we continue: drop it.
+    pub drop_tracestate: bool,
 }
 
 impl Traced {
-    /// The `traceparent` a service receives: this Check as its parent.
-    fn traceparent(&self, span_id: &str) -> Option<String> {
-        self.trace.as_ref().map(|trace| trace.child(span_id))
+    fn upstream(&self) -> Option<UpstreamTrace> {
+        let (trace, span_id) = (self.trace.as_ref()?, self.span.as_ref()?);
+        Some(UpstreamTrace { traceparent: trace.child(span_id), drop_tracestate: self.new_trace })
     }
 }
 
@@ -230,8 +240,7 @@ impl Authorizer {
         let decision = self.decide_within_deadline(&incoming).await;
         let trace = self.trace(&incoming);
         let decision = self.observe(&incoming, decision, started, &trace);
-        let traceparent = trace.span.as_ref().and_then(|span_id| trace.traceparent(span_id));
-        response::build(&decision, &incoming, &self.signer, unix_now(), traceparent)
+        response::build(&decision, &incoming, &self.signer, unix_now(), trace.upstream())
     }
 
     /// The Check's place in a trace. With export on, every Check is a span
@@ -242,8 +251,12 @@ impl Authorizer {
     fn trace(&self, req: &Incoming<'_>) -> Traced {
         let caller = req.header("traceparent").and_then(TraceParent::parse);
         match &self.exporter {
-            Some(_) => Traced { trace: Some(caller.unwrap_or_else(TraceParent::new_root)), span: Some(new_span_id()) },
-            None => Traced { trace: caller, span: None },
+            Some(_) => Traced {
+                new_trace: caller.is_none(),
+                trace: Some(caller.unwrap_or_else(TraceParent::new_root)),
+                span: Some(new_span_id()),
+            },
+            None => Traced { trace: caller, span: None, new_trace: false },
         }
     }
 
@@ -370,12 +383,13 @@ impl Authorizer {
         .await;
         match outcome {
             // In shadow mode services that have not moved to the signed
-            // context still validate the credential themselves.
+            // context still validate the credential themselves (a socket's
+            // `?token=` included).
             Ok(()) => Decision::Allow {
                 context: Some(context),
                 strip_credentials: self.settings.enforce,
                 cors_origin,
-                strip_query,
+                strip_query: if self.settings.enforce { strip_query } else { Vec::new() },
             },
             Err(rejection) => Decision::Deny {
                 reason: Reason::Denied(rejection.denial),

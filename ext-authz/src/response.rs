@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckResponse, DeniedHttpRespons
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::rpc::Status;
 
-use crate::check::{Decision, Incoming, Reason};
+use crate::check::{Decision, Incoming, Reason, UpstreamTrace};
 
 const GRPC_OK: i32 = 0;
 const GRPC_PERMISSION_DENIED: i32 = 7;
@@ -32,14 +32,14 @@ fn header(key: &str, value: impl Into<String>) -> HeaderValueOption {
     }
 }
 
-/// `traceparent`, when spans are exported: the Check's, passed on so the
-/// service's span is its child.
+/// `trace`, when spans are exported: the Check's `traceparent`, passed on so
+/// the service's span is its child.
 pub fn build(
     decision: &Decision,
     req: &Incoming<'_>,
     signer: &ContextSigner,
     now: i64,
-    traceparent: Option<String>,
+    trace: Option<UpstreamTrace>,
 ) -> CheckResponse {
     match decision {
         Decision::Allow { context, strip_credentials, cors_origin, strip_query } => {
@@ -48,10 +48,13 @@ pub fn build(
             // changes the request.
             let present = |name: &str| req.headers.contains_key(name);
             let mut headers = Vec::with_capacity(8);
-            if let Some(traceparent) = traceparent {
-                headers.push(header("traceparent", traceparent));
-            }
             let mut remove: Vec<String> = Vec::new();
+            if let Some(trace) = trace {
+                headers.push(header("traceparent", trace.traceparent));
+                if trace.drop_tracestate && present("tracestate") {
+                    remove.push("tracestate".to_string());
+                }
+            }
             match context {
                 Some(context) => {
                     for (name, value) in signer.headers(context, req.method, now) {

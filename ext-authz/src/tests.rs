@@ -579,6 +579,10 @@ async fn shadow_mode_allows_but_without_context() {
     let v = check(&f, request(Some("api_key"), "POST", "/v1/sdk/session", &[("x-api-key", &f.key)], "127.0.0.1")).await;
     assert_eq!(v.context("POST").tenant_id, f.tenant);
     assert_eq!(v.upstream.get("x-api-key"), Some(&f.key));
+    let upgrade = format!("/v1/ws?token={}", f.token);
+    let v = check(&f, request(Some("end_user"), "GET", &upgrade, &[("upgrade", "websocket")], "127.0.0.1")).await;
+    assert_eq!(v.status, 200, "{v:?}");
+    assert!(v.strip_query.is_empty(), "a socket's query token stays in shadow mode");
 }
 
 #[tokio::test]
@@ -712,9 +716,14 @@ async fn with_export_on_every_allowed_request_goes_on_with_the_checks_traceparen
     assert_eq!(passed.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_ne!(passed.parent_span_id, "00f067aa0ba902b7");
     assert!(passed.sampled);
-    // Without one, the Check starts a trace; a caller's "not sampled" stays so.
-    let v = check(&f, get(vec![])).await;
+    // Without one, the Check starts a trace (and a caller's tracestate,
+    // which belongs to no trace continued here, is dropped); a caller's
+    // "not sampled" stays so.
+    let v = check(&f, get(vec![("tracestate", "vendor=x".into())])).await;
     assert_eq!(parse(&v).trace_id.len(), 32);
+    assert!(v.removed.contains(&"tracestate".to_string()), "{v:?}");
+    let v = check(&f, get(vec![("traceparent", caller.into()), ("tracestate", "vendor=x".into())])).await;
+    assert!(!v.removed.contains(&"tracestate".to_string()), "{v:?}");
     let v = check(&f, get(vec![("traceparent", caller.replace("-01", "-00"))])).await;
     assert!(!parse(&v).sampled);
     // A refusal carries no traceparent (nothing goes on).

@@ -228,13 +228,15 @@ async fn export_loop(service: &'static str, url: String, mut rx: mpsc::Receiver<
                 }
                 Err(error) => tracing::warn!(%error, spans = batch.len(), "OTLP collector unreachable; spans dropped"),
             }
+            // Here, not after the loop: under sustained overload every batch
+            // is full and the loop never ends.
+            let overflowed = dropped.swap(0, Ordering::Relaxed);
+            if overflowed > 0 {
+                tracing::warn!(spans = overflowed, "OTLP export queue full; spans dropped");
+            }
             if batch.len() < BATCH {
                 break;
             }
-        }
-        let overflowed = dropped.swap(0, Ordering::Relaxed);
-        if overflowed > 0 {
-            tracing::warn!(spans = overflowed, "OTLP export queue full; spans dropped");
         }
     }
 }
