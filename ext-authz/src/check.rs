@@ -51,7 +51,7 @@ impl Default for AuthorizerSettings {
 
 /// A Check's place in a trace: the trace (the caller's, or a new one when
 /// spans are exported) and, when exporting, the Check's own span id.
-pub struct Traced {
+struct Traced {
     trace: Option<TraceParent>,
     span: Option<String>,
     /// The trace began here (the caller sent no valid traceparent).
