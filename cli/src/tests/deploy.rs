@@ -226,8 +226,18 @@ fn compose_renders_a_valid_gateway_config() {
     envoy_validates(&args, "docker-compose.yml");
 }
 
+/// Every document of a multi-document YAML file.
+fn documents(text: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(text).map(|doc| serde::Deserialize::deserialize(doc).unwrap()).collect()
+}
+
 fn k8s_documents() -> Vec<Value> {
-    serde_norway::Deserializer::from_str(K8S).map(|doc| serde::Deserialize::deserialize(doc).unwrap()).collect()
+    documents(K8S)
+}
+
+/// The one document of `kind` in a file's documents.
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"))
 }
 
 fn service_port(docs: &[Value], name: &str, port: u16) -> bool {
@@ -328,23 +338,19 @@ fn mesh_examples_point_at_ext_authz_and_fail_closed() {
     let provider_doc: Value = serde_norway::from_str(ISTIO_PROVIDER).unwrap();
     let normalization = &provider_doc["spec"]["meshConfig"]["pathNormalization"]["normalization"];
     assert!(normalization.is_null() || normalization != "NONE", "{normalization:?}");
-    let policies: Vec<Value> = serde_norway::Deserializer::from_str(ISTIO_POLICY)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
+    let policies = documents(ISTIO_POLICY);
     let custom = policies.iter().find(|p| p["spec"]["action"] == "CUSTOM").unwrap();
     assert_eq!(custom["spec"]["provider"]["name"], provider["name"]);
     assert!(policies.iter().any(|p| p["spec"]["action"] == "DENY"
         && p.to_owned()["spec"]["rules"][0]["to"][0]["operation"]["paths"][0] == "/api/*"));
 
-    let gateway: Vec<Value> = serde_norway::Deserializer::from_str(ENVOY_GATEWAY)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
-    let policy = gateway.iter().find(|d| d["kind"] == "SecurityPolicy").unwrap();
-    let route = gateway.iter().find(|d| d["kind"] == "HTTPRoute").unwrap();
+    let gateway = documents(ENVOY_GATEWAY);
+    let policy = of_kind(&gateway, "SecurityPolicy");
+    let route = of_kind(&gateway, "HTTPRoute");
     let backend = &policy["spec"]["extAuth"]["grpc"]["backendRefs"][0];
     assert_eq!((backend["name"].as_str(), backend["port"].as_u64()), (Some("ext-authz"), Some(9191)));
     assert_eq!(policy["spec"]["extAuth"]["failOpen"].as_bool(), Some(false));
-    let paths = gateway.iter().find(|d| d["kind"] == "ClientTrafficPolicy").unwrap();
+    let paths = of_kind(&gateway, "ClientTrafficPolicy");
     assert_eq!(paths["spec"]["path"]["escapedSlashesAction"], "RejectRequest");
     assert_eq!(paths["spec"]["targetRefs"][0]["name"], route["spec"]["parentRefs"][0]["name"]);
     // Every path the route sends on has a policy in ext-authz's table.
@@ -420,16 +426,20 @@ fn the_image_holds_every_binary_the_deployments_run_and_listens_where_they_probe
 /// arrives with; `None` when nothing routes it there.
 type Routed = Option<(String, String)>;
 
-/// Envoy's answer for `path`, from envoy/envoy.yaml's routes (first match).
-fn envoy_route(path: &str) -> Routed {
+/// envoy/envoy.yaml's routes, rendered.
+fn envoy_routes() -> Vec<Value> {
     let rendered = crate::envoy::render(crate::envoy::TEMPLATE, &super::addresses()).unwrap();
     let mut config: Value = serde_norway::from_str(&rendered).unwrap();
     config.apply_merge().unwrap();
-    let routes = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-        ["route_config"]["virtual_hosts"][0]["routes"]
+    config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+        ["virtual_hosts"][0]["routes"]
         .as_sequence()
         .unwrap()
-        .clone();
+        .clone()
+}
+
+/// Envoy's answer for `path` (first match).
+fn envoy_route(routes: &[Value], path: &str) -> Routed {
     let route = routes.iter().find(|r| match (r["match"]["path"].as_str(), r["match"]["prefix"].as_str()) {
         (Some(exact), _) => exact == path,
         (_, Some(prefix)) => path.starts_with(prefix),
@@ -444,12 +454,8 @@ fn envoy_route(path: &str) -> Routed {
     Some((cluster, rewritten))
 }
 
-/// Istio's answer for `path`, from deploy/istio/virtual-service.yaml.
-fn istio_route(path: &str) -> Routed {
-    let docs: Vec<Value> = serde_norway::Deserializer::from_str(ISTIO_ROUTES)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
-    let service = docs.iter().find(|d| d["kind"] == "VirtualService").unwrap();
+/// Istio's answer for `path`, from the VirtualService; `k8s` holds the Services.
+fn istio_route(service: &Value, k8s: &[Value], path: &str) -> Routed {
     for route in service["spec"]["http"].as_sequence().unwrap() {
         for m in route["match"].as_sequence().unwrap() {
             let matched = match (m["uri"]["exact"].as_str(), m["uri"]["prefix"].as_str()) {
@@ -463,7 +469,7 @@ fn istio_route(path: &str) -> Routed {
             assert!(host.ends_with(".caas.svc.cluster.local"), "{host}");
             let name = host.split('.').next().unwrap().to_string();
             let port = destination["port"]["number"].as_u64().unwrap() as u16;
-            assert!(service_port(&k8s_documents(), &name, port), "no Service {name}:{port}");
+            assert!(service_port(k8s, &name, port), "no Service {name}:{port}");
             // Istio's rewrite replaces what matched (the prefix, or the whole path).
             let rewritten = match route["rewrite"]["uri"].as_str() {
                 Some(rewrite) => format!("{rewrite}{}", &path[len..]),
@@ -477,11 +483,7 @@ fn istio_route(path: &str) -> Routed {
 
 /// Envoy Gateway's answer for `path`, from its HTTPRoute (Gateway API
 /// precedence: an exact match, else the longest prefix).
-fn envoy_gateway_route(path: &str) -> Routed {
-    let docs: Vec<Value> = serde_norway::Deserializer::from_str(ENVOY_GATEWAY)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
-    let route = docs.iter().find(|d| d["kind"] == "HTTPRoute").unwrap();
+fn envoy_gateway_route(route: &Value, k8s: &[Value], path: &str) -> Routed {
     let mut best: Option<(bool, usize, &Value)> = None;
     for rule in route["spec"]["rules"].as_sequence().unwrap() {
         for m in rule["matches"].as_sequence().unwrap() {
@@ -496,7 +498,7 @@ fn envoy_gateway_route(path: &str) -> Routed {
     let (_, len, rule) = best?;
     let backend = &rule["backendRefs"][0];
     let name = backend["name"].as_str().unwrap().to_string();
-    assert!(service_port(&k8s_documents(), &name, backend["port"].as_u64().unwrap() as u16), "{name}");
+    assert!(service_port(k8s, &name, backend["port"].as_u64().unwrap() as u16), "{name}");
     let rewrite = &rule["filters"][0]["urlRewrite"]["path"];
     let rewritten = match (rewrite["replacePrefixMatch"].as_str(), rewrite["replaceFullPath"].as_str()) {
         (Some(prefix), _) => format!("{prefix}{}", &path[len..]),
@@ -509,6 +511,9 @@ fn envoy_gateway_route(path: &str) -> Routed {
 #[test]
 fn mesh_routes_send_every_public_path_where_the_gateway_does() {
     let table = caas_ext_authz::policy::PolicyTable::builtin();
+    let (routes, k8s) = (envoy_routes(), k8s_documents());
+    let (istio, envoy_gateway) = (documents(ISTIO_ROUTES), documents(ENVOY_GATEWAY));
+    let (virtual_service, http_route) = (of_kind(&istio, "VirtualService"), of_kind(&envoy_gateway, "HTTPRoute"));
     for path in [
         "/v1/client/register",
         "/v1/client/login",
@@ -525,13 +530,13 @@ fn mesh_routes_send_every_public_path_where_the_gateway_does() {
         "/v1/nope",
         "/api/v1/auth/internal/validate",
     ] {
-        let envoy = envoy_route(path);
-        assert_eq!(istio_route(path), envoy, "Istio: {path}");
-        assert_eq!(envoy_gateway_route(path), envoy, "Envoy Gateway: {path}");
+        let envoy = envoy_route(&routes, path);
+        assert_eq!(istio_route(virtual_service, &k8s, path), envoy, "Istio: {path}");
+        assert_eq!(envoy_gateway_route(http_route, &k8s, path), envoy, "Envoy Gateway: {path}");
         // Whatever is routed has a policy in ext-authz's table.
         if envoy.is_some() {
             assert!(table.lookup(path).is_some(), "{path} is routed but has no policy");
         }
     }
-    assert_eq!(envoy_route("/v1/ws"), Some(("socket".into(), "/v1/ws".into())), "the comparison itself works");
+    assert_eq!(envoy_route(&routes, "/v1/ws"), Some(("socket".into(), "/v1/ws".into())), "the comparison itself works");
 }
