@@ -11,7 +11,6 @@ use caas_core::context::{AuthType, ContextSigner, ContextVerifier, RequestContex
 use caas_core::id::{new_id, unix_now};
 use caas_core::jwt::{Audience, Claims, JwtKeys};
 use caas_core::metrics::AuthMetrics;
-use caas_core::secret::Secret;
 use caas_core::store::{AuditEntry, NewApiKey, NewSdkSession, Store, WhitelistKind};
 use caas_core::validate::{Validator, ValidatorSettings};
 use hmac::Mac as _;
@@ -72,7 +71,7 @@ pub async fn run(args: MicroArgs) -> anyhow::Result<()> {
         refresh_expires_at: now + 86_400,
     };
     store.create_sdk_session(&new, &audit, now).await?;
-    let jwt = JwtKeys::new("caas", &Secret::generate(), None);
+    let jwt = JwtKeys::new("caas", &caas_core::secret::generate(), None);
     let token = jwt.issue(&Claims {
         iss: "caas".into(),
         aud: Audience::Sdk.as_str().into(),
@@ -94,7 +93,7 @@ pub async fn run(args: MicroArgs) -> anyhow::Result<()> {
         metrics.clone(),
     );
     let ip: IpAddr = "127.0.0.1".parse()?;
-    let secret = Secret::generate();
+    let secret = caas_core::secret::generate();
     let signer = ContextSigner::new(&secret);
     let verifier = ContextVerifier::new(&secret, None);
     let ctx = RequestContext {

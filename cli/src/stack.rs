@@ -84,8 +84,8 @@ impl UpConfig {
                 .with_context(|| format!("{} is not valid; delete it to regenerate", path.display()))?,
             Err(_) => {
                 let secrets = DevSecrets {
-                    jwt_secret: Secret::generate().expose().to_string(),
-                    service_secret: Secret::generate().expose().to_string(),
+                    jwt_secret: caas_core::secret::generate().expose().to_string(),
+                    service_secret: caas_core::secret::generate().expose().to_string(),
                 };
                 std::fs::create_dir_all(&self.data_dir)?;
                 write_private(&path, &serde_json::to_string_pretty(&secrets)?)?;

@@ -23,105 +23,11 @@ use crate::api_key;
 use crate::bus::{BusMessage, EventBus};
 use crate::cache::Cache;
 use crate::events::Event;
-use crate::jwt::{Audience, Claims, JwtKeys, TokenError};
+use crate::jwt::{Audience, Claims, JwtKeys};
 use crate::metrics::AuthMetrics;
 use crate::store::{Store, StoreError, WhitelistKind};
 use crate::whitelist::{IpWhitelist, OriginWhitelist};
-
-/// Why a request is refused. Each edge maps `class()` to its protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Denial {
-    /// No credential where one is required: unauthenticated.
-    #[error("credentials are required")]
-    MissingCredentials,
-    /// Malformed, truncated or unknown API key: unauthenticated.
-    #[error("API key is not valid")]
-    InvalidApiKey,
-    /// Unauthenticated.
-    #[error("API key has been revoked")]
-    ApiKeyRevoked,
-    /// Rotated out and past its grace period: unauthenticated.
-    #[error("API key has expired")]
-    ApiKeyExpired,
-    /// Unauthenticated, with the token error's own code.
-    #[error("{0}")]
-    Token(#[from] TokenError),
-    /// Logged out, reuse-detected, or unknown session: unauthenticated.
-    #[error("session has been revoked")]
-    SessionRevoked,
-    /// Forbidden.
-    #[error("client IP is not in the tenant's IP whitelist")]
-    IpNotAllowed,
-    /// Forbidden.
-    #[error("origin is not in the tenant's origin whitelist")]
-    OriginNotAllowed,
-    /// The database is unreachable and nothing cached can answer: fail closed.
-    #[error("credential store is unavailable")]
-    Unavailable,
-}
-
-/// A denial and, when the credential got far enough to name one, its tenant
-/// (for logs: an IP or Origin refusal is about a known tenant).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub denial: Denial,
-    pub tenant_id: Option<String>,
-}
-
-impl From<Denial> for Rejection {
-    fn from(denial: Denial) -> Self {
-        Rejection { denial, tenant_id: None }
-    }
-}
-
-impl From<TokenError> for Rejection {
-    fn from(error: TokenError) -> Self {
-        Denial::Token(error).into()
-    }
-}
-
-impl PartialEq<Denial> for Rejection {
-    fn eq(&self, other: &Denial) -> bool {
-        self.denial == *other
-    }
-}
-
-impl Denial {
-    fn for_tenant(self, tenant_id: &str) -> Rejection {
-        Rejection { denial: self, tenant_id: Some(tenant_id.to_string()) }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DenialClass {
-    Unauthenticated,
-    Forbidden,
-    Unavailable,
-}
-
-impl Denial {
-    pub fn code(self) -> &'static str {
-        match self {
-            Denial::MissingCredentials => "missing_credentials",
-            Denial::InvalidApiKey => "invalid_api_key",
-            Denial::ApiKeyRevoked => "api_key_revoked",
-            Denial::ApiKeyExpired => "api_key_expired",
-            Denial::Token(e) => e.code(),
-            Denial::SessionRevoked => "session_revoked",
-            Denial::IpNotAllowed => "ip_not_allowed",
-            Denial::OriginNotAllowed => "origin_not_allowed",
-            Denial::Unavailable => "service_unavailable",
-        }
-    }
-
-    pub fn class(self) -> DenialClass {
-        match self {
-            Denial::IpNotAllowed | Denial::OriginNotAllowed => DenialClass::Forbidden,
-            Denial::Unavailable => DenialClass::Unavailable,
-            _ => DenialClass::Unauthenticated,
-        }
-    }
-}
+pub use caas_rules::denial::{Denial, DenialClass, Rejection};
 
 #[derive(Debug, Clone)]
 pub struct ValidatorSettings {

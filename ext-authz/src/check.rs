@@ -11,14 +11,15 @@ use caas_core::context::{AuthType, ContextSigner, RequestContext};
 use caas_core::id::{new_id, unix_now};
 use caas_core::jwt::{Audience, MAX_TOKEN_LEN, TokenError};
 use caas_core::trace::{TraceParent, new_span_id};
-use caas_core::validate::{Denial, DenialClass, Rejection, Validator};
+use caas_core::validate::{Denial, Rejection, Validator};
 use caas_http::otlp::{Span, SpanExporter};
+pub use caas_rules::denial::Reason;
 use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
 use crate::metrics::GatewayMetrics;
-use crate::policy::Policy;
 use crate::response;
+use caas_rules::policy::Policy;
 
 /// Subprotocol prefix a WebSocket client uses to carry its token.
 pub const BEARER_SUBPROTOCOL: &str = "caas.bearer.";
@@ -32,7 +33,7 @@ pub struct AuthorizerSettings {
     /// Internal deadline, shorter than Envoy's timeout: past it, deny.
     pub deadline: Duration,
     /// Policies by path, for requests whose route declares none (meshes).
-    pub policy_table: Option<crate::policy::PolicyTable>,
+    pub policy_table: Option<caas_rules::policy::PolicyTable>,
     /// Log allowed requests too (at info), not only denials.
     pub log_allowed: bool,
 }
@@ -70,67 +71,6 @@ impl Traced {
     fn upstream(&self) -> Option<UpstreamTrace> {
         let (trace, span_id) = (self.trace.as_ref()?, self.span.as_ref()?);
         Some(UpstreamTrace { traceparent: trace.child(span_id), drop_tracestate: self.new_trace })
-    }
-}
-
-/// Why a request was refused at the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Denied(Denial),
-    /// A credential in the URL, where logs and referrers keep it.
-    CredentialInQuery,
-    /// The route declares no (or an unknown) policy: a gateway misconfiguration.
-    PolicyMissing,
-    /// A path with `.`/`..`/empty segments or escaped separators, which a
-    /// later hop could route differently from the policy chosen here.
-    PathNotCanonical,
-    /// TRUSTED_PROXY_HOPS says there are proxies, but X-Forwarded-For is too short.
-    ClientIpUnknown,
-    /// The internal deadline passed before a decision.
-    DeadlineExceeded,
-    /// A preflight for a route browsers must not call (API-key routes).
-    PreflightNotAllowed,
-}
-
-impl Reason {
-    pub fn code(self) -> &'static str {
-        match self {
-            Reason::Denied(denial) => denial.code(),
-            Reason::CredentialInQuery => "credential_in_query",
-            Reason::PolicyMissing => "route_policy_missing",
-            Reason::PathNotCanonical => "path_not_canonical",
-            Reason::ClientIpUnknown => "client_ip_unknown",
-            Reason::DeadlineExceeded => "auth_timeout",
-            Reason::PreflightNotAllowed => "cors_not_allowed",
-        }
-    }
-
-    pub fn status(self) -> u16 {
-        match self {
-            Reason::Denied(denial) => match denial.class() {
-                DenialClass::Unauthenticated => 401,
-                DenialClass::Forbidden => 403,
-                DenialClass::Unavailable => 503,
-            },
-            Reason::CredentialInQuery | Reason::PathNotCanonical => 400,
-            Reason::PolicyMissing => 500,
-            Reason::ClientIpUnknown | Reason::PreflightNotAllowed => 403,
-            Reason::DeadlineExceeded => 503,
-        }
-    }
-
-    pub fn message(self) -> String {
-        match self {
-            Reason::Denied(denial) => denial.to_string(),
-            Reason::CredentialInQuery => "credentials must be sent in headers, never in the URL".into(),
-            Reason::PolicyMissing => "this route is not configured for authorization".into(),
-            Reason::PathNotCanonical => {
-                "the path must not contain '.', '..' or empty segments or escaped separators".into()
-            }
-            Reason::ClientIpUnknown => "the client address could not be determined".into(),
-            Reason::DeadlineExceeded => "authorization took too long; retry".into(),
-            Reason::PreflightNotAllowed => "this route does not accept browser requests".into(),
-        }
     }
 }
 
@@ -282,7 +222,7 @@ impl Authorizer {
         let origin = req.header("origin");
         // Before any policy: the policy is chosen by this path, and a path
         // with another spelling could be routed elsewhere by a later hop.
-        if !crate::policy::canonical(path_only(req.path)) {
+        if !caas_rules::policy::canonical(path_only(req.path)) {
             return deny(Reason::PathNotCanonical, None, origin);
         }
         let Some(policy) = self.policy_of(req) else {

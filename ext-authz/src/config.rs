@@ -8,7 +8,7 @@ use caas_core::config::{
 };
 
 use crate::AuthorizerSettings;
-use crate::policy::PolicyTable;
+use caas_rules::policy::PolicyTable;
 
 /// Settings of ext-authz itself; `caas up` flattens these too.
 #[derive(clap::Args, Debug, Clone)]

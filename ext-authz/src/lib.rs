@@ -9,7 +9,7 @@
 pub mod check;
 pub mod config;
 pub mod metrics;
-pub mod policy;
+pub use caas_rules::policy;
 pub mod response;
 
 #[cfg(test)]

@@ -1,16 +1,18 @@
-//! JSON Web Tokens, HS256 only. The algorithm is pinned: a token whose header
-//! names anything else (`none`, HS512, RS256) is refused before any key is
-//! touched. `kid` selects the current or the previous secret (rotation).
+//! JSON Web Tokens, HS256 only, signed and verified by `jsonwebtoken`. The
+//! algorithm is pinned: a token whose header names anything else (`none`,
+//! HS512, RS256) is refused before any key is touched. `kid` selects the
+//! current or the previous secret (rotation). Time is the caller's `now`:
+//! `jsonwebtoken`'s own clock checks are off and ours apply, with the same
+//! leeway, so a token's validity never depends on where the rule runs.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac as _};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::secret::Secret;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Longest token accepted; anything longer is refused unparsed.
 pub const MAX_TOKEN_LEN: usize = 4096;
@@ -18,7 +20,7 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 pub const LEEWAY_SECONDS: i64 = 5;
 
 /// Who a token is for. A token for one audience never passes for the other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Audience {
     /// Dashboard users of a client (tenant).
     Dashboard,
@@ -27,10 +29,24 @@ pub enum Audience {
 }
 
 impl Audience {
+    pub const ALL: [Audience; 2] = [Audience::Dashboard, Audience::Sdk];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Audience::Dashboard => "caas-dashboard",
             Audience::Sdk => "caas-sdk",
+        }
+    }
+}
+
+impl std::str::FromStr for Audience {
+    type Err = TokenError;
+
+    fn from_str(value: &str) -> Result<Self, TokenError> {
+        match value {
+            "caas-dashboard" => Ok(Audience::Dashboard),
+            "caas-sdk" => Ok(Audience::Sdk),
+            _ => Err(TokenError::WrongAudience),
         }
     }
 }
@@ -87,6 +103,7 @@ impl TokenError {
     }
 }
 
+/// The header fields read before any key is chosen.
 #[derive(Deserialize)]
 struct Header<'a> {
     alg: &'a str,
@@ -99,34 +116,48 @@ struct Header<'a> {
 #[derive(Clone)]
 struct SigningKey {
     kid: String,
-    /// Keyed once; cloning a keyed HMAC skips re-deriving the pads per token.
-    mac: HmacSha256,
-    /// The header this key signs with, already base64url-encoded.
-    encoded_header: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    /// The header new tokens carry (with this key's kid).
+    header: jsonwebtoken::Header,
 }
 
 impl SigningKey {
     fn new(secret: &Secret) -> Self {
+        let bytes = secret.expose().as_bytes();
         // The kid names the key without revealing it: a digest prefix.
-        let kid = hex::encode(&Sha256::digest(secret.expose().as_bytes())[..8]);
-        let mac = HmacSha256::new_from_slice(secret.expose().as_bytes())
-            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-        let header = format!(r#"{{"alg":"HS256","typ":"JWT","kid":"{kid}"}}"#);
-        Self { encoded_header: URL_SAFE_NO_PAD.encode(header), kid, mac }
+        let kid = hex::encode(&Sha256::digest(bytes)[..8]);
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = Some(kid.clone());
+        Self { kid, encoding: EncodingKey::from_secret(bytes), decoding: DecodingKey::from_secret(bytes), header }
     }
 }
 
-/// Issues and verifies tokens. Only the auth service holds one.
+/// Issues and verifies tokens (auth-api issues; ext-authz verifies).
 #[derive(Clone)]
 pub struct JwtKeys {
     issuer: String,
     current: SigningKey,
     previous: Option<SigningKey>,
+    /// One per audience, in `Audience::ALL` order: HS256 only, issuer and
+    /// audience checked by `jsonwebtoken`, its clock off (ours is `now`).
+    validations: [Validation; 2],
 }
 
 impl JwtKeys {
     pub fn new(issuer: impl Into<String>, current: &Secret, previous: Option<&Secret>) -> Self {
-        Self { issuer: issuer.into(), current: SigningKey::new(current), previous: previous.map(SigningKey::new) }
+        let issuer = issuer.into();
+        let validations = Audience::ALL.map(|audience| {
+            let mut validation = Validation::new(Algorithm::HS256);
+            validation.validate_exp = false;
+            validation.validate_nbf = false;
+            validation.leeway = 0;
+            validation.required_spec_claims.clear();
+            validation.set_issuer(&[issuer.as_str()]);
+            validation.set_audience(&[audience.as_str()]);
+            validation
+        });
+        Self { issuer, current: SigningKey::new(current), previous: previous.map(SigningKey::new), validations }
     }
 
     pub fn issuer(&self) -> &str {
@@ -138,29 +169,48 @@ impl JwtKeys {
         &self.current.kid
     }
 
+    /// Signs `claims` with the current secret. Serializing these claims
+    /// cannot fail; if it ever did, the empty token verifies nowhere.
     pub fn issue(&self, claims: &Claims) -> String {
-        let payload = serde_json::to_vec(claims).unwrap_or_default();
-        let mut token = String::with_capacity(self.current.encoded_header.len() + payload.len() * 4 / 3 + 48);
-        token.push_str(&self.current.encoded_header);
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(payload, &mut token);
-        let mut mac = self.current.mac.clone();
-        mac.update(token.as_bytes());
-        let signature = mac.finalize().into_bytes();
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
-        token
+        jsonwebtoken::encode(&self.current.header, claims, &self.current.encoding).unwrap_or_default()
     }
 
     /// Verifies signature, algorithm, issuer, audience and time. Revocation is
-    /// the caller's next step (see `validate`): a token alone cannot say it.
+    /// the caller's next step: a token alone cannot say it.
     pub fn verify(&self, token: &str, audience: Audience, now: i64) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLong);
         }
+        let key = self.key_for(token)?;
+        let validation = match audience {
+            Audience::Dashboard => &self.validations[0],
+            Audience::Sdk => &self.validations[1],
+        };
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, validation)
+            .map_err(|error| match error.kind() {
+                // verify_slice underneath compares in constant time.
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => TokenError::AlgorithmNotAllowed,
+                ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+                ErrorKind::InvalidAudience => TokenError::WrongAudience,
+                _ => TokenError::Malformed,
+            })?
+            .claims;
+        if now >= claims.exp + LEEWAY_SECONDS {
+            return Err(TokenError::Expired);
+        }
+        let not_before = claims.nbf.unwrap_or(claims.iat);
+        if now + LEEWAY_SECONDS < not_before {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(claims)
+    }
+
+    /// Reads the header alone: the algorithm must be exactly HS256 and the
+    /// `kid` must name the current or previous secret, before either is used.
+    fn key_for(&self, token: &str) -> Result<&SigningKey, TokenError> {
         let mut parts = token.split('.');
-        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(header_b64), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
         };
@@ -172,44 +222,24 @@ impl JwtKeys {
         if header.typ.is_some_and(|typ| typ != "JWT") {
             return Err(TokenError::Malformed);
         }
-        let key = match header.kid {
-            Some(kid) if kid == self.current.kid => &self.current,
+        match header.kid {
+            Some(kid) if kid == self.current.kid => Ok(&self.current),
             Some(kid) => match &self.previous {
-                Some(previous) if previous.kid == kid => previous,
-                _ => return Err(TokenError::BadSignature),
+                Some(previous) if previous.kid == kid => Ok(previous),
+                _ => Err(TokenError::BadSignature),
             },
-            None => return Err(TokenError::BadSignature),
-        };
-        let signature = URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| TokenError::Malformed)?;
-        let mut mac = key.mac.clone();
-        mac.update(header_b64.as_bytes());
-        mac.update(b".");
-        mac.update(payload_b64.as_bytes());
-        // verify_slice compares in constant time.
-        mac.verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
-
-        let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| TokenError::Malformed)?;
-        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
-        if claims.iss != self.issuer {
-            return Err(TokenError::WrongIssuer);
+            None => Err(TokenError::BadSignature),
         }
-        if claims.aud != audience.as_str() {
-            return Err(TokenError::WrongAudience);
-        }
-        if now >= claims.exp + LEEWAY_SECONDS {
-            return Err(TokenError::Expired);
-        }
-        let not_before = claims.nbf.unwrap_or(claims.iat);
-        if now + LEEWAY_SECONDS < not_before {
-            return Err(TokenError::NotYetValid);
-        }
-        Ok(claims)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use hmac::{Hmac, Mac as _};
+
     use super::*;
+
+    type HmacSha256 = Hmac<Sha256>;
 
     fn keys() -> JwtKeys {
         JwtKeys::new("caas", &Secret::new("a".repeat(32)), None)

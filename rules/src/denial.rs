@@ -1,0 +1,162 @@
+//! Why a request is refused: the credential denials every edge shares
+//! (`Denial`, with its class) and the gateway's own refusals (`Reason`), each
+//! with its stable error code, HTTP status and message. ext-authz and any
+//! in-proxy filter answer from these, so the two can never disagree.
+
+use crate::jwt::TokenError;
+
+/// Why a request is refused. Each edge maps `class()` to its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    /// No credential where one is required: unauthenticated.
+    #[error("credentials are required")]
+    MissingCredentials,
+    /// Malformed, truncated or unknown API key: unauthenticated.
+    #[error("API key is not valid")]
+    InvalidApiKey,
+    /// Unauthenticated.
+    #[error("API key has been revoked")]
+    ApiKeyRevoked,
+    /// Rotated out and past its grace period: unauthenticated.
+    #[error("API key has expired")]
+    ApiKeyExpired,
+    /// Unauthenticated, with the token error's own code.
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    /// Logged out, reuse-detected, or unknown session: unauthenticated.
+    #[error("session has been revoked")]
+    SessionRevoked,
+    /// Forbidden.
+    #[error("client IP is not in the tenant's IP whitelist")]
+    IpNotAllowed,
+    /// Forbidden.
+    #[error("origin is not in the tenant's origin whitelist")]
+    OriginNotAllowed,
+    /// The database is unreachable and nothing cached can answer: fail closed.
+    #[error("credential store is unavailable")]
+    Unavailable,
+}
+
+/// A denial and, when the credential got far enough to name one, its tenant
+/// (for logs: an IP or Origin refusal is about a known tenant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub denial: Denial,
+    pub tenant_id: Option<String>,
+}
+
+impl From<Denial> for Rejection {
+    fn from(denial: Denial) -> Self {
+        Rejection { denial, tenant_id: None }
+    }
+}
+
+impl From<TokenError> for Rejection {
+    fn from(error: TokenError) -> Self {
+        Denial::Token(error).into()
+    }
+}
+
+impl PartialEq<Denial> for Rejection {
+    fn eq(&self, other: &Denial) -> bool {
+        self.denial == *other
+    }
+}
+
+impl Denial {
+    pub fn for_tenant(self, tenant_id: &str) -> Rejection {
+        Rejection { denial: self, tenant_id: Some(tenant_id.to_string()) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenialClass {
+    Unauthenticated,
+    Forbidden,
+    Unavailable,
+}
+
+impl Denial {
+    pub fn code(self) -> &'static str {
+        match self {
+            Denial::MissingCredentials => "missing_credentials",
+            Denial::InvalidApiKey => "invalid_api_key",
+            Denial::ApiKeyRevoked => "api_key_revoked",
+            Denial::ApiKeyExpired => "api_key_expired",
+            Denial::Token(e) => e.code(),
+            Denial::SessionRevoked => "session_revoked",
+            Denial::IpNotAllowed => "ip_not_allowed",
+            Denial::OriginNotAllowed => "origin_not_allowed",
+            Denial::Unavailable => "service_unavailable",
+        }
+    }
+
+    pub fn class(self) -> DenialClass {
+        match self {
+            Denial::IpNotAllowed | Denial::OriginNotAllowed => DenialClass::Forbidden,
+            Denial::Unavailable => DenialClass::Unavailable,
+            _ => DenialClass::Unauthenticated,
+        }
+    }
+}
+
+/// Why a request was refused at the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Denied(Denial),
+    /// A credential in the URL, where logs and referrers keep it.
+    CredentialInQuery,
+    /// The route declares no (or an unknown) policy: a gateway misconfiguration.
+    PolicyMissing,
+    /// A path with `.`/`..`/empty segments or escaped separators, which a
+    /// later hop could route differently from the policy chosen here.
+    PathNotCanonical,
+    /// TRUSTED_PROXY_HOPS says there are proxies, but X-Forwarded-For is too short.
+    ClientIpUnknown,
+    /// The internal deadline passed before a decision.
+    DeadlineExceeded,
+    /// A preflight for a route browsers must not call (API-key routes).
+    PreflightNotAllowed,
+}
+
+impl Reason {
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Denied(denial) => denial.code(),
+            Reason::CredentialInQuery => "credential_in_query",
+            Reason::PolicyMissing => "route_policy_missing",
+            Reason::PathNotCanonical => "path_not_canonical",
+            Reason::ClientIpUnknown => "client_ip_unknown",
+            Reason::DeadlineExceeded => "auth_timeout",
+            Reason::PreflightNotAllowed => "cors_not_allowed",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            Reason::Denied(denial) => match denial.class() {
+                DenialClass::Unauthenticated => 401,
+                DenialClass::Forbidden => 403,
+                DenialClass::Unavailable => 503,
+            },
+            Reason::CredentialInQuery | Reason::PathNotCanonical => 400,
+            Reason::PolicyMissing => 500,
+            Reason::ClientIpUnknown | Reason::PreflightNotAllowed => 403,
+            Reason::DeadlineExceeded => 503,
+        }
+    }
+
+    pub fn message(self) -> String {
+        match self {
+            Reason::Denied(denial) => denial.to_string(),
+            Reason::CredentialInQuery => "credentials must be sent in headers, never in the URL".into(),
+            Reason::PolicyMissing => "this route is not configured for authorization".into(),
+            Reason::PathNotCanonical => {
+                "the path must not contain '.', '..' or empty segments or escaped separators".into()
+            }
+            Reason::ClientIpUnknown => "the client address could not be determined".into(),
+            Reason::DeadlineExceeded => "authorization took too long; retry".into(),
+            Reason::PreflightNotAllowed => "this route does not accept browser requests".into(),
+        }
+    }
+}
