@@ -10,7 +10,7 @@ use caas_core::events::Event;
 use caas_core::id::{new_id, unix_now};
 use caas_core::jwt::{Audience, Claims};
 use caas_core::password;
-use caas_core::store::{ApiKeyRecord, AuditEntry, NewApiKey, WhitelistKind};
+use caas_core::store::{ApiKeyRecord, AuditAction, AuditEntry, NewApiKey, WhitelistKind};
 use caas_core::whitelist::{IpWhitelist, OriginWhitelist};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -42,7 +42,7 @@ impl From<ApiKeyRecord> for KeyView {
         Self {
             id: key.id,
             prefix: key.prefix,
-            role: key.role,
+            role: key.role.as_str().into(),
             created_at: key.created_at,
             expires_at: key.expires_at,
             last_used_at: key.last_used_at,
@@ -50,7 +50,7 @@ impl From<ApiKeyRecord> for KeyView {
     }
 }
 
-fn audit(client_id: &str, actor: &str, action: &'static str, ip: &str) -> AuditEntry {
+fn audit(client_id: &str, actor: &str, action: AuditAction, ip: &str) -> AuditEntry {
     AuditEntry {
         client_id: Some(client_id.into()),
         actor: Some(actor.into()),
@@ -139,7 +139,7 @@ pub async fn login(
             let entry = AuditEntry {
                 client_id: other.as_ref().map(|a| a.client_id.clone()),
                 actor: other.as_ref().map(|a| a.id.clone()),
-                action: "client.login_failed",
+                action: AuditAction::ClientLoginFailed,
                 ip: Some(ip.clone()),
                 detail: Some(serde_json::json!({ "email": email })),
             };
@@ -160,7 +160,7 @@ pub async fn login(
             &account.client_id,
             &account.id,
             now + ttl,
-            &audit(&account.client_id, &account.id, "client.login", &ip),
+            &audit(&account.client_id, &account.id, AuditAction::ClientLogin, &ip),
             now,
         )
         .await?;
@@ -245,15 +245,17 @@ pub async fn rotate_key(
     }
     let (key, raw_key) = new_key();
     let tenant = caller.tenant_id.as_str();
-    let entry = audit(tenant, &caller.user_id, "api_key.rotated", &caller.client_ip);
+    let entry = audit(tenant, &caller.user_id, AuditAction::ApiKeyRotated, &caller.client_ip);
     let rotation = state.store().rotate_api_key(tenant, &key, grace as i64, &entry, unix_now()).await?;
     for changed in rotation.demoted.iter().chain(&rotation.revoked) {
-        if let Some(hash) = state.store().api_key_hash(&changed.id).await? {
-            state
-                .validator()
-                .publish(Event::ApiKeyChanged { tenant_id: tenant.into(), key_id: changed.id.clone(), key_hash: hash })
-                .await;
-        }
+        state
+            .validator()
+            .publish(Event::ApiKeyChanged {
+                tenant_id: tenant.into(),
+                key_id: changed.key.id.clone(),
+                key_hash: changed.hash.clone(),
+            })
+            .await;
     }
     state
         .validator()
@@ -268,8 +270,12 @@ pub async fn rotate_key(
             prefix: key.prefix,
             role: "primary",
             created_at: rotation.new_key.created_at,
-            previous_key: rotation.demoted.map(|k| PreviousKey { id: k.id, role: k.role, expires_at: k.expires_at }),
-            revoked_key_ids: rotation.revoked.iter().map(|k| k.id.clone()).collect(),
+            previous_key: rotation.demoted.map(|k| PreviousKey {
+                id: k.key.id,
+                role: k.key.role.as_str().into(),
+                expires_at: k.key.expires_at,
+            }),
+            revoked_key_ids: rotation.revoked.iter().map(|k| k.key.id.clone()).collect(),
         }),
     ))
 }
@@ -283,17 +289,15 @@ pub async fn revoke_key(
     Path(key_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let tenant = caller.tenant_id.as_str();
-    let entry = audit(tenant, &caller.user_id, "api_key.revoked", &caller.client_ip);
+    let entry = audit(tenant, &caller.user_id, AuditAction::ApiKeyRevoked, &caller.client_ip);
     let revoked = state.store().revoke_api_key(tenant, &key_id, &entry, unix_now()).await?;
-    if revoked.is_none() {
+    let Some(revoked) = revoked else {
         return Err(ApiError::not_found("api_key_not_found", "no active API key with this id"));
-    }
-    if let Some(hash) = state.store().api_key_hash(&key_id).await? {
-        state
-            .validator()
-            .publish(Event::ApiKeyChanged { tenant_id: tenant.into(), key_id: key_id.clone(), key_hash: hash })
-            .await;
-    }
+    };
+    state
+        .validator()
+        .publish(Event::ApiKeyChanged { tenant_id: tenant.into(), key_id: key_id.clone(), key_hash: revoked.hash })
+        .await;
     tracing::info!(tenant_id = tenant, key_id, "API key revoked");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -360,8 +364,8 @@ async fn write_whitelist(
 ) -> Result<(), ApiError> {
     let tenant = caller.tenant_id.as_str();
     let action = match kind {
-        WhitelistKind::Ip => "ip_whitelist.updated",
-        WhitelistKind::Origin => "origin_whitelist.updated",
+        WhitelistKind::Ip => AuditAction::IpWhitelistUpdated,
+        WhitelistKind::Origin => AuditAction::OriginWhitelistUpdated,
     };
     state
         .store()

@@ -10,7 +10,7 @@ use caas_core::events::Event;
 use caas_core::id::{new_id, unix_now};
 use caas_core::jwt::{Audience, Claims};
 use caas_core::refresh_token;
-use caas_core::store::{AuditEntry, NewSdkSession, RefreshOutcome};
+use caas_core::store::{AuditAction, AuditEntry, NewSdkSession, RefreshOutcome};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -132,7 +132,7 @@ pub async fn create_session(
     let entry = AuditEntry {
         client_id: Some(caller.tenant_id.clone()),
         actor: Some(caller.key_id.clone()),
-        action: "session.created",
+        action: AuditAction::SessionCreated,
         ip: Some(caller.client_ip.clone()),
         detail: None,
     };
@@ -227,7 +227,7 @@ pub async fn logout(
     let entry = AuditEntry {
         client_id: Some(tenant_id.clone()),
         actor: Some(subject),
-        action: "session.logout",
+        action: AuditAction::SessionLogout,
         ip: Some(ip),
         detail: None,
     };
