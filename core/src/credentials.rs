@@ -214,10 +214,6 @@ impl Credentials {
         Self { store, validator, lifetimes, throttles }
     }
 
-    pub fn lifetimes(&self) -> Lifetimes {
-        self.lifetimes
-    }
-
     fn access_ttl(&self) -> i64 {
         self.lifetimes.access.as_secs() as i64
     }
