@@ -5,22 +5,16 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use caas_core::api_key;
-use caas_core::events::Event;
-use caas_core::id::{new_id, unix_now};
-use caas_core::jwt::{Audience, Claims};
-use caas_core::password;
-use caas_core::store::{ApiKeyRecord, AuditEntry, NewApiKey, WhitelistKind};
-use caas_core::whitelist::{IpWhitelist, OriginWhitelist};
+use caas_core::id::unix_now;
+use caas_core::store::{ApiKeyRecord, KeyRole, WhitelistKind};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use caas_http::{ApiError, ApiJson, ClientIp, DashboardCaller, ErrorBody, OptionalJson};
 
 use crate::AppState;
+use crate::errors::api_error;
 use crate::schema::{AccessToken, IssuedKey, KeyList, KeyView, PreviousKey, Profile, Registered, RotatedKey};
-
-const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
 
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -42,40 +36,12 @@ impl From<ApiKeyRecord> for KeyView {
         Self {
             id: key.id,
             prefix: key.prefix,
-            role: key.role,
+            role: key.role.as_str().into(),
             created_at: key.created_at,
             expires_at: key.expires_at,
             last_used_at: key.last_used_at,
         }
     }
-}
-
-fn audit(client_id: &str, actor: &str, action: &'static str, ip: &str) -> AuditEntry {
-    AuditEntry {
-        client_id: Some(client_id.into()),
-        actor: Some(actor.into()),
-        action,
-        ip: Some(ip.into()),
-        detail: None,
-    }
-}
-
-fn check_name(raw: &str) -> Result<String, ApiError> {
-    let name = raw.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid("invalid_name", "name", "name must be 1 to 100 printable characters"));
-    }
-    Ok(name.to_string())
-}
-
-fn new_key() -> (NewApiKey, String) {
-    let generated = api_key::generate();
-    (NewApiKey { id: new_id("key"), hash: generated.hash, prefix: generated.display_prefix }, generated.key)
-}
-
-/// Runs CPU-heavy password work off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work).await.map_err(|_| ApiError::internal())
 }
 
 /// Registers a client (tenant) with its dashboard account and first API key.
@@ -87,24 +53,19 @@ pub async fn register(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.registrations().hit(&ip).await?;
-    let name = check_name(&body.name)?;
-    let email = password::normalize_email(&body.email)
-        .ok_or_else(|| ApiError::invalid("invalid_email", "email", "email is not a valid address"))?;
-    password::check_password_rules(&body.password).map_err(|m| ApiError::invalid("invalid_password", "password", m))?;
-    let plain = body.password;
-    let hash = blocking(move || password::hash_password(&plain)).await?.map_err(|_| ApiError::internal())?;
-    let (client_id, account_id) = (new_id("cl"), new_id("acc"));
-    let (key, raw_key) = new_key();
-    state.store().register_client(&client_id, &name, &account_id, &email, &hash, &key, Some(&ip), unix_now()).await?;
-    tracing::info!(client_id, "client registered");
+    let registered = state
+        .credentials()
+        .register(&body.name, &body.email, body.password, &ip, unix_now())
+        .await
+        .map_err(api_error)?;
+    let key = registered.key;
     Ok((
         StatusCode::CREATED,
         Json(Registered {
-            client_id,
-            name,
-            email,
-            api_key: IssuedKey { id: key.id, key: raw_key, prefix: key.prefix, role: "primary".into() },
+            client_id: registered.client_id,
+            name: registered.name,
+            email: registered.email,
+            api_key: IssuedKey { id: key.id, key: key.key, prefix: key.prefix, role: KeyRole::Primary.as_str().into() },
         }),
     ))
 }
@@ -118,69 +79,8 @@ pub async fn login(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let email = password::normalize_email(&body.email)
-        .ok_or_else(|| ApiError::invalid("invalid_email", "email", "email is not a valid address"))?;
-    if body.password.len() > password::MAX_PASSWORD_BYTES {
-        return Err(ApiError::invalid("invalid_password", "password", "password is too long"));
-    }
-    state.login_by_email().check(&email).await?;
-    state.login_by_ip().check(&ip).await?;
-    let account = state.store().account_by_email(&email).await?;
-    let stored = account.as_ref().map(|a| a.password_hash.clone());
-    let plain = body.password;
-    // Unknown emails are verified against a dummy hash: same time, same answer.
-    let valid = blocking(move || password::verify_password(&plain, stored.as_deref())).await?;
-    let now = unix_now();
-    let account = match account {
-        Some(account) if valid => account,
-        other => {
-            let _ = state.login_by_email().hit(&email).await;
-            let _ = state.login_by_ip().hit(&ip).await;
-            let entry = AuditEntry {
-                client_id: other.as_ref().map(|a| a.client_id.clone()),
-                actor: other.as_ref().map(|a| a.id.clone()),
-                action: "client.login_failed",
-                ip: Some(ip.clone()),
-                detail: Some(serde_json::json!({ "email": email })),
-            };
-            if let Err(error) = state.store().audit(&entry, now).await {
-                tracing::error!(%error, "could not write audit entry for a failed login");
-            }
-            tracing::info!(ip, "dashboard login failed");
-            return Err(ApiError::unauthorized("invalid_credentials", "email or password is incorrect"));
-        }
-    };
-    state.login_by_email().reset(&email).await;
-    let ttl = state.settings().access_ttl.as_secs() as i64;
-    let session_id = new_id("ses");
-    state
-        .store()
-        .create_dashboard_session(
-            &session_id,
-            &account.client_id,
-            &account.id,
-            now + ttl,
-            &audit(&account.client_id, &account.id, "client.login", &ip),
-            now,
-        )
-        .await?;
-    state.metrics().session_creations.get_or_create(&[("kind", "dashboard")]).inc();
-    let claims = Claims {
-        iss: state.validator().jwt().issuer().to_string(),
-        aud: Audience::Dashboard.as_str().into(),
-        sub: account.id,
-        tid: account.client_id,
-        sid: session_id,
-        jti: new_id("jti"),
-        iat: now,
-        exp: now + ttl,
-        nbf: None,
-    };
-    Ok(Json(AccessToken {
-        access_token: state.validator().jwt().issue(&claims),
-        token_type: "Bearer",
-        expires_in: ttl,
-    }))
+    let grant = state.credentials().login(&body.email, body.password, &ip, unix_now()).await.map_err(api_error)?;
+    Ok(Json(AccessToken { access_token: grant.token, token_type: "Bearer", expires_in: grant.expires_in }))
 }
 
 /// The client, its keys (never the key material) and whitelists.
@@ -235,41 +135,22 @@ pub async fn rotate_key(
     DashboardCaller(caller): DashboardCaller,
     OptionalJson(body): OptionalJson<RotateRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let grace = body.grace_seconds.unwrap_or(86_400);
-    if grace > MAX_GRACE_SECONDS {
-        return Err(ApiError::invalid(
-            "invalid_grace_seconds",
-            "grace_seconds",
-            format!("grace_seconds must be at most {MAX_GRACE_SECONDS}"),
-        ));
-    }
-    let (key, raw_key) = new_key();
-    let tenant = caller.tenant_id.as_str();
-    let entry = audit(tenant, &caller.user_id, "api_key.rotated", &caller.client_ip);
-    let rotation = state.store().rotate_api_key(tenant, &key, grace as i64, &entry, unix_now()).await?;
-    for changed in rotation.demoted.iter().chain(&rotation.revoked) {
-        if let Some(hash) = state.store().api_key_hash(&changed.id).await? {
-            state
-                .validator()
-                .publish(Event::ApiKeyChanged { tenant_id: tenant.into(), key_id: changed.id.clone(), key_hash: hash })
-                .await;
-        }
-    }
-    state
-        .validator()
-        .publish(Event::ApiKeyChanged { tenant_id: tenant.into(), key_id: key.id.clone(), key_hash: key.hash.clone() })
-        .await;
-    tracing::info!(tenant_id = tenant, key_id = key.id, "API key rotated");
+    let rotation =
+        state.credentials().rotate_api_key(&caller, body.grace_seconds, unix_now()).await.map_err(api_error)?;
     Ok((
         StatusCode::CREATED,
         Json(RotatedKey {
-            id: key.id,
-            key: raw_key,
-            prefix: key.prefix,
-            role: "primary",
-            created_at: rotation.new_key.created_at,
-            previous_key: rotation.demoted.map(|k| PreviousKey { id: k.id, role: k.role, expires_at: k.expires_at }),
-            revoked_key_ids: rotation.revoked.iter().map(|k| k.id.clone()).collect(),
+            id: rotation.key.id,
+            key: rotation.key.key,
+            prefix: rotation.key.prefix,
+            role: KeyRole::Primary.as_str(),
+            created_at: rotation.created_at,
+            previous_key: rotation.demoted.map(|k| PreviousKey {
+                id: k.id,
+                role: k.role.as_str().into(),
+                expires_at: k.expires_at,
+            }),
+            revoked_key_ids: rotation.revoked.into_iter().map(|k| k.id).collect(),
         }),
     ))
 }
@@ -282,19 +163,7 @@ pub async fn revoke_key(
     DashboardCaller(caller): DashboardCaller,
     Path(key_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let tenant = caller.tenant_id.as_str();
-    let entry = audit(tenant, &caller.user_id, "api_key.revoked", &caller.client_ip);
-    let revoked = state.store().revoke_api_key(tenant, &key_id, &entry, unix_now()).await?;
-    if revoked.is_none() {
-        return Err(ApiError::not_found("api_key_not_found", "no active API key with this id"));
-    }
-    if let Some(hash) = state.store().api_key_hash(&key_id).await? {
-        state
-            .validator()
-            .publish(Event::ApiKeyChanged { tenant_id: tenant.into(), key_id: key_id.clone(), key_hash: hash })
-            .await;
-    }
-    tracing::info!(tenant_id = tenant, key_id, "API key revoked");
+    state.credentials().revoke_api_key(&caller, &key_id, unix_now()).await.map_err(api_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -326,9 +195,8 @@ pub async fn put_ip_whitelist(
     DashboardCaller(caller): DashboardCaller,
     ApiJson(body): ApiJson<IpWhitelistBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let entries = IpWhitelist::parse(&body.cidrs)?.entries();
-    write_whitelist(&state, &caller, WhitelistKind::Ip, &entries).await?;
-    Ok(Json(IpWhitelistBody { cidrs: entries }))
+    let cidrs = state.credentials().replace_ip_whitelist(&caller, &body.cidrs, unix_now()).await.map_err(api_error)?;
+    Ok(Json(IpWhitelistBody { cidrs }))
 }
 
 #[utoipa::path(get, path = "/client/origin-whitelist", tag = "client", responses((status = 200, body = OriginWhitelistBody), (status = 401, description = "No valid dashboard context", body = ErrorBody)))]
@@ -347,33 +215,7 @@ pub async fn put_origin_whitelist(
     DashboardCaller(caller): DashboardCaller,
     ApiJson(body): ApiJson<OriginWhitelistBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let entries = OriginWhitelist::parse(&body.origins)?.entries().to_vec();
-    write_whitelist(&state, &caller, WhitelistKind::Origin, &entries).await?;
-    Ok(Json(OriginWhitelistBody { origins: entries }))
-}
-
-async fn write_whitelist(
-    state: &AppState,
-    caller: &caas_core::context::RequestContext,
-    kind: WhitelistKind,
-    entries: &[String],
-) -> Result<(), ApiError> {
-    let tenant = caller.tenant_id.as_str();
-    let action = match kind {
-        WhitelistKind::Ip => "ip_whitelist.updated",
-        WhitelistKind::Origin => "origin_whitelist.updated",
-    };
-    state
-        .store()
-        .replace_whitelist(
-            kind,
-            tenant,
-            entries,
-            &audit(tenant, &caller.user_id, action, &caller.client_ip),
-            unix_now(),
-        )
-        .await?;
-    state.validator().whitelist_written(kind, tenant, entries).await;
-    tracing::info!(tenant_id = tenant, ?kind, entries = entries.len(), "whitelist replaced");
-    Ok(())
+    let origins =
+        state.credentials().replace_origin_whitelist(&caller, &body.origins, unix_now()).await.map_err(api_error)?;
+    Ok(Json(OriginWhitelistBody { origins }))
 }

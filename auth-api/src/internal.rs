@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
+use caas_core::context::AuthType;
 use caas_core::id::unix_now;
 use caas_core::jwt::Audience;
 use serde::Deserialize;
@@ -55,13 +56,16 @@ pub async fn validate_token(
         }
     };
     let claims = state.validator().validate_token(&body.token, audience, body.origin.as_deref(), unix_now()).await?;
-    let auth_type = if audience == Audience::Sdk { "jwt" } else { "dashboard" };
+    let auth_type = match audience {
+        Audience::Sdk => AuthType::Jwt,
+        Audience::Dashboard => AuthType::Dashboard,
+    };
     Ok(Json(ValidatedToken {
         valid: true,
         tenant_id: claims.tid,
         user_id: claims.sub,
         session_id: claims.sid,
-        auth_type,
+        auth_type: auth_type.as_str(),
         expires_at: claims.exp,
     }))
 }
@@ -81,5 +85,10 @@ pub async fn validate_api_key(
         .parse()
         .map_err(|_| ApiError::invalid("invalid_ip", "ip", "ip is not an IPv4 or IPv6 address"))?;
     let identity = state.validator().validate_api_key(&body.api_key, ip, unix_now()).await?;
-    Ok(Json(ValidatedKey { valid: true, tenant_id: identity.tenant_id, key_id: identity.key_id, auth_type: "api_key" }))
+    Ok(Json(ValidatedKey {
+        valid: true,
+        tenant_id: identity.tenant_id,
+        key_id: identity.key_id,
+        auth_type: AuthType::ApiKey.as_str(),
+    }))
 }

@@ -10,6 +10,7 @@
 
 mod client;
 pub mod config;
+mod errors;
 mod extract;
 mod internal;
 mod ops;
@@ -28,6 +29,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use caas_core::config::Backends;
 use caas_core::context::ContextVerifier;
+use caas_core::credentials::{Credentials, Lifetimes, Throttles};
 use caas_core::metrics::AuthMetrics;
 use caas_core::ratelimit::RateLimiter;
 use caas_core::secret::Secret;
@@ -59,10 +61,8 @@ struct Inner {
     observer: caas_http::Observer,
     backends: Backends,
     validator: Arc<Validator>,
+    credentials: Credentials,
     settings: Settings,
-    login_by_email: RateLimiter,
-    login_by_ip: RateLimiter,
-    registrations: RateLimiter,
     registry: Registry,
 }
 
@@ -77,8 +77,7 @@ impl AppState {
         let cache = backends.cache.clone();
         let mut registry = Registry::default();
         validator.metrics().register(&mut registry);
-        Self(Arc::new(Inner {
-            observer: caas_http::Observer::new(verifier.clone(), "auth-api"),
+        let throttles = Throttles {
             login_by_email: RateLimiter::new(
                 "login-email",
                 settings.login_failures_per_email,
@@ -97,8 +96,14 @@ impl AppState {
                 settings.registration_window,
                 cache,
             ),
+        };
+        let lifetimes = Lifetimes { access: settings.access_ttl, refresh: settings.refresh_ttl };
+        let credentials = Credentials::new(backends.store.clone(), validator.clone(), lifetimes, throttles);
+        Self(Arc::new(Inner {
+            observer: caas_http::Observer::new(verifier.clone(), "auth-api"),
             backends,
             validator,
+            credentials,
             settings,
             registry,
         }))
@@ -120,10 +125,6 @@ impl AppState {
         self.0.observer.clone()
     }
 
-    pub(crate) fn settings(&self) -> &Settings {
-        &self.0.settings
-    }
-
     pub(crate) fn metrics(&self) -> &AuthMetrics {
         self.0.validator.metrics()
     }
@@ -136,16 +137,9 @@ impl AppState {
         std::iter::once(&self.0.settings.service_secret).chain(self.0.settings.service_secret_previous.as_ref())
     }
 
-    pub(crate) fn login_by_email(&self) -> &RateLimiter {
-        &self.0.login_by_email
-    }
-
-    pub(crate) fn login_by_ip(&self) -> &RateLimiter {
-        &self.0.login_by_ip
-    }
-
-    pub(crate) fn registrations(&self) -> &RateLimiter {
-        &self.0.registrations
+    /// Every credential change goes through here (store, audit, events).
+    pub(crate) fn credentials(&self) -> &Credentials {
+        &self.0.credentials
     }
 }
 

@@ -127,7 +127,7 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<()> {
     let key = NewApiKey { id: new_id("key"), hash: generated.hash.clone(), prefix: generated.display_prefix.clone() };
     let email = format!("{}@bench.example", new_id("b").to_lowercase());
     store.register_client(&tenant, "Bench", &new_id("acc"), &email, "h", &key, None, now).await?;
-    let audit = AuditEntry { action: "bench.seed", ..Default::default() };
+    let audit = AuditEntry::new(caas_core::store::AuditAction::IpWhitelistUpdated);
     store.replace_whitelist(WhitelistKind::Ip, &tenant, &["127.0.0.0/8".into()], &audit, now).await?;
     store.replace_whitelist(WhitelistKind::Origin, &tenant, &["https://app.bench.example".into()], &audit, now).await?;
     let session_id = new_id("ses");

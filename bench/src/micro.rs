@@ -54,7 +54,7 @@ pub async fn run(args: MicroArgs) -> anyhow::Result<()> {
     let tenant = new_id("cl");
     let key = NewApiKey { id: new_id("key"), hash: generated.hash.clone(), prefix: generated.display_prefix.clone() };
     store.register_client(&tenant, "Bench", &new_id("acc"), "bench@example.com", "h", &key, None, now).await?;
-    let audit = AuditEntry { action: "bench", ..Default::default() };
+    let audit = AuditEntry::new(caas_core::store::AuditAction::IpWhitelistUpdated);
     store
         .replace_whitelist(WhitelistKind::Ip, &tenant, &["10.0.0.0/8".into(), "127.0.0.1/32".into()], &audit, now)
         .await?;

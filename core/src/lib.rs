@@ -18,6 +18,7 @@ pub mod bus;
 pub mod cache;
 pub mod chat;
 pub mod config;
+pub mod credentials;
 pub mod events;
 pub mod id;
 pub mod metrics;

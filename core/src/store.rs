@@ -57,6 +57,110 @@ impl Dialect {
     }
 }
 
+/// A stored or serialized value outside its fixed set (a row written by a
+/// newer version, or a hand-edited one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {set} value {value:?}")]
+pub struct UnknownValue {
+    pub set: &'static str,
+    pub value: String,
+}
+
+/// A closed set of values stored and serialized as fixed strings: each
+/// string is written once, both directions are generated from it, and
+/// `as_str` has no catch-all arm, so a new variant without a string does not
+/// compile.
+macro_rules! fixed_set {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(s: &str) -> std::result::Result<Self, UnknownValue> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    _ => Err(UnknownValue { set: stringify!($name), value: s.to_string() }),
+                }
+            }
+        }
+
+        /// For `#[sqlx(try_from = "String")]`: rows hold the string.
+        impl TryFrom<String> for $name {
+            type Error = UnknownValue;
+            fn try_from(s: String) -> std::result::Result<Self, UnknownValue> {
+                s.parse()
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+fixed_set! {
+    /// An API key's place in rotation: at most one primary and one secondary.
+    pub enum KeyRole {
+        Primary = "primary",
+        /// The former primary, until its grace expiry.
+        Secondary = "secondary",
+    }
+}
+
+fixed_set! {
+    /// Who a session belongs to: an end user (SDK) or a client's dashboard account.
+    pub enum SessionKind {
+        Sdk = "sdk",
+        Dashboard = "dashboard",
+    }
+}
+
+fixed_set! {
+    /// What an audit row records. The strings are what `audit_log.action` holds.
+    pub enum AuditAction {
+        ClientRegistered = "client.registered",
+        ClientLogin = "client.login",
+        ClientLoginFailed = "client.login_failed",
+        ApiKeyRotated = "api_key.rotated",
+        ApiKeyRevoked = "api_key.revoked",
+        IpWhitelistUpdated = "ip_whitelist.updated",
+        OriginWhitelistUpdated = "origin_whitelist.updated",
+        SessionCreated = "session.created",
+        SessionRefreshed = "session.refreshed",
+        SessionRefreshTokenReused = "session.refresh_token_reused",
+        SessionLogout = "session.logout",
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ClientRecord {
     pub id: String,
@@ -87,7 +191,8 @@ pub struct ApiKeyRecord {
     pub id: String,
     pub client_id: String,
     pub prefix: String,
-    pub role: String,
+    #[sqlx(try_from = "String")]
+    pub role: KeyRole,
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
@@ -114,7 +219,8 @@ pub struct SessionRecord {
     pub id: String,
     pub client_id: String,
     pub subject: String,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: SessionKind,
     pub created_at: i64,
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
@@ -123,21 +229,6 @@ pub struct SessionRecord {
 impl SessionRecord {
     pub fn is_active(&self, now: i64) -> bool {
         self.revoked_at.is_none() && self.expires_at > now
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionKind {
-    Sdk,
-    Dashboard,
-}
-
-impl SessionKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            SessionKind::Sdk => "sdk",
-            SessionKind::Dashboard => "dashboard",
-        }
     }
 }
 
@@ -157,15 +248,23 @@ impl WhitelistKind {
 }
 
 /// Who did what, from where: written in the same transaction as the change.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AuditEntry {
     pub client_id: Option<String>,
     pub actor: Option<String>,
-    pub action: &'static str,
+    pub action: AuditAction,
     pub ip: Option<String>,
     pub detail: Option<serde_json::Value>,
 }
 
+impl AuditEntry {
+    /// `action` by nobody in particular; set the other fields as known.
+    pub fn new(action: AuditAction) -> Self {
+        Self { client_id: None, actor: None, action, ip: None, detail: None }
+    }
+}
+
+/// `action` stays a string: history may hold values from other versions.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct AuditRecord {
     pub client_id: Option<String>,
@@ -198,13 +297,23 @@ pub enum RefreshOutcome {
     Invalid,
 }
 
+/// A key a change touched, with the hash caches know it by: returned by the
+/// change itself so that evicting it needs no read after the commit.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ChangedKey {
+    #[sqlx(flatten)]
+    pub key: ApiKeyRecord,
+    #[sqlx(rename = "key_hash")]
+    pub hash: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct Rotation {
     pub new_key: ApiKeyRecord,
     /// The former primary, now secondary until its grace expiry.
-    pub demoted: Option<ApiKeyRecord>,
+    pub demoted: Option<ChangedKey>,
     /// The former secondary, revoked to keep at most two keys.
-    pub revoked: Vec<ApiKeyRecord>,
+    pub revoked: Vec<ChangedKey>,
 }
 
 const KEY_COLUMNS: &str = "id, client_id, prefix, role, created_at, expires_at, revoked_at, last_used_at";
@@ -334,7 +443,7 @@ impl Store {
         let audit = AuditEntry {
             client_id: Some(client_id.into()),
             actor: Some(account_id.into()),
-            action: "client.registered",
+            action: AuditAction::ClientRegistered,
             ip: ip.map(Into::into),
             detail: Some(serde_json::json!({ "key_id": key.id })),
         };
@@ -397,17 +506,17 @@ impl Store {
             .bind(client_id)
             .execute(&mut *tx)
             .await?;
-        let revoked: Vec<ApiKeyRecord> = sqlx::query_as(&format!(
-            "UPDATE api_keys SET revoked_at = $1 WHERE client_id = $2 AND role = 'secondary' AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) RETURNING {KEY_COLUMNS}"
+        let revoked: Vec<ChangedKey> = sqlx::query_as(&format!(
+            "UPDATE api_keys SET revoked_at = $1 WHERE client_id = $2 AND role = 'secondary' AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) RETURNING {KEY_COLUMNS}, key_hash"
         ))
         .bind(now)
         .bind(client_id)
         .fetch_all(&mut *tx)
         .await?;
         let grace_until = now + grace_seconds.max(0);
-        let demoted: Option<ApiKeyRecord> = sqlx::query_as(&format!(
+        let demoted: Option<ChangedKey> = sqlx::query_as(&format!(
             "UPDATE api_keys SET role = 'secondary', expires_at = CASE WHEN expires_at IS NULL OR expires_at > $1 THEN $1 ELSE expires_at END \
-             WHERE client_id = $2 AND role = 'primary' AND revoked_at IS NULL RETURNING {KEY_COLUMNS}"
+             WHERE client_id = $2 AND role = 'primary' AND revoked_at IS NULL RETURNING {KEY_COLUMNS}, key_hash"
         ))
         .bind(grace_until)
         .bind(client_id)
@@ -417,9 +526,9 @@ impl Store {
         let mut audit = audit.clone();
         audit.detail = Some(serde_json::json!({
             "new_key_id": key.id,
-            "demoted_key_id": demoted.as_ref().map(|k| &k.id),
-            "grace_until": demoted.as_ref().and_then(|k| k.expires_at),
-            "revoked_key_ids": revoked.iter().map(|k| &k.id).collect::<Vec<_>>(),
+            "demoted_key_id": demoted.as_ref().map(|k| &k.key.id),
+            "grace_until": demoted.as_ref().and_then(|k| k.key.expires_at),
+            "revoked_key_ids": revoked.iter().map(|k| &k.key.id).collect::<Vec<_>>(),
         }));
         insert_audit(&mut tx, &audit, now).await?;
         tx.commit().await?;
@@ -433,10 +542,10 @@ impl Store {
         key_id: &str,
         audit: &AuditEntry,
         now: i64,
-    ) -> Result<Option<ApiKeyRecord>> {
+    ) -> Result<Option<ChangedKey>> {
         let mut tx = self.pool.begin().await?;
-        let revoked: Option<ApiKeyRecord> = sqlx::query_as(&format!(
-            "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND client_id = $3 AND revoked_at IS NULL RETURNING {KEY_COLUMNS}"
+        let revoked: Option<ChangedKey> = sqlx::query_as(&format!(
+            "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND client_id = $3 AND revoked_at IS NULL RETURNING {KEY_COLUMNS}, key_hash"
         ))
         .bind(now)
         .bind(key_id)
@@ -634,7 +743,7 @@ impl Store {
                 .bind(&session.id)
                 .execute(&mut *tx)
                 .await?;
-            let audit = session_audit(&session, "session.refreshed", ip);
+            let audit = session_audit(&session, AuditAction::SessionRefreshed, ip);
             insert_audit(&mut tx, &audit, now).await?;
             tx.commit().await?;
             return Ok(RefreshOutcome::Rotated(SessionRecord { expires_at: new_expires_at, ..session }));
@@ -660,7 +769,7 @@ impl Store {
             .bind(&session.id)
             .execute(&mut *tx)
             .await?;
-        let audit = session_audit(&session, "session.refresh_token_reused", ip);
+        let audit = session_audit(&session, AuditAction::SessionRefreshTokenReused, ip);
         insert_audit(&mut tx, &audit, now).await?;
         tx.commit().await?;
         Ok(RefreshOutcome::Reused(SessionRecord { revoked_at: session.revoked_at.or(Some(now)), ..session }))
@@ -755,7 +864,7 @@ async fn session_in(tx: &mut Transaction<'_, Any>, session_id: &str) -> Result<O
         .await?)
 }
 
-fn session_audit(session: &SessionRecord, action: &'static str, ip: Option<&str>) -> AuditEntry {
+fn session_audit(session: &SessionRecord, action: AuditAction, ip: Option<&str>) -> AuditEntry {
     AuditEntry {
         client_id: Some(session.client_id.clone()),
         actor: Some(session.subject.clone()),
@@ -771,7 +880,7 @@ async fn insert_audit(conn: &mut sqlx::AnyConnection, entry: &AuditEntry, now: i
     )
     .bind(entry.client_id.as_deref())
     .bind(entry.actor.as_deref())
-    .bind(entry.action)
+    .bind(entry.action.as_str())
     .bind(entry.ip.as_deref())
     .bind(entry.detail.as_ref().map(|d| d.to_string()))
     .bind(now)

@@ -120,6 +120,45 @@ pub async fn redis_url() -> Option<String> {
     }
 }
 
+/// An event bus that remembers what was published, in order, and otherwise
+/// behaves like `LocalBus`: to prove a use case announced its change.
+#[derive(Default)]
+pub struct RecordingBus {
+    local: crate::bus::LocalBus,
+    published: std::sync::Mutex<Vec<crate::events::Event>>,
+}
+
+impl RecordingBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Everything published since the last call.
+    pub fn take(&self) -> Vec<crate::events::Event> {
+        std::mem::take(&mut *self.published.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::bus::EventBus for RecordingBus {
+    async fn publish(&self, event: crate::events::Event) -> Result<(), crate::bus::BusError> {
+        self.published.lock().unwrap_or_else(|e| e.into_inner()).push(event.clone());
+        self.local.publish(event).await
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::bus::BusMessage> {
+        self.local.subscribe()
+    }
+
+    fn is_connected(&self) -> bool {
+        true
+    }
+
+    fn kind(&self) -> &'static str {
+        "recording"
+    }
+}
+
 /// Polls `check` until it returns true or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where

@@ -25,7 +25,7 @@ use crate::cache::Cache;
 use crate::events::Event;
 use crate::jwt::{Audience, Claims, JwtKeys};
 use crate::metrics::AuthMetrics;
-use crate::store::{Store, StoreError, WhitelistKind};
+use crate::store::{SessionKind, Store, StoreError, WhitelistKind};
 use crate::whitelist::{IpWhitelist, OriginWhitelist};
 pub use caas_rules::denial::{Denial, DenialClass, Rejection};
 
@@ -80,13 +80,14 @@ struct KeyEntry {
 struct SessionEntry {
     tenant_id: String,
     subject: String,
-    kind: String,
+    /// `None` only for a pinned revocation, which matches nothing.
+    kind: Option<SessionKind>,
     revoked: bool,
 }
 
 impl SessionEntry {
     fn revoked() -> Self {
-        Self { tenant_id: String::new(), subject: String::new(), kind: String::new(), revoked: true }
+        Self { tenant_id: String::new(), subject: String::new(), kind: None, revoked: true }
     }
 }
 
@@ -415,17 +416,17 @@ impl Validator {
                         revoked: s.revoked_at.is_some(),
                         tenant_id: s.client_id,
                         subject: s.subject,
-                        kind: s.kind,
+                        kind: Some(s.kind),
                     }))
                 },
             )
             .await?
             .ok_or(Denial::SessionRevoked)?;
         let kind = match audience {
-            Audience::Sdk => "sdk",
-            Audience::Dashboard => "dashboard",
+            Audience::Sdk => SessionKind::Sdk,
+            Audience::Dashboard => SessionKind::Dashboard,
         };
-        if entry.revoked || entry.tenant_id != claims.tid || entry.subject != claims.sub || entry.kind != kind {
+        if entry.revoked || entry.tenant_id != claims.tid || entry.subject != claims.sub || entry.kind != Some(kind) {
             return Err(Denial::SessionRevoked);
         }
         Ok(())

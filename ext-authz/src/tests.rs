@@ -50,7 +50,7 @@ async fn register(store: &Store, email: &str) -> (String, String, String) {
 async fn token(store: &Store, tenant: &str, audience: Audience) -> String {
     let now = unix_now();
     let session_id = new_id("ses");
-    let audit = AuditEntry { action: "test", ..Default::default() };
+    let audit = AuditEntry::new(caas_core::store::AuditAction::SessionCreated);
     if audience == Audience::Sdk {
         let (_, hash) = caas_core::refresh_token::generate();
         let new = NewSdkSession {
@@ -83,7 +83,7 @@ async fn fixture_with(settings: AuthorizerSettings, cache: Arc<dyn Cache>) -> Fi
     let store = caas_core::testing::sqlite_store().await;
     let (tenant, key, key_id) = register(&store, "a@example.com").await;
     let (other_tenant, _, _) = register(&store, "b@example.com").await;
-    let audit = AuditEntry { action: "test", ..Default::default() };
+    let audit = AuditEntry::new(caas_core::store::AuditAction::IpWhitelistUpdated);
     let now = unix_now();
     store.replace_whitelist(WhitelistKind::Ip, &tenant, &["127.0.0.1/32".into()], &audit, now).await.unwrap();
     store

@@ -3,5 +3,6 @@
 
 mod cache_bus;
 mod chat;
+mod credentials;
 mod store;
 mod validator;

@@ -22,11 +22,11 @@ pub(crate) async fn register(store: &Store, email: &str) -> (String, String, New
     (client_id, account_id, key, raw)
 }
 
-fn audit(client_id: &str, action: &'static str) -> AuditEntry {
+fn audit(client_id: &str, action: &str) -> AuditEntry {
     AuditEntry {
         client_id: Some(client_id.into()),
         actor: Some("tester".into()),
-        action,
+        action: action.parse().unwrap(),
         ip: Some("127.0.0.1".into()),
         detail: None,
     }
@@ -62,12 +62,13 @@ async fn key_rotation_keeps_at_most_two_keys(store: Store) {
     let (second, _) = new_key();
     let rotation =
         store.rotate_api_key(&client_id, &second, 3600, &audit(&client_id, "api_key.rotated"), NOW).await.unwrap();
-    assert_eq!(rotation.new_key.role, "primary");
+    assert_eq!(rotation.new_key.role.as_str(), "primary");
     let demoted = rotation.demoted.unwrap();
     assert_eq!(
-        (demoted.id.as_str(), demoted.role.as_str(), demoted.expires_at),
+        (demoted.key.id.as_str(), demoted.key.role.as_str(), demoted.key.expires_at),
         (first.id.as_str(), "secondary", Some(NOW + 3600))
     );
+    assert_eq!(demoted.hash, first.hash);
     assert!(rotation.revoked.is_empty());
     assert_eq!(store.active_api_keys(&client_id, NOW).await.unwrap().len(), 2);
     // Past the grace expiry only the new key is active.
@@ -78,7 +79,8 @@ async fn key_rotation_keeps_at_most_two_keys(store: Store) {
     let (third, _) = new_key();
     let rotation =
         store.rotate_api_key(&client_id, &third, 60, &audit(&client_id, "api_key.rotated"), NOW + 10).await.unwrap();
-    assert_eq!(rotation.revoked.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), [first.id.as_str()]);
+    assert_eq!(rotation.revoked.iter().map(|k| k.key.id.as_str()).collect::<Vec<_>>(), [first.id.as_str()]);
+    assert_eq!(rotation.revoked.iter().map(|k| k.hash.as_str()).collect::<Vec<_>>(), [first.hash.as_str()]);
     let active = store.active_api_keys(&client_id, NOW + 10).await.unwrap();
     assert_eq!(active.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), [third.id.as_str(), second.id.as_str()]);
     assert!(store.api_key_by_hash(&first.hash).await.unwrap().unwrap().revoked_at.is_some());
@@ -101,7 +103,7 @@ async fn concurrent_rotations_never_leave_three_keys(store: Store) {
     }
     let active = store.active_api_keys(&client_id, NOW).await.unwrap();
     assert_eq!(active.len(), 2, "{active:?}");
-    assert_eq!(active.iter().filter(|k| k.role == "primary").count(), 1);
+    assert_eq!(active.iter().filter(|k| k.role.as_str() == "primary").count(), 1);
 }
 
 async fn revoking_a_key_is_scoped_to_its_tenant(store: Store) {
@@ -110,7 +112,9 @@ async fn revoking_a_key_is_scoped_to_its_tenant(store: Store) {
     assert!(store.revoke_api_key(&b, &key_a.id, &audit(&b, "api_key.revoked"), NOW).await.unwrap().is_none());
     assert!(store.api_key_by_hash(&key_a.hash).await.unwrap().unwrap().revoked_at.is_none());
     let revoked = store.revoke_api_key(&a, &key_a.id, &audit(&a, "api_key.revoked"), NOW).await.unwrap().unwrap();
-    assert_eq!(revoked.revoked_at, Some(NOW));
+    assert_eq!(revoked.key.revoked_at, Some(NOW));
+    // The change returns the hash caches know the key by.
+    assert_eq!(revoked.hash, key_a.hash);
     assert!(store.revoke_api_key(&a, &key_a.id, &audit(&a, "api_key.revoked"), NOW).await.unwrap().is_none());
     assert!(store.active_api_keys(&a, NOW).await.unwrap().is_empty());
     assert_eq!(store.audit_log(&a, 1).await.unwrap()[0].action, "api_key.revoked");

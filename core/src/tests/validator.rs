@@ -30,7 +30,7 @@ fn validator(store: Store, cache: Arc<dyn Cache>, bus: Arc<dyn EventBus>) -> Arc
 }
 
 fn audit(tenant: &str) -> AuditEntry {
-    AuditEntry { client_id: Some(tenant.into()), action: "test", ..Default::default() }
+    AuditEntry { client_id: Some(tenant.into()), ..AuditEntry::new(crate::store::AuditAction::SessionCreated) }
 }
 
 async fn whitelist(store: &Store, v: &Validator, kind: WhitelistKind, tenant: &str, entries: &[&str]) {

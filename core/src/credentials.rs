@@ -1,0 +1,535 @@
+//! Credential use cases: registration, logins, sessions, refresh, logout,
+//! API keys and whitelists. Each one commits its change with its audit row
+//! (one transaction, in the store) and then announces every credential it
+//! changed on the bus, here and nowhere else: a forgotten announcement would
+//! leave a revoked key or session valid in other processes' caches.
+//! Transports (auth-api) only extract the request, call, and map the result.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::api_key;
+use crate::context::{AuthType, RequestContext};
+use crate::events::Event;
+use crate::id::new_id;
+use crate::jwt::{Audience, Claims};
+use crate::password;
+use crate::ratelimit::{RateLimiter, RetryAfter};
+use crate::refresh_token;
+use crate::store::{
+    AccountRecord, ApiKeyRecord, AuditAction, AuditEntry, ChangedKey, NewApiKey, NewSdkSession, RefreshOutcome,
+    SessionKind, Store, StoreError, WhitelistKind,
+};
+use crate::validate::Validator;
+use crate::whitelist::{InvalidEntry, IpWhitelist, OriginWhitelist};
+
+/// Longest grace period of a rotated-out key.
+pub const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
+/// Grace period when the caller names none.
+pub const DEFAULT_GRACE_SECONDS: u64 = 86_400;
+pub const MAX_CLIENT_NAME_CHARS: usize = 100;
+pub const MAX_END_USER_NAME_CHARS: usize = 200;
+pub const MAX_METADATA_BYTES: usize = 4096;
+
+/// What went wrong, for the transport to turn into its own answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("name must be 1 to {MAX_CLIENT_NAME_CHARS} printable characters")]
+    InvalidClientName,
+    #[error("email is not a valid address")]
+    InvalidEmail,
+    /// The password breaks a rule; the message says which.
+    #[error("{0}")]
+    InvalidPassword(String),
+    #[error("grace_seconds must be at most {MAX_GRACE_SECONDS}")]
+    GraceTooLong,
+    #[error("user_id must be 1 to {} bytes without spaces or control characters", crate::chat::MAX_USER_ID_BYTES)]
+    InvalidUserId,
+    #[error("name must be at most {MAX_END_USER_NAME_CHARS} printable characters")]
+    InvalidEndUserName,
+    #[error("metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")]
+    MetadataTooLarge,
+    #[error("metadata must be a JSON object")]
+    MetadataNotObject,
+    #[error(transparent)]
+    InvalidWhitelistEntry(#[from] InvalidEntry),
+    /// Too many registrations or failed logins.
+    #[error(transparent)]
+    Throttled(#[from] RetryAfter),
+    /// Unknown email or wrong password: deliberately not saying which.
+    #[error("email or password is incorrect")]
+    WrongPassword,
+    /// The tenant has no active key with this id.
+    #[error("no active API key with this id")]
+    KeyNotFound,
+    /// Malformed, unknown, expired, of a revoked session, or of another tenant.
+    #[error("refresh token is invalid, expired or revoked")]
+    InvalidRefreshToken,
+    /// The token had been used before: its session is now revoked everywhere.
+    #[error("this refresh token was already used; the session has been revoked")]
+    RefreshTokenReused,
+    /// Logout with neither a refresh token nor an access-token session.
+    #[error("send a refresh_token, or call with an access token")]
+    NoSessionNamed,
+    /// Hashing a password failed, or its worker thread died.
+    #[error("password hashing failed")]
+    PasswordHashing,
+    /// Registration with an address already in use, or the database failing.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T> = std::result::Result<T, CredentialError>;
+
+/// How long issued credentials live.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    pub access: Duration,
+    pub refresh: Duration,
+}
+
+/// Throttles on guessing and sign-up abuse, counted in the shared cache.
+pub struct Throttles {
+    pub login_by_email: RateLimiter,
+    pub login_by_ip: RateLimiter,
+    pub registrations: RateLimiter,
+}
+
+/// A key as issued: the only time the key itself exists outside the caller.
+#[derive(Debug, Clone)]
+pub struct IssuedKey {
+    pub id: String,
+    pub key: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub client_id: String,
+    pub name: String,
+    pub email: String,
+    pub key: IssuedKey,
+}
+
+/// A signed access token and its lifetime in seconds.
+#[derive(Debug, Clone)]
+pub struct AccessGrant {
+    pub token: String,
+    pub expires_in: i64,
+}
+
+/// The tokens of an SDK session, as issued or refreshed.
+#[derive(Debug, Clone)]
+pub struct SdkTokens {
+    pub access: AccessGrant,
+    pub refresh_token: String,
+    pub refresh_expires_in: i64,
+    pub session_id: String,
+    pub user_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyRotation {
+    pub key: IssuedKey,
+    pub created_at: i64,
+    /// The former primary, now secondary until its grace expiry.
+    pub demoted: Option<ApiKeyRecord>,
+    /// Keys revoked to keep at most two active.
+    pub revoked: Vec<ApiKeyRecord>,
+}
+
+/// A new end-user session, as the client's backend asks for it.
+#[derive(Debug, Clone)]
+pub struct SdkSessionRequest {
+    pub user_id: String,
+    pub name: Option<String>,
+    pub metadata: Option<Value>,
+}
+
+/// The credential use cases over the store, the validator (whose `publish`
+/// evicts this process's caches before telling the others) and the throttles.
+pub struct Credentials {
+    store: Store,
+    validator: Arc<Validator>,
+    lifetimes: Lifetimes,
+    throttles: Throttles,
+}
+
+fn new_key() -> (NewApiKey, String) {
+    let generated = api_key::generate();
+    (NewApiKey { id: new_id("key"), hash: generated.hash, prefix: generated.display_prefix }, generated.key)
+}
+
+/// Runs CPU-heavy password work off the async threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|_| CredentialError::PasswordHashing)
+}
+
+fn check_client_name(raw: &str) -> Result<String> {
+    let name = raw.trim();
+    if name.is_empty() || name.chars().count() > MAX_CLIENT_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(CredentialError::InvalidClientName);
+    }
+    Ok(name.to_string())
+}
+
+/// Metadata is stored as its JSON text.
+fn check_metadata(metadata: Option<Value>) -> Result<Option<String>> {
+    match metadata {
+        None | Some(Value::Null) => Ok(None),
+        Some(value @ Value::Object(_)) => {
+            let text = value.to_string();
+            if text.len() > MAX_METADATA_BYTES {
+                return Err(CredentialError::MetadataTooLarge);
+            }
+            Ok(Some(text))
+        }
+        Some(_) => Err(CredentialError::MetadataNotObject),
+    }
+}
+
+/// An API-key caller may only act on its own tenant's sessions.
+fn api_key_tenant(caller: Option<&RequestContext>) -> Option<&str> {
+    caller.filter(|c| c.auth_type == AuthType::ApiKey).map(|c| c.tenant_id.as_str())
+}
+
+fn audit_by(caller: &RequestContext, actor: &str, action: AuditAction) -> AuditEntry {
+    AuditEntry {
+        client_id: Some(caller.tenant_id.clone()),
+        actor: Some(actor.into()),
+        action,
+        ip: Some(caller.client_ip.clone()),
+        detail: None,
+    }
+}
+
+fn key_changed(tenant_id: &str, key_id: &str, key_hash: &str) -> Event {
+    Event::ApiKeyChanged { tenant_id: tenant_id.into(), key_id: key_id.into(), key_hash: key_hash.into() }
+}
+
+impl Credentials {
+    pub fn new(store: Store, validator: Arc<Validator>, lifetimes: Lifetimes, throttles: Throttles) -> Self {
+        Self { store, validator, lifetimes, throttles }
+    }
+
+    fn access_ttl(&self) -> i64 {
+        self.lifetimes.access.as_secs() as i64
+    }
+
+    fn refresh_ttl(&self) -> i64 {
+        self.lifetimes.refresh.as_secs() as i64
+    }
+
+    /// After the commit: evicts here at once, then tells every other process.
+    async fn announce(&self, events: impl IntoIterator<Item = Event>) {
+        for event in events {
+            self.validator.publish(event).await;
+        }
+    }
+
+    fn issue(&self, audience: Audience, tenant_id: &str, subject: &str, session_id: &str, now: i64) -> AccessGrant {
+        let jwt = self.validator.jwt();
+        let claims = Claims {
+            iss: jwt.issuer().to_string(),
+            aud: audience.as_str().into(),
+            sub: subject.into(),
+            tid: tenant_id.into(),
+            sid: session_id.into(),
+            jti: new_id("jti"),
+            iat: now,
+            exp: now + self.access_ttl(),
+            nbf: None,
+        };
+        AccessGrant { token: jwt.issue(&claims), expires_in: self.access_ttl() }
+    }
+
+    fn sdk_tokens(&self, tenant_id: &str, user_id: &str, session_id: &str, refresh: String, now: i64) -> SdkTokens {
+        SdkTokens {
+            access: self.issue(Audience::Sdk, tenant_id, user_id, session_id, now),
+            refresh_token: refresh,
+            refresh_expires_in: self.refresh_ttl(),
+            session_id: session_id.into(),
+            user_id: user_id.into(),
+        }
+    }
+
+    /// A client (tenant) with its dashboard account and first (primary) key.
+    /// Throttled per address before anything else, as the cheapest refusal.
+    pub async fn register(
+        &self,
+        name: &str,
+        email: &str,
+        password: String,
+        ip: &str,
+        now: i64,
+    ) -> Result<Registration> {
+        self.throttles.registrations.hit(ip).await?;
+        let name = check_client_name(name)?;
+        let email = password::normalize_email(email).ok_or(CredentialError::InvalidEmail)?;
+        password::check_password_rules(&password).map_err(CredentialError::InvalidPassword)?;
+        let hash = blocking(move || password::hash_password(&password))
+            .await?
+            .map_err(|_| CredentialError::PasswordHashing)?;
+        let (client_id, account_id) = (new_id("cl"), new_id("acc"));
+        let (key, raw_key) = new_key();
+        self.store.register_client(&client_id, &name, &account_id, &email, &hash, &key, Some(ip), now).await?;
+        // A brand-new hash can only sit in a negative cache; evict it anyway
+        // so that every created key is announced like every other change.
+        self.announce([key_changed(&client_id, &key.id, &key.hash)]).await;
+        tracing::info!(client_id, "client registered");
+        Ok(Registration { client_id, name, email, key: IssuedKey { id: key.id, key: raw_key, prefix: key.prefix } })
+    }
+
+    /// Dashboard login: a dashboard session and its access token.
+    pub async fn login(&self, email: &str, password: String, ip: &str, now: i64) -> Result<AccessGrant> {
+        let email = password::normalize_email(email).ok_or(CredentialError::InvalidEmail)?;
+        if password.len() > password::MAX_PASSWORD_BYTES {
+            return Err(CredentialError::InvalidPassword("password is too long".into()));
+        }
+        self.throttles.login_by_email.check(&email).await?;
+        self.throttles.login_by_ip.check(ip).await?;
+        let account = self.store.account_by_email(&email).await?;
+        let stored = account.as_ref().map(|a| a.password_hash.clone());
+        // Unknown emails are verified against a dummy hash: same time, same answer.
+        let valid = blocking(move || password::verify_password(&password, stored.as_deref())).await?;
+        let account = match account {
+            Some(account) if valid => account,
+            other => return Err(self.login_failed(other.as_ref(), &email, ip, now).await),
+        };
+        self.throttles.login_by_email.reset(&email).await;
+        self.create_dashboard_session(&account, ip, now).await
+    }
+
+    /// Counts the failure against both throttles and audits it (best effort:
+    /// the caller gets the same refusal whether or not the row was written).
+    async fn login_failed(&self, account: Option<&AccountRecord>, email: &str, ip: &str, now: i64) -> CredentialError {
+        let _ = self.throttles.login_by_email.hit(email).await;
+        let _ = self.throttles.login_by_ip.hit(ip).await;
+        let entry = AuditEntry {
+            client_id: account.map(|a| a.client_id.clone()),
+            actor: account.map(|a| a.id.clone()),
+            action: AuditAction::ClientLoginFailed,
+            ip: Some(ip.into()),
+            detail: Some(serde_json::json!({ "email": email })),
+        };
+        if let Err(error) = self.store.audit(&entry, now).await {
+            tracing::error!(%error, "could not write audit entry for a failed login");
+        }
+        tracing::info!(ip, "dashboard login failed");
+        CredentialError::WrongPassword
+    }
+
+    /// A session for a dashboard account whose password was just checked.
+    pub async fn create_dashboard_session(&self, account: &AccountRecord, ip: &str, now: i64) -> Result<AccessGrant> {
+        let session_id = new_id("ses");
+        let audit = AuditEntry {
+            client_id: Some(account.client_id.clone()),
+            actor: Some(account.id.clone()),
+            action: AuditAction::ClientLogin,
+            ip: Some(ip.into()),
+            detail: None,
+        };
+        self.store
+            .create_dashboard_session(
+                &session_id,
+                &account.client_id,
+                &account.id,
+                now + self.access_ttl(),
+                &audit,
+                now,
+            )
+            .await?;
+        self.validator.metrics().session_creations.get_or_create(&[("kind", SessionKind::Dashboard.as_str())]).inc();
+        Ok(self.issue(Audience::Dashboard, &account.client_id, &account.id, &session_id, now))
+    }
+
+    /// An end user's session, by the client's backend (an API-key caller).
+    pub async fn create_sdk_session(
+        &self,
+        caller: &RequestContext,
+        request: SdkSessionRequest,
+        now: i64,
+    ) -> Result<SdkTokens> {
+        if !crate::chat::is_valid_user_id(&request.user_id) {
+            return Err(CredentialError::InvalidUserId);
+        }
+        if request
+            .name
+            .as_ref()
+            .is_some_and(|n| n.chars().count() > MAX_END_USER_NAME_CHARS || n.chars().any(char::is_control))
+        {
+            return Err(CredentialError::InvalidEndUserName);
+        }
+        let metadata = check_metadata(request.metadata)?;
+        let (refresh, refresh_hash) = refresh_token::generate();
+        let new = NewSdkSession {
+            session_id: new_id("ses"),
+            client_id: caller.tenant_id.clone(),
+            user_id: request.user_id,
+            name: request.name,
+            metadata,
+            refresh_hash,
+            refresh_expires_at: now + self.refresh_ttl(),
+        };
+        let audit = audit_by(caller, &caller.key_id, AuditAction::SessionCreated);
+        self.store.create_sdk_session(&new, &audit, now).await?;
+        self.validator.metrics().session_creations.get_or_create(&[("kind", SessionKind::Sdk.as_str())]).inc();
+        Ok(self.sdk_tokens(&new.client_id, &new.user_id, &new.session_id, refresh, now))
+    }
+
+    /// Uses a refresh token once. A reused one revokes its session, which is
+    /// announced before the refusal is returned.
+    pub async fn refresh(&self, token: &str, caller: Option<&RequestContext>, ip: &str, now: i64) -> Result<SdkTokens> {
+        let presented = refresh_token::parse(token).ok_or(CredentialError::InvalidRefreshToken)?;
+        let (next, next_hash) = refresh_token::generate();
+        let expires_at = now + self.refresh_ttl();
+        let outcome = self
+            .store
+            .rotate_refresh_token(&presented, &next_hash, expires_at, api_key_tenant(caller), Some(ip), now)
+            .await?;
+        match outcome {
+            RefreshOutcome::Rotated(session) => {
+                Ok(self.sdk_tokens(&session.client_id, &session.subject, &session.id, next, now))
+            }
+            RefreshOutcome::Reused(session) => {
+                tracing::warn!(
+                    tenant_id = session.client_id,
+                    session_id = session.id,
+                    ip,
+                    "refresh token reused: session family revoked"
+                );
+                self.announce([Event::SessionRevoked { tenant_id: session.client_id, session_id: session.id }]).await;
+                Err(CredentialError::RefreshTokenReused)
+            }
+            RefreshOutcome::Invalid => Err(CredentialError::InvalidRefreshToken),
+        }
+    }
+
+    /// Revokes a session: the one a refresh token belongs to, else the
+    /// caller's own (an access token's context).
+    pub async fn logout(
+        &self,
+        refresh_token: Option<&str>,
+        caller: Option<&RequestContext>,
+        ip: &str,
+        now: i64,
+    ) -> Result<()> {
+        let (tenant_id, session_id, subject) = match (refresh_token, caller) {
+            (Some(token), _) => {
+                let hash = refresh_token::parse(token).ok_or(CredentialError::InvalidRefreshToken)?;
+                let session =
+                    self.store.session_by_refresh_token(&hash).await?.ok_or(CredentialError::InvalidRefreshToken)?;
+                if api_key_tenant(caller).is_some_and(|tenant| tenant != session.client_id) {
+                    return Err(CredentialError::InvalidRefreshToken);
+                }
+                (session.client_id, session.id, session.subject)
+            }
+            (None, Some(ctx))
+                if matches!(ctx.auth_type, AuthType::Jwt | AuthType::Dashboard) && !ctx.session_id.is_empty() =>
+            {
+                (ctx.tenant_id.clone(), ctx.session_id.clone(), ctx.user_id.clone())
+            }
+            _ => return Err(CredentialError::NoSessionNamed),
+        };
+        let audit = AuditEntry {
+            client_id: Some(tenant_id.clone()),
+            actor: Some(subject),
+            action: AuditAction::SessionLogout,
+            ip: Some(ip.into()),
+            detail: None,
+        };
+        self.store.revoke_session(&session_id, "logout", &audit, now).await?;
+        // Announced even if it was already revoked: a missed event is worse than a repeated one.
+        self.announce([Event::SessionRevoked { tenant_id: tenant_id.clone(), session_id: session_id.clone() }]).await;
+        tracing::info!(tenant_id, session_id, "session logged out");
+        Ok(())
+    }
+
+    /// A new primary key; the old primary stays valid for the grace period.
+    pub async fn rotate_api_key(
+        &self,
+        caller: &RequestContext,
+        grace_seconds: Option<u64>,
+        now: i64,
+    ) -> Result<KeyRotation> {
+        let grace = grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
+        if grace > MAX_GRACE_SECONDS {
+            return Err(CredentialError::GraceTooLong);
+        }
+        let (key, raw_key) = new_key();
+        let tenant = caller.tenant_id.as_str();
+        let audit = audit_by(caller, &caller.user_id, AuditAction::ApiKeyRotated);
+        let rotation = self.store.rotate_api_key(tenant, &key, grace as i64, &audit, now).await?;
+        let changed = rotation.demoted.iter().chain(&rotation.revoked);
+        let events: Vec<Event> = changed
+            .map(|c| key_changed(tenant, &c.key.id, &c.hash))
+            .chain([key_changed(tenant, &key.id, &key.hash)])
+            .collect();
+        self.announce(events).await;
+        tracing::info!(tenant_id = tenant, key_id = key.id, "API key rotated");
+        let records = |keys: Vec<ChangedKey>| keys.into_iter().map(|c| c.key).collect::<Vec<_>>();
+        Ok(KeyRotation {
+            key: IssuedKey { id: key.id, key: raw_key, prefix: key.prefix },
+            created_at: rotation.new_key.created_at,
+            demoted: rotation.demoted.map(|c| c.key),
+            revoked: records(rotation.revoked),
+        })
+    }
+
+    /// Revokes one of the caller's tenant's keys at once.
+    pub async fn revoke_api_key(&self, caller: &RequestContext, key_id: &str, now: i64) -> Result<()> {
+        let tenant = caller.tenant_id.as_str();
+        let audit = audit_by(caller, &caller.user_id, AuditAction::ApiKeyRevoked);
+        let revoked =
+            self.store.revoke_api_key(tenant, key_id, &audit, now).await?.ok_or(CredentialError::KeyNotFound)?;
+        self.announce([key_changed(tenant, key_id, &revoked.hash)]).await;
+        tracing::info!(tenant_id = tenant, key_id, "API key revoked");
+        Ok(())
+    }
+
+    /// Replaces the whole IP whitelist, or nothing; returns it normalised.
+    pub async fn replace_ip_whitelist(
+        &self,
+        caller: &RequestContext,
+        cidrs: &[String],
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let entries = IpWhitelist::parse(cidrs)?.entries();
+        self.replace_whitelist(caller, WhitelistKind::Ip, &entries, now).await?;
+        Ok(entries)
+    }
+
+    /// Replaces the whole Origin whitelist, or nothing; returns it normalised.
+    pub async fn replace_origin_whitelist(
+        &self,
+        caller: &RequestContext,
+        origins: &[String],
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let entries = OriginWhitelist::parse(origins)?.entries().to_vec();
+        self.replace_whitelist(caller, WhitelistKind::Origin, &entries, now).await?;
+        Ok(entries)
+    }
+
+    async fn replace_whitelist(
+        &self,
+        caller: &RequestContext,
+        kind: WhitelistKind,
+        entries: &[String],
+        now: i64,
+    ) -> Result<()> {
+        let tenant = caller.tenant_id.as_str();
+        let action = match kind {
+            WhitelistKind::Ip => AuditAction::IpWhitelistUpdated,
+            WhitelistKind::Origin => AuditAction::OriginWhitelistUpdated,
+        };
+        let audit = audit_by(caller, &caller.user_id, action);
+        self.store.replace_whitelist(kind, tenant, entries, &audit, now).await?;
+        // Overwrites the shared copy, then announces the change.
+        self.validator.whitelist_written(kind, tenant, entries).await;
+        tracing::info!(tenant_id = tenant, ?kind, entries = entries.len(), "whitelist replaced");
+        Ok(())
+    }
+}

@@ -1,0 +1,276 @@
+//! Every credential use case that changes a credential announces exactly the
+//! events that evict it (and writes its audit row), on every store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api_key;
+use crate::cache::{Cache, MemoryCache};
+use crate::context::{AuthType, RequestContext};
+use crate::credentials::{CredentialError, Credentials, Lifetimes, SdkSessionRequest, SdkTokens, Throttles};
+use crate::events::Event;
+use crate::jwt::JwtKeys;
+use crate::metrics::AuthMetrics;
+use crate::ratelimit::RateLimiter;
+use crate::secret::Secret;
+use crate::store::Store;
+use crate::testing::RecordingBus;
+use crate::validate::{Validator, ValidatorSettings};
+
+const NOW: i64 = 1_700_000_000;
+const IP: &str = "203.0.113.7";
+const PASSWORD: &str = "correct horse battery staple";
+
+struct Fixture {
+    credentials: Credentials,
+    bus: Arc<RecordingBus>,
+    store: Store,
+    _validator: Arc<Validator>,
+}
+
+fn fixture(store: Store) -> Fixture {
+    let cache: Arc<dyn Cache> = Arc::new(MemoryCache::new());
+    let bus = Arc::new(RecordingBus::new());
+    let jwt = JwtKeys::new("caas", &Secret::new("j".repeat(32)), None);
+    let validator = Validator::start(
+        store.clone(),
+        cache.clone(),
+        bus.clone(),
+        jwt,
+        ValidatorSettings::default(),
+        Arc::new(AuthMetrics::default()),
+    );
+    let limiter = |name| RateLimiter::new(name, 1000, Duration::from_secs(60), cache.clone());
+    let throttles = Throttles {
+        login_by_email: limiter("login-email"),
+        login_by_ip: limiter("login-ip"),
+        registrations: limiter("register-ip"),
+    };
+    let lifetimes = Lifetimes { access: Duration::from_secs(900), refresh: Duration::from_secs(86_400) };
+    let credentials = Credentials::new(store.clone(), validator.clone(), lifetimes, throttles);
+    Fixture { credentials, bus, store, _validator: validator }
+}
+
+/// A dashboard caller of `tenant`.
+fn dashboard(tenant: &str) -> RequestContext {
+    RequestContext {
+        tenant_id: tenant.into(),
+        user_id: "acc_tester".into(),
+        session_id: "ses_dashboard".into(),
+        auth_type: AuthType::Dashboard,
+        key_id: String::new(),
+        client_ip: IP.into(),
+        request_id: "req".into(),
+        token_expires_at: None,
+    }
+}
+
+fn api_key_caller(tenant: &str) -> RequestContext {
+    RequestContext {
+        auth_type: AuthType::ApiKey,
+        user_id: String::new(),
+        session_id: String::new(),
+        key_id: "key_backend".into(),
+        ..dashboard(tenant)
+    }
+}
+
+fn key_changed(tenant: &str, key_id: &str, key_hash: &str) -> Event {
+    Event::ApiKeyChanged { tenant_id: tenant.into(), key_id: key_id.into(), key_hash: key_hash.into() }
+}
+
+async fn last_action(f: &Fixture, tenant: &str) -> String {
+    f.store.audit_log(tenant, 1).await.unwrap()[0].action.clone()
+}
+
+/// A registered tenant; returns its id, first key id and first key hash.
+async fn registered(f: &Fixture, email: &str) -> (String, String, String) {
+    let registration = f.credentials.register("Acme", email, PASSWORD.into(), IP, NOW).await.unwrap();
+    let hash = api_key::hash_key(&registration.key.key);
+    let tenant = registration.client_id;
+    assert_eq!(f.bus.take(), [key_changed(&tenant, &registration.key.id, &hash)]);
+    assert_eq!(last_action(f, &tenant).await, "client.registered");
+    (tenant, registration.key.id, hash)
+}
+
+async fn sdk_session(f: &Fixture, tenant: &str, user: &str) -> SdkTokens {
+    let request = SdkSessionRequest { user_id: user.into(), name: None, metadata: None };
+    let tokens = f.credentials.create_sdk_session(&api_key_caller(tenant), request, NOW).await.unwrap();
+    // A new session has nothing cached to evict.
+    assert!(f.bus.take().is_empty());
+    assert_eq!(last_action(f, tenant).await, "session.created");
+    tokens
+}
+
+async fn register_and_login_announce_the_new_key_only(store: Store) {
+    let f = fixture(store);
+    let (tenant, _, _) = registered(&f, "ada@example.com").await;
+    let grant = f.credentials.login("ada@example.com", PASSWORD.into(), IP, NOW).await.unwrap();
+    assert!(!grant.token.is_empty());
+    assert!(f.bus.take().is_empty());
+    assert_eq!(last_action(&f, &tenant).await, "client.login");
+    let wrong = f.credentials.login("ada@example.com", "not the password!".into(), IP, NOW).await;
+    assert!(matches!(wrong, Err(CredentialError::WrongPassword)), "{wrong:?}");
+    assert_eq!(last_action(&f, &tenant).await, "client.login_failed");
+}
+
+async fn rotation_announces_demoted_revoked_and_new_keys(store: Store) {
+    let f = fixture(store);
+    let (tenant, first_id, first_hash) = registered(&f, "rot@example.com").await;
+    let caller = dashboard(&tenant);
+
+    let second = f.credentials.rotate_api_key(&caller, Some(60), NOW).await.unwrap();
+    let second_hash = api_key::hash_key(&second.key.key);
+    assert_eq!(
+        f.bus.take(),
+        [key_changed(&tenant, &first_id, &first_hash), key_changed(&tenant, &second.key.id, &second_hash)]
+    );
+    assert_eq!(last_action(&f, &tenant).await, "api_key.rotated");
+
+    // The next rotation demotes the second key and revokes the first.
+    let third = f.credentials.rotate_api_key(&caller, None, NOW + 1).await.unwrap();
+    assert_eq!(third.revoked.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), [first_id.as_str()]);
+    assert_eq!(
+        f.bus.take(),
+        [
+            key_changed(&tenant, &second.key.id, &second_hash),
+            key_changed(&tenant, &first_id, &first_hash),
+            key_changed(&tenant, &third.key.id, &api_key::hash_key(&third.key.key)),
+        ]
+    );
+
+    // Refused before anything changes: nothing to announce.
+    let too_long = f.credentials.rotate_api_key(&caller, Some(31 * 86_400), NOW + 2).await;
+    assert!(matches!(too_long, Err(CredentialError::GraceTooLong)), "{too_long:?}");
+    assert!(f.bus.take().is_empty());
+}
+
+async fn revoking_a_key_announces_it(store: Store) {
+    let f = fixture(store);
+    let (tenant, key_id, hash) = registered(&f, "rev@example.com").await;
+    let (other, _, _) = registered(&f, "other@example.com").await;
+
+    let foreign = f.credentials.revoke_api_key(&dashboard(&other), &key_id, NOW).await;
+    assert!(matches!(foreign, Err(CredentialError::KeyNotFound)), "{foreign:?}");
+    assert!(f.bus.take().is_empty());
+
+    f.credentials.revoke_api_key(&dashboard(&tenant), &key_id, NOW).await.unwrap();
+    assert_eq!(f.bus.take(), [key_changed(&tenant, &key_id, &hash)]);
+    assert_eq!(last_action(&f, &tenant).await, "api_key.revoked");
+}
+
+async fn logout_announces_the_session(store: Store) {
+    let f = fixture(store);
+    let (tenant, _, _) = registered(&f, "out@example.com").await;
+    let revoked = |session_id: &str| Event::SessionRevoked { tenant_id: tenant.clone(), session_id: session_id.into() };
+
+    // By refresh token.
+    let tokens = sdk_session(&f, &tenant, "user-1").await;
+    f.credentials.logout(Some(&tokens.refresh_token), None, IP, NOW + 1).await.unwrap();
+    assert_eq!(f.bus.take(), [revoked(&tokens.session_id)]);
+    assert_eq!(last_action(&f, &tenant).await, "session.logout");
+
+    // The caller's own session, from its access-token context.
+    let tokens = sdk_session(&f, &tenant, "user-2").await;
+    let own = RequestContext {
+        auth_type: AuthType::Jwt,
+        user_id: "user-2".into(),
+        session_id: tokens.session_id.clone(),
+        ..dashboard(&tenant)
+    };
+    f.credentials.logout(None, Some(&own), IP, NOW + 2).await.unwrap();
+    assert_eq!(f.bus.take(), [revoked(&tokens.session_id)]);
+
+    let nothing = f.credentials.logout(None, Some(&api_key_caller(&tenant)), IP, NOW + 3).await;
+    assert!(matches!(nothing, Err(CredentialError::NoSessionNamed)), "{nothing:?}");
+    assert!(f.bus.take().is_empty());
+}
+
+async fn refresh_reuse_revokes_and_announces_the_session(store: Store) {
+    let f = fixture(store);
+    let (tenant, _, _) = registered(&f, "reuse@example.com").await;
+    let first = sdk_session(&f, &tenant, "user-1").await;
+
+    let second = f.credentials.refresh(&first.refresh_token, None, IP, NOW + 1).await.unwrap();
+    assert_eq!(second.session_id, first.session_id);
+    // A rotation changes no cached credential.
+    assert!(f.bus.take().is_empty());
+    assert_eq!(last_action(&f, &tenant).await, "session.refreshed");
+
+    let reused = f.credentials.refresh(&first.refresh_token, None, IP, NOW + 2).await;
+    assert!(matches!(reused, Err(CredentialError::RefreshTokenReused)), "{reused:?}");
+    assert_eq!(f.bus.take(), [Event::SessionRevoked { tenant_id: tenant.clone(), session_id: first.session_id }]);
+    assert_eq!(last_action(&f, &tenant).await, "session.refresh_token_reused");
+
+    let after = f.credentials.refresh(&second.refresh_token, None, IP, NOW + 3).await;
+    assert!(matches!(after, Err(CredentialError::InvalidRefreshToken)), "{after:?}");
+    assert!(f.bus.take().is_empty());
+}
+
+async fn whitelist_replacements_announce_their_kind(store: Store) {
+    let f = fixture(store);
+    let (tenant, _, _) = registered(&f, "wl@example.com").await;
+    let caller = dashboard(&tenant);
+
+    let cidrs = f.credentials.replace_ip_whitelist(&caller, &["10.0.0.0/8".into()], NOW).await.unwrap();
+    assert_eq!(cidrs, ["10.0.0.0/8"]);
+    assert_eq!(f.bus.take(), [Event::IpWhitelistChanged { tenant_id: tenant.clone() }]);
+    assert_eq!(last_action(&f, &tenant).await, "ip_whitelist.updated");
+
+    let origins =
+        f.credentials.replace_origin_whitelist(&caller, &["https://app.example.com".into()], NOW).await.unwrap();
+    assert_eq!(origins, ["https://app.example.com"]);
+    assert_eq!(f.bus.take(), [Event::OriginWhitelistChanged { tenant_id: tenant.clone() }]);
+    assert_eq!(last_action(&f, &tenant).await, "origin_whitelist.updated");
+
+    let invalid = f.credentials.replace_ip_whitelist(&caller, &["not a cidr".into()], NOW).await;
+    assert!(matches!(invalid, Err(CredentialError::InvalidWhitelistEntry(_))), "{invalid:?}");
+    assert!(f.bus.take().is_empty());
+}
+
+crate::store_conformance!(
+    register_and_login_announce_the_new_key_only,
+    rotation_announces_demoted_revoked_and_new_keys,
+    revoking_a_key_announces_it,
+    logout_announces_the_session,
+    refresh_reuse_revokes_and_announces_the_session,
+    whitelist_replacements_announce_their_kind,
+);
+
+/// Stored and serialized strings of the fixed sets never change.
+#[test]
+fn fixed_sets_keep_their_strings() {
+    use crate::store::{AuditAction, KeyRole, SessionKind};
+    let roles: Vec<_> = KeyRole::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(roles, ["primary", "secondary"]);
+    let kinds: Vec<_> = SessionKind::ALL.iter().map(|k| k.as_str()).collect();
+    assert_eq!(kinds, ["sdk", "dashboard"]);
+    let actions: Vec<_> = AuditAction::ALL.iter().map(|a| a.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "client.registered",
+            "client.login",
+            "client.login_failed",
+            "api_key.rotated",
+            "api_key.revoked",
+            "ip_whitelist.updated",
+            "origin_whitelist.updated",
+            "session.created",
+            "session.refreshed",
+            "session.refresh_token_reused",
+            "session.logout",
+        ]
+    );
+    for action in AuditAction::ALL {
+        assert_eq!(action.as_str().parse::<AuditAction>().unwrap(), *action);
+    }
+    for role in KeyRole::ALL {
+        assert_eq!(serde_json::to_string(role).unwrap(), format!("\"{}\"", role.as_str()));
+        assert_eq!(serde_json::from_str::<KeyRole>(&serde_json::to_string(role).unwrap()).unwrap(), *role);
+    }
+    for kind in SessionKind::ALL {
+        assert_eq!(kind.as_str().parse::<SessionKind>().unwrap(), *kind);
+    }
+    assert!("owner".parse::<KeyRole>().is_err());
+}
