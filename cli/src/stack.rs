@@ -10,14 +10,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use caas_auth_api::AuthApiArgs;
 use caas_chat::ChatArgs;
-use caas_core::config::{
-    Backends, JwtArgs, PolicyArgs, Problems, ServiceSecretArgs, StorageArgs, check_distinct_secrets,
-};
+use caas_core::config::{Backends, JwtArgs, PolicyArgs, ServiceSecretArgs, StorageArgs, check_distinct_secrets};
 use caas_core::context::ContextSigner;
 use caas_core::secret::Secret;
 use caas_core::validate::Validator;
 use caas_ext_authz::metrics::GatewayMetrics;
 use caas_ext_authz::{Authorizer, ExtAuthzArgs};
+use caas_runtime::config::Problems;
 use caas_socket::SocketArgs;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -150,7 +149,7 @@ impl Stack {
     pub async fn start(config: &UpConfig, access_log: AccessLog) -> anyhow::Result<Self> {
         let backends = config.storage.connect("caas", true).await.context("storage")?;
         // One validator, so auth-api's changes evict ext-authz's cache directly.
-        let validator = caas_core::startup::validator(&backends, &config.jwt, &config.policy);
+        let validator = backends.validator(&config.jwt, &config.policy);
         let auth_listener = bind(config.auth_api.auth_api_addr, "auth-api").await?;
         let grpc_listener = bind(config.ext_authz.ext_authz_addr, "ext-authz").await?;
         let ops_listener = bind(config.ext_authz.ext_authz_ops_addr, "ext-authz ops").await?;

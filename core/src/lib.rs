@@ -23,9 +23,7 @@ pub mod id;
 pub mod metrics;
 pub mod password;
 pub mod ratelimit;
-pub mod startup;
 pub mod store;
-pub mod trace;
 pub mod validate;
 
 #[cfg(any(test, feature = "testing"))]

@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use caas_core::config::{Problems, ServiceSecretArgs, StorageArgs, parse_duration};
+use caas_core::config::{ServiceSecretArgs, StorageArgs};
+use caas_runtime::config::{Problems, parse_duration};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SocketArgs {

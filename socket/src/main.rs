@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use caas_core::startup;
+use caas_runtime::startup;
 use caas_socket::{Config, Settings, SocketState};
 use clap::Parser as _;
 
@@ -15,9 +15,9 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<ExitCode, ExitCode> {
     let config = Config::parse();
-    caas_core::config::init_logging();
+    caas_runtime::logging::init_logging();
     startup::checked(SERVICE, config.check())?;
-    let backends = startup::backends(SERVICE, &config.storage).await?;
+    let backends = config.storage.connect(SERVICE, false).await.map_err(|e| startup::failed(SERVICE, e))?;
     let secrets = &config.service;
     let state = SocketState::new(
         backends,
@@ -27,5 +27,5 @@ async fn run() -> Result<ExitCode, ExitCode> {
         Settings::from(&config.socket),
     );
     let listener = startup::listen(SERVICE, config.socket.socket_addr).await?;
-    Ok(startup::exit(SERVICE, caas_socket::serve(listener, state, caas_core::config::shutdown_signal()).await))
+    Ok(startup::exit(SERVICE, caas_socket::serve(listener, state, caas_runtime::signal::shutdown_signal()).await))
 }
