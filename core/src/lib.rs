@@ -20,6 +20,7 @@ pub mod chat;
 pub mod config;
 pub mod events;
 pub mod id;
+pub mod message;
 pub mod metrics;
 pub mod password;
 pub mod ratelimit;
