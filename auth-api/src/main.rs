@@ -18,9 +18,9 @@ async fn run() -> Result<ExitCode, ExitCode> {
     caas_runtime::logging::init_logging();
     startup::checked(SERVICE, config.check())?;
     config.policy.warn_if_relaxed();
-    let backends = config.storage.connect(SERVICE, false).await.map_err(|e| startup::failed(SERVICE, e))?;
+    let backends = config.storage.connect_standalone(SERVICE).await?;
     let validator = backends.validator(&config.jwt, &config.policy);
-    let state = AppState::new(backends, validator, config.api.settings(&config.jwt, &config.service));
+    let state = AppState::from_config(&config, backends, validator);
     let listener = startup::listen(SERVICE, config.api.auth_api_addr).await?;
     Ok(startup::exit(SERVICE, caas_auth_api::serve(listener, state, caas_runtime::signal::shutdown_signal()).await))
 }

@@ -17,8 +17,8 @@ async fn run() -> Result<ExitCode, ExitCode> {
     let config = Config::parse();
     caas_runtime::logging::init_logging();
     startup::checked(SERVICE, config.check())?;
-    let backends = config.storage.connect(SERVICE, false).await.map_err(|e| startup::failed(SERVICE, e))?;
-    let state = AppState::new(backends, config.service.verifier());
+    let backends = config.storage.connect_standalone(SERVICE).await?;
+    let state = AppState::from_config(&config, backends);
     let listener = startup::listen(SERVICE, config.chat.chat_addr).await?;
     Ok(startup::exit(SERVICE, caas_chat::serve(listener, state, caas_runtime::signal::shutdown_signal()).await))
 }

@@ -6,6 +6,7 @@
 //! objects (backends, JWT keys, context verifier, validator) and checks
 //! domain limits (secret strength, database dialect).
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,6 +89,12 @@ impl StorageArgs {
                 problems.add(format!("REDIS_URL '{}' must start with redis://", redact_url(url)));
             }
         }
+    }
+
+    /// A standalone binary's backends (it warns when they are in-process
+    /// only); failing to open them is exit code 1.
+    pub async fn connect_standalone(&self, service: &str) -> Result<Backends, ExitCode> {
+        self.connect(service, false).await.map_err(|error| caas_runtime::startup::failed(service, error))
     }
 
     /// Opens the database (and migrates it), the cache and the bus.

@@ -3,8 +3,6 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use caas_core::context::ContextSigner;
-use caas_ext_authz::metrics::GatewayMetrics;
 use caas_ext_authz::{Authorizer, Config};
 use caas_runtime::startup;
 use clap::Parser as _;
@@ -22,11 +20,9 @@ async fn run() -> Result<ExitCode, ExitCode> {
     startup::checked(SERVICE, config.check())?;
     config.policy.warn_if_relaxed();
     config.ext_authz.warn_if_shadow();
-    let backends = config.storage.connect(SERVICE, false).await.map_err(|e| startup::failed(SERVICE, e))?;
+    let backends = config.storage.connect_standalone(SERVICE).await?;
     let validator = backends.validator(&config.jwt, &config.policy);
-    let signer = ContextSigner::new(&config.service.current());
-    let authorizer =
-        Arc::new(Authorizer::new(validator, signer, config.ext_authz.settings(), Arc::new(GatewayMetrics::default())));
+    let authorizer = Arc::new(Authorizer::from_config(&config, validator));
     let grpc = startup::listen(SERVICE, config.ext_authz.ext_authz_addr).await?;
     let ops = startup::listen(SERVICE, config.ext_authz.ext_authz_ops_addr).await?;
     let served = caas_ext_authz::serve(grpc, ops, authorizer, backends, caas_runtime::signal::shutdown_signal()).await;

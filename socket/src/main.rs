@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use caas_runtime::startup;
-use caas_socket::{Config, Settings, SocketState};
+use caas_socket::{Config, SocketState};
 use clap::Parser as _;
 
 const SERVICE: &str = "socket";
@@ -17,15 +17,8 @@ async fn run() -> Result<ExitCode, ExitCode> {
     let config = Config::parse();
     caas_runtime::logging::init_logging();
     startup::checked(SERVICE, config.check())?;
-    let backends = config.storage.connect(SERVICE, false).await.map_err(|e| startup::failed(SERVICE, e))?;
-    let secrets = &config.service;
-    let state = SocketState::new(
-        backends,
-        secrets.current(),
-        secrets.service_secret_previous.clone(),
-        &config.socket.auth_service_url,
-        Settings::from(&config.socket),
-    );
+    let backends = config.storage.connect_standalone(SERVICE).await?;
+    let state = SocketState::from_config(&config, backends);
     let listener = startup::listen(SERVICE, config.socket.socket_addr).await?;
     Ok(startup::exit(SERVICE, caas_socket::serve(listener, state, caas_runtime::signal::shutdown_signal()).await))
 }
