@@ -3,9 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use caas_core::config::{
-    JwtArgs, PolicyArgs, Problems, ServiceSecretArgs, StorageArgs, check_distinct_secrets, parse_duration,
-};
+use caas_core::config::{JwtArgs, PolicyArgs, ServiceSecretArgs, StorageArgs, check_distinct_secrets};
+use caas_runtime::config::{Problems, parse_duration};
 
 use crate::Settings;
 

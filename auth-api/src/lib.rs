@@ -71,8 +71,15 @@ struct Inner {
 pub struct AppState(Arc<Inner>);
 
 impl AppState {
-    /// `validator` may be shared with ext-authz when both run in one process.
-    pub fn new(backends: Backends, validator: Arc<Validator>, settings: Settings) -> Self {
+    /// The one wiring of auth-api: its binary, `caas up` and the tests all
+    /// build it here from its configuration. `validator` (see
+    /// `Backends::validator`) is shared with ext-authz when both run in one
+    /// process, so auth-api's changes evict ext-authz's cache directly.
+    pub fn from_config(config: &Config, backends: Backends, validator: Arc<Validator>) -> Self {
+        Self::new(backends, validator, config.api.settings(&config.jwt, &config.service))
+    }
+
+    fn new(backends: Backends, validator: Arc<Validator>, settings: Settings) -> Self {
         let verifier = ContextVerifier::new(&settings.service_secret, settings.service_secret_previous.as_ref());
         let cache = backends.cache.clone();
         let mut registry = Registry::default();

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use caas_auth_api::{AppState, Config};
-use caas_core::startup;
+use caas_runtime::startup;
 use clap::Parser as _;
 
 const SERVICE: &str = "auth-api";
@@ -15,12 +15,12 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<ExitCode, ExitCode> {
     let config = Config::parse();
-    caas_core::config::init_logging();
+    caas_runtime::logging::init_logging();
     startup::checked(SERVICE, config.check())?;
     config.policy.warn_if_relaxed();
-    let backends = startup::backends(SERVICE, &config.storage).await?;
-    let validator = startup::validator(&backends, &config.jwt, &config.policy);
-    let state = AppState::new(backends, validator, config.api.settings(&config.jwt, &config.service));
+    let backends = config.storage.connect_standalone(SERVICE).await?;
+    let validator = backends.validator(&config.jwt, &config.policy);
+    let state = AppState::from_config(&config, backends, validator);
     let listener = startup::listen(SERVICE, config.api.auth_api_addr).await?;
-    Ok(startup::exit(SERVICE, caas_auth_api::serve(listener, state, caas_core::config::shutdown_signal()).await))
+    Ok(startup::exit(SERVICE, caas_auth_api::serve(listener, state, caas_runtime::signal::shutdown_signal()).await))
 }

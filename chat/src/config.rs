@@ -2,7 +2,8 @@
 
 use std::net::SocketAddr;
 
-use caas_core::config::{Problems, ServiceSecretArgs, StorageArgs};
+use caas_core::config::{ServiceSecretArgs, StorageArgs};
+use caas_runtime::config::Problems;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ChatArgs {

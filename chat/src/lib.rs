@@ -49,7 +49,13 @@ struct Inner {
 pub struct AppState(Arc<Inner>);
 
 impl AppState {
-    pub fn new(backends: Backends, verifier: ContextVerifier) -> Self {
+    /// The one wiring of chat: its binary, `caas up` and the tests all build
+    /// it here from its configuration.
+    pub fn from_config(config: &Config, backends: Backends) -> Self {
+        Self::new(backends, config.service.verifier())
+    }
+
+    fn new(backends: Backends, verifier: ContextVerifier) -> Self {
         let chat = Chat::new(backends.store.clone(), backends.bus.clone());
         let metrics = ChatMetrics::default();
         let mut registry = Registry::default();

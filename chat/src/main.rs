@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use caas_chat::{AppState, Config};
-use caas_core::startup;
+use caas_runtime::startup;
 use clap::Parser as _;
 
 const SERVICE: &str = "chat";
@@ -15,10 +15,10 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<ExitCode, ExitCode> {
     let config = Config::parse();
-    caas_core::config::init_logging();
+    caas_runtime::logging::init_logging();
     startup::checked(SERVICE, config.check())?;
-    let backends = startup::backends(SERVICE, &config.storage).await?;
-    let state = AppState::new(backends, config.service.verifier());
+    let backends = config.storage.connect_standalone(SERVICE).await?;
+    let state = AppState::from_config(&config, backends);
     let listener = startup::listen(SERVICE, config.chat.chat_addr).await?;
-    Ok(startup::exit(SERVICE, caas_chat::serve(listener, state, caas_core::config::shutdown_signal()).await))
+    Ok(startup::exit(SERVICE, caas_chat::serve(listener, state, caas_runtime::signal::shutdown_signal()).await))
 }

@@ -1,14 +1,11 @@
 //! Handler tests: `app(state).oneshot(request)` on SQLite, contexts signed as
 //! the gateway signs them.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use caas_core::bus::LocalBus;
-use caas_core::cache::MemoryCache;
-use caas_core::config::Backends;
-use caas_core::context::{self, AuthType, ContextSigner, ContextVerifier, RequestContext};
+use caas_core::context::{self, AuthType, ContextSigner, RequestContext};
 use caas_core::id::{new_id, unix_now};
 use caas_core::secret::Secret;
 use caas_core::store::NewApiKey;
@@ -16,7 +13,7 @@ use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-use crate::{AppState, app};
+use crate::{AppState, ChatArgs, Config, app};
 
 const SECRET: &str = "service-secret-service-secret-0001";
 
@@ -35,8 +32,12 @@ async fn harness() -> (Harness, String, String) {
         store.register_client(&tenant, "T", &new_id("acc"), email, "h", &record, None, unix_now()).await.unwrap();
         tenants.push(tenant);
     }
-    let backends = Backends { store, cache: Arc::new(MemoryCache::new()), bus: Arc::new(LocalBus::new()) };
-    let state = AppState::new(backends, ContextVerifier::new(&Secret::new(SECRET), None));
+    let config = Config {
+        chat: ChatArgs { chat_addr: SocketAddr::from(([127, 0, 0, 1], 0)) },
+        storage: caas_core::testing::unused_storage(),
+        service: caas_core::testing::service_args(SECRET, None),
+    };
+    let state = AppState::from_config(&config, caas_core::testing::local_backends(store));
     let b = tenants.pop().unwrap();
     let a = tenants.pop().unwrap();
     (Harness { app: app(state), signer: ContextSigner::new(&Secret::new(SECRET)) }, a, b)

@@ -60,7 +60,7 @@ fn host_port(value: &str) -> Result<(String, u16), String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    caas_core::config::init_logging();
+    caas_runtime::logging::init_logging();
     let result = match cli.command {
         Command::Up(config) => up(*config).await,
         Command::Migrate(storage) => migrate(storage).await,
@@ -86,7 +86,7 @@ async fn up(mut config: UpConfig) -> anyhow::Result<()> {
     let mut stack = Stack::start(&config, AccessLog::Stdout).await?;
     print_welcome(&stack, &config);
     let failure = tokio::select! {
-        _ = caas_core::config::shutdown_signal() => None,
+        _ = caas_runtime::signal::shutdown_signal() => None,
         message = stack.failed() => Some(message),
     };
     eprintln!("caas: stopping…");
@@ -100,7 +100,7 @@ async fn up(mut config: UpConfig) -> anyhow::Result<()> {
 fn print_welcome(stack: &Stack, config: &UpConfig) {
     let gateway = stack.gateway().map_or("(no Envoy)".to_string(), |g| format!("http://{g}"));
     let admin = stack.envoy.as_ref().map_or("(no Envoy)".to_string(), |e| format!("http://{}", e.admin));
-    let store = caas_core::config::redact_url(&config.storage.database_url);
+    let store = caas_runtime::config::redact_url(&config.storage.database_url);
     let bus = if config.storage.redis_url.is_some() { "Redis" } else { "in-process" };
     eprintln!(
         "\nCAAS is up.\n\
@@ -128,12 +128,12 @@ fn print_welcome(stack: &Stack, config: &UpConfig) {
 }
 
 async fn migrate(storage: caas_core::config::StorageArgs) -> anyhow::Result<()> {
-    let mut problems = caas_core::config::Problems::default();
+    let mut problems = caas_runtime::config::Problems::default();
     storage.check(&mut problems);
     problems.finish().map_err(anyhow::Error::msg)?;
     let store = caas_core::store::Store::connect(&storage.database_url, 1).await?;
     store.migrate().await?;
-    eprintln!("caas: migrations applied to {}", caas_core::config::redact_url(&storage.database_url));
+    eprintln!("caas: migrations applied to {}", caas_runtime::config::redact_url(&storage.database_url));
     Ok(())
 }
 

@@ -10,14 +10,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use caas_auth_api::AuthApiArgs;
 use caas_chat::ChatArgs;
-use caas_core::config::{
-    Backends, JwtArgs, PolicyArgs, Problems, ServiceSecretArgs, StorageArgs, check_distinct_secrets,
-};
-use caas_core::context::ContextSigner;
+use caas_core::config::{Backends, JwtArgs, PolicyArgs, ServiceSecretArgs, StorageArgs, check_distinct_secrets};
 use caas_core::secret::Secret;
 use caas_core::validate::Validator;
-use caas_ext_authz::metrics::GatewayMetrics;
 use caas_ext_authz::{Authorizer, ExtAuthzArgs};
+use caas_runtime::config::Problems;
 use caas_socket::SocketArgs;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -108,6 +105,39 @@ impl UpConfig {
         self.socket.check(&mut problems);
         problems.finish()
     }
+
+    // Each service's own configuration, from the groups `caas up` flattens
+    // once: the services are then built exactly as their binaries build them.
+
+    fn auth_api_config(&self) -> caas_auth_api::Config {
+        caas_auth_api::Config {
+            api: self.auth_api.clone(),
+            storage: self.storage.clone(),
+            jwt: self.jwt.clone(),
+            service: self.service.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+
+    fn ext_authz_config(&self) -> caas_ext_authz::Config {
+        caas_ext_authz::Config {
+            ext_authz: self.ext_authz.clone(),
+            storage: self.storage.clone(),
+            jwt: self.jwt.clone(),
+            service: self.service.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+
+    fn chat_config(&self) -> caas_chat::Config {
+        caas_chat::Config { chat: self.chat.clone(), storage: self.storage.clone(), service: self.service.clone() }
+    }
+
+    /// In one process the socket service asks this auth-api, wherever it bound.
+    fn socket_config(&self, auth_api: SocketAddr) -> caas_socket::Config {
+        let socket = SocketArgs { auth_service_url: format!("http://{auth_api}"), ..self.socket.clone() };
+        caas_socket::Config { socket, storage: self.storage.clone(), service: self.service.clone() }
+    }
 }
 
 fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
@@ -150,7 +180,7 @@ impl Stack {
     pub async fn start(config: &UpConfig, access_log: AccessLog) -> anyhow::Result<Self> {
         let backends = config.storage.connect("caas", true).await.context("storage")?;
         // One validator, so auth-api's changes evict ext-authz's cache directly.
-        let validator = caas_core::startup::validator(&backends, &config.jwt, &config.policy);
+        let validator = backends.validator(&config.jwt, &config.policy);
         let auth_listener = bind(config.auth_api.auth_api_addr, "auth-api").await?;
         let grpc_listener = bind(config.ext_authz.ext_authz_addr, "ext-authz").await?;
         let ops_listener = bind(config.ext_authz.ext_authz_ops_addr, "ext-authz ops").await?;
@@ -164,18 +194,10 @@ impl Stack {
         let until_stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let state = caas_auth_api::AppState::new(
-            backends.clone(),
-            validator.clone(),
-            config.auth_api.settings(&config.jwt, &config.service),
-        );
+        let state =
+            caas_auth_api::AppState::from_config(&config.auth_api_config(), backends.clone(), validator.clone());
         let auth_task = tokio::spawn(caas_auth_api::serve(auth_listener, state, until_stopped(stopped.clone())));
-        let authorizer = Arc::new(Authorizer::new(
-            validator.clone(),
-            ContextSigner::new(&config.service.current()),
-            config.ext_authz.settings(),
-            Arc::new(GatewayMetrics::default()),
-        ));
+        let authorizer = Arc::new(Authorizer::from_config(&config.ext_authz_config(), validator.clone()));
         let authz_task = tokio::spawn(caas_ext_authz::serve(
             grpc_listener,
             ops_listener,
@@ -183,16 +205,9 @@ impl Stack {
             backends.clone(),
             until_stopped(stopped.clone()),
         ));
-        let chat_state = caas_chat::AppState::new(backends.clone(), config.service.verifier());
+        let chat_state = caas_chat::AppState::from_config(&config.chat_config(), backends.clone());
         let chat_task = tokio::spawn(caas_chat::serve(chat_listener, chat_state, until_stopped(stopped.clone())));
-        // In one process the socket service asks this auth-api, wherever it bound.
-        let socket_state = caas_socket::SocketState::new(
-            backends.clone(),
-            config.service.current(),
-            config.service.service_secret_previous.clone(),
-            &format!("http://{auth_api}"),
-            caas_socket::Settings::from(&config.socket),
-        );
+        let socket_state = caas_socket::SocketState::from_config(&config.socket_config(auth_api), backends.clone());
         let socket_task = tokio::spawn(caas_socket::serve(socket_listener, socket_state, until_stopped(stopped)));
 
         for (name, addr) in [("auth-api", auth_api), ("ext-authz", ext_authz_ops), ("chat", chat), ("socket", socket)] {
@@ -202,24 +217,8 @@ impl Stack {
         let envoy = if config.no_envoy {
             None
         } else {
-            let binary = envoy::find_binary()?;
-            let host = |addr: SocketAddr| (addr.ip().to_string(), addr.port());
-            let addresses = envoy::Addresses {
-                listen_address: config.envoy_listen.ip().to_string(),
-                listen_port: config.envoy_listen.port(),
-                admin_port: config.envoy_admin_port,
-                auth_api: host(auth_api),
-                ext_authz: host(ext_authz),
-                chat: host(config.chat_upstream.unwrap_or(chat)),
-                socket: host(socket),
-                trusted_proxy_hops: config.ext_authz.trusted_proxy_hops,
-                access_log_path: match access_log {
-                    AccessLog::Stdout => "/dev/stdout".to_string(),
-                    AccessLog::File(path) => path.display().to_string(),
-                },
-            };
-            let rendered = envoy::render(envoy::TEMPLATE, &addresses)?;
-            Some(Envoy::start(&binary, &rendered, &config.data_dir, config.envoy_concurrency).await?)
+            let upstreams = Upstreams { auth_api, ext_authz, chat: config.chat_upstream.unwrap_or(chat), socket };
+            Some(start_envoy(config, &upstreams, access_log).await?)
         };
         Ok(Self {
             backends,
@@ -277,6 +276,35 @@ impl Stack {
         }
         self.backends.store.close().await;
     }
+}
+
+/// Where Envoy sends each route, as the services bound.
+struct Upstreams {
+    auth_api: SocketAddr,
+    ext_authz: SocketAddr,
+    chat: SocketAddr,
+    socket: SocketAddr,
+}
+
+async fn start_envoy(config: &UpConfig, upstreams: &Upstreams, access_log: AccessLog) -> anyhow::Result<Envoy> {
+    let binary = envoy::find_binary()?;
+    let host = |addr: SocketAddr| (addr.ip().to_string(), addr.port());
+    let addresses = envoy::Addresses {
+        listen_address: config.envoy_listen.ip().to_string(),
+        listen_port: config.envoy_listen.port(),
+        admin_port: config.envoy_admin_port,
+        auth_api: host(upstreams.auth_api),
+        ext_authz: host(upstreams.ext_authz),
+        chat: host(upstreams.chat),
+        socket: host(upstreams.socket),
+        trusted_proxy_hops: config.ext_authz.trusted_proxy_hops,
+        access_log_path: match access_log {
+            AccessLog::Stdout => "/dev/stdout".to_string(),
+            AccessLog::File(path) => path.display().to_string(),
+        },
+    };
+    let rendered = envoy::render(envoy::TEMPLATE, &addresses)?;
+    Envoy::start(&binary, &rendered, &config.data_dir, config.envoy_concurrency).await
 }
 
 async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {

@@ -10,6 +10,7 @@ use sqlx::Row as _;
 use crate::bus::EventBus;
 use crate::events::Event;
 use crate::id::new_id;
+use crate::message::Message;
 use crate::store::{Store, StoreError};
 
 /// Largest message body, in bytes: larger is refused as too large.
@@ -28,17 +29,6 @@ pub struct Conversation {
     pub created_by: String,
     pub created_at: i64,
     pub member_ids: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct Message {
-    pub id: String,
-    pub conversation_id: String,
-    pub sender_id: String,
-    pub body: String,
-    pub client_msg_id: String,
-    pub created_at: i64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,84 +1,35 @@
 //! Configuration shared by every binary: one definition of each environment
 //! variable (DESIGN.md "Flags"), so binaries cannot drift apart. Each binary
 //! flattens the groups it needs into its own clap `Config`.
+//!
+//! The groups stay here, not in caas-runtime, because each builds domain
+//! objects (backends, JWT keys, context verifier, validator) and checks
+//! domain limits (secret strength, database dialect).
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use caas_runtime::config::{Problems, parse_duration, redact_url};
+
 use crate::bus::{EventBus, LocalBus, RedisBus};
 use crate::cache::{Cache, MemoryCache, RedisCache};
+use crate::metrics::AuthMetrics;
 use crate::secret::Secret;
 use crate::store::{Dialect, Store, StoreError};
+use crate::validate::{Validator, ValidatorSettings};
 
-/// Every problem found in the configuration, reported at once.
-#[derive(Debug, Default)]
-pub struct Problems(Vec<String>);
-
-impl Problems {
-    pub fn add(&mut self, problem: impl Into<String>) {
-        self.0.push(problem.into());
-    }
-
-    /// A required secret: present and at least 32 bytes.
-    pub fn secret(&mut self, name: &str, value: Option<&Secret>) {
-        match value {
-            None => self.add(format!("{name} is required (at least 32 bytes; e.g. `openssl rand -base64 48`)")),
-            Some(secret) => self.optional_secret(name, Some(secret)),
-        }
-    }
-
-    pub fn optional_secret(&mut self, name: &str, value: Option<&Secret>) {
-        if let Some(Err(problem)) = value.map(|s| s.check_strength(name)) {
-            self.add(problem);
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// `Err` listing every problem (secrets are never part of a message).
-    pub fn finish(self) -> Result<(), String> {
-        if self.0.is_empty() {
-            return Ok(());
-        }
-        let mut out = String::from("invalid configuration:");
-        for problem in &self.0 {
-            out.push_str("\n  - ");
-            out.push_str(problem);
-        }
-        Err(out)
+/// A required secret: present and at least 32 bytes.
+fn secret(problems: &mut Problems, name: &str, value: Option<&Secret>) {
+    match value {
+        None => problems.add(format!("{name} is required (at least 32 bytes; e.g. `openssl rand -base64 48`)")),
+        Some(value) => optional_secret(problems, name, Some(value)),
     }
 }
 
-/// `900` (seconds), `250ms`, `900s`, `15m`, `1h`, `7d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let value: u64 =
-        digits.parse().map_err(|_| format!("'{text}' is not a duration (e.g. 900, 250ms, 15m, 1h, 7d)"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(value),
-        "" | "s" => Duration::from_secs(value),
-        "m" => Duration::from_secs(value * 60),
-        "h" => Duration::from_secs(value * 3600),
-        "d" => Duration::from_secs(value * 86_400),
-        _ => return Err(format!("'{text}' has an unknown unit (use ms, s, m, h or d)")),
-    })
-}
-
-/// A URL with any password replaced, for logs.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_string(),
+fn optional_secret(problems: &mut Problems, name: &str, value: Option<&Secret>) {
+    if let Some(Err(problem)) = value.map(|s| s.check_strength(name)) {
+        problems.add(problem);
     }
 }
 
@@ -140,6 +91,12 @@ impl StorageArgs {
         }
     }
 
+    /// A standalone binary's backends (it warns when they are in-process
+    /// only); failing to open them is exit code 1.
+    pub async fn connect_standalone(&self, service: &str) -> Result<Backends, ExitCode> {
+        self.connect(service, false).await.map_err(|error| caas_runtime::startup::failed(service, error))
+    }
+
     /// Opens the database (and migrates it), the cache and the bus.
     /// `service` names the binary in the warning about running without Redis.
     pub async fn connect(&self, service: &str, single_process: bool) -> Result<Backends, StoreError> {
@@ -169,6 +126,27 @@ impl StorageArgs {
     }
 }
 
+impl Backends {
+    /// The validator of the rules on these backends, with the configuration's
+    /// keys and policy flags. `caas up` shares one between auth-api and
+    /// ext-authz, so each service takes it rather than building its own.
+    pub fn validator(&self, jwt: &JwtArgs, policy: &PolicyArgs) -> Arc<Validator> {
+        let settings = ValidatorSettings {
+            ip_whitelist_enabled: policy.ip_whitelist_enabled,
+            origin_validation_enabled: policy.origin_validation_enabled,
+            ..ValidatorSettings::default()
+        };
+        Validator::start(
+            self.store.clone(),
+            self.cache.clone(),
+            self.bus.clone(),
+            jwt.keys(),
+            settings,
+            Arc::new(AuthMetrics::default()),
+        )
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct JwtArgs {
     /// HS256 signing secret for access tokens (at least 32 bytes). Only the
@@ -191,8 +169,8 @@ pub struct JwtArgs {
 
 impl JwtArgs {
     pub fn check(&self, problems: &mut Problems) {
-        problems.secret("JWT_SECRET", self.jwt_secret.as_ref());
-        problems.optional_secret("JWT_SECRET_PREVIOUS", self.jwt_secret_previous.as_ref());
+        secret(problems, "JWT_SECRET", self.jwt_secret.as_ref());
+        optional_secret(problems, "JWT_SECRET_PREVIOUS", self.jwt_secret_previous.as_ref());
         let access = self.jwt_expires_in.as_secs();
         if !(60..=86_400).contains(&access) {
             problems.add("JWT_EXPIRES_IN must be between 1m and 24h");
@@ -224,8 +202,8 @@ pub struct ServiceSecretArgs {
 
 impl ServiceSecretArgs {
     pub fn check(&self, problems: &mut Problems) {
-        problems.secret("SERVICE_SECRET", self.service_secret.as_ref());
-        problems.optional_secret("SERVICE_SECRET_PREVIOUS", self.service_secret_previous.as_ref());
+        secret(problems, "SERVICE_SECRET", self.service_secret.as_ref());
+        optional_secret(problems, "SERVICE_SECRET_PREVIOUS", self.service_secret_previous.as_ref());
     }
 
     /// Call after `check` passed.
@@ -270,55 +248,9 @@ impl PolicyArgs {
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM (how containers are stopped).
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
-}
-
-/// JSON logs to stdout; `RUST_LOG` filters (default `info`).
-pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().json().with_current_span(false).with_env_filter(filter).try_init();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("900"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("7w").is_err());
-        assert!(parse_duration("m").is_err());
-    }
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(redact_url("sqlite://data/caas.db"), "sqlite://data/caas.db");
-    }
 
     #[test]
     fn data_store_urls_asking_for_tls_are_refused_at_start() {
@@ -344,8 +276,8 @@ mod tests {
     #[test]
     fn every_problem_is_listed_without_secrets() {
         let mut problems = Problems::default();
-        problems.secret("JWT_SECRET", Some(&Secret::new("tooshort-secret")));
-        problems.secret("SERVICE_SECRET", None);
+        secret(&mut problems, "JWT_SECRET", Some(&Secret::new("tooshort-secret")));
+        secret(&mut problems, "SERVICE_SECRET", None);
         let message = problems.finish().unwrap_err();
         assert!(message.contains("JWT_SECRET") && message.contains("SERVICE_SECRET is required"));
         assert!(!message.contains("tooshort-secret"));

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::chat::Message;
+use crate::message::Message;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -21,12 +21,11 @@ pub mod config;
 pub mod credentials;
 pub mod events;
 pub mod id;
+pub mod message;
 pub mod metrics;
 pub mod password;
 pub mod ratelimit;
-pub mod startup;
 pub mod store;
-pub mod trace;
 pub mod validate;
 
 #[cfg(any(test, feature = "testing"))]

@@ -1,22 +1,16 @@
 //! Prometheus metrics of the auth rules (names from DESIGN.md). Each service
 //! registers these with its own, then renders the registry on `/metrics`.
+//! They stay in core because the validator counts into them; the shared
+//! plumbing (labels, buckets, rendering) is caas-runtime's `metrics`.
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::text::encode;
+use caas_runtime::metrics::{Labels, Labels2, latency_histogram};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-
-pub type Labels = [(&'static str, &'static str); 1];
-pub type Labels2 = [(&'static str, &'static str); 2];
-
-/// Latency buckets from 1 µs to ~4 s.
-pub fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_001, 2.5, 18))
-}
 
 pub struct AuthMetrics {
     /// By audience and result (`valid` or the refusal code).
@@ -124,13 +118,4 @@ impl AuthMetrics {
         let total = hits + self.hot.cache_misses.iter().map(Counter::get).sum::<u64>() as f64;
         self.cache_hit_rate.set(if total > 0.0 { hits / total } else { 1.0 });
     }
-}
-
-/// The registry in Prometheus text format.
-pub fn render(registry: &Registry) -> String {
-    let mut out = String::new();
-    if encode(&mut out, registry).is_err() {
-        tracing::error!("failed to encode metrics");
-    }
-    out
 }

@@ -6,6 +6,10 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::bus::LocalBus;
+use crate::cache::MemoryCache;
+use crate::config::{Backends, ServiceSecretArgs, StorageArgs};
+use crate::secret::Secret;
 use crate::store::Store;
 
 fn in_ci() -> bool {
@@ -202,4 +206,18 @@ macro_rules! store_conformance {
             )*
         }
     };
+}
+
+/// In-process cache and bus over `store`: all one test process needs.
+pub fn local_backends(store: Store) -> Backends {
+    Backends { store, cache: std::sync::Arc::new(MemoryCache::new()), bus: std::sync::Arc::new(LocalBus::new()) }
+}
+
+/// Storage arguments of a service built on `local_backends`: never connected.
+pub fn unused_storage() -> StorageArgs {
+    StorageArgs { database_url: "sqlite::memory:".into(), database_max_connections: 1, redis_url: None }
+}
+
+pub fn service_args(current: &str, previous: Option<&str>) -> ServiceSecretArgs {
+    ServiceSecretArgs { service_secret: Some(Secret::new(current)), service_secret_previous: previous.map(Secret::new) }
 }

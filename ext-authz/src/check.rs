@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use caas_core::context::{AuthType, ContextSigner, RequestContext};
 use caas_core::id::{new_id, unix_now};
 use caas_core::jwt::{Audience, MAX_TOKEN_LEN, TokenError};
-use caas_core::trace::{TraceParent, new_span_id};
 use caas_core::validate::{Denial, Rejection, Validator};
-use caas_http::otlp::{Span, SpanExporter};
 pub use caas_rules::denial::Reason;
+use caas_runtime::otlp::{Span, SpanExporter};
+use caas_runtime::trace::{TraceParent, new_span_id};
 use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 

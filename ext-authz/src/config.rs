@@ -1,13 +1,16 @@
 //! ext-authz configuration (clap + environment).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use caas_core::config::{
-    JwtArgs, PolicyArgs, Problems, ServiceSecretArgs, StorageArgs, check_distinct_secrets, parse_duration,
-};
+use caas_core::config::{JwtArgs, PolicyArgs, ServiceSecretArgs, StorageArgs, check_distinct_secrets};
+use caas_core::context::ContextSigner;
+use caas_core::validate::Validator;
+use caas_runtime::config::{Problems, parse_duration};
 
 use crate::AuthorizerSettings;
+use crate::metrics::GatewayMetrics;
 use caas_rules::policy::PolicyTable;
 
 /// Settings of ext-authz itself; `caas up` flattens these too.
@@ -111,5 +114,20 @@ impl Config {
         self.service.check(&mut problems);
         check_distinct_secrets(&mut problems, &self.jwt, &self.service);
         problems.finish()
+    }
+}
+
+impl crate::Authorizer {
+    /// The one wiring of ext-authz: its binary and `caas up` build it here
+    /// from its configuration. `validator` (see `Backends::validator`) is
+    /// shared with auth-api when both run in one process. Unit tests that
+    /// need settings no flag gives build it from parts with `new`.
+    pub fn from_config(config: &Config, validator: Arc<Validator>) -> Self {
+        Self::new(
+            validator,
+            ContextSigner::new(&config.service.current()),
+            config.ext_authz.settings(),
+            Arc::new(GatewayMetrics::default()),
+        )
     }
 }

@@ -103,7 +103,7 @@ pub async fn serve(
 
 async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
     state.authorizer.validator().metrics().refresh();
-    let text = caas_core::metrics::render(&state.registry);
+    let text = caas_runtime::metrics::render(&state.registry);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
 }
 

@@ -3,10 +3,8 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use caas_core::context::ContextSigner;
-use caas_core::startup;
-use caas_ext_authz::metrics::GatewayMetrics;
 use caas_ext_authz::{Authorizer, Config};
+use caas_runtime::startup;
 use clap::Parser as _;
 
 const SERVICE: &str = "ext-authz";
@@ -18,17 +16,15 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<ExitCode, ExitCode> {
     let config = Config::parse();
-    caas_core::config::init_logging();
+    caas_runtime::logging::init_logging();
     startup::checked(SERVICE, config.check())?;
     config.policy.warn_if_relaxed();
     config.ext_authz.warn_if_shadow();
-    let backends = startup::backends(SERVICE, &config.storage).await?;
-    let validator = startup::validator(&backends, &config.jwt, &config.policy);
-    let signer = ContextSigner::new(&config.service.current());
-    let authorizer =
-        Arc::new(Authorizer::new(validator, signer, config.ext_authz.settings(), Arc::new(GatewayMetrics::default())));
+    let backends = config.storage.connect_standalone(SERVICE).await?;
+    let validator = backends.validator(&config.jwt, &config.policy);
+    let authorizer = Arc::new(Authorizer::from_config(&config, validator));
     let grpc = startup::listen(SERVICE, config.ext_authz.ext_authz_addr).await?;
     let ops = startup::listen(SERVICE, config.ext_authz.ext_authz_ops_addr).await?;
-    let served = caas_ext_authz::serve(grpc, ops, authorizer, backends, caas_core::config::shutdown_signal()).await;
+    let served = caas_ext_authz::serve(grpc, ops, authorizer, backends, caas_runtime::signal::shutdown_signal()).await;
     Ok(startup::exit(SERVICE, served))
 }

@@ -1,6 +1,6 @@
 //! Gateway decision metrics (names from DESIGN.md).
 
-use caas_core::metrics::{Labels, Labels2, latency_histogram};
+use caas_runtime::metrics::{Labels, Labels2, latency_histogram};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;

@@ -707,8 +707,8 @@ async fn with_export_on_every_allowed_request_goes_on_with_the_checks_traceparen
     assert!(!v.set.contains_key("traceparent"), "{v:?}");
 
     f.authorizer =
-        f.authorizer.with_exporter(Some(caas_http::otlp::SpanExporter::start("ext-authz", "http://127.0.0.1:9")));
-    let parse = |v: &Verdict| caas_core::trace::TraceParent::parse(&v.set["traceparent"]).unwrap();
+        f.authorizer.with_exporter(Some(caas_runtime::otlp::SpanExporter::start("ext-authz", "http://127.0.0.1:9")));
+    let parse = |v: &Verdict| caas_runtime::trace::TraceParent::parse(&v.set["traceparent"]).unwrap();
     // The caller's trace continues, with this Check as the parent.
     let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let v = check(&f, get(vec![("traceparent", caller.into())])).await;

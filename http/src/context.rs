@@ -12,11 +12,10 @@ use axum::middleware::Next;
 use axum::response::Response;
 use caas_core::context::{AuthType, ContextError, ContextVerifier, RequestContext};
 use caas_core::id::unix_now;
-
-use caas_core::trace::TraceParent;
+use caas_runtime::otlp::{Span, SpanExporter};
+use caas_runtime::trace::TraceParent;
 
 use crate::ApiError;
-use crate::otlp::{Span, SpanExporter};
 
 /// What `observe` needs: the verifier, the service name for logs, and where
 /// spans go (if anywhere).

@@ -8,7 +8,6 @@ mod context;
 mod error;
 mod json;
 mod ops;
-pub mod otlp;
 
 pub use context::{
     ApiKeyCaller, ClientIp, DashboardCaller, EndUser, Observer, OptionalCaller, RequestIds, VerifiedContext,

@@ -59,7 +59,7 @@ pub async fn live() -> Response {
 
 /// The registry in Prometheus text format.
 pub fn metrics(registry: &Registry) -> Response {
-    let text = caas_core::metrics::render(registry);
+    let text = caas_runtime::metrics::render(registry);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 

@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use caas_core::config::{Problems, ServiceSecretArgs, StorageArgs, parse_duration};
+use caas_core::config::{Backends, ServiceSecretArgs, StorageArgs};
+use caas_runtime::config::{Problems, parse_duration};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SocketArgs {
@@ -68,5 +69,20 @@ impl Config {
         self.storage.check(&mut problems);
         self.service.check(&mut problems);
         problems.finish()
+    }
+}
+
+impl crate::SocketState {
+    /// The one wiring of the socket service: its binary and `caas up` build
+    /// it here from its configuration (`caas up` points `auth_service_url`
+    /// at the auth-api it started).
+    pub fn from_config(config: &Config, backends: Backends) -> Self {
+        Self::new(
+            backends,
+            config.service.current(),
+            config.service.service_secret_previous.clone(),
+            &config.socket.auth_service_url,
+            crate::Settings::from(&config.socket),
+        )
     }
 }

@@ -89,7 +89,7 @@ struct Inner {
 pub struct SocketState(Arc<Inner>);
 
 impl SocketState {
-    pub fn new(
+    pub(crate) fn new(
         backends: Backends,
         service_secret: Secret,
         previous: Option<Secret>,

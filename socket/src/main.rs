@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use caas_core::startup;
-use caas_socket::{Config, Settings, SocketState};
+use caas_runtime::startup;
+use caas_socket::{Config, SocketState};
 use clap::Parser as _;
 
 const SERVICE: &str = "socket";
@@ -15,17 +15,10 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<ExitCode, ExitCode> {
     let config = Config::parse();
-    caas_core::config::init_logging();
+    caas_runtime::logging::init_logging();
     startup::checked(SERVICE, config.check())?;
-    let backends = startup::backends(SERVICE, &config.storage).await?;
-    let secrets = &config.service;
-    let state = SocketState::new(
-        backends,
-        secrets.current(),
-        secrets.service_secret_previous.clone(),
-        &config.socket.auth_service_url,
-        Settings::from(&config.socket),
-    );
+    let backends = config.storage.connect_standalone(SERVICE).await?;
+    let state = SocketState::from_config(&config, backends);
     let listener = startup::listen(SERVICE, config.socket.socket_addr).await?;
-    Ok(startup::exit(SERVICE, caas_socket::serve(listener, state, caas_core::config::shutdown_signal()).await))
+    Ok(startup::exit(SERVICE, caas_socket::serve(listener, state, caas_runtime::signal::shutdown_signal()).await))
 }

@@ -1,6 +1,6 @@
 //! Socket metrics (names from DESIGN.md, plus current connections, deliveries and closes).
 
-use caas_core::metrics::{Labels, latency_histogram};
+use caas_runtime::metrics::{Labels, latency_histogram};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;

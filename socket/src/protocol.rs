@@ -100,7 +100,7 @@ pub fn ack(of: &str, id: Option<&str>, extra: Value) -> String {
 }
 
 /// A stored message as delivered to subscribers (serialized once per message).
-pub fn message(conversation_id: &str, message: &caas_core::chat::Message) -> String {
+pub fn message(conversation_id: &str, message: &caas_core::message::Message) -> String {
     json!({ "type": "message", "conversation_id": conversation_id, "message": message }).to_string()
 }
 

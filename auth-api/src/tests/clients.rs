@@ -7,7 +7,6 @@ use caas_core::id::unix_now;
 use serde_json::json;
 
 use super::harness::*;
-use crate::Settings;
 
 const REGISTER: &str = "/api/v1/auth/client/register";
 const LOGIN: &str = "/api/v1/auth/client/login";
@@ -86,7 +85,9 @@ async fn malformed_bodies_get_codes_and_never_echo_values() {
 
 #[tokio::test]
 async fn registrations_are_rate_limited_per_ip() {
-    let h = Harness::sqlite_with(Settings { registrations_per_ip: 2, ..settings() }).await;
+    let mut config = config();
+    config.api.registrations_per_ip_per_hour = 2;
+    let h = Harness::sqlite_with(config).await;
     for i in 0..2 {
         h.register(&format!("r{i}@example.com")).await;
     }
@@ -126,7 +127,9 @@ async fn login_issues_dashboard_tokens_and_never_says_which_part_was_wrong() {
 
 #[tokio::test]
 async fn repeated_login_failures_are_throttled_per_email_and_per_ip() {
-    let h = Harness::sqlite_with(Settings { login_failures_per_ip: 8, ..settings() }).await;
+    let mut config = config();
+    config.api.login_max_failures_per_ip = 8;
+    let h = Harness::sqlite_with(config).await;
     let who = h.register("throttle@example.com").await;
     for _ in 0..5 {
         let r = h.send(post(LOGIN, json!({"email": who.email, "password": "wrong horse battery"}))).await;

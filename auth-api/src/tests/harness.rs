@@ -6,22 +6,19 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
-use caas_core::bus::LocalBus;
-use caas_core::cache::MemoryCache;
-use caas_core::config::Backends;
+use caas_core::config::{JwtArgs, PolicyArgs};
 use caas_core::context::{AuthType, ContextSigner, RequestContext};
 use caas_core::id::unix_now;
 use caas_core::jwt::{Audience, JwtKeys};
-use caas_core::metrics::AuthMetrics;
 use caas_core::secret::Secret;
 use caas_core::store::Store;
 use caas_core::testing::SchemaGuard;
-use caas_core::validate::{Validator, ValidatorSettings};
+use caas_core::validate::Validator;
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-use crate::{AppState, Settings, app};
+use crate::{AppState, AuthApiArgs, Config, app};
 
 pub const SERVICE_SECRET: &str = "service-secret-service-secret-0001";
 pub const PREVIOUS_SERVICE_SECRET: &str = "service-secret-previous-secret-0002";
@@ -48,17 +45,27 @@ impl Response {
     }
 }
 
-pub fn settings() -> Settings {
-    Settings {
-        service_secret: Secret::new(SERVICE_SECRET),
-        service_secret_previous: Some(Secret::new(PREVIOUS_SERVICE_SECRET)),
-        access_ttl: Duration::from_secs(900),
-        refresh_ttl: Duration::from_secs(7 * 86_400),
-        login_failures_per_email: 5,
-        login_failures_per_ip: 20,
-        login_window: Duration::from_secs(900),
-        registrations_per_ip: 1000,
-        registration_window: Duration::from_secs(3600),
+/// The flags' defaults, but for the test secrets and room for many
+/// registrations from one address.
+pub fn config() -> Config {
+    Config {
+        api: AuthApiArgs {
+            auth_api_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            login_max_failures_per_email: 5,
+            login_max_failures_per_ip: 20,
+            login_failure_window: Duration::from_secs(900),
+            registrations_per_ip_per_hour: 1000,
+        },
+        storage: caas_core::testing::unused_storage(),
+        jwt: JwtArgs {
+            jwt_secret: Some(Secret::new(JWT_SECRET)),
+            jwt_secret_previous: None,
+            jwt_issuer: "caas".into(),
+            jwt_expires_in: Duration::from_secs(900),
+            jwt_refresh_expires_in: Duration::from_secs(7 * 86_400),
+        },
+        service: caas_core::testing::service_args(SERVICE_SECRET, Some(PREVIOUS_SERVICE_SECRET)),
+        policy: PolicyArgs { ip_whitelist_enabled: true, origin_validation_enabled: true },
     }
 }
 
@@ -68,30 +75,22 @@ pub fn jwt_keys() -> JwtKeys {
 
 impl Harness {
     pub async fn sqlite() -> Self {
-        Self::with(caas_core::testing::sqlite_store().await, None, settings()).await
+        Self::with(caas_core::testing::sqlite_store().await, None, config()).await
     }
 
-    pub async fn sqlite_with(settings: Settings) -> Self {
-        Self::with(caas_core::testing::sqlite_store().await, None, settings).await
+    pub async fn sqlite_with(config: Config) -> Self {
+        Self::with(caas_core::testing::sqlite_store().await, None, config).await
     }
 
     pub async fn postgres() -> Option<Self> {
         let (store, guard) = caas_core::testing::postgres_store().await?;
-        Some(Self::with(store, Some(guard), settings()).await)
+        Some(Self::with(store, Some(guard), config()).await)
     }
 
-    async fn with(store: Store, guard: Option<SchemaGuard>, settings: Settings) -> Self {
-        let backends =
-            Backends { store: store.clone(), cache: Arc::new(MemoryCache::new()), bus: Arc::new(LocalBus::new()) };
-        let validator = Validator::start(
-            store.clone(),
-            backends.cache.clone(),
-            backends.bus.clone(),
-            jwt_keys(),
-            ValidatorSettings::default(),
-            Arc::new(AuthMetrics::default()),
-        );
-        let state = AppState::new(backends, validator.clone(), settings);
+    async fn with(store: Store, guard: Option<SchemaGuard>, config: Config) -> Self {
+        let backends = caas_core::testing::local_backends(store.clone());
+        let validator = backends.validator(&config.jwt, &config.policy);
+        let state = AppState::from_config(&config, backends, validator.clone());
         Self {
             app: app(state),
             store,

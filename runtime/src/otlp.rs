@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use caas_core::trace::{TraceParent, new_span_id};
 use serde::Serialize;
 use tokio::sync::mpsc;
+
+use crate::trace::{TraceParent, new_span_id};
 
 /// Spans waiting for export: at `GATHER` intervals, room for 80,000 a second.
 const QUEUE: usize = 8192;
