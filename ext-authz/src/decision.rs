@@ -83,3 +83,28 @@ fn grpc_code(refused: Refused) -> i32 {
 pub fn deny(reason: Reason, tenant_id: Option<String>, origin: Option<&str>) -> Decision {
     Decision::Deny { reason, tenant_id, origin: origin.map(str::to_string) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caas_core::validate::Denial;
+
+    #[test]
+    fn each_refusal_is_answered_with_its_status_and_grpc_code() {
+        for (reason, status, grpc) in [
+            (Reason::CredentialInQuery, 400, GRPC_PERMISSION_DENIED),
+            (Reason::Denied(Denial::MissingCredentials), 401, GRPC_UNAUTHENTICATED),
+            (Reason::Denied(Denial::IpNotAllowed), 403, GRPC_PERMISSION_DENIED),
+            (Reason::PreflightNotAllowed, 403, GRPC_PERMISSION_DENIED),
+            (Reason::PolicyMissing, 500, GRPC_PERMISSION_DENIED),
+            (Reason::Denied(Denial::Unavailable), 503, GRPC_UNAVAILABLE),
+            (Reason::DeadlineExceeded, 503, GRPC_UNAVAILABLE),
+        ] {
+            assert_eq!(deny(reason, None, None).answer(), Answer { status, grpc }, "{reason:?}");
+        }
+        let shadow = Decision::ShadowDeny { reason: Reason::PolicyMissing, tenant_id: None };
+        assert_eq!(shadow.answer(), Answer { status: 200, grpc: GRPC_OK });
+        let preflight = Decision::Preflight { origin: "https://a.example".into() };
+        assert_eq!(preflight.answer(), Answer { status: 204, grpc: GRPC_PERMISSION_DENIED });
+    }
+}

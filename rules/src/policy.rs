@@ -96,7 +96,7 @@ impl PolicyTable {
     /// path that is not `canonical` before it asks: a mesh may route
     /// `/v1/ws/../client/keys` by another spelling than the one matched here.
     pub fn lookup(&self, path: &str) -> Option<Policy> {
-        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let path = crate::request::path_only(path);
         self.rules.iter().find_map(|(matcher, policy)| match matcher {
             PathMatch::Exact(p) if p == path => Some(*policy),
             PathMatch::Prefix(p) if path.starts_with(p.as_str()) => Some(*policy),
