@@ -63,13 +63,14 @@ pub fn query_tokens(query: &str) -> impl Iterator<Item = &str> {
     query.split('&').filter_map(|pair| pair.strip_prefix(TOKEN_PARAM)?.strip_prefix('='))
 }
 
-/// Where an end user's token was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenSource {
-    Authorization,
-    Subprotocol,
-    /// The `token` query parameter: strip it before forwarding.
-    Query,
+crate::names! {
+    /// Where an end user's token was found.
+    pub enum TokenSource {
+        Authorization = "authorization",
+        Subprotocol = "subprotocol",
+        /// The `token` query parameter: strip it before forwarding.
+        Query = "query",
+    }
 }
 
 /// An end user's token: the Authorization header, else (WebSocket upgrades
