@@ -33,12 +33,11 @@ pub struct MessageList {
 
 /// The one place chat errors become HTTP.
 fn chat_error(error: ChatError) -> ApiError {
+    let code = error.code();
     match error {
-        ChatError::NotFound => ApiError::not_found("conversation_not_found", "no such conversation"),
-        ChatError::Invalid { field, message } => ApiError::invalid("invalid_field", field, message),
-        ChatError::TooLarge => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "message body is larger than 16 KiB")
-        }
+        ChatError::NotFound => ApiError::not_found(code, "no such conversation"),
+        ChatError::Invalid { field, message } => ApiError::invalid(code, field, message),
+        ChatError::TooLarge => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, code, "message body is larger than 16 KiB"),
         ChatError::Store(error) => error.into(),
     }
 }

@@ -49,6 +49,20 @@ pub enum ChatError {
     Store(#[from] StoreError),
 }
 
+impl ChatError {
+    /// The error code every edge (chat's REST routes, socket frames) answers
+    /// with. chat answers a storage failure with the store error's own
+    /// response (http/src/error.rs); this is its code for a socket frame.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ChatError::NotFound => "conversation_not_found",
+            ChatError::Invalid { .. } => "invalid_field",
+            ChatError::TooLarge => "payload_too_large",
+            ChatError::Store(_) => "service_unavailable",
+        }
+    }
+}
+
 impl From<sqlx::Error> for ChatError {
     fn from(e: sqlx::Error) -> Self {
         ChatError::Store(StoreError::Unavailable(e))

@@ -8,9 +8,14 @@
 
 pub mod check;
 pub mod config;
+pub mod decision;
+pub mod incoming;
 pub mod metrics;
+mod policies;
 pub use caas_rules::policy;
 pub mod response;
+mod shadow;
+pub mod trace;
 
 #[cfg(test)]
 mod tests;

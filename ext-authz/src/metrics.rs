@@ -1,5 +1,6 @@
 //! Gateway decision metrics (names from DESIGN.md).
 
+use caas_rules::policy::Policy;
 use caas_runtime::metrics::{Labels, Labels2, latency_histogram};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -15,25 +16,36 @@ pub struct GatewayMetrics {
     pub origin_rejections: Counter,
     /// Time inside `check`, by policy.
     pub check_seconds: Family<Labels, Histogram>,
-    /// Per policy (in `POLICY_NAMES` order): the allow counter and the check
-    /// histogram, resolved once (a family lookup locks and hashes per call).
-    pub hot: Vec<(Counter, Histogram)>,
+    /// Per policy (`Policy::ALL` order, then routes without one): the allow
+    /// counter and the check histogram, resolved once (a family lookup locks
+    /// and hashes per call).
+    hot: [(Counter, Histogram); POLICY_SLOTS],
 }
 
-/// Label values of the policy dimension; `none` is a route without one.
-pub const POLICY_NAMES: [&str; 6] = ["public", "dashboard", "api_key", "refresh", "end_user", "none"];
+/// Label value of the policy dimension for a route without a valid policy.
+pub const NO_POLICY: &str = "none";
+
+/// One slot per policy and one for routes without one.
+const POLICY_SLOTS: usize = Policy::ALL.len() + 1;
+
+/// The policy label of a Check: the policy's name, or `none`.
+pub fn policy_label(policy: Option<Policy>) -> &'static str {
+    policy.map_or(NO_POLICY, Policy::as_str)
+}
+
+fn slot(policy: Option<Policy>) -> usize {
+    policy.map_or(Policy::ALL.len(), Policy::index)
+}
 
 impl Default for GatewayMetrics {
     fn default() -> Self {
         let requests: Family<Labels2, Counter> = Family::default();
         let check_seconds: Family<Labels, Histogram> = Family::new_with_constructor(latency_histogram);
-        let hot = POLICY_NAMES
-            .iter()
-            .map(|p| {
-                let allow = requests.get_or_create(&[("policy", p), ("decision", "allow")]).clone();
-                (allow, check_seconds.get_or_create(&[("policy", p)]).clone())
-            })
-            .collect();
+        let hot = std::array::from_fn(|i| {
+            let label = policy_label(Policy::ALL.get(i).copied());
+            let allow = requests.get_or_create(&[("policy", label), ("decision", "allow")]).clone();
+            (allow, check_seconds.get_or_create(&[("policy", label)]).clone())
+        });
         Self {
             requests,
             auth_failures: Family::default(),
@@ -46,10 +58,9 @@ impl Default for GatewayMetrics {
 }
 
 impl GatewayMetrics {
-    /// The allow counter and check histogram of a policy label.
-    pub fn hot(&self, policy: &str) -> &(Counter, Histogram) {
-        let index = POLICY_NAMES.iter().position(|p| *p == policy).unwrap_or(POLICY_NAMES.len() - 1);
-        &self.hot[index]
+    /// The allow counter and check histogram of a policy (`None`: no policy).
+    pub fn hot(&self, policy: Option<Policy>) -> &(Counter, Histogram) {
+        &self.hot[slot(policy)]
     }
 }
 

@@ -6,6 +6,7 @@
 //! fail closed.
 
 use caas_core::context::{CONTEXT_HEADERS, ContextSigner, REQUEST_ID};
+use caas_rules::request::{API_KEY, AUTHORIZATION};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -13,12 +14,9 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckResponse, DeniedHttpRespons
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::rpc::Status;
 
-use crate::check::{Decision, Incoming, Reason, UpstreamTrace};
-
-const GRPC_OK: i32 = 0;
-const GRPC_PERMISSION_DENIED: i32 = 7;
-const GRPC_UNAVAILABLE: i32 = 14;
-const GRPC_UNAUTHENTICATED: i32 = 16;
+use crate::decision::{Decision, Grant, Reason};
+use crate::incoming::Incoming;
+use crate::trace::UpstreamTrace;
 
 /// Headers a browser may send on a CORS request to us.
 const CORS_ALLOW_HEADERS: &str = "authorization, content-type, x-request-id";
@@ -41,102 +39,112 @@ pub fn build(
     now: i64,
     trace: Option<UpstreamTrace>,
 ) -> CheckResponse {
-    match decision {
-        Decision::Allow { context, strip_credentials, cors_origin, strip_query } => {
-            // Every header set or removed costs Envoy work on every request
-            // (measured: ~2 µs each; BENCHMARKS.md), so ask only for what
-            // changes the request.
-            let present = |name: &str| req.headers.contains_key(name);
-            let mut headers = Vec::with_capacity(8);
-            let mut remove: Vec<String> = Vec::new();
-            if let Some(trace) = trace {
-                headers.push(header("traceparent", trace.traceparent));
-                if trace.drop_tracestate && present("tracestate") {
-                    remove.push("tracestate".to_string());
-                }
-            }
-            match context {
-                Some(context) => {
-                    for (name, value) in signer.headers(context, req.method, now) {
-                        if value.is_empty() {
-                            // Envoy drops an empty value instead of overwriting,
-                            // so a client's own copy is removed instead.
-                            if present(name) {
-                                remove.push(name.to_string());
-                            }
-                        } else if name == REQUEST_ID && req.header(REQUEST_ID) == Some(value.as_str()) {
-                            // Envoy's own id, already on the request (and signed).
-                        } else {
-                            headers.push(header(name, value));
-                        }
-                    }
-                }
-                // Shadow mode let a denied request through: no context at all.
-                None => remove.extend(CONTEXT_HEADERS.iter().filter(|h| present(h)).map(|h| h.to_string())),
-            }
-            // Any other x-caas-* a client sent never reaches a service.
-            for name in req.headers.keys() {
-                if name.starts_with("x-caas-") && !remove.contains(name) && !CONTEXT_HEADERS.contains(&name.as_str()) {
-                    remove.push(name.clone());
-                }
-            }
-            if *strip_credentials {
-                remove.extend(["authorization", "x-api-key"].into_iter().filter(|h| present(h)).map(String::from));
-            }
-            let mut response_headers = Vec::new();
-            if let Some(origin) = cors_origin {
-                response_headers.push(header("access-control-allow-origin", origin.clone()));
-                response_headers.push(header("vary", "Origin"));
-            }
-            let ok = OkHttpResponse {
-                headers,
-                headers_to_remove: remove,
-                response_headers_to_add: response_headers,
-                query_parameters_to_remove: strip_query.clone(),
-                ..Default::default()
-            };
-            CheckResponse {
-                status: Some(Status { code: GRPC_OK, ..Default::default() }),
-                http_response: Some(HttpResponse::OkResponse(ok)),
-                ..Default::default()
-            }
+    let answer = decision.answer();
+    let (http_response, message) = match decision {
+        Decision::Allow { grant, strip_credentials } => {
+            (allowed(Some(grant), *strip_credentials, req, signer, now, trace), String::new())
         }
-        Decision::Preflight { origin } => {
-            let allow_headers =
-                req.header("access-control-request-headers").map_or(CORS_ALLOW_HEADERS.to_string(), |asked| {
-                    // Echo only what we accept; never widen to whatever was asked.
-                    asked
-                        .split(',')
-                        .map(|h| h.trim().to_ascii_lowercase())
-                        .filter(|h| CORS_ALLOW_HEADERS.split(", ").any(|allowed| allowed == h))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                });
-            let denied = DeniedHttpResponse {
-                status: Some(HttpStatus { code: 204 }),
-                headers: vec![
-                    header("access-control-allow-origin", origin.clone()),
-                    header("access-control-allow-methods", CORS_ALLOW_METHODS),
-                    header("access-control-allow-headers", allow_headers),
-                    header("access-control-max-age", "600"),
-                    header("vary", "Origin"),
-                ],
-                body: String::new(),
-            };
-            CheckResponse {
-                // Not OK, so Envoy answers with the response above and never
-                // forwards the preflight: it opens no route.
-                status: Some(Status { code: GRPC_PERMISSION_DENIED, ..Default::default() }),
-                http_response: Some(HttpResponse::DeniedResponse(denied)),
-                ..Default::default()
-            }
+        // Shadow mode let a denied request through: no context at all.
+        Decision::ShadowDeny { .. } => (allowed(None, false, req, signer, now, trace), String::new()),
+        Decision::Preflight { origin } => (preflight(origin, req), String::new()),
+        Decision::Deny { reason, origin, .. } => {
+            (denied(*reason, answer.status, origin.as_deref(), &req.request_id), reason.code().to_string())
         }
-        Decision::Deny { reason, origin, .. } => denied(*reason, origin.as_deref(), &req.request_id),
+    };
+    CheckResponse {
+        status: Some(Status { code: answer.grpc, message, ..Default::default() }),
+        http_response: Some(http_response),
+        ..Default::default()
     }
 }
 
-fn denied(reason: Reason, origin: Option<&str>, request_id: &str) -> CheckResponse {
-    let status = reason.status();
+fn allowed(
+    grant: Option<&Grant>,
+    strip_credentials: bool,
+    req: &Incoming<'_>,
+    signer: &ContextSigner,
+    now: i64,
+    trace: Option<UpstreamTrace>,
+) -> HttpResponse {
+    // Every header set or removed costs Envoy work on every request
+    // (measured: ~2 µs each; BENCHMARKS.md), so ask only for what
+    // changes the request.
+    let present = |name: &str| req.headers.contains_key(name);
+    let mut headers = Vec::with_capacity(8);
+    let mut remove: Vec<String> = Vec::new();
+    if let Some(trace) = trace {
+        headers.push(header("traceparent", trace.traceparent));
+        if trace.drop_tracestate && present("tracestate") {
+            remove.push("tracestate".to_string());
+        }
+    }
+    match grant {
+        Some(grant) => {
+            for (name, value) in signer.headers(&grant.context, req.method, now) {
+                if value.is_empty() {
+                    // Envoy drops an empty value instead of overwriting,
+                    // so a client's own copy is removed instead.
+                    if present(name) {
+                        remove.push(name.to_string());
+                    }
+                } else if name == REQUEST_ID && req.header(REQUEST_ID) == Some(value.as_str()) {
+                    // Envoy's own id, already on the request (and signed).
+                } else {
+                    headers.push(header(name, value));
+                }
+            }
+        }
+        None => remove.extend(CONTEXT_HEADERS.iter().filter(|h| present(h)).map(|h| h.to_string())),
+    }
+    // Any other x-caas-* a client sent never reaches a service.
+    for name in req.headers.keys() {
+        if name.starts_with("x-caas-") && !remove.contains(name) && !CONTEXT_HEADERS.contains(&name.as_str()) {
+            remove.push(name.clone());
+        }
+    }
+    if strip_credentials {
+        remove.extend([AUTHORIZATION, API_KEY].into_iter().filter(|h| present(h)).map(String::from));
+    }
+    let mut response_headers = Vec::new();
+    if let Some(origin) = grant.and_then(|g| g.cors_origin.as_ref()) {
+        response_headers.push(header("access-control-allow-origin", origin.clone()));
+        response_headers.push(header("vary", "Origin"));
+    }
+    HttpResponse::OkResponse(OkHttpResponse {
+        headers,
+        headers_to_remove: remove,
+        response_headers_to_add: response_headers,
+        query_parameters_to_remove: grant.map(|g| g.strip_query.clone()).unwrap_or_default(),
+        ..Default::default()
+    })
+}
+
+/// Answered by Envoy itself (the status is not OK): a preflight never
+/// reaches a service.
+fn preflight(origin: &str, req: &Incoming<'_>) -> HttpResponse {
+    let allow_headers = req.header("access-control-request-headers").map_or(CORS_ALLOW_HEADERS.to_string(), |asked| {
+        // Echo only what we accept; never widen to whatever was asked.
+        asked
+            .split(',')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| CORS_ALLOW_HEADERS.split(", ").any(|allowed| allowed == h))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    HttpResponse::DeniedResponse(DeniedHttpResponse {
+        status: Some(HttpStatus { code: 204 }),
+        headers: vec![
+            header("access-control-allow-origin", origin),
+            header("access-control-allow-methods", CORS_ALLOW_METHODS),
+            header("access-control-allow-headers", allow_headers),
+            header("access-control-max-age", "600"),
+            header("vary", "Origin"),
+        ],
+        body: String::new(),
+    })
+}
+
+fn denied(reason: Reason, status: u16, origin: Option<&str>, request_id: &str) -> HttpResponse {
     let body = serde_json::json!({ "error": { "code": reason.code(), "message": reason.message(), "request_id": request_id } });
     let mut headers = vec![header("content-type", "application/json"), header("x-request-id", request_id)];
     if status == 401 {
@@ -148,18 +156,9 @@ fn denied(reason: Reason, origin: Option<&str>, request_id: &str) -> CheckRespon
             headers.push(header("vary", "Origin"));
         }
     }
-    let grpc = match status {
-        401 => GRPC_UNAUTHENTICATED,
-        503 => GRPC_UNAVAILABLE,
-        _ => GRPC_PERMISSION_DENIED,
-    };
-    CheckResponse {
-        status: Some(Status { code: grpc, message: reason.code().to_string(), ..Default::default() }),
-        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-            status: Some(HttpStatus { code: status as i32 }),
-            headers,
-            body: body.to_string(),
-        })),
-        ..Default::default()
-    }
+    HttpResponse::DeniedResponse(DeniedHttpResponse {
+        status: Some(HttpStatus { code: i32::from(status) }),
+        headers,
+        body: body.to_string(),
+    })
 }

@@ -153,8 +153,7 @@ impl From<RetryAfter> for ApiError {
 
 impl From<InvalidEntry> for ApiError {
     fn from(entry: InvalidEntry) -> Self {
-        let code = if entry.field.starts_with("cidrs") { "invalid_cidr" } else { "invalid_origin" };
-        ApiError::invalid(code, entry.field.clone(), entry.to_string())
+        ApiError::invalid(entry.code(), entry.field.clone(), entry.to_string())
     }
 }
 

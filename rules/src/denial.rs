@@ -132,18 +132,24 @@ impl Reason {
         }
     }
 
-    pub fn status(self) -> u16 {
+    /// How the refusal is answered (its HTTP status, and through ext-authz
+    /// its gRPC code).
+    pub fn answer(self) -> Refused {
         match self {
             Reason::Denied(denial) => match denial.class() {
-                DenialClass::Unauthenticated => 401,
-                DenialClass::Forbidden => 403,
-                DenialClass::Unavailable => 503,
+                DenialClass::Unauthenticated => Refused::Unauthenticated,
+                DenialClass::Forbidden => Refused::Forbidden,
+                DenialClass::Unavailable => Refused::Unavailable,
             },
-            Reason::CredentialInQuery | Reason::PathNotCanonical => 400,
-            Reason::PolicyMissing => 500,
-            Reason::ClientIpUnknown | Reason::PreflightNotAllowed => 403,
-            Reason::DeadlineExceeded => 503,
+            Reason::CredentialInQuery | Reason::PathNotCanonical => Refused::BadRequest,
+            Reason::PolicyMissing => Refused::Internal,
+            Reason::ClientIpUnknown | Reason::PreflightNotAllowed => Refused::Forbidden,
+            Reason::DeadlineExceeded => Refused::Unavailable,
         }
+    }
+
+    pub fn status(self) -> u16 {
+        self.answer().status()
     }
 
     pub fn message(self) -> String {
@@ -157,6 +163,36 @@ impl Reason {
             Reason::ClientIpUnknown => "the client address could not be determined".into(),
             Reason::DeadlineExceeded => "authorization took too long; retry".into(),
             Reason::PreflightNotAllowed => "this route does not accept browser requests".into(),
+        }
+    }
+}
+
+crate::names! {
+    /// The kinds of answer a refusal gets: each names its HTTP status here
+    /// and its gRPC code in ext-authz (ext-authz/src/decision.rs), one match
+    /// each, so no status is ever matched by number.
+    pub enum Refused {
+        /// 400: the request itself is unacceptable, whoever sends it.
+        BadRequest = "bad_request",
+        /// 401: no valid credential.
+        Unauthenticated = "unauthenticated",
+        /// 403: a valid credential, or a request, this route refuses.
+        Forbidden = "forbidden",
+        /// 500: the gateway is misconfigured.
+        Internal = "internal",
+        /// 503: a dependency (or the deadline) failed: fail closed.
+        Unavailable = "unavailable",
+    }
+}
+
+impl Refused {
+    pub fn status(self) -> u16 {
+        match self {
+            Refused::BadRequest => 400,
+            Refused::Unauthenticated => 401,
+            Refused::Forbidden => 403,
+            Refused::Internal => 500,
+            Refused::Unavailable => 503,
         }
     }
 }

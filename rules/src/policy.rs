@@ -1,43 +1,27 @@
 //! What a route requires, as declared by Envoy per route
 //! (`typed_per_filter_config` → `check_settings.context_extensions.policy`).
 
-/// The credential a route needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    /// No credential (registration, login); the caller's IP is still vouched for.
-    Public,
-    /// A dashboard token (aud `caas-dashboard`).
-    Dashboard,
-    /// An API key in `x-api-key`, from an IP in the tenant's whitelist.
-    ApiKey,
-    /// The credential is a refresh token in the body (checked by auth-api);
-    /// an API key (with its IP) or an end user's access token, when one is
-    /// also sent, is checked here.
-    Refresh,
-    /// An end user's token (aud `caas-sdk`) and, when present, its Origin.
-    EndUser,
+crate::names! {
+    /// The credential a route needs.
+    pub enum Policy {
+        /// No credential (registration, login); the caller's IP is still vouched for.
+        Public = "public",
+        /// A dashboard token (aud `caas-dashboard`).
+        Dashboard = "dashboard",
+        /// An API key in `x-api-key`, from an IP in the tenant's whitelist.
+        ApiKey = "api_key",
+        /// The credential is a refresh token in the body (checked by auth-api);
+        /// an API key (with its IP) or an end user's access token, when one is
+        /// also sent, is checked here.
+        Refresh = "refresh",
+        /// An end user's token (aud `caas-sdk`) and, when present, its Origin.
+        EndUser = "end_user",
+    }
 }
 
 impl Policy {
     pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "public" => Policy::Public,
-            "dashboard" => Policy::Dashboard,
-            "api_key" => Policy::ApiKey,
-            "refresh" => Policy::Refresh,
-            "end_user" => Policy::EndUser,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::Public => "public",
-            Policy::Dashboard => "dashboard",
-            Policy::ApiKey => "api_key",
-            Policy::Refresh => "refresh",
-            Policy::EndUser => "end_user",
-        }
+        name.parse().ok()
     }
 
     /// Routes a browser may call (and so preflight).
@@ -112,7 +96,7 @@ impl PolicyTable {
     /// path that is not `canonical` before it asks: a mesh may route
     /// `/v1/ws/../client/keys` by another spelling than the one matched here.
     pub fn lookup(&self, path: &str) -> Option<Policy> {
-        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let path = crate::request::path_only(path);
         self.rules.iter().find_map(|(matcher, policy)| match matcher {
             PathMatch::Exact(p) if p == path => Some(*policy),
             PathMatch::Prefix(p) if path.starts_with(p.as_str()) => Some(*policy),

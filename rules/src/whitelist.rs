@@ -10,13 +10,41 @@ use ipnet::IpNet;
 /// Most entries a whitelist may hold.
 pub const MAX_ENTRIES: usize = 100;
 
+crate::names! {
+    /// Which whitelist an entry is for, named as the request field that
+    /// holds its entries.
+    pub enum WhitelistField {
+        Cidrs = "cidrs",
+        Origins = "origins",
+    }
+}
+
 /// An entry that could not be accepted; `message` names it and says why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct InvalidEntry {
+    pub list: WhitelistField,
     /// e.g. `cidrs[2]`: surfaces in the 400 so the caller can find it.
     pub field: String,
     pub message: String,
+}
+
+impl InvalidEntry {
+    /// The error code of the 400.
+    pub fn code(&self) -> &'static str {
+        match self.list {
+            WhitelistField::Cidrs => "invalid_cidr",
+            WhitelistField::Origins => "invalid_origin",
+        }
+    }
+
+    fn whole(list: WhitelistField, message: String) -> Self {
+        Self { list, field: list.as_str().to_string(), message }
+    }
+
+    fn entry(list: WhitelistField, index: usize, message: String) -> Self {
+        Self { list, field: format!("{}[{index}]", list.as_str()), message }
+    }
 }
 
 /// Parsed CIDRs. Empty means nothing is allowed: a tenant must opt in.
@@ -29,12 +57,12 @@ impl IpWhitelist {
     /// All entries or none: the first invalid one is named.
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, InvalidEntry> {
         if entries.len() > MAX_ENTRIES {
-            return Err(InvalidEntry { field: "cidrs".into(), message: format!("at most {MAX_ENTRIES} entries") });
+            return Err(InvalidEntry::whole(WhitelistField::Cidrs, format!("at most {MAX_ENTRIES} entries")));
         }
         let mut nets = Vec::with_capacity(entries.len());
         for (i, entry) in entries.iter().enumerate() {
             let net =
-                parse_cidr(entry.as_ref()).map_err(|message| InvalidEntry { field: format!("cidrs[{i}]"), message })?;
+                parse_cidr(entry.as_ref()).map_err(|message| InvalidEntry::entry(WhitelistField::Cidrs, i, message))?;
             if !nets.contains(&net) {
                 nets.push(net);
             }
@@ -192,14 +220,13 @@ pub struct OriginWhitelist {
 impl OriginWhitelist {
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, InvalidEntry> {
         if entries.len() > MAX_ENTRIES {
-            return Err(InvalidEntry { field: "origins".into(), message: format!("at most {MAX_ENTRIES} entries") });
+            return Err(InvalidEntry::whole(WhitelistField::Origins, format!("at most {MAX_ENTRIES} entries")));
         }
         let mut list = Self::default();
         for (i, entry) in entries.iter().enumerate() {
             let raw = entry.as_ref().trim();
-            let invalid = |message: String| InvalidEntry {
-                field: format!("origins[{i}]"),
-                message: format!("'{}' {message}", truncate(raw)),
+            let invalid = |message: String| {
+                InvalidEntry::entry(WhitelistField::Origins, i, format!("'{}' {message}", truncate(raw)))
             };
             if raw.len() > 300 {
                 return Err(invalid("is too long".into()));

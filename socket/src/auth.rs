@@ -8,10 +8,35 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use caas_core::context::{AuthType, ContextError, RequestContext};
 use caas_core::secret::Secret;
+use caas_rules::request::{AUTHORIZATION, query_tokens, subprotocol_tokens};
 use serde::Deserialize;
 
-/// Subprotocol prefix that carries a browser's token.
-pub const BEARER_SUBPROTOCOL: &str = "caas.bearer.";
+caas_rules::names! {
+    /// The refusal codes counted by name (`socket_auth_failures{reason}`);
+    /// any other code (auth-api may relay more) is counted as `other`, so
+    /// the label stays a closed set.
+    pub enum AuthFailure {
+        MissingCredentials = "missing_credentials",
+        MalformedToken = "malformed_token",
+        BadSignature = "bad_signature",
+        TokenExpired = "token_expired",
+        TokenNotYetValid = "token_not_yet_valid",
+        WrongAudience = "wrong_audience",
+        AlgorithmNotAllowed = "algorithm_not_allowed",
+        SessionRevoked = "session_revoked",
+        OriginNotAllowed = "origin_not_allowed",
+        InvalidContext = "invalid_context",
+        WrongCredentialType = "wrong_credential_type",
+        ServiceUnavailable = "service_unavailable",
+    }
+}
+
+impl AuthFailure {
+    /// The metric label of a refusal code.
+    pub fn label(code: &str) -> &'static str {
+        code.parse().map_or("other", AuthFailure::as_str)
+    }
+}
 
 /// An authenticated end user, and when the token that vouched for them expires.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +61,13 @@ impl Refusal {
         Self { status, code: code.into(), message: message.into() }
     }
 
+    /// A refusal of the socket service's own.
+    pub fn of(status: u16, failure: AuthFailure, message: &str) -> Self {
+        Self::new(status, failure.as_str(), message)
+    }
+
     fn unavailable() -> Self {
-        Self::new(503, "service_unavailable", "authentication is unavailable; retry shortly")
+        Self::of(503, AuthFailure::ServiceUnavailable, "authentication is unavailable; retry shortly")
     }
 }
 
@@ -49,10 +79,14 @@ pub fn from_context(context: Result<Option<RequestContext>, ContextError>) -> Op
         Err(error) => return Some(Err(Refusal::new(401, error.code(), &error.to_string()))),
     };
     if context.auth_type != AuthType::Jwt || context.user_id.is_empty() || context.tenant_id.is_empty() {
-        return Some(Err(Refusal::new(403, "wrong_credential_type", "sockets need an end user's access token")));
+        return Some(Err(Refusal::of(
+            403,
+            AuthFailure::WrongCredentialType,
+            "sockets need an end user's access token",
+        )));
     }
     let Some(expires_at) = context.token_expires_at else {
-        return Some(Err(Refusal::new(401, "invalid_context", "gateway context has no token expiry")));
+        return Some(Err(Refusal::of(401, AuthFailure::InvalidContext, "gateway context has no token expiry")));
     };
     Some(Ok(Identity {
         tenant_id: context.tenant_id,
@@ -70,11 +104,10 @@ pub fn token_of<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'
         .get_all("sec-websocket-protocol")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|p| p.trim().strip_prefix(BEARER_SUBPROTOCOL));
+        .find_map(|v| subprotocol_tokens(v).next());
     let from_header =
-        || headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let from_query = || query?.split('&').find_map(|pair| pair.strip_prefix("token="));
+        || headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let from_query = || query_tokens(query?).next();
     from_protocol.or_else(from_header).or_else(from_query).filter(|t| !t.is_empty())
 }
 
@@ -157,5 +190,30 @@ mod tests {
         assert_eq!(token_of(&headers, Some("token=q")), Some("p"));
         assert_eq!(token_of(&HeaderMap::new(), Some("token=")), None);
         assert_eq!(token_of(&HeaderMap::new(), None), None);
+    }
+
+    #[test]
+    fn failure_labels_are_a_closed_set() {
+        let labels: Vec<&str> = AuthFailure::ALL.iter().map(|f| f.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "missing_credentials",
+                "malformed_token",
+                "bad_signature",
+                "token_expired",
+                "token_not_yet_valid",
+                "wrong_audience",
+                "algorithm_not_allowed",
+                "session_revoked",
+                "origin_not_allowed",
+                "invalid_context",
+                "wrong_credential_type",
+                "service_unavailable",
+            ]
+        );
+        assert_eq!(AuthFailure::label("token_expired"), "token_expired");
+        assert_eq!(AuthFailure::label("wrong_issuer"), "other");
+        assert_eq!(AuthFailure::label("missing_context"), "other");
     }
 }

@@ -308,13 +308,14 @@ impl Connection {
 }
 
 fn chat_error(error: &ChatError, id: Option<&str>) -> String {
+    let code = error.code();
     match error {
-        ChatError::NotFound => protocol::error("conversation_not_found", "no such conversation", id),
-        ChatError::Invalid { field, message } => protocol::error("invalid_field", &format!("{field}: {message}"), id),
-        ChatError::TooLarge => protocol::error("payload_too_large", "message body is larger than 16 KiB", id),
+        ChatError::NotFound => protocol::error(code, "no such conversation", id),
+        ChatError::Invalid { field, message } => protocol::error(code, &format!("{field}: {message}"), id),
+        ChatError::TooLarge => protocol::error(code, "message body is larger than 16 KiB", id),
         ChatError::Store(error) => {
             tracing::error!(%error, "chat storage failed for a socket frame");
-            protocol::error("service_unavailable", "storage is unavailable; retry", id)
+            protocol::error(code, "storage is unavailable; retry", id)
         }
     }
 }

@@ -38,7 +38,7 @@ use caas_http::ApiError;
 use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::net::TcpListener;
 
-use crate::auth::{Identity, Refusal, TokenValidator};
+use crate::auth::{AuthFailure, Identity, Refusal, TokenValidator};
 use crate::close::CloseReason;
 use crate::metrics::SocketMetrics;
 use crate::presence::Presence;
@@ -151,28 +151,9 @@ pub fn app(state: SocketState) -> Router {
 }
 
 fn refused(state: &SocketState, refusal: Refusal) -> Response {
-    state.metrics().auth_failures.get_or_create(&[("reason", static_reason(&refusal.code))]).inc();
+    state.metrics().auth_failures.get_or_create(&[("reason", AuthFailure::label(&refusal.code))]).inc();
     let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::UNAUTHORIZED);
     ApiError::relayed(status, refusal.code, refusal.message).into_response()
-}
-
-/// Metric labels must come from a closed set.
-fn static_reason(code: &str) -> &'static str {
-    const KNOWN: [&str; 12] = [
-        "missing_credentials",
-        "malformed_token",
-        "bad_signature",
-        "token_expired",
-        "token_not_yet_valid",
-        "wrong_audience",
-        "algorithm_not_allowed",
-        "session_revoked",
-        "origin_not_allowed",
-        "invalid_context",
-        "wrong_credential_type",
-        "service_unavailable",
-    ];
-    KNOWN.iter().find(|k| **k == code).copied().unwrap_or("other")
 }
 
 /// The upgrade: authenticate before the 101, then hand the socket over.
@@ -200,9 +181,7 @@ async fn upgrade(
             Some(token) => {
                 state.validator().validate(token, origin.as_deref(), request.headers().get("traceparent")).await
             }
-            None => {
-                Err(Refusal { status: 401, code: "missing_credentials".into(), message: "a token is required".into() })
-            }
+            None => Err(Refusal::of(401, AuthFailure::MissingCredentials, "a token is required")),
         },
     };
     let identity = match identity {
