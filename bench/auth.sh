@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# auth-api benchmarks (issue #2): in-process costs of the hot rules, and SDK
+# auth-api benchmarks: in-process costs of the hot rules, and SDK
 # sessions created per second through the HTTP API on PostgreSQL.
 #   bench/auth.sh            (PostgreSQL on 127.0.0.1:5432, database `test`)
 set -euo pipefail

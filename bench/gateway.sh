@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Gateway benchmark (issue #3), side by side in one run, same load tool (wrk),
+# Gateway benchmark, side by side in one run, same load tool (wrk),
 # same route (a direct_response, so only the filter differs), same Envoy
 # settings (1 worker), variants interleaved over ROUNDS rounds, medians:
 #   a   Envoy, no auth

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Socket service benchmarks (issue #4), release builds, signed context on the
+# Socket service benchmarks, release builds, signed context on the
 # upgrade as behind Envoy (so the socket service is measured alone):
 #   1. memory per idle authenticated connection: server RSS delta / connections,
 #      at 10k (one server process) and 50k (4 server processes, as this

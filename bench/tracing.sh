@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What observability costs ext-authz (issue #5), side by side in one run:
+# What observability costs ext-authz, side by side in one run:
 # Check at a fixed rate straight to three ext-authz processes on one database,
 # variants interleaved over ROUNDS rounds, medians:
 #   p   RUST_LOG=warn: no line per Check, no traceparent, no export (gateway.sh's setup)

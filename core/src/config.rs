@@ -1,5 +1,5 @@
 //! Configuration shared by every binary: one definition of each environment
-//! variable (DESIGN.md "Flags"), so binaries cannot drift apart. Each binary
+//! variable (docs/DESIGN.md "Flags"), so binaries cannot drift apart. Each binary
 //! flattens the groups it needs into its own clap `Config`.
 //!
 //! The groups stay here, not in caas-runtime, because each builds domain

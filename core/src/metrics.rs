@@ -1,4 +1,4 @@
-//! Prometheus metrics of the auth rules (names from DESIGN.md). Each service
+//! Prometheus metrics of the auth rules (names from docs/DESIGN.md, "Metrics"). Each service
 //! registers these with its own, then renders the registry on `/metrics`.
 //! They stay in core because the validator counts into them; the shared
 //! plumbing (labels, buckets, rendering) is caas-runtime's `metrics`.

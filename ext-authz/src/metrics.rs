@@ -1,4 +1,4 @@
-//! Gateway decision metrics (names from DESIGN.md).
+//! Gateway decision metrics (names from docs/DESIGN.md, "Metrics").
 
 use caas_rules::policy::Policy;
 use caas_runtime::metrics::{Labels, Labels2, latency_histogram};

@@ -1,4 +1,4 @@
-//! Socket metrics (names from DESIGN.md, plus current connections, deliveries and closes).
+//! Socket metrics (names from docs/DESIGN.md "Metrics", plus current connections, deliveries and closes).
 
 use caas_runtime::metrics::{Labels, latency_histogram};
 use prometheus_client::metrics::counter::Counter;
