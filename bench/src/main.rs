@@ -8,6 +8,8 @@
 //! - `grpc-load`: Check requests at a fixed rate straight to an ext_authz
 //!   server; client-side latency percentiles.
 //! - `otlp-sink`: an OTLP/HTTP collector that only counts spans.
+//! - `span-export`: CPU per exported span, in-house exporter vs the
+//!   OpenTelemetry SDK, side by side.
 //! - `sessions`: concurrent `POST /api/v1/auth/sdk/session` against auth-api.
 //! - `ws-hold`: many authenticated WebSocket connections (memory, accept
 //!   rate, and deliveries with latency when subscribed).
@@ -16,6 +18,7 @@
 
 mod load;
 mod micro;
+mod spans;
 mod ws;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +38,7 @@ enum Command {
     GrpcLoad(load::GrpcLoadArgs),
     OtlpSink(load::OtlpSinkArgs),
     Sessions(load::SessionsArgs),
+    SpanExport(spans::SpanExportArgs),
     WsHold(ws::WsHoldArgs),
     WsPublish(ws::WsPublishArgs),
 }
@@ -59,6 +63,7 @@ fn main() -> anyhow::Result<()> {
             Command::GrpcLoad(args) => load::grpc_load(args).await,
             Command::OtlpSink(args) => load::otlp_sink(args).await,
             Command::Sessions(args) => load::sessions(args).await,
+            Command::SpanExport(args) => spans::run(args).await,
             Command::WsHold(args) => ws::hold(args).await,
             Command::WsPublish(args) => ws::publish(args).await,
             Command::NoopAuthz(_) => unreachable!("handled above"),

@@ -57,77 +57,10 @@ impl Dialect {
     }
 }
 
-/// A stored or serialized value outside its fixed set (a row written by a
-/// newer version, or a hand-edited one).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {set} value {value:?}")]
-pub struct UnknownValue {
-    pub set: &'static str,
-    pub value: String,
-}
+/// A stored or serialized value outside its fixed set.
+pub use caas_rules::names::Unknown as UnknownValue;
 
-/// A closed set of values stored and serialized as fixed strings: each
-/// string is written once, both directions are generated from it, and
-/// `as_str` has no catch-all arm, so a new variant without a string does not
-/// compile.
-macro_rules! fixed_set {
-    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)+
-        }
-
-        impl $name {
-            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
-
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $text,)+
-                }
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = UnknownValue;
-            fn from_str(s: &str) -> std::result::Result<Self, UnknownValue> {
-                match s {
-                    $($text => Ok(Self::$variant),)+
-                    _ => Err(UnknownValue { set: stringify!($name), value: s.to_string() }),
-                }
-            }
-        }
-
-        /// For `#[sqlx(try_from = "String")]`: rows hold the string.
-        impl TryFrom<String> for $name {
-            type Error = UnknownValue;
-            fn try_from(s: String) -> std::result::Result<Self, UnknownValue> {
-                s.parse()
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl serde::Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-                serializer.serialize_str(self.as_str())
-            }
-        }
-
-        impl<'de> serde::Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-                text.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
-
-fixed_set! {
+caas_rules::names! {
     /// An API key's place in rotation: at most one primary and one secondary.
     pub enum KeyRole {
         Primary = "primary",
@@ -136,7 +69,7 @@ fixed_set! {
     }
 }
 
-fixed_set! {
+caas_rules::names! {
     /// Who a session belongs to: an end user (SDK) or a client's dashboard account.
     pub enum SessionKind {
         Sdk = "sdk",
@@ -144,7 +77,7 @@ fixed_set! {
     }
 }
 
-fixed_set! {
+caas_rules::names! {
     /// What an audit row records. The strings are what `audit_log.action` holds.
     pub enum AuditAction {
         ClientRegistered = "client.registered",
