@@ -37,36 +37,23 @@ pub const CONTEXT_HEADERS: [&str; 9] =
 /// A context older than this is refused.
 pub const MAX_CONTEXT_AGE_SECONDS: i64 = 60;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthType {
-    /// An end user's access token (aud `caas-sdk`).
-    Jwt,
-    /// A client's backend, by API key from a whitelisted IP.
-    ApiKey,
-    /// A client's dashboard user (aud `caas-dashboard`).
-    Dashboard,
-    /// A public route: nobody is authenticated, only the IP is vouched for.
-    Anonymous,
+crate::names! {
+    /// How the caller was authenticated (`x-caas-auth-type`).
+    pub enum AuthType {
+        /// An end user's access token (aud `caas-sdk`).
+        Jwt = "jwt",
+        /// A client's backend, by API key from a whitelisted IP.
+        ApiKey = "api_key",
+        /// A client's dashboard user (aud `caas-dashboard`).
+        Dashboard = "dashboard",
+        /// A public route: nobody is authenticated, only the IP is vouched for.
+        Anonymous = "anonymous",
+    }
 }
 
 impl AuthType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthType::Jwt => "jwt",
-            AuthType::ApiKey => "api_key",
-            AuthType::Dashboard => "dashboard",
-            AuthType::Anonymous => "anonymous",
-        }
-    }
-
     pub fn parse(value: &str) -> Option<Self> {
-        Some(match value {
-            "jwt" => AuthType::Jwt,
-            "api_key" => AuthType::ApiKey,
-            "dashboard" => AuthType::Dashboard,
-            "anonymous" => AuthType::Anonymous,
-            _ => return None,
-        })
+        value.parse().ok()
     }
 }
 

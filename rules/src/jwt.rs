@@ -19,35 +19,14 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
 pub const LEEWAY_SECONDS: i64 = 5;
 
-/// Who a token is for. A token for one audience never passes for the other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Audience {
-    /// Dashboard users of a client (tenant).
-    Dashboard,
-    /// End users of a client, via the SDK.
-    Sdk,
-}
-
-impl Audience {
-    pub const ALL: [Audience; 2] = [Audience::Dashboard, Audience::Sdk];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Audience::Dashboard => "caas-dashboard",
-            Audience::Sdk => "caas-sdk",
-        }
-    }
-}
-
-impl std::str::FromStr for Audience {
-    type Err = TokenError;
-
-    fn from_str(value: &str) -> Result<Self, TokenError> {
-        match value {
-            "caas-dashboard" => Ok(Audience::Dashboard),
-            "caas-sdk" => Ok(Audience::Sdk),
-            _ => Err(TokenError::WrongAudience),
-        }
+crate::names! {
+    /// Who a token is for (its `aud`). A token for one audience never passes
+    /// for the other.
+    pub enum Audience {
+        /// Dashboard users of a client (tenant).
+        Dashboard = "caas-dashboard",
+        /// End users of a client, via the SDK.
+        Sdk = "caas-sdk",
     }
 }
 
@@ -139,15 +118,15 @@ pub struct JwtKeys {
     issuer: String,
     current: SigningKey,
     previous: Option<SigningKey>,
-    /// One per audience, in `Audience::ALL` order: HS256 only, issuer and
+    /// One per audience, indexed by `Audience::index`: HS256 only, issuer and
     /// audience checked by `jsonwebtoken`, its clock off (ours is `now`).
-    validations: [Validation; 2],
+    validations: Vec<Validation>,
 }
 
 impl JwtKeys {
     pub fn new(issuer: impl Into<String>, current: &Secret, previous: Option<&Secret>) -> Self {
         let issuer = issuer.into();
-        let validations = Audience::ALL.map(|audience| {
+        let validation_for = |audience: Audience| {
             let mut validation = Validation::new(Algorithm::HS256);
             validation.validate_exp = false;
             validation.validate_nbf = false;
@@ -156,7 +135,8 @@ impl JwtKeys {
             validation.set_issuer(&[issuer.as_str()]);
             validation.set_audience(&[audience.as_str()]);
             validation
-        });
+        };
+        let validations = Audience::ALL.iter().map(|audience| validation_for(*audience)).collect();
         Self { issuer, current: SigningKey::new(current), previous: previous.map(SigningKey::new), validations }
     }
 
@@ -182,10 +162,7 @@ impl JwtKeys {
             return Err(TokenError::TooLong);
         }
         let key = self.key_for(token)?;
-        let validation = match audience {
-            Audience::Dashboard => &self.validations[0],
-            Audience::Sdk => &self.validations[1],
-        };
+        let validation = &self.validations[audience.index()];
         let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, validation)
             .map_err(|error| match error.kind() {
                 // verify_slice underneath compares in constant time.

@@ -1,25 +1,27 @@
 //! The one mapping from why a connection ends to its WebSocket close code.
 
-/// Why the server closes a connection. Each has its own code so clients can
-/// react (refresh and reconnect, back off, give up).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The server is shutting down: reconnect elsewhere.
-    GoingAway,
-    /// A frame over 64 KiB.
-    TooBig,
-    /// No frame (not even a pong) for the idle timeout.
-    Idle,
-    /// The access token expired and no `refresh` came in time.
-    TokenExpired,
-    /// A stream of invalid frames.
-    InvalidFrames,
-    /// The session was logged out or revoked.
-    SessionRevoked,
-    /// Sending far beyond the per-connection rate limit.
-    RateLimited,
-    /// The client does not read fast enough: its send queue filled up.
-    SlowConsumer,
+caas_rules::names! {
+    /// Why the server closes a connection. Each has its own code so clients can
+    /// react (refresh and reconnect, back off, give up); the text is the label
+    /// of the closes metric.
+    pub enum CloseReason {
+        /// The server is shutting down: reconnect elsewhere.
+        GoingAway = "going_away",
+        /// A frame over 64 KiB.
+        TooBig = "too_big",
+        /// No frame (not even a pong) for the idle timeout.
+        Idle = "idle",
+        /// The access token expired and no `refresh` came in time.
+        TokenExpired = "token_expired",
+        /// A stream of invalid frames.
+        InvalidFrames = "invalid_frames",
+        /// The session was logged out or revoked.
+        SessionRevoked = "session_revoked",
+        /// Sending far beyond the per-connection rate limit.
+        RateLimited = "rate_limited",
+        /// The client does not read fast enough: its send queue filled up.
+        SlowConsumer = "slow_consumer",
+    }
 }
 
 impl CloseReason {
@@ -51,15 +53,6 @@ impl CloseReason {
 
     /// Label for the closes metric.
     pub fn label(self) -> &'static str {
-        match self {
-            CloseReason::GoingAway => "going_away",
-            CloseReason::TooBig => "too_big",
-            CloseReason::Idle => "idle",
-            CloseReason::TokenExpired => "token_expired",
-            CloseReason::InvalidFrames => "invalid_frames",
-            CloseReason::SessionRevoked => "session_revoked",
-            CloseReason::RateLimited => "rate_limited",
-            CloseReason::SlowConsumer => "slow_consumer",
-        }
+        self.as_str()
     }
 }
