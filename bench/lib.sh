@@ -3,6 +3,13 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/ensure-envoy.sh
+if ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "wrk not found: installing it (apt-get install wrk)…" >&2
+    apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null; }
+  fi
+  command -v wrk >/dev/null 2>&1 || { echo "error: the gateway benchmarks need wrk (apt-get install wrk)" >&2; exit 1; }
+fi
 ENVOY=${ENVOY_BIN:-envoy}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
