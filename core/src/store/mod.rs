@@ -15,12 +15,14 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor as _};
 
 mod audit;
+mod chat;
 mod clients;
 mod keys;
 mod sessions;
 mod whitelists;
 
 pub use audit::{AuditAction, AuditEntry, AuditRecord};
+pub use chat::ConversationRecord;
 pub use clients::{AccountRecord, ClientRecord};
 pub use keys::{ApiKeyRecord, ChangedKey, KeyRole, NewApiKey, Rotation};
 pub use sessions::{NewSdkSession, RefreshOutcome, SessionKind, SessionRecord};
@@ -132,11 +134,6 @@ impl Store {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
-    }
-
-    /// For the other storage modules of this crate (chat).
-    pub(crate) fn pool(&self) -> &AnyPool {
-        &self.pool
     }
 
     pub async fn migrate(&self) -> Result<()> {
