@@ -5,13 +5,12 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sqlx::Row as _;
 
 use crate::bus::EventBus;
 use crate::events::Event;
 use crate::id::new_id;
 use crate::message::Message;
-use crate::store::{Store, StoreError};
+use crate::store::{ConversationRecord, Store, StoreError};
 
 /// Largest message body, in bytes: larger is refused as too large.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -31,6 +30,13 @@ pub struct Conversation {
     pub member_ids: Vec<String>,
 }
 
+impl Conversation {
+    fn new(record: ConversationRecord, member_ids: Vec<String>) -> Self {
+        let ConversationRecord { id, title, created_by, created_at } = record;
+        Self { id, title, created_by, created_at, member_ids }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
     /// No such conversation in the caller's tenant, or the caller is not a
@@ -44,7 +50,8 @@ pub enum ChatError {
     /// The message body is over 16 KiB: 413.
     #[error("message body is larger than 16 KiB")]
     TooLarge,
-    /// 503.
+    /// 503: any database error, unique violations included; chat's store
+    /// methods report each as `StoreError::Unavailable`.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -60,12 +67,6 @@ impl ChatError {
             ChatError::TooLarge => "payload_too_large",
             ChatError::Store(_) => "service_unavailable",
         }
-    }
-}
-
-impl From<sqlx::Error> for ChatError {
-    fn from(e: sqlx::Error) -> Self {
-        ChatError::Store(StoreError::Unavailable(e))
     }
 }
 
@@ -136,35 +137,14 @@ impl Chat {
         if title.is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS || t.chars().any(char::is_control)) {
             return Err(invalid("title", format!("title must be at most {MAX_TITLE_CHARS} printable characters")));
         }
-        let id = new_id("conv");
-        let mut tx = self.store.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO conversations (id, client_id, title, created_by, created_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&id)
-        .bind(tenant_id)
-        .bind(title)
-        .bind(creator)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        for member in &members {
-            sqlx::query("INSERT INTO conversation_members (conversation_id, client_id, user_id, joined_at) VALUES ($1, $2, $3, $4)")
-                .bind(&id)
-                .bind(tenant_id)
-                .bind(member)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(Conversation {
-            id,
+        let record = ConversationRecord {
+            id: new_id("conv"),
             title: title.map(str::to_string),
             created_by: creator.to_string(),
             created_at: now,
-            member_ids: members,
-        })
+        };
+        self.store.insert_conversation(tenant_id, &record, &members).await?;
+        Ok(Conversation::new(record, members))
     }
 
     /// The user's conversations, newest first; `before` is the last id of the previous page.
@@ -177,58 +157,21 @@ impl Chat {
     ) -> Result<Vec<Conversation>, ChatError> {
         let before = check_cursor("cursor", before)?;
         let limit = check_limit(limit)?;
-        let rows = sqlx::query(
-            "SELECT c.id, c.title, c.created_by, c.created_at FROM conversations c \
-             JOIN conversation_members m ON m.conversation_id = c.id \
-             WHERE m.client_id = $1 AND m.user_id = $2 AND c.client_id = $1 AND ($3 = '' OR c.id < $3) \
-             ORDER BY c.id DESC LIMIT $4",
-        )
-        .bind(tenant_id)
-        .bind(user_id)
-        .bind(&before)
-        .bind(limit)
-        .fetch_all(self.store.pool())
-        .await?;
-        let mut conversations = Vec::with_capacity(rows.len());
-        for row in rows {
-            conversations.push(Conversation {
-                id: row.try_get(0)?,
-                title: row.try_get(1)?,
-                created_by: row.try_get(2)?,
-                created_at: row.try_get(3)?,
-                member_ids: Vec::new(),
-            });
-        }
-        if !conversations.is_empty() {
-            let placeholders: Vec<String> = (2..conversations.len() + 2).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "SELECT conversation_id, user_id FROM conversation_members WHERE client_id = $1 AND conversation_id IN ({}) ORDER BY joined_at, user_id",
-                placeholders.join(", ")
-            );
-            let mut query = sqlx::query(&sql).bind(tenant_id);
-            for c in &conversations {
-                query = query.bind(&c.id);
-            }
-            for row in query.fetch_all(self.store.pool()).await? {
-                let (conversation, user): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-                if let Some(c) = conversations.iter_mut().find(|c| c.id == conversation) {
-                    c.member_ids.push(user);
-                }
+        let records = self.store.conversations_of(tenant_id, user_id, &before, limit).await?;
+        let mut conversations: Vec<Conversation> =
+            records.into_iter().map(|record| Conversation::new(record, Vec::new())).collect();
+        let ids: Vec<&str> = conversations.iter().map(|c| c.id.as_str()).collect();
+        let members = self.store.members_of(tenant_id, &ids).await?;
+        for (conversation, user) in members {
+            if let Some(c) = conversations.iter_mut().find(|c| c.id == conversation) {
+                c.member_ids.push(user);
             }
         }
         Ok(conversations)
     }
 
     pub async fn is_member(&self, tenant_id: &str, conversation_id: &str, user_id: &str) -> Result<bool, ChatError> {
-        let found = sqlx::query(
-            "SELECT 1 FROM conversation_members WHERE conversation_id = $1 AND client_id = $2 AND user_id = $3",
-        )
-        .bind(conversation_id)
-        .bind(tenant_id)
-        .bind(user_id)
-        .fetch_optional(self.store.pool())
-        .await?;
-        Ok(found.is_some())
+        Ok(self.store.is_member(tenant_id, conversation_id, user_id).await?)
     }
 
     /// Stores a message (idempotent on the sender's `client_msg_id`) and, the
@@ -260,32 +203,19 @@ impl Chat {
         if !self.is_member(tenant_id, conversation_id, sender_id).await? {
             return Err(ChatError::NotFound);
         }
-        let inserted: Option<Message> = sqlx::query_as(
-            "INSERT INTO messages (id, client_id, conversation_id, sender_id, body, client_msg_id, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (conversation_id, sender_id, client_msg_id) DO NOTHING \
-             RETURNING id, conversation_id, sender_id, body, client_msg_id, created_at",
-        )
-        .bind(new_id("msg"))
-        .bind(tenant_id)
-        .bind(conversation_id)
-        .bind(sender_id)
-        .bind(body)
-        .bind(client_msg_id)
-        .bind(now)
-        .fetch_optional(self.store.pool())
-        .await?;
-        let Some(message) = inserted else {
-            let existing: Message = sqlx::query_as(
-                "SELECT id, conversation_id, sender_id, body, client_msg_id, created_at FROM messages \
-                 WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3",
-            )
-            .bind(conversation_id)
-            .bind(sender_id)
-            .bind(client_msg_id)
-            .fetch_one(self.store.pool())
-            .await?;
-            return Ok((existing, false));
+        let message = Message {
+            id: new_id("msg"),
+            conversation_id: conversation_id.to_string(),
+            sender_id: sender_id.to_string(),
+            body: body.to_string(),
+            client_msg_id: client_msg_id.to_string(),
+            created_at: now,
         };
+        let (message, created) = self.store.insert_message(tenant_id, &message).await?;
+        if !created {
+            return Ok((message, false));
+        }
+        // Announced only once committed, and only the first time.
         let event = Event::MessageCreated { tenant_id: tenant_id.to_string(), message: message.clone() };
         if let Err(error) = self.bus.publish(event).await {
             // Stored (acknowledged) but not announced to other nodes: their
@@ -309,15 +239,6 @@ impl Chat {
         if !self.is_member(tenant_id, conversation_id, user_id).await? {
             return Err(ChatError::NotFound);
         }
-        Ok(sqlx::query_as(
-            "SELECT id, conversation_id, sender_id, body, client_msg_id, created_at FROM messages \
-             WHERE conversation_id = $1 AND client_id = $2 AND ($3 = '' OR id < $3) ORDER BY id DESC LIMIT $4",
-        )
-        .bind(conversation_id)
-        .bind(tenant_id)
-        .bind(&before)
-        .bind(limit)
-        .fetch_all(self.store.pool())
-        .await?)
+        Ok(self.store.messages(tenant_id, conversation_id, &before, limit).await?)
     }
 }

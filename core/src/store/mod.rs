@@ -1,0 +1,155 @@
+//! Storage: one implementation over SQLite (the embedded default) and
+//! PostgreSQL, through sqlx's `Any` driver. The SQL is dialect-neutral (`$n`
+//! placeholders, text ids, integer Unix-second times, `RETURNING` and
+//! `ON CONFLICT`, which both support); only the migrations differ per dialect.
+//! Every change of more than one row, with its audit entry, is one transaction.
+//!
+//! One file per aggregate, each with its records and its queries: clients
+//! (and dashboard accounts), keys, whitelists, sessions, audit and chat.
+
+use std::str::FromStr as _;
+use std::sync::Once;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor as _};
+
+mod audit;
+mod chat;
+mod clients;
+mod keys;
+mod sessions;
+mod whitelists;
+
+pub use audit::{AuditAction, AuditEntry, AuditRecord};
+pub use chat::ConversationRecord;
+pub use clients::{AccountRecord, ClientRecord};
+pub use keys::{ApiKeyRecord, ChangedKey, KeyRole, NewApiKey, Rotation};
+pub use sessions::{NewSdkSession, RefreshOutcome, SessionKind, SessionRecord};
+pub use whitelists::WhitelistKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Registration with an address already in use: 409 `email_taken`.
+    #[error("email address is already registered")]
+    EmailTaken,
+    /// The database is unreachable or failing: 503, details only in logs.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// The database URL or migrations are wrong: fatal at start.
+    #[error("database setup failed: {0}")]
+    Setup(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(e)
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Dialect::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Dialect::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// A stored or serialized value outside its fixed set.
+pub use caas_rules::names::Unknown as UnknownValue;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dialect", &self.dialect).finish_non_exhaustive()
+    }
+}
+
+static DRIVERS: Once = Once::new();
+
+impl Store {
+    /// Opens the database (creating a SQLite file and its folder if missing).
+    /// Does not migrate: call `migrate` (services do at start).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let dialect = Dialect::of_url(url)
+            .ok_or_else(|| StoreError::Setup("DATABASE_URL must start with sqlite:// or postgres://".into()))?;
+        let mut url = url.to_string();
+        if dialect == Dialect::Sqlite && !url.contains(":memory:") {
+            let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+            let path = path.split('?').next().unwrap_or_default();
+            if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", parent.display())))?;
+            }
+            if !url.contains("mode=") {
+                url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+            }
+        }
+        let options =
+            AnyConnectOptions::from_str(&url).map_err(|e| StoreError::Setup(format!("invalid DATABASE_URL: {e}")))?;
+        let pool = AnyPoolOptions::new()
+            // SQLite allows one writer; one connection avoids lock-upgrade
+            // deadlocks and lets `sqlite::memory:` be one database.
+            .max_connections(if dialect == Dialect::Sqlite { 1 } else { max_connections.max(1) })
+            .acquire_timeout(Duration::from_secs(3))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        conn.execute("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Setup(format!("cannot open database: {e}")))?;
+        Ok(Self { pool, dialect })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        let migrator = match self.dialect {
+            Dialect::Sqlite => sqlx::migrate!("../migrations/sqlite"),
+            Dialect::Postgres => sqlx::migrate!("../migrations/postgres"),
+        };
+        migrator.run(&self.pool).await.map_err(|e| StoreError::Setup(format!("migration failed: {e}")))
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
