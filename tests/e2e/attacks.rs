@@ -206,3 +206,54 @@ async fn raw_get(gateway: std::net::SocketAddr, path: &str) -> (u16, String) {
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
+
+/// A client that trickles its request headers (slowloris) is cut off after
+/// Envoy's `request_headers_timeout` (10 s), so such connections cannot hold
+/// the connection cap; a client that finishes its headers is served as usual.
+#[tokio::test]
+async fn slow_header_connections_are_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Some(cluster) = cluster(1, &[]).await else { return };
+    let node = cluster.node();
+    let started = std::time::Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(node.gateway).await.unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: caas\r\nx-slow: ").await.unwrap();
+        slow.push(stream);
+    }
+    // Keep trickling a byte every second: an idle timeout alone would not end these.
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for stream in &mut slow {
+                let _ = stream.write_all(b"a").await;
+            }
+        }
+    };
+    let (status, _) = tokio::select! {
+        _ = trickle => unreachable!("the trickle never ends"),
+        answer = raw_get(node.gateway, "/healthz") => answer,
+    };
+    assert_eq!(status, 200, "a normal request is served beside the slow ones");
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(started.elapsed())).await;
+    for mut stream in slow {
+        let mut response = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(6), async {
+            loop {
+                let _ = stream.write_all(b"a").await;
+                let mut chunk = [0u8; 512];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => response.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "a slow-header connection was still open after {:?}", started.elapsed());
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(17), "closed late: {:?}", started.elapsed());
+    cluster.shutdown().await;
+}
