@@ -21,6 +21,10 @@ caas_rules::names! {
         RateLimited = "rate_limited",
         /// The client does not read fast enough: its send queue filled up.
         SlowConsumer = "slow_consumer",
+        /// The end user already has the most connections a node allows them.
+        UserConnectionLimit = "user_connection_limit",
+        /// The tenant already has the most connections a node allows it.
+        TenantConnectionLimit = "tenant_connection_limit",
     }
 }
 
@@ -35,6 +39,8 @@ impl CloseReason {
             CloseReason::SessionRevoked => 4003,
             CloseReason::RateLimited => 4008,
             CloseReason::SlowConsumer => 4009,
+            CloseReason::UserConnectionLimit => 4010,
+            CloseReason::TenantConnectionLimit => 4011,
         }
     }
 
@@ -48,6 +54,8 @@ impl CloseReason {
             CloseReason::SessionRevoked => "session revoked",
             CloseReason::RateLimited => "rate limit exceeded",
             CloseReason::SlowConsumer => "client too slow",
+            CloseReason::UserConnectionLimit => "too many connections for this user",
+            CloseReason::TenantConnectionLimit => "too many connections for this tenant",
         }
     }
 

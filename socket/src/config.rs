@@ -30,6 +30,14 @@ pub struct SocketArgs {
     /// Conversations one connection may subscribe to.
     #[arg(long, env = "SOCKET_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     pub max_subscriptions: usize,
+    /// Open connections one end user may hold on this node; more are closed
+    /// at once with 4010.
+    #[arg(long, env = "SOCKET_MAX_CONNECTIONS_PER_USER", default_value_t = 20)]
+    pub max_connections_per_user: usize,
+    /// Open connections one tenant may hold on this node; more are closed at
+    /// once with 4011.
+    #[arg(long, env = "SOCKET_MAX_CONNECTIONS_PER_TENANT", default_value_t = 10_000)]
+    pub max_connections_per_tenant: usize,
 }
 
 impl SocketArgs {
@@ -47,6 +55,10 @@ impl SocketArgs {
         }
         if self.send_queue == 0 || self.frames_per_second == 0 || self.max_subscriptions == 0 {
             problems.add("SOCKET_SEND_QUEUE, SOCKET_FRAMES_PER_SECOND and SOCKET_MAX_SUBSCRIPTIONS must be positive");
+        }
+        if self.max_connections_per_user == 0 || self.max_connections_per_tenant < self.max_connections_per_user {
+            problems
+                .add("SOCKET_MAX_CONNECTIONS_PER_USER must be positive and at most SOCKET_MAX_CONNECTIONS_PER_TENANT");
         }
     }
 }

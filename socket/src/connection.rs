@@ -47,7 +47,10 @@ pub async fn run(
         identity.user_id.clone(),
         tx,
     ));
-    state.registry().add(handle.clone(), &identity.session_id);
+    if let Err(reason) = state.registry().add(handle.clone(), &identity.session_id, state.settings().caps) {
+        refuse(&state, socket, reason, &identity, ids).await;
+        return;
+    }
     state.presence().save(&handle.key, &identity).await;
     state.metrics().connections_total.inc();
     state.metrics().connections.inc();
@@ -80,6 +83,28 @@ pub async fn run(
         request_id,
         trace_id,
         "socket closed"
+    );
+}
+
+/// Closes a connection over its user's or tenant's cap before it serves
+/// anything; the client sees the cap's close code.
+async fn refuse(
+    state: &SocketState,
+    socket: WebSocket,
+    reason: CloseReason,
+    identity: &Identity,
+    ids: caas_http::RequestIds,
+) {
+    let (mut sink, _) = socket.split();
+    let frame = CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.text()) };
+    let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+    state.metrics().closes.get_or_create(&[("reason", reason.label())]).inc();
+    tracing::warn!(
+        tenant_id = %identity.tenant_id,
+        reason = reason.label(),
+        request_id = ids.request_id,
+        trace_id = ids.trace_id,
+        "socket refused: connection cap reached"
     );
 }
 

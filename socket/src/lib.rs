@@ -59,6 +59,7 @@ pub struct Settings {
     pub send_queue: usize,
     pub frames_per_second: u32,
     pub max_subscriptions: usize,
+    pub caps: registry::ConnectionCaps,
 }
 
 impl From<&SocketArgs> for Settings {
@@ -69,6 +70,10 @@ impl From<&SocketArgs> for Settings {
             send_queue: args.send_queue,
             frames_per_second: args.frames_per_second,
             max_subscriptions: args.max_subscriptions,
+            caps: registry::ConnectionCaps {
+                per_user: args.max_connections_per_user,
+                per_tenant: args.max_connections_per_tenant,
+            },
         }
     }
 }

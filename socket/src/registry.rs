@@ -69,23 +69,12 @@ impl ConnHandle {
     }
 }
 
-const REASONS: [CloseReason; 8] = [
-    CloseReason::GoingAway,
-    CloseReason::TooBig,
-    CloseReason::Idle,
-    CloseReason::TokenExpired,
-    CloseReason::InvalidFrames,
-    CloseReason::SessionRevoked,
-    CloseReason::RateLimited,
-    CloseReason::SlowConsumer,
-];
-
 fn reason_index(reason: CloseReason) -> u16 {
-    REASONS.iter().position(|r| *r == reason).map_or(0, |i| i as u16 + 1)
+    reason.index() as u16 + 1
 }
 
 fn reason_of(index: u16) -> Option<CloseReason> {
-    index.checked_sub(1).and_then(|i| REASONS.get(i as usize)).copied()
+    index.checked_sub(1).and_then(|i| CloseReason::ALL.get(i as usize)).copied()
 }
 
 #[derive(Default)]
@@ -95,6 +84,29 @@ struct Maps {
     by_session: HashMap<String, HashSet<ConnId>>,
     subscriptions: HashMap<ConnId, HashSet<String>>,
     session_of: HashMap<ConnId, String>,
+    /// Open connections per end user (`tenant/user`) and per tenant, for the caps.
+    per_user: HashMap<String, usize>,
+    per_tenant: HashMap<String, usize>,
+}
+
+/// Most connections one node holds per end user and per tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionCaps {
+    pub per_user: usize,
+    pub per_tenant: usize,
+}
+
+fn user_key(handle: &ConnHandle) -> String {
+    format!("{}/{}", handle.tenant_id, handle.user_id)
+}
+
+fn release(counts: &mut HashMap<String, usize>, key: &str) {
+    if let Some(count) = counts.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -116,16 +128,32 @@ impl Registry {
         self.maps.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn add(&self, handle: Arc<ConnHandle>, session_id: &str) {
+    /// Registers a connection unless its user or tenant is at its cap;
+    /// checked and counted under one lock, so concurrent upgrades cannot
+    /// overshoot.
+    pub fn add(&self, handle: Arc<ConnHandle>, session_id: &str, caps: ConnectionCaps) -> Result<(), CloseReason> {
         let mut maps = self.write();
+        let user = user_key(&handle);
+        if maps.per_user.get(&user).copied().unwrap_or(0) >= caps.per_user {
+            return Err(CloseReason::UserConnectionLimit);
+        }
+        if maps.per_tenant.get(&handle.tenant_id).copied().unwrap_or(0) >= caps.per_tenant {
+            return Err(CloseReason::TenantConnectionLimit);
+        }
+        *maps.per_user.entry(user).or_default() += 1;
+        *maps.per_tenant.entry(handle.tenant_id.clone()).or_default() += 1;
         maps.by_session.entry(session_id.to_string()).or_default().insert(handle.id);
         maps.session_of.insert(handle.id, session_id.to_string());
         maps.conns.insert(handle.id, handle);
+        Ok(())
     }
 
     pub fn remove(&self, id: ConnId) {
         let mut maps = self.write();
-        maps.conns.remove(&id);
+        if let Some(handle) = maps.conns.remove(&id) {
+            release(&mut maps.per_user, &user_key(&handle));
+            release(&mut maps.per_tenant, &handle.tenant_id);
+        }
         if let Some(conversations) = maps.subscriptions.remove(&id) {
             for conversation in conversations {
                 remove_from(&mut maps.by_conversation, &conversation, id);
@@ -232,8 +260,34 @@ mod tests {
         let (tx, rx) = mpsc::channel(queue);
         let id = registry.next_id();
         let handle = Arc::new(ConnHandle::new(id, format!("k{id}"), tenant.into(), "u".into(), tx));
-        registry.add(handle.clone(), &format!("ses-{id}"));
+        registry.add(handle.clone(), &format!("ses-{id}"), UNCAPPED).unwrap();
         (handle, rx)
+    }
+
+    const UNCAPPED: ConnectionCaps = ConnectionCaps { per_user: usize::MAX, per_tenant: usize::MAX };
+
+    fn handle(registry: &Registry, tenant: &str, user: &str) -> Arc<ConnHandle> {
+        let (tx, _rx) = mpsc::channel(1);
+        let id = registry.next_id();
+        Arc::new(ConnHandle::new(id, format!("k{id}"), tenant.into(), user.into(), tx))
+    }
+
+    #[test]
+    fn caps_per_user_and_tenant_hold_and_free_on_close() {
+        let registry = Registry::default();
+        let caps = ConnectionCaps { per_user: 2, per_tenant: 3 };
+        let a1 = handle(&registry, "t1", "alice");
+        registry.add(a1.clone(), "s1", caps).unwrap();
+        registry.add(handle(&registry, "t1", "alice"), "s1", caps).unwrap();
+        assert_eq!(registry.add(handle(&registry, "t1", "alice"), "s1", caps), Err(CloseReason::UserConnectionLimit));
+        // The same user id in another tenant is another user.
+        registry.add(handle(&registry, "t2", "alice"), "s2", caps).unwrap();
+        registry.add(handle(&registry, "t1", "bob"), "s3", caps).unwrap();
+        assert_eq!(registry.add(handle(&registry, "t1", "carol"), "s4", caps), Err(CloseReason::TenantConnectionLimit));
+        registry.remove(a1.id);
+        registry.add(handle(&registry, "t1", "alice"), "s1", caps).unwrap();
+        assert_eq!(CloseReason::UserConnectionLimit.code(), 4010);
+        assert_eq!(CloseReason::TenantConnectionLimit.code(), 4011);
     }
 
     #[test]

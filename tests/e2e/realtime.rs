@@ -317,3 +317,41 @@ async fn chat_trusts_only_the_gateways_context() {
     assert_eq!((r.status, r.code()), (401, "invalid_context"));
     cluster.shutdown().await;
 }
+
+/// An end user over the node's connection cap is closed at once with 4010;
+/// closing one of theirs makes room again, and other users are unaffected.
+#[tokio::test]
+async fn connections_over_the_per_user_cap_are_closed_with_4010() {
+    let Some(cluster) = cluster(1, &["--max-connections-per-user", "2"]).await else { return };
+    let node = cluster.node();
+    let a = onboard(node, "rt-caps").await;
+    set_whitelists(node, &a, &["127.0.0.1/32"], &[]).await;
+    let frank = token(&sdk_session(node, &a, "frank").await);
+    let grace = token(&sdk_session(node, &a, "grace").await);
+
+    let first = ws::connect(&node.ws(), Some(&frank), None).await.unwrap();
+    let mut second = ws::connect(&node.ws(), Some(&frank), None).await.unwrap();
+    let mut third = ws::connect(&node.ws(), Some(&frank), None).await.unwrap();
+    assert_eq!(third.closed(Duration::from_secs(5)).await, Some(4010));
+    let mut other = ws::connect(&node.ws(), Some(&grace), None).await.unwrap();
+    let conv = conversation(node, &grace, &[]).await;
+    other.subscribe(&conv).await;
+    // The first two still work.
+    let conv = conversation(node, &frank, &[]).await;
+    second.subscribe(&conv).await;
+    drop(first);
+    // The server notices the dropped connection and frees its slot.
+    let mut again = None;
+    for _ in 0..50 {
+        let mut ws = ws::connect(&node.ws(), Some(&frank), None).await.unwrap();
+        match ws.next(Duration::from_millis(300)).await {
+            Next::Nothing => {
+                again = Some(ws);
+                break;
+            }
+            closed => assert_eq!(closed, Next::Closed(Some(4010))),
+        }
+    }
+    again.expect("room after a connection closed").subscribe(&conv).await;
+    cluster.shutdown().await;
+}
