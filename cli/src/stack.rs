@@ -84,7 +84,7 @@ impl UpConfig {
                     jwt_secret: caas_core::secret::generate().expose().to_string(),
                     service_secret: caas_core::secret::generate().expose().to_string(),
                 };
-                std::fs::create_dir_all(&self.data_dir)?;
+                create_private_dir(&self.data_dir)?;
                 write_private(&path, &serde_json::to_string_pretty(&secrets)?)?;
                 secrets
             }
@@ -138,6 +138,15 @@ impl UpConfig {
         let socket = SocketArgs { auth_service_url: format!("http://{auth_api}"), ..self.socket.clone() };
         caas_socket::Config { socket, storage: self.storage.clone(), service: self.service.clone() }
     }
+}
+
+/// The data folder holds secrets, the database and the access log: owner only.
+fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path).with_context(|| format!("cannot create {}", path.display()))
 }
 
 fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {

@@ -91,6 +91,28 @@ impl std::fmt::Debug for Store {
 
 static DRIVERS: Once = Once::new();
 
+/// A new SQLite file and any folders it needs are made readable by their
+/// owner only (0600, 0700): the file holds emails, password hashes and
+/// messages. Existing files and folders are left as their owner set them.
+fn create_private_file(path: &std::path::Path) -> Result<()> {
+    let setup = |e: std::io::Error| StoreError::Setup(format!("cannot create {}: {e}", path.display()));
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(parent).map_err(setup)?;
+    }
+    if !path.exists() {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(path).map_err(setup)?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens the database (creating a SQLite file and its folder if missing).
     /// Does not migrate: call `migrate` (services do at start).
@@ -102,10 +124,7 @@ impl Store {
         if dialect == Dialect::Sqlite && !url.contains(":memory:") {
             let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
             let path = path.split('?').next().unwrap_or_default();
-            if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", parent.display())))?;
-            }
+            create_private_file(std::path::Path::new(path))?;
             if !url.contains("mode=") {
                 url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
             }
@@ -151,5 +170,24 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[tokio::test]
+    async fn a_new_sqlite_database_is_private_to_its_owner() {
+        let dir = std::env::temp_dir().join(format!("caas-private-{}", crate::id::new_id("t")));
+        let file = dir.join("nested").join("caas.db");
+        let store = super::Store::connect(&format!("sqlite://{}", file.display()), 1).await.unwrap();
+        store.migrate().await.unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("nested")), 0o700);
+        store.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
