@@ -26,6 +26,25 @@ pub struct AuthApiArgs {
     /// Registrations per client IP per hour.
     #[arg(long, env = "REGISTRATIONS_PER_IP_PER_HOUR", default_value_t = 20)]
     pub registrations_per_ip_per_hour: u64,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
+/// How long rows that no longer decide anything are kept.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RetentionArgs {
+    /// Audit rows older than this are deleted.
+    #[arg(long, env = "AUDIT_RETENTION", default_value = "90d", value_parser = parse_duration)]
+    pub audit_retention: Duration,
+    /// How often expired sessions, refresh tokens and old audit rows are purged.
+    #[arg(long, env = "PURGE_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub purge_interval: Duration,
+}
+
+impl RetentionArgs {
+    pub fn retention(&self) -> caas_core::retention::Retention {
+        caas_core::retention::Retention { audit_for: self.audit_retention, every: self.purge_interval }
+    }
 }
 
 impl AuthApiArgs {
@@ -35,6 +54,9 @@ impl AuthApiArgs {
         }
         if self.login_failure_window.is_zero() {
             problems.add("LOGIN_FAILURE_WINDOW must be positive");
+        }
+        if self.retention.audit_retention < Duration::from_secs(86_400) || self.retention.purge_interval.is_zero() {
+            problems.add("AUDIT_RETENTION must be at least 1d and PURGE_INTERVAL positive");
         }
     }
 
@@ -49,6 +71,7 @@ impl AuthApiArgs {
             login_window: self.login_failure_window,
             registrations_per_ip: self.registrations_per_ip_per_hour,
             registration_window: Duration::from_secs(3600),
+            retention: self.retention.retention(),
         }
     }
 }

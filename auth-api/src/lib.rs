@@ -55,6 +55,7 @@ pub struct Settings {
     pub login_window: Duration,
     pub registrations_per_ip: u64,
     pub registration_window: Duration,
+    pub retention: caas_core::retention::Retention,
 }
 
 struct Inner {
@@ -227,7 +228,11 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "auth-api listening");
-    axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+    // Expired sessions and old audit rows are purged while auth-api serves.
+    let purge = tokio::spawn(state.0.settings.retention.run(state.store().clone()));
+    let served = axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    purge.abort();
+    served
 }

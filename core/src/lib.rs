@@ -25,6 +25,7 @@ pub mod message;
 pub mod metrics;
 pub mod password;
 pub mod ratelimit;
+pub mod retention;
 pub mod store;
 pub mod validate;
 

@@ -55,6 +55,10 @@ pub fn config() -> Config {
             login_max_failures_per_ip: 20,
             login_failure_window: Duration::from_secs(900),
             registrations_per_ip_per_hour: 1000,
+            retention: crate::config::RetentionArgs {
+                audit_retention: Duration::from_secs(90 * 86_400),
+                purge_interval: Duration::from_secs(3600),
+            },
         },
         storage: caas_core::testing::unused_storage(),
         jwt: JwtArgs {

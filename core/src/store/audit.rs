@@ -54,6 +54,13 @@ impl Store {
         insert_audit(&mut conn, entry, now).await
     }
 
+    /// Deletes audit rows written before `before`; how many.
+    pub async fn purge_audit(&self, before: i64) -> Result<u64> {
+        let result =
+            sqlx::query("DELETE FROM audit_log WHERE created_at < $1").bind(before).execute(&self.pool).await?;
+        Ok(result.rows_affected())
+    }
+
     /// Newest first.
     pub async fn audit_log(&self, client_id: &str, limit: i64) -> Result<Vec<AuditRecord>> {
         Ok(sqlx::query_as("SELECT client_id, actor, action, ip, detail, created_at FROM audit_log WHERE client_id = $1 ORDER BY id DESC LIMIT $2")

@@ -209,6 +209,26 @@ impl Store {
         Ok(RefreshOutcome::Reused(SessionRecord { revoked_at: session.revoked_at.or(Some(now)), ..session }))
     }
 
+    /// Deletes sessions (and their refresh tokens) that expired before
+    /// `before`, and any refresh token that did; how many of each.
+    pub async fn purge_expired_sessions(&self, before: i64) -> Result<(u64, u64)> {
+        let mut tx = self.pool.begin().await?;
+        let tokens = sqlx::query(
+            "DELETE FROM refresh_tokens WHERE expires_at < $1 OR session_id IN (SELECT id FROM sessions WHERE expires_at < $1)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok((sessions, tokens))
+    }
+
     /// Revokes a session (idempotent). `None` if there is no such session.
     pub async fn revoke_session(
         &self,

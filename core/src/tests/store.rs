@@ -297,7 +297,41 @@ async fn api_key_use_is_recorded(store: Store) {
     assert_eq!(store.api_key_hash(&key.id).await.unwrap(), Some(key.hash));
 }
 
+async fn expired_sessions_and_old_audit_rows_are_purged(store: Store) {
+    use crate::retention::{EXPIRED_KEPT_FOR, Purged, Retention};
+    let (client_id, _, _, _) = register(&store, "purge@example.com").await;
+    let (short_id, _) = new_session(&store, &client_id, "user-1").await;
+    let (_, long_hash) = refresh_token::generate();
+    let long = NewSdkSession {
+        session_id: crate::id::new_id("ses"),
+        client_id: client_id.clone(),
+        user_id: "user-2".into(),
+        name: None,
+        metadata: None,
+        refresh_hash: long_hash,
+        refresh_expires_at: NOW + 30 * 86_400,
+    };
+    store.create_sdk_session(&long, &audit(&client_id, "session.created"), NOW).await.unwrap();
+    let day = std::time::Duration::from_secs(86_400);
+    let retention = Retention { audit_for: day, every: day };
+    let kept = EXPIRED_KEPT_FOR.as_secs() as i64;
+
+    // Within a day of the short session's expiry, and audit rows kept for a week: nothing goes.
+    let week = Retention { audit_for: day * 7, every: day };
+    assert_eq!(week.purge(&store, NOW + 3600 + kept - 10).await.unwrap(), Purged::default());
+    assert!(store.session(&short_id).await.unwrap().is_some());
+
+    let purged = retention.purge(&store, NOW + 3600 + kept + 10).await.unwrap();
+    assert_eq!((purged.sessions, purged.refresh_tokens), (1, 1));
+    assert!(purged.audit_rows >= 3, "{purged:?}");
+    assert!(store.session(&short_id).await.unwrap().is_none());
+    assert!(store.session(&long.session_id).await.unwrap().is_some(), "a live session is kept");
+    assert!(store.audit_log(&client_id, 10).await.unwrap().is_empty());
+    assert_eq!(retention.purge(&store, NOW + 3600 + kept + 10).await.unwrap(), Purged::default());
+}
+
 crate::store_conformance!(
+    expired_sessions_and_old_audit_rows_are_purged,
     registration_is_atomic_and_emails_unique,
     key_rotation_keeps_at_most_two_keys,
     concurrent_rotations_never_leave_three_keys,
