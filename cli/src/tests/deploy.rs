@@ -21,6 +21,7 @@ fn dot_env() -> HashMap<&'static str, String> {
         ("SERVICE_SECRET", "s".repeat(48)),
         // As .env.example says to make it (`openssl rand -hex 32`).
         ("POSTGRES_PASSWORD", "9f".repeat(32)),
+        ("REDIS_PASSWORD", "7e".repeat(32)),
     ])
 }
 
@@ -138,7 +139,7 @@ fn compose_services_start_with_their_environment() {
         // Services reach each other by name, and the data stores are the compose ones.
         let get = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
         assert!(get("DATABASE_URL").is_some_and(|u| u.contains("@postgres:5432/")));
-        assert_eq!(get("REDIS_URL"), Some("redis://redis:6379"));
+        assert_eq!(get("REDIS_URL"), Some(format!("redis://:{}@redis:6379", "7e".repeat(32)).as_str()));
     }
     assert_eq!(services["socket"]["environment"]["AUTH_SERVICE_URL"].as_str(), Some("http://auth-api:3007"));
     assert_eq!(services["envoy"]["ports"][0].as_str(), Some("8080:8080"));
@@ -153,7 +154,11 @@ fn compose_services_start_with_their_environment() {
         assert!(services["postgres"]["healthcheck"].is_mapping() && services[dependency]["healthcheck"].is_mapping());
     }
     // Secrets are never in the file itself.
-    for secret in ["JWT_SECRET:", "SERVICE_SECRET:", "POSTGRES_PASSWORD:"] {
+    assert!(
+        services["redis"]["command"].as_sequence().unwrap().iter().any(|a| a.as_str() == Some("--requirepass")),
+        "Redis runs without a password"
+    );
+    for secret in ["JWT_SECRET:", "SERVICE_SECRET:", "POSTGRES_PASSWORD:", "REDIS_PASSWORD:", "REDISCLI_AUTH:"] {
         for line in COMPOSE.lines().filter(|l| l.trim_start().starts_with(secret)) {
             assert!(line.contains("${"), "a literal secret in docker-compose.yml: {line}");
         }
@@ -539,4 +544,42 @@ fn mesh_routes_send_every_public_path_where_the_gateway_does() {
         }
     }
     assert_eq!(envoy_route(&routes, "/v1/ws"), Some(("socket".into(), "/v1/ws".into())), "the comparison itself works");
+}
+
+/// Nothing in the namespace is reachable unless a policy says so: ext-authz's
+/// gRPC port (which signs context for whatever address a caller claims) and
+/// the services only from the gateways; every Deployment is covered.
+#[test]
+fn network_policies_deny_by_default_and_guard_ext_authz() {
+    let docs = k8s_documents();
+    let policies: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "NetworkPolicy").collect();
+    let deny = policies.iter().find(|p| p["metadata"]["name"] == "default-deny-ingress").expect("no default deny");
+    assert!(deny["spec"]["podSelector"].as_mapping().is_some_and(|m| m.is_empty()));
+    assert!(deny["spec"]["ingress"].is_null(), "the default deny lets something in");
+    let selects = |policy: &Value, app: &str| {
+        let selector = &policy["spec"]["podSelector"];
+        selector["matchLabels"]["app"].as_str() == Some(app)
+            || selector["matchExpressions"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|e| e["values"].as_sequence().is_some_and(|v| v.iter().any(|x| x.as_str() == Some(app))))
+    };
+    for deployment in docs.iter().filter(|d| d["kind"] == "Deployment") {
+        let app = deployment["spec"]["selector"]["matchLabels"]["app"].as_str().unwrap();
+        assert!(policies.iter().any(|p| selects(p, app)), "no policy lets traffic into {app}");
+    }
+    let ext_authz = policies.iter().find(|p| selects(p, "ext-authz")).unwrap();
+    for rule in ext_authz["spec"]["ingress"].as_sequence().unwrap() {
+        let ports: Vec<u64> =
+            rule["ports"].as_sequence().unwrap().iter().map(|p| p["port"].as_u64().unwrap()).collect();
+        let sources = rule["from"].as_sequence().expect("an ext-authz rule open to everyone");
+        if ports.contains(&9191) {
+            for source in sources {
+                let from_gateway = source["podSelector"]["matchLabels"]["app"].as_str() == Some("gateway")
+                    || source["namespaceSelector"]["matchLabels"]["caas.dev/gateway"].as_str() == Some("true");
+                assert!(from_gateway, "ext-authz's gRPC port is open to {source:?}");
+            }
+        }
+    }
 }
