@@ -55,6 +55,7 @@ pub fn config() -> Config {
             login_max_failures_per_ip: 20,
             login_failure_window: Duration::from_secs(900),
             registrations_per_ip_per_hour: 1000,
+            password_hash_concurrency: None,
         },
         storage: caas_core::testing::unused_storage(),
         jwt: JwtArgs {
