@@ -13,7 +13,7 @@ DB=caas_abuse_$$
 REDIS_DB=${REDIS_DB:-13}
 BURST=${BURST:-300}
 TARGET=${CARGO_TARGET_DIR:-target}
-GW=127.0.0.1:18480
+export GW=127.0.0.1:18480
 API=127.0.0.1:13907
 WORK=$(mktemp -d /tmp/caas-abuse.XXXXXX)
 
@@ -35,9 +35,12 @@ DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB" REDIS_URL="redis://127.0.0
 UP_PID=$!
 for _ in $(seq 300); do curl -sf -o /dev/null "http://$GW/v1/client/login" -XPOST && break; curl -s -o /dev/null "http://$GW/" && break; sleep 0.1; done
 
-login() { # FROM EMAIL PASSWORD -> status
-  curl -s -o /dev/null -w '%{http_code}\n' --interface "$1" -XPOST "http://$GW/v1/client/login" \
-    -H 'content-type: application/json' -d "{\"email\":\"$2\",\"password\":\"$3\"}"
+login() { # FROM EMAIL PASSWORD -> "status/code"
+  local out
+  out=$(curl -s -w ' %{http_code}' --interface "$1" -XPOST "http://$GW/v1/client/login" \
+    -H 'content-type: application/json' -d "{\"email\":\"$2\",\"password\":\"$3\"}" || true)
+  local code; code=$(echo "$out" | grep -o '"code":"[a-z_]*"' | cut -d'"' -f4 || true)
+  echo "${out##* }${code:+/$code}"
 }
 checks() { curl -s "http://$API/metrics" | awk '/^auth_password_checks_total\{outcome="mismatch"\}/ {print $2}'; }
 rss() { awk "/^$1:/ {print int(\$2/1024) \" MiB\"}" "/proc/$UP_PID/status"; }
@@ -50,19 +53,20 @@ echo "caas RSS before: $(rss VmRSS)"
 
 burst() { # NAME, then lines "FROM EMAIL" on stdin
   local before; before=$(checks)
-  local started; started=$(date +%s.%N)
+  local started=$EPOCHREALTIME
   xargs -P "$BURST" -L1 bash -c "$(declare -f login); login \$0 \$1 'wrong horse battery staple'" \
     | sort | uniq -c | awk '{printf "%s x %s  ", $2, $1}'
   echo
-  echo "  $1: $(( $(checks) - before )) password checks, $(echo "$(date +%s.%N) - $started" | bc) s"
+  echo "  $1: $(( $(checks) - before )) password checks, $(python3 -c "print(round($EPOCHREALTIME - $started, 2))") s"
 }
 
 echo "## $BURST wrong logins from one address (127.0.0.1), one email each"
 for i in $(seq "$BURST"); do echo "127.0.0.1 guess$i@example.com"; done | burst "one address"
 echo "## $BURST wrong logins for one email, from $BURST addresses, the owner logging in meanwhile"
 ( sleep 0.2; echo "  owner during the burst: $(login $OWNER victim@example.com 'correct horse battery staple')" ) &
+OWNER_PID=$!
 for i in $(seq "$BURST"); do echo "127.1.$(( i / 250 )).$(( i % 250 + 1 )) victim@example.com"; done | burst "many addresses"
-wait %1 2>/dev/null || true
+wait "$OWNER_PID" || true
 echo "  owner after the burst: $(login $OWNER victim@example.com 'correct horse battery staple')"
 echo "  a never-seen address with the right password: $(login 127.2.0.1 victim@example.com 'correct horse battery staple')"
 echo "caas RSS now: $(rss VmRSS), peak: $(rss VmHWM)"
