@@ -26,6 +26,11 @@ pub struct AuthApiArgs {
     /// Registrations per client IP per hour.
     #[arg(long, env = "REGISTRATIONS_PER_IP_PER_HOUR", default_value_t = 20)]
     pub registrations_per_ip_per_hour: u64,
+    /// Password hashes (Argon2, ~19 MiB each) computed at once; when all are
+    /// busy, logins and registrations get 503 `overloaded` at once. Default:
+    /// the available parallelism (cores).
+    #[arg(long, env = "PASSWORD_HASH_CONCURRENCY")]
+    pub password_hash_concurrency: Option<usize>,
     #[command(flatten)]
     pub retention: RetentionArgs,
 }
@@ -52,6 +57,9 @@ impl AuthApiArgs {
         if self.login_max_failures_per_email == 0 || self.login_max_failures_per_ip == 0 {
             problems.add("LOGIN_MAX_FAILURES_PER_EMAIL and LOGIN_MAX_FAILURES_PER_IP must be at least 1");
         }
+        if self.password_hash_concurrency == Some(0) {
+            problems.add("PASSWORD_HASH_CONCURRENCY must be at least 1");
+        }
         if self.login_failure_window.is_zero() {
             problems.add("LOGIN_FAILURE_WINDOW must be positive");
         }
@@ -72,6 +80,9 @@ impl AuthApiArgs {
             registrations_per_ip: self.registrations_per_ip_per_hour,
             registration_window: Duration::from_secs(3600),
             retention: self.retention.retention(),
+            password_hash_concurrency: self
+                .password_hash_concurrency
+                .unwrap_or_else(caas_core::loginguard::Hashing::default_limit),
         }
     }
 }

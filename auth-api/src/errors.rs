@@ -24,6 +24,7 @@ pub(crate) fn api_error(error: CredentialError) -> ApiError {
         CredentialError::InvalidRefreshToken => ApiError::unauthorized("invalid_refresh_token", message),
         CredentialError::RefreshTokenReused => ApiError::unauthorized("refresh_token_reused", message),
         CredentialError::NoSessionNamed => ApiError::unauthorized("missing_credentials", message),
+        CredentialError::Overloaded(busy) => ApiError::overloaded(busy.0, message),
         CredentialError::PasswordHashing => ApiError::internal(),
         CredentialError::Store(error) => error.into(),
     }

@@ -30,6 +30,7 @@ use axum::routing::get;
 use caas_core::config::Backends;
 use caas_core::context::ContextVerifier;
 use caas_core::credentials::{Credentials, Lifetimes, Throttles};
+use caas_core::loginguard::{Hashing, KnownAddresses};
 use caas_core::metrics::AuthMetrics;
 use caas_core::ratelimit::RateLimiter;
 use caas_core::secret::Secret;
@@ -56,6 +57,8 @@ pub struct Settings {
     pub registrations_per_ip: u64,
     pub registration_window: Duration,
     pub retention: caas_core::retention::Retention,
+    /// Password hashes computed at once (`PASSWORD_HASH_CONCURRENCY`).
+    pub password_hash_concurrency: usize,
 }
 
 struct Inner {
@@ -102,9 +105,12 @@ impl AppState {
                 "register-ip",
                 settings.registrations_per_ip,
                 settings.registration_window,
-                cache,
+                cache.clone(),
             ),
+            known_addresses: KnownAddresses::new(cache),
+            hashing: Hashing::new(settings.password_hash_concurrency),
         };
+        throttles.hashing.register(&mut registry);
         let lifetimes = Lifetimes { access: settings.access_ttl, refresh: settings.refresh_ttl };
         let credentials = Credentials::new(backends.store.clone(), validator.clone(), lifetimes, throttles);
         Self(Arc::new(Inner {

@@ -32,6 +32,9 @@ pub trait Cache: Send + Sync + 'static {
     /// Adds one to a counter that lives `window` from its first hit;
     /// returns the new count and the seconds until the window ends.
     async fn increment(&self, key: &str, window: Duration) -> Result<(u64, u64), CacheError>;
+    /// Takes one off a live counter (never below zero, never creating one):
+    /// gives back a reservation `increment` made.
+    async fn decrement(&self, key: &str) -> Result<(), CacheError>;
     /// The counter's value and seconds left, without changing it.
     async fn counter(&self, key: &str) -> Result<(u64, u64), CacheError>;
     /// Adds `member` to the set at `key`, whose time to live becomes `ttl`.
@@ -104,6 +107,16 @@ impl Cache for MemoryCache {
             map.insert(key.to_string(), (count.to_string(), expiry));
             (count, seconds_left(expiry, now))
         }))
+    }
+
+    async fn decrement(&self, key: &str) -> Result<(), CacheError> {
+        self.with(|map, now| {
+            if let Some((value, expiry)) = live(map.get(key), now).cloned() {
+                let count = value.parse::<u64>().unwrap_or(0).saturating_sub(1);
+                map.insert(key.to_string(), (count.to_string(), expiry));
+            }
+        });
+        Ok(())
     }
 
     async fn counter(&self, key: &str) -> Result<(u64, u64), CacheError> {
@@ -227,6 +240,15 @@ impl Cache for RedisCache {
             .query_async(&mut self.conn.clone())
             .await?;
         Ok((count, ttl.max(0) as u64))
+    }
+
+    async fn decrement(&self, key: &str) -> Result<(), CacheError> {
+        // A script, so that the window's expiry is kept and a counter that
+        // expired meanwhile is not recreated without one.
+        const SCRIPT: &str = "if (tonumber(redis.call('GET', KEYS[1])) or 0) > 0 then \
+                              return redis.call('DECR', KEYS[1]) end return 0";
+        let _: i64 = redis::cmd("EVAL").arg(SCRIPT).arg(1).arg(key).query_async(&mut self.conn.clone()).await?;
+        Ok(())
     }
 
     async fn counter(&self, key: &str) -> Result<(u64, u64), CacheError> {

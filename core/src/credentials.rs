@@ -15,6 +15,7 @@ use crate::context::{AuthType, RequestContext};
 use crate::events::Event;
 use crate::id::new_id;
 use crate::jwt::{Audience, Claims};
+use crate::loginguard::{Hashing, HashingError, KnownAddresses, Overloaded};
 use crate::password;
 use crate::ratelimit::{RateLimiter, RetryAfter};
 use crate::refresh_token;
@@ -73,6 +74,9 @@ pub enum CredentialError {
     /// Logout with neither a refresh token nor an access-token session.
     #[error("send a refresh_token, or call with an access token")]
     NoSessionNamed,
+    /// Too many password checks in progress: refused at once, not queued.
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
     /// Hashing a password failed, or its worker thread died.
     #[error("password hashing failed")]
     PasswordHashing,
@@ -91,10 +95,34 @@ pub struct Lifetimes {
 }
 
 /// Throttles on guessing and sign-up abuse, counted in the shared cache.
+/// Per-address counters count caas-rules' `net::address_bucket` (an IPv6
+/// /64), not the bare address.
 pub struct Throttles {
+    /// Per email, for addresses that never logged into it; per (email,
+    /// address) for those that did (`known_addresses`).
     pub login_by_email: RateLimiter,
     pub login_by_ip: RateLimiter,
     pub registrations: RateLimiter,
+    pub known_addresses: KnownAddresses,
+    /// Every password hash and check runs under this bound.
+    pub hashing: Hashing,
+}
+
+impl From<HashingError> for CredentialError {
+    fn from(error: HashingError) -> Self {
+        match error {
+            HashingError::Overloaded(overloaded) => CredentialError::Overloaded(overloaded),
+            HashingError::Failed => CredentialError::PasswordHashing,
+        }
+    }
+}
+
+/// The attempts a login reserved before checking the password: the
+/// address's, and the email's (or the email-at-this-address's when the
+/// address is known for the email).
+struct LoginReservation {
+    bucket: String,
+    email_subject: String,
 }
 
 /// A key as issued: the only time the key itself exists outside the caller.
@@ -160,11 +188,6 @@ pub struct Credentials {
 fn new_key() -> (NewApiKey, String) {
     let generated = api_key::generate();
     (NewApiKey { id: new_id("key"), hash: generated.hash, prefix: generated.display_prefix }, generated.key)
-}
-
-/// Runs CPU-heavy password work off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(work).await.map_err(|_| CredentialError::PasswordHashing)
 }
 
 fn check_client_name(raw: &str) -> Result<String> {
@@ -256,7 +279,9 @@ impl Credentials {
     }
 
     /// A client (tenant) with its dashboard account and first (primary) key.
-    /// Throttled per address before anything else, as the cheapest refusal.
+    /// Throttled per address before anything else, as the cheapest refusal;
+    /// the attempt is counted before the password is hashed, so parallel
+    /// sign-ups cannot run more hashes than the limit.
     pub async fn register(
         &self,
         name: &str,
@@ -265,13 +290,19 @@ impl Credentials {
         ip: &str,
         now: i64,
     ) -> Result<Registration> {
-        self.throttles.registrations.hit(ip).await?;
+        let bucket = caas_rules::net::address_bucket_of(ip);
+        self.throttles.registrations.hit(&bucket).await?;
         let name = check_client_name(name)?;
         let email = password::normalize_email(email).ok_or(CredentialError::InvalidEmail)?;
         password::check_password_rules(&password).map_err(CredentialError::InvalidPassword)?;
-        let hash = blocking(move || password::hash_password(&password))
-            .await?
-            .map_err(|_| CredentialError::PasswordHashing)?;
+        let hash = match self.throttles.hashing.hash(password).await {
+            Ok(hash) => hash,
+            Err(error) => {
+                // Nothing was attempted: the reservation is given back.
+                self.throttles.registrations.release(&bucket).await;
+                return Err(error.into());
+            }
+        };
         let (client_id, account_id) = (new_id("cl"), new_id("acc"));
         let (key, raw_key) = new_key();
         self.store.register_client(&client_id, &name, &account_id, &email, &hash, &key, Some(ip), now).await?;
@@ -282,31 +313,69 @@ impl Credentials {
         Ok(Registration { client_id, name, email, key: IssuedKey { id: key.id, key: raw_key, prefix: key.prefix } })
     }
 
-    /// Dashboard login: a dashboard session and its access token.
+    /// Dashboard login: a dashboard session and its access token. The
+    /// attempt is reserved in the counters before the password is hashed
+    /// (reserve, then settle), so N parallel guesses run at most the limit's
+    /// worth of hashes; a failure keeps its reservation, anything else gives
+    /// it back.
     pub async fn login(&self, email: &str, password: String, ip: &str, now: i64) -> Result<AccessGrant> {
         let email = password::normalize_email(email).ok_or(CredentialError::InvalidEmail)?;
         if password.len() > password::MAX_PASSWORD_BYTES {
             return Err(CredentialError::InvalidPassword("password is too long".into()));
         }
-        self.throttles.login_by_email.check(&email).await?;
-        self.throttles.login_by_ip.check(ip).await?;
-        let account = self.store.account_by_email(&email).await?;
-        let stored = account.as_ref().map(|a| a.password_hash.clone());
-        // Unknown emails are verified against a dummy hash: same time, same answer.
-        let valid = blocking(move || password::verify_password(&password, stored.as_deref())).await?;
-        let account = match account {
-            Some(account) if valid => account,
-            other => return Err(self.login_failed(other.as_ref(), &email, ip, now).await),
-        };
-        self.throttles.login_by_email.reset(&email).await;
-        self.create_dashboard_session(&account, ip, now).await
+        let reservation = self.reserve_login(&email, ip).await?;
+        let checked = self.check_password(&email, password).await;
+        match checked {
+            Ok((Some(account), true)) => {
+                self.throttles.login_by_email.reset(&reservation.email_subject).await;
+                self.throttles.login_by_ip.release(&reservation.bucket).await;
+                self.throttles.known_addresses.remember(&email, &reservation.bucket).await;
+                self.create_dashboard_session(&account, ip, now).await
+            }
+            Ok((account, _)) => Err(self.login_failed(account.as_ref(), &email, ip, now).await),
+            Err(error) => {
+                self.release_login(&reservation).await;
+                Err(error)
+            }
+        }
     }
 
-    /// Counts the failure against both throttles and audits it (best effort:
-    /// the caller gets the same refusal whether or not the row was written).
+    /// Counts the attempt per address, then per email (or per email at this
+    /// address, when the address has logged into it before): the owner is
+    /// never locked out by failures from elsewhere.
+    async fn reserve_login(&self, email: &str, ip: &str) -> Result<LoginReservation> {
+        let bucket = caas_rules::net::address_bucket_of(ip);
+        self.throttles.login_by_ip.hit(&bucket).await?;
+        let email_subject = if self.throttles.known_addresses.contains(email, &bucket).await {
+            format!("{email}\n{bucket}")
+        } else {
+            email.to_string()
+        };
+        if let Err(limit) = self.throttles.login_by_email.hit(&email_subject).await {
+            // Refused before any check: not a failure of this address.
+            self.throttles.login_by_ip.release(&bucket).await;
+            return Err(limit.into());
+        }
+        Ok(LoginReservation { bucket, email_subject })
+    }
+
+    async fn release_login(&self, reservation: &LoginReservation) {
+        self.throttles.login_by_email.release(&reservation.email_subject).await;
+        self.throttles.login_by_ip.release(&reservation.bucket).await;
+    }
+
+    /// The account (if any) and whether the password is its own. Unknown
+    /// emails are verified against a dummy hash: same time, same answer.
+    async fn check_password(&self, email: &str, password: String) -> Result<(Option<AccountRecord>, bool)> {
+        let account = self.store.account_by_email(email).await?;
+        let stored = account.as_ref().map(|a| a.password_hash.clone());
+        let valid = self.throttles.hashing.verify(password, stored).await?;
+        Ok((account, valid))
+    }
+
+    /// Audits a failure, whose attempt stays counted (best effort: the
+    /// caller gets the same refusal whether or not the row was written).
     async fn login_failed(&self, account: Option<&AccountRecord>, email: &str, ip: &str, now: i64) -> CredentialError {
-        let _ = self.throttles.login_by_email.hit(email).await;
-        let _ = self.throttles.login_by_ip.hit(ip).await;
         let entry = AuditEntry {
             client_id: account.map(|a| a.client_id.clone()),
             actor: account.map(|a| a.id.clone()),

@@ -21,6 +21,7 @@ pub mod config;
 pub mod credentials;
 pub mod events;
 pub mod id;
+pub mod loginguard;
 pub mod message;
 pub mod metrics;
 pub mod password;

@@ -33,7 +33,8 @@ impl RateLimiter {
         format!("rl:{}:{}", self.name, hex::encode(&digest[..12]))
     }
 
-    /// Counts one attempt; `Err` once the limit is exceeded.
+    /// Counts one attempt; `Err` once the limit is exceeded. Atomic (one
+    /// INCR), so it can reserve an attempt before the work it limits.
     pub async fn hit(&self, subject: &str) -> Result<(), RetryAfter> {
         let key = self.key(subject);
         let (count, left) = match self.shared.increment(&key, self.window).await {
@@ -43,7 +44,21 @@ impl RateLimiter {
                 self.fallback.increment(&key, self.window).await.unwrap_or((0, 0))
             }
         };
-        if count > self.limit { Err(RetryAfter(left.max(1))) } else { Ok(()) }
+        if count > self.limit {
+            // The key, never the subject: it may be an email address.
+            tracing::warn!(limiter = self.name, key, count, limit = self.limit, "throttled");
+            return Err(RetryAfter(left.max(1)));
+        }
+        Ok(())
+    }
+
+    /// Gives back one attempt `hit` counted: a reservation that turned out
+    /// not to be a failure (a success, or refused before any check ran).
+    pub async fn release(&self, subject: &str) {
+        let key = self.key(subject);
+        if self.shared.decrement(&key).await.is_err() {
+            let _ = self.fallback.decrement(&key).await;
+        }
     }
 
     /// `Err` if the limit is already reached, without counting.

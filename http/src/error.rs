@@ -59,6 +59,11 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "a dependency is unavailable; retry shortly")
     }
 
+    /// 503 `overloaded`: a bounded resource is full; retry after `seconds`.
+    pub fn overloaded(seconds: u64, message: impl Into<String>) -> Self {
+        Self { retry_after: Some(seconds), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message) }
+    }
+
     pub fn internal() -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error")
     }

@@ -1,6 +1,6 @@
-//! Which address a request came from.
+//! Which address a request came from, and which bucket it is counted in.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 /// The client address: the TCP peer, unless `trusted_hops` > 0, in which
 /// case it is the entry `trusted_hops` places left of the last one in
@@ -16,9 +16,57 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted_hops: usize)
     entries[index].parse().ok()
 }
 
+/// The bucket every per-address counter uses for `ip`: an IPv4 address is
+/// its own bucket; an IPv4-mapped IPv6 address counts as that IPv4 address;
+/// any other IPv6 address counts as its /64, the smallest block a provider
+/// hands one subscriber, so rotating through it buys no extra attempts.
+pub fn address_bucket(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let prefix = u128::from(v6) & !(u128::from(u64::MAX));
+                format!("{}/64", Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
+/// `address_bucket` of an address in text; text that is not an address is
+/// its own bucket (counted, never let through uncounted).
+pub fn address_bucket_of(text: &str) -> String {
+    match text.trim().parse::<IpAddr>() {
+        Ok(ip) => address_bucket(ip),
+        Err(_) => text.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_is_its_own_bucket_and_mapped_ipv6_counts_as_ipv4() {
+        assert_eq!(address_bucket_of("203.0.113.7"), "203.0.113.7");
+        assert_eq!(address_bucket_of("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_ne!(address_bucket_of("203.0.113.7"), address_bucket_of("203.0.113.8"));
+    }
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let a = address_bucket_of("2001:db8:1:2:aaaa:bbbb:cccc:dddd");
+        assert_eq!(a, "2001:db8:1:2::/64");
+        assert_eq!(address_bucket_of("2001:db8:1:2::1"), a);
+        assert_eq!(address_bucket_of("2001:DB8:1:2:ffff:ffff:ffff:ffff"), a);
+        assert_ne!(address_bucket_of("2001:db8:1:3::1"), a);
+        assert_eq!(address_bucket_of("::1"), "::/64");
+    }
+
+    #[test]
+    fn text_that_is_no_address_is_its_own_bucket() {
+        assert_eq!(address_bucket_of("unknown"), "unknown");
+    }
 
     #[test]
     fn peer_unless_hops_are_trusted() {

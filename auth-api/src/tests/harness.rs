@@ -59,6 +59,7 @@ pub fn config() -> Config {
                 audit_retention: Duration::from_secs(90 * 86_400),
                 purge_interval: Duration::from_secs(3600),
             },
+            password_hash_concurrency: None,
         },
         storage: caas_core::testing::unused_storage(),
         jwt: JwtArgs {

@@ -1,6 +1,7 @@
 //! Handler tests: `app(state).oneshot(request)`, real SQLite (and PostgreSQL
 //! where concurrency matters), contexts signed with core's signer.
 
+mod abuse;
 mod clients;
 mod harness;
 mod internal;

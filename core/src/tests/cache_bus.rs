@@ -34,6 +34,15 @@ async fn cache_conformance(cache: Arc<dyn Cache>) {
     assert!((59..=60).contains(&left), "{left}");
     assert_eq!(cache.increment(&counter, Duration::from_secs(60)).await.unwrap().0, 2);
     assert_eq!(cache.counter(&counter).await.unwrap().0, 2);
+    // A reservation given back: the count drops, the window stays.
+    cache.decrement(&counter).await.unwrap();
+    let (n, left) = cache.counter(&counter).await.unwrap();
+    assert_eq!(n, 1);
+    assert!((58..=60).contains(&left), "{left}");
+    let absent = unique("test:absent");
+    cache.decrement(&absent).await.unwrap();
+    assert_eq!(cache.counter(&absent).await.unwrap(), (0, 0));
+    assert_eq!(cache.increment(&absent, Duration::from_secs(60)).await.unwrap().0, 1);
     let set = unique("test:set");
     cache.set_add(&set, "a", Duration::from_secs(30)).await.unwrap();
     cache.set_add(&set, "b", Duration::from_secs(30)).await.unwrap();

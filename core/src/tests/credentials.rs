@@ -45,6 +45,8 @@ fn fixture(store: Store) -> Fixture {
         login_by_email: limiter("login-email"),
         login_by_ip: limiter("login-ip"),
         registrations: limiter("register-ip"),
+        known_addresses: crate::loginguard::KnownAddresses::new(cache.clone()),
+        hashing: crate::loginguard::Hashing::new(4),
     };
     let lifetimes = Lifetimes { access: Duration::from_secs(900), refresh: Duration::from_secs(86_400) };
     let credentials = Credentials::new(store.clone(), validator.clone(), lifetimes, throttles);

@@ -4,5 +4,6 @@
 mod cache_bus;
 mod chat;
 mod credentials;
+mod loginguard;
 mod store;
 mod validator;

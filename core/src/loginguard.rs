@@ -1,0 +1,131 @@
+//! What keeps password checking affordable under hostile traffic: a bound
+//! on how many Argon2 computations run at once (each takes ~19 MiB and a
+//! core for tens of milliseconds), and the addresses each account has logged
+//! in from, so that strangers' failures cannot lock its owner out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use caas_runtime::metrics::Labels;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::cache::Cache;
+use crate::password;
+
+/// The hashing bound is full: surfaces as 503 `overloaded` + `retry-after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many password checks in progress; retry after {0} s")]
+pub struct Overloaded(pub u64);
+
+/// Why a password computation gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashingError {
+    Overloaded(Overloaded),
+    /// The hasher failed, or its worker thread died.
+    Failed,
+}
+
+/// Runs every password hash and check, at most `limit` at once, and counts
+/// them (`auth_password_checks_total`, by outcome).
+#[derive(Clone)]
+pub struct Hashing {
+    permits: Arc<Semaphore>,
+    checks: Family<Labels, Counter>,
+}
+
+impl Hashing {
+    /// `limit` of 0 is taken as 1.
+    pub fn new(limit: usize) -> Self {
+        Self { permits: Arc::new(Semaphore::new(limit.max(1))), checks: Family::default() }
+    }
+
+    /// One per core: more at once only adds memory and latency.
+    pub fn default_limit() -> usize {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        for outcome in ["match", "mismatch", "hashed"] {
+            let _ = self.checks.get_or_create(&[("outcome", outcome)]);
+        }
+        registry.register("auth_password_checks", "Password hashes computed, by outcome", self.checks.clone());
+    }
+
+    /// How many checks have run with this outcome (for tests and benches).
+    pub fn count(&self, outcome: &'static str) -> u64 {
+        self.checks.get_or_create(&[("outcome", outcome)]).get()
+    }
+
+    /// Runs `work` on a blocking thread if a permit is free, else refuses at
+    /// once: waiting would queue without bound. The permit moves into the
+    /// thread, so a cancelled request still holds it until its hash ends.
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, HashingError> {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            tracing::warn!("password hashing bound full: refused");
+            return Err(HashingError::Overloaded(Overloaded(1)));
+        };
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|_| HashingError::Failed)
+    }
+
+    /// `password::verify_password` under the bound.
+    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, HashingError> {
+        let valid = self.run(move || password::verify_password(&password, stored.as_deref())).await?;
+        self.checks.get_or_create(&[("outcome", if valid { "match" } else { "mismatch" })]).inc();
+        Ok(valid)
+    }
+
+    /// `password::hash_password` under the bound.
+    pub async fn hash(&self, password: String) -> Result<String, HashingError> {
+        let hash = self.run(move || password::hash_password(&password)).await?.map_err(|_| HashingError::Failed)?;
+        self.checks.get_or_create(&[("outcome", "hashed")]).inc();
+        Ok(hash)
+    }
+}
+
+/// Address buckets (caas-rules' `net::address_bucket`) each account has
+/// logged in from, as markers in the shared cache: every node sees them,
+/// they expire on their own, and no table is needed. Keyed by a hash of
+/// (email, bucket), so the cache holds neither. Losing them (Redis flushed
+/// or down) only puts the owner back under the per-email limit.
+pub struct KnownAddresses {
+    cache: Arc<dyn Cache>,
+    ttl: Duration,
+}
+
+/// A successful login keeps its address known this long.
+pub const KNOWN_ADDRESS_TTL: Duration = Duration::from_secs(90 * 86_400);
+
+impl KnownAddresses {
+    pub fn new(cache: Arc<dyn Cache>) -> Self {
+        Self { cache, ttl: KNOWN_ADDRESS_TTL }
+    }
+
+    fn key(email: &str, bucket: &str) -> String {
+        let mut digest = Sha256::new();
+        digest.update(email.as_bytes());
+        digest.update([0]);
+        digest.update(bucket.as_bytes());
+        format!("known-addr:{}", hex::encode(&digest.finalize()[..16]))
+    }
+
+    /// False when the cache cannot say: the stricter answer.
+    pub async fn contains(&self, email: &str, bucket: &str) -> bool {
+        matches!(self.cache.get(&Self::key(email, bucket)).await, Ok(Some(_)))
+    }
+
+    /// After a successful login; renews the marker's lifetime.
+    pub async fn remember(&self, email: &str, bucket: &str) {
+        if let Err(error) = self.cache.set(&Self::key(email, bucket), "1", self.ttl).await {
+            tracing::warn!(%error, "could not remember a login address");
+        }
+    }
+}
