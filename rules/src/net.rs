@@ -1,6 +1,8 @@
 //! Which address a request came from.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// The client address: the TCP peer, unless `trusted_hops` > 0, in which
 /// case it is the entry `trusted_hops` places left of the last one in
@@ -14,6 +16,23 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted_hops: usize)
     let entries: Vec<&str> = forwarded_for?.split(',').map(str::trim).collect();
     let index = entries.len().checked_sub(1 + trusted_hops)?;
     entries[index].parse().ok()
+}
+
+/// The bucket an address's failures are counted in: an IPv4 address on its
+/// own, an IPv6 address by its /64 (one host commonly holds a whole /64, so
+/// counting per address would give it 2^64 tries), and an IPv4-mapped IPv6
+/// address as the IPv4 address it is.
+pub fn address_bucket(ip: IpAddr) -> IpNet {
+    match ip {
+        IpAddr::V4(v4) => IpNet::V4(Ipv4Net::from(v4)),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpNet::V4(Ipv4Net::from(v4)),
+            None => {
+                let prefix = u128::from(v6) & !(u128::MAX >> 64);
+                IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::from(prefix), 64))
+            }
+        },
+    }
 }
 
 #[cfg(test)]
@@ -30,5 +49,17 @@ mod tests {
         assert_eq!(client_ip(peer, xff, 3), None);
         assert_eq!(client_ip(peer, None, 1), None);
         assert_eq!(client_ip(peer, Some("junk, 10.0.0.9"), 1), None);
+    }
+
+    #[test]
+    fn failures_are_counted_per_ipv4_address_and_per_ipv6_64() {
+        let bucket = |s: &str| address_bucket(s.parse().unwrap()).to_string();
+        assert_eq!(bucket("203.0.113.7"), "203.0.113.7/32");
+        assert_ne!(bucket("203.0.113.7"), bucket("203.0.113.8"));
+        assert_eq!(bucket("::ffff:203.0.113.7"), "203.0.113.7/32");
+        assert_eq!(bucket("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(bucket("2001:db8:1:2:ffff:ffff:ffff:ffff"), bucket("2001:db8:1:2::"));
+        assert_ne!(bucket("2001:db8:1:2::1"), bucket("2001:db8:1:3::1"));
+        assert_eq!(bucket("::1"), "::/64");
     }
 }
