@@ -134,6 +134,8 @@ impl Backends {
         let settings = ValidatorSettings {
             ip_whitelist_enabled: policy.ip_whitelist_enabled,
             origin_validation_enabled: policy.origin_validation_enabled,
+            capacity: policy.auth_cache_capacity,
+            negative_capacity: policy.auth_negative_cache_capacity,
             ..ValidatorSettings::default()
         };
         Validator::start(
@@ -234,6 +236,14 @@ pub struct PolicyArgs {
     /// Enforce tenants' Origin whitelists. `false` is for development only.
     #[arg(long, env = "ORIGIN_VALIDATION_ENABLED", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub origin_validation_enabled: bool,
+    /// Largest number of known credentials (and whitelists) each in-process
+    /// validation cache keeps; the least useful entry goes first, never all.
+    #[arg(long, env = "AUTH_CACHE_CAPACITY", default_value_t = 200_000)]
+    pub auth_cache_capacity: usize,
+    /// Largest number of unknown API keys or sessions remembered as unknown
+    /// (for the short `negative_for`), apart from the known ones.
+    #[arg(long, env = "AUTH_NEGATIVE_CACHE_CAPACITY", default_value_t = 50_000)]
+    pub auth_negative_cache_capacity: usize,
 }
 
 impl PolicyArgs {

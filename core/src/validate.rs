@@ -43,7 +43,10 @@ pub struct ValidatorSettings {
     pub pin_for: Duration,
     pub ip_whitelist_enabled: bool,
     pub origin_validation_enabled: bool,
+    /// Largest number of known entries per in-process cache (least useful evicted first).
     pub capacity: usize,
+    /// Largest number of unknown keys or sessions remembered per cache.
+    pub negative_capacity: usize,
 }
 
 impl Default for ValidatorSettings {
@@ -57,6 +60,7 @@ impl Default for ValidatorSettings {
             ip_whitelist_enabled: true,
             origin_validation_enabled: true,
             capacity: 200_000,
+            negative_capacity: 50_000,
         }
     }
 }
@@ -97,51 +101,113 @@ enum Lookup<V> {
     Miss,
 }
 
+#[derive(Clone)]
 struct Slot<V> {
     value: V,
     fetched: Instant,
     fresh_for: Duration,
-    /// Set for revocations: never evicted or overwritten before then.
-    pinned_until: Option<Instant>,
+    /// `LocalCache::resyncs` when stored: a later resync makes it stale.
+    resync: u64,
 }
 
-impl<V> Slot<V> {
-    fn is_pinned(&self, now: Instant) -> bool {
-        self.pinned_until.is_some_and(|until| until > now)
+/// A revocation: never evicted or overwritten before `until`.
+struct Pin<V> {
+    value: V,
+    pinned_at: Instant,
+    until: Instant,
+}
+
+/// A cached value that may be the answer "unknown" (`None`): those live in
+/// their own, smaller cache, so that a flood of made-up keys can only push
+/// out other unknowns, never an honest tenant's entry.
+trait CacheValue: Clone + Send + Sync + 'static {
+    fn is_unknown(&self) -> bool;
+}
+
+impl<T: Clone + Send + Sync + 'static> CacheValue for Option<T> {
+    fn is_unknown(&self) -> bool {
+        self.is_none()
+    }
+}
+
+impl<T: Send + Sync + 'static> CacheValue for Arc<T> {
+    fn is_unknown(&self) -> bool {
+        false
     }
 }
 
 /// In-process cache with an epoch: every eviction bumps it, and a load that
 /// started before a bump is not stored, so a stale read cannot undo an event.
+/// Known and unknown answers sit in two bounded TinyLFU caches (moka), which
+/// evict one entry at a time, never all. Pins sit apart, where no size bound
+/// reaches them.
 struct LocalCache<V> {
     name: &'static str,
     /// Position in `metrics::CACHES`.
     index: usize,
-    map: RwLock<HashMap<String, Slot<V>>>,
+    known: moka::sync::Cache<String, Slot<V>>,
+    unknown: moka::sync::Cache<String, Slot<V>>,
+    pins: RwLock<HashMap<String, Pin<V>>>,
+    /// Held by every write, so an epoch check and the insert it guards are
+    /// one step against an eviction.
+    writes: Mutex<()>,
     epoch: AtomicU64,
-    capacity: usize,
+    /// Bumped by `mark_all_stale`: entries stored before are not fresh.
+    resyncs: AtomicU64,
+    /// Above this many pins, expired ones are dropped (live ones never are).
+    pin_capacity: usize,
 }
 
-impl<V: Clone> LocalCache<V> {
-    fn new(index: usize, capacity: usize) -> Self {
+impl<V: CacheValue> LocalCache<V> {
+    fn new(index: usize, settings: &ValidatorSettings) -> Self {
         let name = crate::metrics::CACHES[index];
-        Self { name, index, map: RwLock::new(HashMap::new()), epoch: AtomicU64::new(0), capacity }
+        let known = moka::sync::Cache::builder()
+            .max_capacity(settings.capacity as u64)
+            .time_to_live(settings.stale_for.max(settings.fresh_for))
+            .build();
+        // Unknowns are kept only while fresh: a short memory, by design.
+        let unknown = moka::sync::Cache::builder()
+            .max_capacity(settings.negative_capacity as u64)
+            .time_to_live(settings.negative_for.max(Duration::from_millis(1)))
+            .build();
+        Self {
+            name,
+            index,
+            known,
+            unknown,
+            pins: RwLock::new(HashMap::new()),
+            writes: Mutex::new(()),
+            epoch: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+            pin_capacity: settings.capacity,
+        }
     }
 
     fn lookup(&self, key: &str, now: Instant, trust: bool) -> Lookup<V> {
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        match map.get(key) {
-            Some(slot) if slot.is_pinned(now) => Lookup::Fresh(slot.value.clone()),
-            Some(slot) => {
-                let age = now.saturating_duration_since(slot.fetched);
-                if trust && age < slot.fresh_for {
-                    Lookup::Fresh(slot.value.clone())
-                } else {
-                    Lookup::Stale(slot.value.clone(), age)
-                }
-            }
-            None => Lookup::Miss,
+        if let Some(pinned) = self.pinned(key, now) {
+            return pinned;
         }
+        let Some(slot) = self.known.get(key).or_else(|| self.unknown.get(key)) else {
+            return Lookup::Miss;
+        };
+        let age = now.saturating_duration_since(slot.fetched);
+        let current = slot.resync == self.resyncs.load(Ordering::SeqCst);
+        if trust && current && age < slot.fresh_for {
+            Lookup::Fresh(slot.value)
+        } else {
+            Lookup::Stale(slot.value, age)
+        }
+    }
+
+    /// A live pin answers fresh; an expired one only as a stale entry would.
+    fn pinned(&self, key: &str, now: Instant) -> Option<Lookup<V>> {
+        let pins = self.pins.read().unwrap_or_else(|e| e.into_inner());
+        let pin = pins.get(key)?;
+        Some(if pin.until > now {
+            Lookup::Fresh(pin.value.clone())
+        } else {
+            Lookup::Stale(pin.value.clone(), now.saturating_duration_since(pin.pinned_at))
+        })
     }
 
     fn epoch(&self) -> u64 {
@@ -149,49 +215,61 @@ impl<V: Clone> LocalCache<V> {
     }
 
     fn store(&self, key: &str, value: V, fresh_for: Duration, started_at_epoch: u64) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         if self.epoch.load(Ordering::SeqCst) != started_at_epoch {
             return;
         }
         let now = Instant::now();
-        if map.get(key).is_some_and(|slot| slot.is_pinned(now)) {
+        if self.pins.read().unwrap_or_else(|e| e.into_inner()).get(key).is_some_and(|pin| pin.until > now) {
             return;
         }
-        if map.len() >= self.capacity {
-            map.retain(|_, slot| slot.is_pinned(now));
+        let unknown = value.is_unknown();
+        let slot = Slot { value, fetched: now, fresh_for, resync: self.resyncs.load(Ordering::SeqCst) };
+        // One key lives in one of the two caches: the newest answer wins.
+        if unknown {
+            self.known.invalidate(key);
+            self.unknown.insert(key.to_string(), slot);
+        } else {
+            self.unknown.invalidate(key);
+            self.known.insert(key.to_string(), slot);
         }
-        map.insert(key.to_string(), Slot { value, fetched: now, fresh_for, pinned_until: None });
     }
 
     fn pin(&self, key: &str, value: V, for_: Duration) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let now = Instant::now();
-        map.insert(key.to_string(), Slot { value, fetched: now, fresh_for: for_, pinned_until: Some(now + for_) });
+        let mut pins = self.pins.write().unwrap_or_else(|e| e.into_inner());
+        if pins.len() >= self.pin_capacity {
+            pins.retain(|_, pin| pin.until > now);
+        }
+        pins.insert(key.to_string(), Pin { value, pinned_at: now, until: now + for_ });
+        self.known.invalidate(key);
+        self.unknown.invalidate(key);
     }
 
     fn evict(&self, key: &str) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.known.invalidate(key);
+        self.unknown.invalidate(key);
         let now = Instant::now();
-        if !map.get(key).is_some_and(|slot| slot.is_pinned(now)) {
-            map.remove(key);
+        let mut pins = self.pins.write().unwrap_or_else(|e| e.into_inner());
+        if pins.get(key).is_some_and(|pin| pin.until <= now) {
+            pins.remove(key);
         }
     }
 
     /// Every unpinned entry becomes stale: asked for again before use, but
     /// still there to serve if the database is down.
     fn mark_all_stale(&self) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        let now = Instant::now();
-        for slot in map.values_mut() {
-            if !slot.is_pinned(now) {
-                slot.fresh_for = Duration::ZERO;
-            }
-        }
+        self.resyncs.fetch_add(1, Ordering::SeqCst);
     }
 }
+
+const TOUCHED_CAPACITY: u64 = 100_000;
 
 pub struct Validator {
     store: Store,
@@ -204,7 +282,9 @@ pub struct Validator {
     sessions: LocalCache<Option<SessionEntry>>,
     ip_lists: LocalCache<Arc<IpWhitelist>>,
     origin_lists: LocalCache<Arc<OriginWhitelist>>,
-    last_touched: Mutex<HashMap<String, i64>>,
+    /// Key id → when its use was last recorded (bounded; evicting one only
+    /// means an extra `last_used_at` write).
+    last_touched: moka::sync::Cache<String, i64>,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -235,19 +315,18 @@ impl Validator {
         settings: ValidatorSettings,
         metrics: Arc<AuthMetrics>,
     ) -> Arc<Self> {
-        let capacity = settings.capacity;
         let validator = Arc::new(Self {
             store,
             shared,
             bus,
             jwt,
-            settings,
             metrics,
-            keys: LocalCache::new(0, capacity),
-            sessions: LocalCache::new(1, capacity),
-            ip_lists: LocalCache::new(2, capacity),
-            origin_lists: LocalCache::new(3, capacity),
-            last_touched: Mutex::new(HashMap::new()),
+            keys: LocalCache::new(0, &settings),
+            sessions: LocalCache::new(1, &settings),
+            ip_lists: LocalCache::new(2, &settings),
+            origin_lists: LocalCache::new(3, &settings),
+            last_touched: moka::sync::Cache::new(TOUCHED_CAPACITY),
+            settings,
             listener: Mutex::new(None),
         });
         let mut events = validator.bus.subscribe();
@@ -454,7 +533,7 @@ impl Validator {
         if list.allows(origin) { Ok(()) } else { Err(Denial::OriginNotAllowed) }
     }
 
-    async fn whitelist<V: Clone>(
+    async fn whitelist<V: Send + Sync + 'static>(
         &self,
         cache: &LocalCache<Arc<V>>,
         kind: WhitelistKind,
@@ -499,7 +578,7 @@ impl Validator {
         load: impl FnOnce() -> Fut,
     ) -> Result<V, Denial>
     where
-        V: Clone,
+        V: CacheValue,
         Fut: Future<Output = Result<V, StoreError>>,
     {
         let now = Instant::now();
@@ -534,16 +613,10 @@ impl Validator {
 
     /// Records `last_used_at` at most once a minute per key, off the request path.
     fn touch(&self, key_id: &str, now: i64) {
-        {
-            let mut touched = self.last_touched.lock().unwrap_or_else(|e| e.into_inner());
-            if touched.get(key_id).is_some_and(|&at| now - at < 60) {
-                return;
-            }
-            if touched.len() > 100_000 {
-                touched.clear();
-            }
-            touched.insert(key_id.to_string(), now);
+        if self.last_touched.get(key_id).is_some_and(|at| now - at < 60) {
+            return;
         }
+        self.last_touched.insert(key_id.to_string(), now);
         let store = self.store.clone();
         let key_id = key_id.to_string();
         tokio::spawn(async move {
@@ -581,5 +654,64 @@ impl Validator {
             WhitelistKind::Origin => Event::OriginWhitelistChanged { tenant_id },
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(capacity: usize) -> LocalCache<Option<u32>> {
+        let settings = ValidatorSettings { capacity, negative_capacity: capacity, ..ValidatorSettings::default() };
+        LocalCache::new(0, &settings)
+    }
+
+    fn fresh(cache: &LocalCache<Option<u32>>, key: &str) -> Option<Option<u32>> {
+        match cache.lookup(key, Instant::now(), true) {
+            Lookup::Fresh(value) => Some(value),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn bounded_by_eviction_never_by_flushing_and_pins_stay() {
+        let cache = cache(100);
+        cache.pin("revoked", None, Duration::from_secs(60));
+        cache.store("hot", Some(1), Duration::from_secs(60), cache.epoch());
+        for _ in 0..20 {
+            assert_eq!(fresh(&cache, "hot"), Some(Some(1)));
+        }
+        for i in 0..5_000 {
+            cache.store(&format!("k{i}"), Some(i), Duration::from_secs(60), cache.epoch());
+            cache.store(&format!("u{i}"), None, Duration::from_secs(60), cache.epoch());
+        }
+        cache.known.run_pending_tasks();
+        cache.unknown.run_pending_tasks();
+        assert!(cache.known.entry_count() <= 100 && cache.unknown.entry_count() <= 100);
+        assert_eq!(fresh(&cache, "hot"), Some(Some(1)), "a frequently used entry survives the flood");
+        assert_eq!(fresh(&cache, "revoked"), Some(None));
+        // A pin is neither overwritten nor evicted.
+        cache.store("revoked", Some(7), Duration::from_secs(60), cache.epoch());
+        cache.evict("revoked");
+        assert_eq!(fresh(&cache, "revoked"), Some(None));
+    }
+
+    #[test]
+    fn a_load_racing_an_eviction_is_dropped_and_resync_makes_all_stale() {
+        let cache = cache(100);
+        let started = cache.epoch();
+        cache.evict("k");
+        cache.store("k", Some(1), Duration::from_secs(60), started);
+        assert!(matches!(cache.lookup("k", Instant::now(), true), Lookup::Miss));
+        cache.store("k", Some(1), Duration::from_secs(60), cache.epoch());
+        cache.store("u", None, Duration::from_secs(60), cache.epoch());
+        cache.mark_all_stale();
+        assert!(matches!(cache.lookup("k", Instant::now(), true), Lookup::Stale(Some(1), _)));
+        assert!(matches!(cache.lookup("u", Instant::now(), true), Lookup::Stale(None, _)));
+        // A known answer replaces an unknown one, and the other way round.
+        cache.store("u", Some(2), Duration::from_secs(60), cache.epoch());
+        assert_eq!(fresh(&cache, "u"), Some(Some(2)));
+        cache.store("u", None, Duration::from_secs(60), cache.epoch());
+        assert_eq!(fresh(&cache, "u"), Some(None));
     }
 }

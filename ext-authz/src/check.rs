@@ -19,6 +19,7 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
 use crate::decision::deny;
 pub use crate::decision::{Decision, Grant, Reason};
+use crate::failures::FailureLimiter;
 pub use crate::incoming::Incoming;
 use crate::metrics::{GatewayMetrics, policy_label};
 use crate::policies::Attempt;
@@ -38,6 +39,12 @@ pub struct AuthorizerSettings {
     pub policy_table: Option<caas_rules::policy::PolicyTable>,
     /// Log allowed requests too (at info), not only denials.
     pub log_allowed: bool,
+    /// Made-up credentials (`Denial::is_guess`) allowed per address bucket
+    /// within `failed_auth_window`; past it, 429 before any lookup. 0: off.
+    pub failed_auth_limit: u32,
+    pub failed_auth_window: Duration,
+    /// Address buckets tracked at once (least active evicted first).
+    pub failed_auth_buckets: u64,
 }
 
 impl Default for AuthorizerSettings {
@@ -48,6 +55,9 @@ impl Default for AuthorizerSettings {
             deadline: Duration::from_millis(800),
             policy_table: None,
             log_allowed: true,
+            failed_auth_limit: 50,
+            failed_auth_window: Duration::from_secs(60),
+            failed_auth_buckets: 100_000,
         }
     }
 }
@@ -58,6 +68,7 @@ pub struct Authorizer {
     settings: AuthorizerSettings,
     metrics: Arc<GatewayMetrics>,
     exporter: Option<SpanExporter>,
+    failures: FailureLimiter,
 }
 
 impl Authorizer {
@@ -68,7 +79,9 @@ impl Authorizer {
         settings: AuthorizerSettings,
         metrics: Arc<GatewayMetrics>,
     ) -> Self {
-        Self { validator, signer, settings, metrics, exporter: SpanExporter::from_env("ext-authz") }
+        let failures =
+            FailureLimiter::new(settings.failed_auth_limit, settings.failed_auth_window, settings.failed_auth_buckets);
+        Self { validator, signer, settings, metrics, exporter: SpanExporter::from_env("ext-authz"), failures }
     }
 
     /// Spans go to `exporter` instead of where the environment says.
@@ -146,10 +159,34 @@ impl Authorizer {
         let Some(client_ip) = self.client_ip(req) else {
             return deny(Reason::ClientIpUnknown, None, origin);
         };
+        // Before any lookup: a refused address costs no database read.
+        if policy != Policy::Public
+            && let Some(retry_after) = self.failures.refused_for(client_ip, Instant::now())
+        {
+            return deny(Reason::TooManyFailures { retry_after }, None, origin);
+        }
         let attempt = Attempt { validator: &self.validator, req, client_ip, now };
         match attempt.grant(policy).await {
             Ok(grant) => Decision::Allow { grant, strip_credentials: true },
-            Err(rejection) => deny(Reason::Denied(rejection.denial), rejection.tenant_id, origin),
+            Err(rejection) => {
+                if rejection.denial.is_guess() {
+                    self.count_failure(client_ip);
+                }
+                deny(Reason::Denied(rejection.denial), rejection.tenant_id, origin)
+            }
+        }
+    }
+
+    /// Counts a made-up credential against the address; says so once when
+    /// the address starts being refused (its bucket only, never the credential).
+    fn count_failure(&self, client_ip: IpAddr) {
+        if let Some(bucket) = self.failures.record(client_ip, Instant::now()) {
+            tracing::warn!(
+                address_bucket = %bucket,
+                limit = self.settings.failed_auth_limit,
+                window_seconds = self.settings.failed_auth_window.as_secs(),
+                "too many invalid credentials from one address: refusing it (429 too_many_failures) until the window ends"
+            );
         }
     }
 

@@ -41,6 +41,17 @@ pub struct ExtAuthzArgs {
     /// Log every allowed request (a line per request at info); `false` logs denials only.
     #[arg(long, env = "EXT_AUTHZ_LOG_ALLOWED", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub log_allowed: bool,
+    /// Invalid or forged credentials (unknown API key, malformed token, bad
+    /// signature...) one address (IPv6: one /64) may send per
+    /// FAILED_AUTH_WINDOW; past it, 429 `too_many_failures`. 0 turns it off.
+    #[arg(long, env = "FAILED_AUTH_LIMIT", default_value_t = 50)]
+    pub failed_auth_limit: u32,
+    /// The window FAILED_AUTH_LIMIT counts in.
+    #[arg(long, env = "FAILED_AUTH_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    pub failed_auth_window: Duration,
+    /// Addresses whose failures are tracked at once.
+    #[arg(long, env = "FAILED_AUTH_TRACKED_ADDRESSES", default_value_t = 100_000)]
+    pub failed_auth_tracked_addresses: u64,
 }
 
 impl ExtAuthzArgs {
@@ -50,6 +61,12 @@ impl ExtAuthzArgs {
         }
         if self.trusted_proxy_hops > 10 {
             problems.add("TRUSTED_PROXY_HOPS must be at most 10");
+        }
+        if self.failed_auth_window < Duration::from_secs(1) || self.failed_auth_window > Duration::from_secs(86_400) {
+            problems.add("FAILED_AUTH_WINDOW must be between 1s and 24h");
+        }
+        if self.failed_auth_tracked_addresses == 0 {
+            problems.add("FAILED_AUTH_TRACKED_ADDRESSES must be at least 1");
         }
         if let Err(problem) = self.table() {
             problems.add(problem);
@@ -75,6 +92,9 @@ impl ExtAuthzArgs {
             // Checked at start (`check`): a bad table never gets this far.
             policy_table: self.table().ok().flatten(),
             log_allowed: self.log_allowed,
+            failed_auth_limit: self.failed_auth_limit,
+            failed_auth_window: self.failed_auth_window,
+            failed_auth_buckets: self.failed_auth_tracked_addresses,
         }
     }
 

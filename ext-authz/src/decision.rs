@@ -8,6 +8,7 @@ pub use caas_rules::denial::{Reason, Refused};
 /// google.rpc.Code values the answers use.
 pub const GRPC_OK: i32 = 0;
 pub const GRPC_PERMISSION_DENIED: i32 = 7;
+pub const GRPC_RESOURCE_EXHAUSTED: i32 = 8;
 pub const GRPC_UNAVAILABLE: i32 = 14;
 pub const GRPC_UNAUTHENTICATED: i32 = 16;
 
@@ -76,6 +77,7 @@ fn grpc_code(refused: Refused) -> i32 {
     match refused {
         Refused::Unauthenticated => GRPC_UNAUTHENTICATED,
         Refused::Unavailable => GRPC_UNAVAILABLE,
+        Refused::TooManyRequests => GRPC_RESOURCE_EXHAUSTED,
         Refused::BadRequest | Refused::Forbidden | Refused::Internal => GRPC_PERMISSION_DENIED,
     }
 }
@@ -99,6 +101,7 @@ mod tests {
             (Reason::PolicyMissing, 500, GRPC_PERMISSION_DENIED),
             (Reason::Denied(Denial::Unavailable), 503, GRPC_UNAVAILABLE),
             (Reason::DeadlineExceeded, 503, GRPC_UNAVAILABLE),
+            (Reason::TooManyFailures { retry_after: 30 }, 429, GRPC_RESOURCE_EXHAUSTED),
         ] {
             assert_eq!(deny(reason, None, None).answer(), Answer { status, grpc }, "{reason:?}");
         }

@@ -9,6 +9,7 @@
 pub mod check;
 pub mod config;
 pub mod decision;
+pub mod failures;
 pub mod incoming;
 pub mod metrics;
 mod policies;

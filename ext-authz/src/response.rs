@@ -147,6 +147,9 @@ fn preflight(origin: &str, req: &Incoming<'_>) -> HttpResponse {
 fn denied(reason: Reason, status: u16, origin: Option<&str>, request_id: &str) -> HttpResponse {
     let body = serde_json::json!({ "error": { "code": reason.code(), "message": reason.message(), "request_id": request_id } });
     let mut headers = vec![header("content-type", "application/json"), header("x-request-id", request_id)];
+    if let Reason::TooManyFailures { retry_after } = reason {
+        headers.push(header("retry-after", retry_after.to_string()));
+    }
     if status == 401 {
         headers.push(header("www-authenticate", format!(r#"Bearer realm="caas", error="{}""#, reason.code())));
         // Let a browser app read a 401 (to refresh its token); the body

@@ -769,6 +769,7 @@ fn every_refusal_code() -> Vec<(&'static str, u16)> {
         Reason::ClientIpUnknown,
         Reason::DeadlineExceeded,
         Reason::PreflightNotAllowed,
+        Reason::TooManyFailures { retry_after: 60 },
     ]);
     for reason in &reasons {
         match reason {
@@ -787,7 +788,8 @@ fn every_refusal_code() -> Vec<(&'static str, u16)> {
             | Reason::PathNotCanonical
             | Reason::ClientIpUnknown
             | Reason::DeadlineExceeded
-            | Reason::PreflightNotAllowed => {}
+            | Reason::PreflightNotAllowed
+            | Reason::TooManyFailures { .. } => {}
             Reason::Denied(Denial::Token(token)) => match token {
                 TokenError::Malformed
                 | TokenError::TooLong
@@ -823,4 +825,65 @@ fn every_refusal_code_is_documented_with_its_status() {
         assert!(guide.contains(&format!("### `{code}`")) || row.contains("](#"), "{code} has no section in the guide");
         assert!(reference.contains(&format!("`{code}`")), "{code} is not in API_REFERENCE.md");
     }
+}
+
+#[tokio::test]
+async fn an_address_sending_made_up_keys_is_refused_before_any_lookup() {
+    let settings = AuthorizerSettings { failed_auth_limit: 5, ..Default::default() };
+    let f = fixture_with(settings, Arc::new(MemoryCache::new())).await;
+    let honest = || request(Some("api_key"), "POST", "/x", &[("x-api-key", &f.key)], "127.0.0.1");
+    assert_eq!(check(&f, honest()).await.status, 200);
+    let reads = || f.authorizer.validator().metrics().db_reads.get();
+    let before = reads();
+    for _ in 0..5 {
+        let forged = caas_core::api_key::generate().key;
+        let v = check(&f, request(Some("api_key"), "POST", "/x", &[("x-api-key", &forged)], "203.0.113.7")).await;
+        assert_eq!((v.status, v.code()), (401, "invalid_api_key"));
+    }
+    assert_eq!(reads(), before + 5);
+    for _ in 0..20 {
+        let forged = caas_core::api_key::generate().key;
+        let v = check(&f, request(Some("api_key"), "POST", "/x", &[("x-api-key", &forged)], "203.0.113.7")).await;
+        assert_eq!((v.status, v.code()), (429, "too_many_failures"));
+        let retry_after: u32 = v.response_headers["retry-after"].parse().unwrap();
+        assert!((1..=60).contains(&retry_after), "{retry_after}");
+    }
+    assert_eq!(reads(), before + 5, "a refused address costs no database read");
+    // Even a real key from that address waits out the window; a bad token too.
+    let v = check(&f, request(Some("api_key"), "POST", "/x", &[("x-api-key", &f.key)], "203.0.113.7")).await;
+    assert_eq!(v.code(), "too_many_failures");
+    // Other addresses, honest or not, are not affected; public routes neither.
+    assert_eq!(check(&f, honest()).await.status, 200);
+    let forged = caas_core::api_key::generate().key;
+    let v = check(&f, request(Some("api_key"), "POST", "/x", &[("x-api-key", &forged)], "203.0.113.8")).await;
+    assert_eq!(v.code(), "invalid_api_key");
+    assert_eq!(check(&f, request(Some("public"), "GET", "/x", &[], "203.0.113.7")).await.status, 200);
+    let m = f.authorizer.metrics();
+    assert_eq!(m.auth_failures.get_or_create(&[("policy", "api_key"), ("reason", "too_many_failures")]).get(), 21);
+}
+
+#[tokio::test]
+async fn honest_failures_and_forged_tokens_are_told_apart() {
+    let settings = AuthorizerSettings { failed_auth_limit: 3, ..Default::default() };
+    let f = fixture_with(settings, Arc::new(MemoryCache::new())).await;
+    let bearer = |token: &str| format!("Bearer {token}");
+    let at = |auth: &str, peer: &str| request(Some("end_user"), "GET", "/x", &[("authorization", auth)], peer);
+    // Missing credentials, wrong audience and whitelist refusals are not guesses.
+    for _ in 0..10 {
+        assert_eq!(
+            check(&f, request(Some("api_key"), "POST", "/x", &[], "127.0.0.9")).await.code(),
+            "missing_credentials"
+        );
+        assert_eq!(check(&f, at(&bearer(&f.dashboard_token), "127.0.0.9")).await.code(), "wrong_audience");
+        let v = check(&f, request(Some("api_key"), "POST", "/x", &[("x-api-key", &f.key)], "127.0.0.9")).await;
+        assert_eq!(v.code(), "ip_not_allowed");
+    }
+    // A token signed with another secret is; IPv6 addresses count per /64.
+    let mut forged = f.token.clone();
+    forged.push('x');
+    for peer in ["2001:db8::1", "2001:db8::2", "2001:db8::3"] {
+        assert_eq!(check(&f, at(&bearer(&forged), peer)).await.code(), "bad_signature");
+    }
+    assert_eq!(check(&f, at(&bearer(&f.token), "2001:db8::ffff")).await.code(), "too_many_failures");
+    assert_eq!(check(&f, at(&bearer(&f.token), "2001:db8:0:1::1")).await.status, 200);
 }

@@ -91,6 +91,28 @@ impl Denial {
         }
     }
 
+    /// Whether this failure is one an attacker produces at will (a made-up,
+    /// truncated or forged credential), so the gateway counts it against the
+    /// client's address. Not counted: a missing credential (a browser's
+    /// first try), an expired, not-yet-valid, revoked or wrongly aimed
+    /// credential or a closed session (honest clients hit these at every
+    /// rotation, logout, clock skew or misrouted call, and all of them need a
+    /// credential that was really issued), whitelist refusals (a valid
+    /// credential) and outages.
+    pub fn is_guess(self) -> bool {
+        match self {
+            Denial::InvalidApiKey => true,
+            Denial::Token(error) => matches!(
+                error,
+                TokenError::Malformed
+                    | TokenError::TooLong
+                    | TokenError::AlgorithmNotAllowed
+                    | TokenError::BadSignature
+            ),
+            _ => false,
+        }
+    }
+
     pub fn class(self) -> DenialClass {
         match self {
             Denial::IpNotAllowed | Denial::OriginNotAllowed => DenialClass::Forbidden,
@@ -117,6 +139,11 @@ pub enum Reason {
     DeadlineExceeded,
     /// A preflight for a route browsers must not call (API-key routes).
     PreflightNotAllowed,
+    /// Too many made-up credentials from this address within the window:
+    /// refused before any lookup, for `retry_after` more seconds.
+    TooManyFailures {
+        retry_after: u32,
+    },
 }
 
 impl Reason {
@@ -129,6 +156,7 @@ impl Reason {
             Reason::ClientIpUnknown => "client_ip_unknown",
             Reason::DeadlineExceeded => "auth_timeout",
             Reason::PreflightNotAllowed => "cors_not_allowed",
+            Reason::TooManyFailures { .. } => "too_many_failures",
         }
     }
 
@@ -145,6 +173,7 @@ impl Reason {
             Reason::PolicyMissing => Refused::Internal,
             Reason::ClientIpUnknown | Reason::PreflightNotAllowed => Refused::Forbidden,
             Reason::DeadlineExceeded => Refused::Unavailable,
+            Reason::TooManyFailures { .. } => Refused::TooManyRequests,
         }
     }
 
@@ -163,6 +192,9 @@ impl Reason {
             Reason::ClientIpUnknown => "the client address could not be determined".into(),
             Reason::DeadlineExceeded => "authorization took too long; retry".into(),
             Reason::PreflightNotAllowed => "this route does not accept browser requests".into(),
+            Reason::TooManyFailures { retry_after } => {
+                format!("too many invalid credentials from this address; retry in {retry_after}s")
+            }
         }
     }
 }
@@ -178,6 +210,8 @@ crate::names! {
         Unauthenticated = "unauthenticated",
         /// 403: a valid credential, or a request, this route refuses.
         Forbidden = "forbidden",
+        /// 429: this address sent too many invalid credentials; slow down.
+        TooManyRequests = "too_many_requests",
         /// 500: the gateway is misconfigured.
         Internal = "internal",
         /// 503: a dependency (or the deadline) failed: fail closed.
@@ -191,6 +225,7 @@ impl Refused {
             Refused::BadRequest => 400,
             Refused::Unauthenticated => 401,
             Refused::Forbidden => 403,
+            Refused::TooManyRequests => 429,
             Refused::Internal => 500,
             Refused::Unavailable => 503,
         }

@@ -257,3 +257,37 @@ async fn slow_header_connections_are_closed() {
     assert!(started.elapsed() < Duration::from_secs(17), "closed late: {:?}", started.elapsed());
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_flood_of_made_up_keys_is_cut_off_without_touching_honest_tenants() {
+    const LIMIT: u64 = 20;
+    let Some(cluster) = cluster(1, &["--failed-auth-limit", "20"]).await else { return };
+    let node = cluster.node();
+    let tenant = onboard(node, "flooded").await;
+    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
+    let (honest, attacker) = (client_from("127.0.0.1"), client_from("127.0.0.2"));
+    let session = |http: &reqwest::Client, key: &str| {
+        send(http.post(node.url("/v1/sdk/session")).header("x-api-key", key).json(&json!({"user_id": "u1"})))
+    };
+    assert_eq!(session(&honest, &tenant.key).await.status, 201);
+    let reads = || node.stack.validator.metrics().db_reads.get();
+    let before = reads();
+    let mut refused = 0;
+    for i in 0..200 {
+        let r = session(&attacker, &caas_core::api_key::generate().key).await;
+        if (i as u64) < LIMIT {
+            assert_eq!((r.status, r.code()), (401, "invalid_api_key"), "{i}: {r:?}");
+        } else {
+            assert_eq!((r.status, r.code()), (429, "too_many_failures"), "{i}: {r:?}");
+            assert!(r.header("retry-after").is_some_and(|s| s.parse::<u32>().is_ok_and(|s| (1..=60).contains(&s))));
+            refused += 1;
+        }
+        if i % 25 == 0 {
+            assert_eq!(session(&honest, &tenant.key).await.status, 201, "the honest tenant is unaffected");
+        }
+    }
+    assert_eq!(refused, 200 - LIMIT);
+    assert!(reads() - before <= LIMIT, "{} database reads for the flood", reads() - before);
+    assert_eq!(session(&honest, &tenant.key).await.status, 201);
+    cluster.shutdown().await;
+}

@@ -70,7 +70,12 @@ pub fn config() -> Config {
             jwt_refresh_expires_in: Duration::from_secs(7 * 86_400),
         },
         service: caas_core::testing::service_args(SERVICE_SECRET, Some(PREVIOUS_SERVICE_SECRET)),
-        policy: PolicyArgs { ip_whitelist_enabled: true, origin_validation_enabled: true },
+        policy: PolicyArgs {
+            ip_whitelist_enabled: true,
+            origin_validation_enabled: true,
+            auth_cache_capacity: 200_000,
+            auth_negative_cache_capacity: 50_000,
+        },
     }
 }
 

@@ -311,3 +311,72 @@ async fn revocation_reaches_another_process_within_a_second() {
     );
     assert!(started.elapsed() < Duration::from_secs(1));
 }
+
+fn validator_with(store: Store, settings: ValidatorSettings) -> Arc<Validator> {
+    let bus = Arc::new(LocalBus::new());
+    Validator::start(store, Arc::new(MemoryCache::new()), bus, keys(), settings, Arc::new(AuthMetrics::default()))
+}
+
+#[tokio::test]
+async fn a_key_remembered_as_unknown_validates_as_soon_as_it_is_created() {
+    let store = crate::testing::sqlite_store().await;
+    let v = validator(store.clone(), Arc::new(MemoryCache::new()), Arc::new(LocalBus::new()));
+    let (tenant, _, _, _) = register(&store, "n@example.com").await;
+    whitelist(&store, &v, WhitelistKind::Ip, &tenant, &["127.0.0.1"]).await;
+    let next = crate::api_key::generate();
+    for _ in 0..2 {
+        assert_eq!(
+            v.validate_api_key(&next.key, ip("127.0.0.1"), NOW).await.map_err(|r| r.denial),
+            Err(Denial::InvalidApiKey)
+        );
+    }
+    let before = reads(&v);
+    let new_key = NewApiKey { id: crate::id::new_id("key"), hash: next.hash.clone(), prefix: next.display_prefix };
+    store.rotate_api_key(&tenant, &new_key, 60, &audit(&tenant), NOW).await.unwrap();
+    v.publish(Event::ApiKeyChanged { tenant_id: tenant.clone(), key_id: new_key.id.clone(), key_hash: next.hash })
+        .await;
+    // At once, not after `negative_for`: the event evicted the remembered unknown.
+    let identity = v.validate_api_key(&next.key, ip("127.0.0.1"), NOW).await.unwrap();
+    assert_eq!(identity.key_id, new_key.id);
+    assert_eq!(reads(&v), before + 1);
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_keys_never_evicts_known_ones() {
+    let store = crate::testing::sqlite_store().await;
+    let settings = ValidatorSettings { capacity: 50, negative_capacity: 20, ..ValidatorSettings::default() };
+    let v = validator_with(store.clone(), settings);
+    let (tenant, _, _, raw) = register(&store, "f@example.com").await;
+    whitelist(&store, &v, WhitelistKind::Ip, &tenant, &["127.0.0.1"]).await;
+    v.validate_api_key(&raw, ip("127.0.0.1"), NOW).await.unwrap();
+    let honest_reads = reads(&v);
+    for _ in 0..500 {
+        let forged = crate::api_key::generate().key;
+        assert!(v.validate_api_key(&forged, ip("203.0.113.7"), NOW).await.is_err());
+    }
+    assert_eq!(reads(&v), honest_reads + 500, "each distinct unknown key is one read");
+    // The honest key (and its whitelist) are still cached: no read.
+    v.validate_api_key(&raw, ip("127.0.0.1"), NOW).await.unwrap();
+    assert_eq!(reads(&v), honest_reads + 500);
+}
+
+#[tokio::test]
+async fn a_pinned_revocation_outlives_any_number_of_entries() {
+    let store = crate::testing::sqlite_store().await;
+    let settings = ValidatorSettings { capacity: 5, negative_capacity: 5, ..ValidatorSettings::default() };
+    let v = validator_with(store.clone(), settings);
+    let (tenant, _, _, _) = register(&store, "q@example.com").await;
+    let kill = session(&store, &tenant, "victim").await;
+    let kill_token = keys().issue(&kill);
+    v.publish(Event::SessionRevoked { tenant_id: tenant.clone(), session_id: kill.sid.clone() }).await;
+    for i in 0..50 {
+        let claims = session(&store, &tenant, &format!("u{i}")).await;
+        assert!(v.validate_token(&keys().issue(&claims), Audience::Sdk, None, NOW).await.is_ok());
+    }
+    let before = reads(&v);
+    assert_eq!(
+        v.validate_token(&kill_token, Audience::Sdk, None, NOW).await.map_err(|r| r.denial),
+        Err(Denial::SessionRevoked)
+    );
+    assert_eq!(reads(&v), before, "the pin answered, not the database");
+}

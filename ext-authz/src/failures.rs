@@ -1,0 +1,105 @@
+//! Failed credential checks counted per client address bucket
+//! (`caas_rules::net::address_bucket`): past the limit within a window, the
+//! address is refused before any credential lookup, so made-up API keys
+//! (well-formed ones cost nothing to forge: rules/src/api_key.rs) cannot buy
+//! a database read each.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use caas_rules::net::address_bucket;
+use ipnet::IpNet;
+
+/// One bucket's fixed window: when it began and the failures in it.
+struct Window {
+    started: Instant,
+    failures: AtomicU32,
+}
+
+pub struct FailureLimiter {
+    /// Failures allowed per window; 0 turns the limiter off.
+    limit: u32,
+    window: Duration,
+    /// Bounded (TinyLFU): addresses failing often are the ones it keeps.
+    buckets: moka::sync::Cache<IpNet, Arc<Window>>,
+}
+
+impl FailureLimiter {
+    pub fn new(limit: u32, window: Duration, capacity: u64) -> Self {
+        let window = window.max(Duration::from_secs(1));
+        let buckets = moka::sync::Cache::builder().max_capacity(capacity).time_to_live(window).build();
+        Self { limit, window, buckets }
+    }
+
+    /// Seconds left (at least 1) while `ip`'s bucket is over the limit.
+    pub fn refused_for(&self, ip: IpAddr, now: Instant) -> Option<u32> {
+        if self.limit == 0 {
+            return None;
+        }
+        let window = self.buckets.get(&address_bucket(ip))?;
+        let ends = window.started + self.window;
+        if now >= ends || window.failures.load(Ordering::Relaxed) < self.limit {
+            return None;
+        }
+        let left = ends.saturating_duration_since(now).as_secs_f64().ceil();
+        Some((left as u32).max(1))
+    }
+
+    /// Counts one failure; returns the bucket when this one reached the
+    /// limit (so the start of limiting is logged once per window).
+    pub fn record(&self, ip: IpAddr, now: Instant) -> Option<IpNet> {
+        if self.limit == 0 {
+            return None;
+        }
+        let bucket = address_bucket(ip);
+        let fresh = || Arc::new(Window { started: now, failures: AtomicU32::new(0) });
+        let mut window = self.buckets.get_with(bucket, fresh);
+        if now >= window.started + self.window {
+            window = fresh();
+            self.buckets.insert(bucket, window.clone());
+        }
+        let failures = window.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        (failures == self.limit).then_some(bucket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_after_the_threshold_for_the_rest_of_the_window() {
+        let limiter = FailureLimiter::new(3, Duration::from_secs(60), 100);
+        let start = Instant::now();
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(limiter.record(ip, start), None);
+        assert_eq!(limiter.record(ip, start), None);
+        assert_eq!(limiter.refused_for(ip, start), None);
+        assert_eq!(limiter.record(ip, start).map(|b| b.to_string()), Some("203.0.113.7/32".into()));
+        assert_eq!(limiter.refused_for(ip, start), Some(60));
+        assert_eq!(limiter.refused_for(ip, start + Duration::from_millis(59_500)), Some(1));
+        assert_eq!(limiter.refused_for(ip, start + Duration::from_secs(60)), None);
+        // Another address, and the same one once the window has passed, start afresh.
+        assert_eq!(limiter.refused_for("203.0.113.8".parse().unwrap(), start), None);
+        assert_eq!(limiter.record(ip, start + Duration::from_secs(61)), None);
+        assert_eq!(limiter.refused_for(ip, start + Duration::from_secs(61)), None);
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_bucket_and_zero_turns_it_off() {
+        let limiter = FailureLimiter::new(2, Duration::from_secs(60), 100);
+        let now = Instant::now();
+        limiter.record("2001:db8::1".parse().unwrap(), now);
+        limiter.record("2001:db8::2".parse().unwrap(), now);
+        assert!(limiter.refused_for("2001:db8::ffff".parse().unwrap(), now).is_some());
+        assert!(limiter.refused_for("2001:db8:0:1::1".parse().unwrap(), now).is_none());
+        let off = FailureLimiter::new(0, Duration::from_secs(60), 100);
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        for _ in 0..10 {
+            off.record(ip, now);
+        }
+        assert_eq!(off.refused_for(ip, now), None);
+    }
+}
