@@ -24,6 +24,7 @@ pub mod id;
 pub mod message;
 pub mod metrics;
 pub mod password;
+pub mod quotas;
 pub mod ratelimit;
 pub mod store;
 pub mod validate;

@@ -28,6 +28,7 @@ use crate::metrics::AuthMetrics;
 use crate::store::{SessionKind, Store, StoreError, WhitelistKind};
 use crate::whitelist::{IpWhitelist, OriginWhitelist};
 pub use caas_rules::denial::{Denial, DenialClass, Rejection};
+use caas_rules::quota::{DEFAULT_LIMITS, Limits};
 
 #[derive(Debug, Clone)]
 pub struct ValidatorSettings {
@@ -204,6 +205,7 @@ pub struct Validator {
     sessions: LocalCache<Option<SessionEntry>>,
     ip_lists: LocalCache<Arc<IpWhitelist>>,
     origin_lists: LocalCache<Arc<OriginWhitelist>>,
+    rate_limits: LocalCache<Limits>,
     last_touched: Mutex<HashMap<String, i64>>,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -247,6 +249,7 @@ impl Validator {
             sessions: LocalCache::new(1, capacity),
             ip_lists: LocalCache::new(2, capacity),
             origin_lists: LocalCache::new(3, capacity),
+            rate_limits: LocalCache::new(4, capacity),
             last_touched: Mutex::new(HashMap::new()),
             listener: Mutex::new(None),
         });
@@ -295,6 +298,7 @@ impl Validator {
                 self.sessions.mark_all_stale();
                 self.ip_lists.mark_all_stale();
                 self.origin_lists.mark_all_stale();
+                self.rate_limits.mark_all_stale();
             }
             BusMessage::Event(event) => match event.as_ref() {
                 Event::ApiKeyChanged { key_hash, .. } => self.keys.evict(key_hash),
@@ -303,6 +307,7 @@ impl Validator {
                 Event::SessionRevoked { session_id, .. } => {
                     self.sessions.pin(session_id, Some(SessionEntry::revoked()), self.settings.pin_for);
                 }
+                Event::RateLimitsChanged { tenant_id } => self.rate_limits.evict(tenant_id),
                 Event::MessageCreated { .. } => {}
             },
         }
@@ -530,6 +535,24 @@ impl Validator {
                 }
             },
         }
+    }
+
+    /// The tenant's quotas (rules/src/quota.rs). With the database down and
+    /// nothing cached, the defaults: a quota must not turn an outage of the
+    /// store into refusals of requests the other checks let through.
+    pub async fn rate_limits(&self, tenant_id: &str) -> Limits {
+        let loaded = self
+            .fetch(
+                &self.rate_limits,
+                tenant_id,
+                |_| self.settings.fresh_for,
+                || async {
+                    self.metrics.db_reads.inc();
+                    Ok(self.store.rate_limits(tenant_id).await?.unwrap_or(DEFAULT_LIMITS))
+                },
+            )
+            .await;
+        loaded.unwrap_or(DEFAULT_LIMITS)
     }
 
     /// Records `last_used_at` at most once a minute per key, off the request path.

@@ -8,6 +8,7 @@ pub use caas_rules::denial::{Reason, Refused};
 /// google.rpc.Code values the answers use.
 pub const GRPC_OK: i32 = 0;
 pub const GRPC_PERMISSION_DENIED: i32 = 7;
+pub const GRPC_RESOURCE_EXHAUSTED: i32 = 8;
 pub const GRPC_UNAVAILABLE: i32 = 14;
 pub const GRPC_UNAUTHENTICATED: i32 = 16;
 
@@ -76,6 +77,7 @@ fn grpc_code(refused: Refused) -> i32 {
     match refused {
         Refused::Unauthenticated => GRPC_UNAUTHENTICATED,
         Refused::Unavailable => GRPC_UNAVAILABLE,
+        Refused::TooManyRequests => GRPC_RESOURCE_EXHAUSTED,
         Refused::BadRequest | Refused::Forbidden | Refused::Internal => GRPC_PERMISSION_DENIED,
     }
 }
@@ -97,6 +99,15 @@ mod tests {
             (Reason::Denied(Denial::IpNotAllowed), 403, GRPC_PERMISSION_DENIED),
             (Reason::PreflightNotAllowed, 403, GRPC_PERMISSION_DENIED),
             (Reason::PolicyMissing, 500, GRPC_PERMISSION_DENIED),
+            (
+                Reason::RateLimited(caas_rules::quota::Throttle {
+                    scope: caas_rules::quota::Scope::Tenant,
+                    limit: caas_rules::quota::DEFAULT_LIMITS.per_tenant,
+                    retry_after: 1,
+                }),
+                429,
+                GRPC_RESOURCE_EXHAUSTED,
+            ),
             (Reason::Denied(Denial::Unavailable), 503, GRPC_UNAVAILABLE),
             (Reason::DeadlineExceeded, 503, GRPC_UNAVAILABLE),
         ] {

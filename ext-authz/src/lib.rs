@@ -12,6 +12,7 @@ pub mod decision;
 pub mod incoming;
 pub mod metrics;
 mod policies;
+mod quota;
 pub use caas_rules::policy;
 pub mod response;
 mod shadow;

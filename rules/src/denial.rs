@@ -4,6 +4,7 @@
 //! in-proxy filter answer from these, so the two can never disagree.
 
 use crate::jwt::TokenError;
+use crate::quota::Throttle;
 
 /// Why a request is refused. Each edge maps `class()` to its protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -117,6 +118,8 @@ pub enum Reason {
     DeadlineExceeded,
     /// A preflight for a route browsers must not call (API-key routes).
     PreflightNotAllowed,
+    /// A valid credential over one of its tenant's quotas (rules/src/quota.rs).
+    RateLimited(Throttle),
 }
 
 impl Reason {
@@ -129,6 +132,7 @@ impl Reason {
             Reason::ClientIpUnknown => "client_ip_unknown",
             Reason::DeadlineExceeded => "auth_timeout",
             Reason::PreflightNotAllowed => "cors_not_allowed",
+            Reason::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -145,6 +149,7 @@ impl Reason {
             Reason::PolicyMissing => Refused::Internal,
             Reason::ClientIpUnknown | Reason::PreflightNotAllowed => Refused::Forbidden,
             Reason::DeadlineExceeded => Refused::Unavailable,
+            Reason::RateLimited(_) => Refused::TooManyRequests,
         }
     }
 
@@ -163,6 +168,13 @@ impl Reason {
             Reason::ClientIpUnknown => "the client address could not be determined".into(),
             Reason::DeadlineExceeded => "authorization took too long; retry".into(),
             Reason::PreflightNotAllowed => "this route does not accept browser requests".into(),
+            Reason::RateLimited(t) => format!(
+                "{} rate limit exceeded ({} requests per second, burst {}); retry after {} s",
+                t.scope.as_str(),
+                t.limit.rate,
+                t.limit.burst,
+                t.retry_after
+            ),
         }
     }
 }
@@ -180,6 +192,8 @@ crate::names! {
         Forbidden = "forbidden",
         /// 500: the gateway is misconfigured.
         Internal = "internal",
+        /// 429: over a quota; `retry-after` says when to try again.
+        TooManyRequests = "too_many_requests",
         /// 503: a dependency (or the deadline) failed: fail closed.
         Unavailable = "unavailable",
     }
@@ -192,6 +206,7 @@ impl Refused {
             Refused::Unauthenticated => 401,
             Refused::Forbidden => 403,
             Refused::Internal => 500,
+            Refused::TooManyRequests => 429,
             Refused::Unavailable => 503,
         }
     }

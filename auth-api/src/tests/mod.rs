@@ -4,4 +4,5 @@
 mod clients;
 mod harness;
 mod internal;
+mod quotas;
 mod sessions;

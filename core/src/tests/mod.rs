@@ -4,5 +4,6 @@
 mod cache_bus;
 mod chat;
 mod credentials;
+mod quotas;
 mod store;
 mod validator;
