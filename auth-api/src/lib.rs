@@ -14,6 +14,7 @@ mod errors;
 mod extract;
 mod internal;
 mod ops;
+mod quotas;
 mod schema;
 mod sdk;
 
@@ -197,6 +198,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(client::revoke_key))
         .routes(routes!(client::get_ip_whitelist, client::put_ip_whitelist))
         .routes(routes!(client::get_origin_whitelist, client::put_origin_whitelist))
+        .routes(routes!(quotas::get_rate_limits, quotas::put_rate_limits))
         .routes(routes!(sdk::create_session))
         .routes(routes!(sdk::refresh))
         .routes(routes!(sdk::logout))

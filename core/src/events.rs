@@ -26,6 +26,10 @@ pub enum Event {
         tenant_id: String,
         session_id: String,
     },
+    /// A tenant's quotas were set: every gateway drops its cached copy.
+    RateLimitsChanged {
+        tenant_id: String,
+    },
     /// A message was stored: socket nodes deliver it to their subscribers.
     MessageCreated {
         tenant_id: String,

@@ -25,6 +25,7 @@ pub mod loginguard;
 pub mod message;
 pub mod metrics;
 pub mod password;
+pub mod quotas;
 pub mod ratelimit;
 pub mod retention;
 pub mod store;

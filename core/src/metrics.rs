@@ -29,7 +29,7 @@ pub struct AuthMetrics {
 }
 
 /// The caches the validator keeps, in the order of `HotSeries::hits`.
-pub const CACHES: [&str; 4] = ["api_key", "session", "ip_whitelist", "origin_whitelist"];
+pub const CACHES: [&str; 5] = ["api_key", "session", "ip_whitelist", "origin_whitelist", "rate_limits"];
 
 pub struct HotSeries {
     pub valid_sdk_token: Counter,
@@ -37,8 +37,8 @@ pub struct HotSeries {
     pub valid_api_key: Counter,
     pub jwt_seconds: Histogram,
     pub api_key_seconds: Histogram,
-    pub cache_hits: [Counter; 4],
-    pub cache_misses: [Counter; 4],
+    pub cache_hits: [Counter; CACHES.len()],
+    pub cache_misses: [Counter; CACHES.len()],
 }
 
 impl Default for AuthMetrics {

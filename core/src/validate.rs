@@ -28,6 +28,7 @@ use crate::metrics::AuthMetrics;
 use crate::store::{SessionKind, Store, StoreError, WhitelistKind};
 use crate::whitelist::{IpWhitelist, OriginWhitelist};
 pub use caas_rules::denial::{Denial, DenialClass, Rejection};
+use caas_rules::quota::{DEFAULT_LIMITS, Limits};
 
 #[derive(Debug, Clone)]
 pub struct ValidatorSettings {
@@ -127,6 +128,12 @@ trait CacheValue: Clone + Send + Sync + 'static {
 impl<T: Clone + Send + Sync + 'static> CacheValue for Option<T> {
     fn is_unknown(&self) -> bool {
         self.is_none()
+    }
+}
+
+impl CacheValue for Limits {
+    fn is_unknown(&self) -> bool {
+        false
     }
 }
 
@@ -282,6 +289,7 @@ pub struct Validator {
     sessions: LocalCache<Option<SessionEntry>>,
     ip_lists: LocalCache<Arc<IpWhitelist>>,
     origin_lists: LocalCache<Arc<OriginWhitelist>>,
+    rate_limits: LocalCache<Limits>,
     /// Key id → when its use was last recorded (bounded; evicting one only
     /// means an extra `last_used_at` write).
     last_touched: moka::sync::Cache<String, i64>,
@@ -325,6 +333,7 @@ impl Validator {
             sessions: LocalCache::new(1, &settings),
             ip_lists: LocalCache::new(2, &settings),
             origin_lists: LocalCache::new(3, &settings),
+            rate_limits: LocalCache::new(4, &settings),
             last_touched: moka::sync::Cache::new(TOUCHED_CAPACITY),
             settings,
             listener: Mutex::new(None),
@@ -374,6 +383,7 @@ impl Validator {
                 self.sessions.mark_all_stale();
                 self.ip_lists.mark_all_stale();
                 self.origin_lists.mark_all_stale();
+                self.rate_limits.mark_all_stale();
             }
             BusMessage::Event(event) => match event.as_ref() {
                 Event::ApiKeyChanged { key_hash, .. } => self.keys.evict(key_hash),
@@ -382,6 +392,7 @@ impl Validator {
                 Event::SessionRevoked { session_id, .. } => {
                     self.sessions.pin(session_id, Some(SessionEntry::revoked()), self.settings.pin_for);
                 }
+                Event::RateLimitsChanged { tenant_id } => self.rate_limits.evict(tenant_id),
                 Event::MessageCreated { .. } => {}
             },
         }
@@ -609,6 +620,24 @@ impl Validator {
                 }
             },
         }
+    }
+
+    /// The tenant's quotas (rules/src/quota.rs). With the database down and
+    /// nothing cached, the defaults: a quota must not turn an outage of the
+    /// store into refusals of requests the other checks let through.
+    pub async fn rate_limits(&self, tenant_id: &str) -> Limits {
+        let loaded = self
+            .fetch(
+                &self.rate_limits,
+                tenant_id,
+                |_| self.settings.fresh_for,
+                || async {
+                    self.metrics.db_reads.inc();
+                    Ok(self.store.rate_limits(tenant_id).await?.unwrap_or(DEFAULT_LIMITS))
+                },
+            )
+            .await;
+        loaded.unwrap_or(DEFAULT_LIMITS)
     }
 
     /// Records `last_used_at` at most once a minute per key, off the request path.

@@ -12,6 +12,7 @@ use caas_core::context::ContextSigner;
 use caas_core::id::unix_now;
 use caas_core::validate::{Denial, Validator};
 use caas_rules::policy::Policy;
+use caas_rules::quota::Throttle;
 use caas_rules::request::{credential_in_query, path_only};
 use caas_runtime::otlp::{Span, SpanExporter};
 use caas_runtime::trace::TraceParent;
@@ -23,6 +24,7 @@ use crate::failures::FailureLimiter;
 pub use crate::incoming::Incoming;
 use crate::metrics::{GatewayMetrics, policy_label};
 use crate::policies::Attempt;
+use crate::quota::Quotas;
 use crate::trace::Traced;
 pub use crate::trace::UpstreamTrace;
 use crate::{response, shadow};
@@ -69,6 +71,7 @@ pub struct Authorizer {
     metrics: Arc<GatewayMetrics>,
     exporter: Option<SpanExporter>,
     failures: FailureLimiter,
+    quotas: Quotas,
 }
 
 impl Authorizer {
@@ -81,7 +84,8 @@ impl Authorizer {
     ) -> Self {
         let failures =
             FailureLimiter::new(settings.failed_auth_limit, settings.failed_auth_window, settings.failed_auth_buckets);
-        Self { validator, signer, settings, metrics, exporter: SpanExporter::from_env("ext-authz"), failures }
+        let exporter = SpanExporter::from_env("ext-authz");
+        Self { validator, signer, settings, metrics, exporter, failures, quotas: Quotas::default() }
     }
 
     /// Spans go to `exporter` instead of where the environment says.
@@ -167,7 +171,10 @@ impl Authorizer {
         }
         let attempt = Attempt { validator: &self.validator, req, client_ip, now };
         match attempt.grant(policy).await {
-            Ok(grant) => Decision::Allow { grant, strip_credentials: true },
+            Ok(grant) => match self.count(policy, &grant, req).await {
+                Ok(()) => Decision::Allow { grant, strip_credentials: true },
+                Err(throttle) => deny(Reason::RateLimited(throttle), Some(grant.context.tenant_id), origin),
+            },
             Err(rejection) => {
                 if rejection.denial.is_guess() {
                     self.count_failure(client_ip);
@@ -188,6 +195,31 @@ impl Authorizer {
                 "too many invalid credentials from one address: refusing it (429 too_many_failures) until the window ends"
             );
         }
+    }
+
+    /// Counts an authenticated request against its tenant's quotas, in the
+    /// same Check (no second callout).
+    async fn count(&self, policy: Policy, grant: &Grant, req: &Incoming<'_>) -> Result<(), Throttle> {
+        let counted = crate::quota::buckets(policy, grant);
+        if counted.is_empty() {
+            return Ok(());
+        }
+        let ctx = &grant.context;
+        let limits = self.validator.rate_limits(&ctx.tenant_id).await;
+        self.quotas.admit(&counted, &limits).inspect_err(|throttle| {
+            // The key's id only: the key itself never reaches a log.
+            tracing::warn!(
+                request_id = %req.request_id,
+                tenant_id = %ctx.tenant_id,
+                key_id = %ctx.key_id,
+                policy = policy.as_str(),
+                scope = throttle.scope.as_str(),
+                rate = throttle.limit.rate,
+                burst = throttle.limit.burst,
+                retry_after = throttle.retry_after,
+                "rate limit exceeded"
+            );
+        })
     }
 
     /// The route's declared policy, else (for meshes) the table's for the path.
@@ -251,6 +283,9 @@ impl Authorizer {
         match reason {
             Reason::Denied(Denial::IpNotAllowed) => self.metrics.ip_whitelist_rejections.inc(),
             Reason::Denied(Denial::OriginNotAllowed) => self.metrics.origin_rejections.inc(),
+            Reason::RateLimited(throttle) => {
+                self.metrics.rate_limited.get_or_create(&[("policy", policy), ("scope", throttle.scope.as_str())]).inc()
+            }
             _ => 0,
         };
     }

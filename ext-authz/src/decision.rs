@@ -99,6 +99,15 @@ mod tests {
             (Reason::Denied(Denial::IpNotAllowed), 403, GRPC_PERMISSION_DENIED),
             (Reason::PreflightNotAllowed, 403, GRPC_PERMISSION_DENIED),
             (Reason::PolicyMissing, 500, GRPC_PERMISSION_DENIED),
+            (
+                Reason::RateLimited(caas_rules::quota::Throttle {
+                    scope: caas_rules::quota::Scope::Tenant,
+                    limit: caas_rules::quota::DEFAULT_LIMITS.per_tenant,
+                    retry_after: 1,
+                }),
+                429,
+                GRPC_RESOURCE_EXHAUSTED,
+            ),
             (Reason::Denied(Denial::Unavailable), 503, GRPC_UNAVAILABLE),
             (Reason::DeadlineExceeded, 503, GRPC_UNAVAILABLE),
             (Reason::TooManyFailures { retry_after: 30 }, 429, GRPC_RESOURCE_EXHAUSTED),

@@ -13,6 +13,7 @@ pub mod failures;
 pub mod incoming;
 pub mod metrics;
 mod policies;
+mod quota;
 pub use caas_rules::policy;
 pub mod response;
 mod shadow;

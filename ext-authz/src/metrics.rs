@@ -14,6 +14,8 @@ pub struct GatewayMetrics {
     pub auth_failures: Family<Labels2, Counter>,
     pub ip_whitelist_rejections: Counter,
     pub origin_rejections: Counter,
+    /// Requests over a quota, by policy and scope (`key`, `user`, `tenant`).
+    pub rate_limited: Family<Labels2, Counter>,
     /// Time inside `check`, by policy.
     pub check_seconds: Family<Labels, Histogram>,
     /// Per policy (`Policy::ALL` order, then routes without one): the allow
@@ -51,6 +53,7 @@ impl Default for GatewayMetrics {
             auth_failures: Family::default(),
             ip_whitelist_rejections: Counter::default(),
             origin_rejections: Counter::default(),
+            rate_limited: Family::default(),
             check_seconds,
             hot,
         }
@@ -77,6 +80,11 @@ impl GatewayMetrics {
             "gateway_origin_rejections",
             "Requests from an Origin outside the tenant's whitelist",
             self.origin_rejections.clone(),
+        );
+        registry.register(
+            "gateway_rate_limited",
+            "Authenticated requests refused over a quota, by policy and scope",
+            self.rate_limited.clone(),
         );
         registry.register("gateway_check_duration_seconds", "Time to decide one Check", self.check_seconds.clone());
     }

@@ -6,6 +6,7 @@
 //! fail closed.
 
 use caas_core::context::{CONTEXT_HEADERS, ContextSigner, REQUEST_ID};
+use caas_rules::quota::Throttle;
 use caas_rules::request::{API_KEY, AUTHORIZATION};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
@@ -144,6 +145,18 @@ fn preflight(origin: &str, req: &Incoming<'_>) -> HttpResponse {
     })
 }
 
+/// `retry-after`, and the quota that refused in the IETF form
+/// (draft-ietf-httpapi-ratelimit-headers): the policy named by its scope,
+/// `q` requests per `w` seconds; nothing `r`emains for `t` seconds.
+fn rate_limit_headers(throttle: Throttle) -> [HeaderValueOption; 3] {
+    let (scope, retry) = (throttle.scope.as_str(), throttle.retry_after);
+    [
+        header("retry-after", retry.to_string()),
+        header("ratelimit-policy", format!(r#""{scope}";q={};w=1"#, throttle.limit.rate)),
+        header("ratelimit", format!(r#""{scope}";r=0;t={retry}"#)),
+    ]
+}
+
 fn denied(reason: Reason, status: u16, origin: Option<&str>, request_id: &str) -> HttpResponse {
     let body = serde_json::json!({ "error": { "code": reason.code(), "message": reason.message(), "request_id": request_id } });
     let mut headers = vec![header("content-type", "application/json"), header("x-request-id", request_id)];
@@ -158,6 +171,9 @@ fn denied(reason: Reason, status: u16, origin: Option<&str>, request_id: &str) -
             headers.push(header("access-control-allow-origin", origin));
             headers.push(header("vary", "Origin"));
         }
+    }
+    if let Reason::RateLimited(throttle) = reason {
+        headers.extend(rate_limit_headers(throttle));
     }
     HttpResponse::DeniedResponse(DeniedHttpResponse {
         status: Some(HttpStatus { code: i32::from(status) }),

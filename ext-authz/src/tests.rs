@@ -22,6 +22,8 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, 
 use crate::metrics::GatewayMetrics;
 use crate::{Authorizer, AuthorizerSettings};
 
+mod quota;
+
 const SERVICE: &str = "service-secret-service-secret-0001";
 
 fn jwt() -> JwtKeys {
@@ -770,6 +772,11 @@ fn every_refusal_code() -> Vec<(&'static str, u16)> {
         Reason::DeadlineExceeded,
         Reason::PreflightNotAllowed,
         Reason::TooManyFailures { retry_after: 60 },
+        Reason::RateLimited(caas_rules::quota::Throttle {
+            scope: caas_rules::quota::Scope::Key,
+            limit: caas_rules::quota::DEFAULT_LIMITS.per_key,
+            retry_after: 1,
+        }),
     ]);
     for reason in &reasons {
         match reason {
@@ -789,7 +796,8 @@ fn every_refusal_code() -> Vec<(&'static str, u16)> {
             | Reason::ClientIpUnknown
             | Reason::DeadlineExceeded
             | Reason::PreflightNotAllowed
-            | Reason::TooManyFailures { .. } => {}
+            | Reason::TooManyFailures { .. }
+            | Reason::RateLimited(_) => {}
             Reason::Denied(Denial::Token(token)) => match token {
                 TokenError::Malformed
                 | TokenError::TooLong

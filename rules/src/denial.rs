@@ -4,6 +4,7 @@
 //! in-proxy filter answer from these, so the two can never disagree.
 
 use crate::jwt::TokenError;
+use crate::quota::Throttle;
 
 /// Why a request is refused. Each edge maps `class()` to its protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -144,6 +145,8 @@ pub enum Reason {
     TooManyFailures {
         retry_after: u32,
     },
+    /// A valid credential over one of its tenant's quotas (rules/src/quota.rs).
+    RateLimited(Throttle),
 }
 
 impl Reason {
@@ -157,6 +160,7 @@ impl Reason {
             Reason::DeadlineExceeded => "auth_timeout",
             Reason::PreflightNotAllowed => "cors_not_allowed",
             Reason::TooManyFailures { .. } => "too_many_failures",
+            Reason::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -174,6 +178,7 @@ impl Reason {
             Reason::ClientIpUnknown | Reason::PreflightNotAllowed => Refused::Forbidden,
             Reason::DeadlineExceeded => Refused::Unavailable,
             Reason::TooManyFailures { .. } => Refused::TooManyRequests,
+            Reason::RateLimited(_) => Refused::TooManyRequests,
         }
     }
 
@@ -195,6 +200,13 @@ impl Reason {
             Reason::TooManyFailures { retry_after } => {
                 format!("too many invalid credentials from this address; retry in {retry_after}s")
             }
+            Reason::RateLimited(t) => format!(
+                "{} rate limit exceeded ({} requests per second, burst {}); retry after {} s",
+                t.scope.as_str(),
+                t.limit.rate,
+                t.limit.burst,
+                t.retry_after
+            ),
         }
     }
 }
@@ -210,7 +222,8 @@ crate::names! {
         Unauthenticated = "unauthenticated",
         /// 403: a valid credential, or a request, this route refuses.
         Forbidden = "forbidden",
-        /// 429: this address sent too many invalid credentials; slow down.
+        /// 429: too many made-up credentials from this address, or over a
+        /// quota; `retry-after` says when to try again.
         TooManyRequests = "too_many_requests",
         /// 500: the gateway is misconfigured.
         Internal = "internal",

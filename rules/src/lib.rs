@@ -16,6 +16,7 @@ pub mod jwt;
 pub mod names;
 pub mod net;
 pub mod policy;
+pub mod quota;
 pub mod refresh_token;
 pub mod request;
 pub mod secret;

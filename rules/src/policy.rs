@@ -154,6 +154,7 @@ mod tests {
             ("/v1/client/profile", Some(Policy::Dashboard)),
             ("/v1/client/api-keys/key_1", Some(Policy::Dashboard)),
             ("/v1/client/ip-whitelist", Some(Policy::Dashboard)),
+            ("/v1/client/rate-limits", Some(Policy::Dashboard)),
             ("/v1/sdk/session", Some(Policy::ApiKey)),
             ("/v1/sdk/refresh", Some(Policy::Refresh)),
             ("/v1/sdk/logout", Some(Policy::Refresh)),

@@ -389,6 +389,7 @@ async fn openapi_document_matches_the_routes() {
         "GET /api/v1/auth/client/ip-whitelist",
         "GET /api/v1/auth/client/origin-whitelist",
         "GET /api/v1/auth/client/profile",
+        "GET /api/v1/auth/client/rate-limits",
         "POST /api/v1/auth/client/api-keys/rotate",
         "POST /api/v1/auth/client/login",
         "POST /api/v1/auth/client/register",
@@ -399,6 +400,7 @@ async fn openapi_document_matches_the_routes() {
         "POST /api/v1/auth/sdk/session",
         "PUT /api/v1/auth/client/ip-whitelist",
         "PUT /api/v1/auth/client/origin-whitelist",
+        "PUT /api/v1/auth/client/rate-limits",
     ];
     assert_eq!(operations, expected);
     // Every response body the handlers send is described.

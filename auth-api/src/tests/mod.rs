@@ -5,4 +5,5 @@ mod abuse;
 mod clients;
 mod harness;
 mod internal;
+mod quotas;
 mod sessions;

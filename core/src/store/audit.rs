@@ -16,6 +16,7 @@ caas_rules::names! {
         SessionRefreshed = "session.refreshed",
         SessionRefreshTokenReused = "session.refresh_token_reused",
         SessionLogout = "session.logout",
+        RateLimitsUpdated = "rate_limits.updated",
     }
 }
 

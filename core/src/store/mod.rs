@@ -5,7 +5,7 @@
 //! Every change of more than one row, with its audit entry, is one transaction.
 //!
 //! One file per aggregate, each with its records and its queries: clients
-//! (and dashboard accounts), keys, whitelists, sessions, audit and chat.
+//! (and dashboard accounts), keys, whitelists, quotas, sessions, audit and chat.
 
 use std::str::FromStr as _;
 use std::sync::Once;
@@ -18,6 +18,7 @@ mod audit;
 mod chat;
 mod clients;
 mod keys;
+mod quotas;
 mod sessions;
 mod whitelists;
 
@@ -25,6 +26,7 @@ pub use audit::{AuditAction, AuditEntry, AuditRecord};
 pub use chat::ConversationRecord;
 pub use clients::{AccountRecord, ClientRecord};
 pub use keys::{ApiKeyRecord, ChangedKey, KeyRole, NewApiKey, Rotation};
+pub use quotas::RateLimitsChange;
 pub use sessions::{NewSdkSession, RefreshOutcome, SessionKind, SessionRecord};
 pub use whitelists::WhitelistKind;
 

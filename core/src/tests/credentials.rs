@@ -262,6 +262,7 @@ fn fixed_sets_keep_their_strings() {
             "session.refreshed",
             "session.refresh_token_reused",
             "session.logout",
+            "rate_limits.updated",
         ]
     );
     for action in AuditAction::ALL {

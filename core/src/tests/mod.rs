@@ -5,5 +5,6 @@ mod cache_bus;
 mod chat;
 mod credentials;
 mod loginguard;
+mod quotas;
 mod store;
 mod validator;
