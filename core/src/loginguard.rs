@@ -95,8 +95,10 @@ impl Hashing {
         };
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
-            let _permit = permit;
-            let _ = done.send(work());
+            let result = work();
+            // Freed before the answer is sent: the caller may hash again at once.
+            drop(permit);
+            let _ = done.send(result);
         });
         self.jobs.send(job).map_err(|_| HashingError::Failed)?;
         result.await.map_err(|_| HashingError::Failed)
