@@ -123,6 +123,8 @@ impl From<HashingError> for CredentialError {
 struct LoginReservation {
     bucket: String,
     email_subject: String,
+    /// The address has logged into this account before.
+    known: bool,
 }
 
 /// A key as issued: the only time the key itself exists outside the caller.
@@ -324,7 +326,7 @@ impl Credentials {
             return Err(CredentialError::InvalidPassword("password is too long".into()));
         }
         let reservation = self.reserve_login(&email, ip).await?;
-        let checked = self.check_password(&email, password).await;
+        let checked = self.check_password(&email, password, reservation.known).await;
         match checked {
             Ok((Some(account), true)) => {
                 self.throttles.login_by_email.reset(&reservation.email_subject).await;
@@ -346,17 +348,14 @@ impl Credentials {
     async fn reserve_login(&self, email: &str, ip: &str) -> Result<LoginReservation> {
         let bucket = caas_rules::net::address_bucket_of(ip);
         self.throttles.login_by_ip.hit(&bucket).await?;
-        let email_subject = if self.throttles.known_addresses.contains(email, &bucket).await {
-            format!("{email}\n{bucket}")
-        } else {
-            email.to_string()
-        };
+        let known = self.throttles.known_addresses.contains(email, &bucket).await;
+        let email_subject = if known { format!("{email}\n{bucket}") } else { email.to_string() };
         if let Err(limit) = self.throttles.login_by_email.hit(&email_subject).await {
             // Refused before any check: not a failure of this address.
             self.throttles.login_by_ip.release(&bucket).await;
             return Err(limit.into());
         }
-        Ok(LoginReservation { bucket, email_subject })
+        Ok(LoginReservation { bucket, email_subject, known })
     }
 
     async fn release_login(&self, reservation: &LoginReservation) {
@@ -366,10 +365,16 @@ impl Credentials {
 
     /// The account (if any) and whether the password is its own. Unknown
     /// emails are verified against a dummy hash: same time, same answer.
-    async fn check_password(&self, email: &str, password: String) -> Result<(Option<AccountRecord>, bool)> {
+    /// A known address may use the hashing slot kept for owners.
+    async fn check_password(
+        &self,
+        email: &str,
+        password: String,
+        known: bool,
+    ) -> Result<(Option<AccountRecord>, bool)> {
         let account = self.store.account_by_email(email).await?;
         let stored = account.as_ref().map(|a| a.password_hash.clone());
-        let valid = self.throttles.hashing.verify(password, stored).await?;
+        let valid = self.throttles.hashing.verify(password, stored, known).await?;
         Ok((account, valid))
     }
 

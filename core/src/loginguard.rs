@@ -36,6 +36,10 @@ type Job = Box<dyn FnOnce() + Send>;
 #[derive(Clone)]
 pub struct Hashing {
     permits: Arc<Semaphore>,
+    /// One more slot, only for logins from an address that has logged into
+    /// that account before: a burst of strangers' guesses fills `permits`,
+    /// and the owner must still get in.
+    owners: Arc<Semaphore>,
     /// `limit` dedicated threads: the allocator keeps a freed ~19 MiB Argon2
     /// block per thread that ran one, so a fixed few threads bound memory
     /// where Tokio's blocking pool (up to 512 threads) did not.
@@ -44,12 +48,14 @@ pub struct Hashing {
 }
 
 impl Hashing {
-    /// `limit` of 0 is taken as 1. The threads end when the last clone is dropped.
+    /// `limit` of 0 is taken as 1; one more slot is kept for known
+    /// addresses. The threads end when the last clone is dropped.
     pub fn new(limit: usize) -> Self {
         let limit = limit.max(1);
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(limit);
+        let threads = limit + 1;
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(threads);
         let queue = Arc::new(std::sync::Mutex::new(queue));
-        for _ in 0..limit {
+        for _ in 0..threads {
             let queue = queue.clone();
             let spawned = std::thread::Builder::new().name("password-hash".into()).spawn(move || {
                 loop {
@@ -64,7 +70,12 @@ impl Hashing {
                 tracing::error!(%error, "could not start a password hashing thread");
             }
         }
-        Self { permits: Arc::new(Semaphore::new(limit)), jobs, checks: Family::default() }
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            owners: Arc::new(Semaphore::new(1)),
+            jobs,
+            checks: Family::default(),
+        }
     }
 
     /// One per core: more at once only adds memory and latency.
@@ -88,10 +99,18 @@ impl Hashing {
     /// once: waiting would queue without bound. The permit moves into the
     /// job, so a cancelled request still holds it until its hash ends; with
     /// one permit per thread a job never waits for a thread.
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, HashingError> {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            tracing::warn!("password hashing bound full: refused");
-            return Err(HashingError::Overloaded(Overloaded(1)));
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+        owner: bool,
+    ) -> Result<T, HashingError> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) if owner => match self.owners.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => return Err(self.refuse()),
+            },
+            Err(_) => return Err(self.refuse()),
         };
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
@@ -104,16 +123,23 @@ impl Hashing {
         result.await.map_err(|_| HashingError::Failed)
     }
 
-    /// `password::verify_password` under the bound.
-    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, HashingError> {
-        let valid = self.run(move || password::verify_password(&password, stored.as_deref())).await?;
+    fn refuse(&self) -> HashingError {
+        tracing::warn!("password hashing bound full: refused");
+        HashingError::Overloaded(Overloaded(1))
+    }
+
+    /// `password::verify_password` under the bound; `owner` (an address
+    /// that logged into the account before) may also take the owners' slot.
+    pub async fn verify(&self, password: String, stored: Option<String>, owner: bool) -> Result<bool, HashingError> {
+        let valid = self.run(move || password::verify_password(&password, stored.as_deref()), owner).await?;
         self.checks.get_or_create(&[("outcome", if valid { "match" } else { "mismatch" })]).inc();
         Ok(valid)
     }
 
     /// `password::hash_password` under the bound.
     pub async fn hash(&self, password: String) -> Result<String, HashingError> {
-        let hash = self.run(move || password::hash_password(&password)).await?.map_err(|_| HashingError::Failed)?;
+        let hash =
+            self.run(move || password::hash_password(&password), false).await?.map_err(|_| HashingError::Failed)?;
         self.checks.get_or_create(&[("outcome", "hashed")]).inc();
         Ok(hash)
     }

@@ -203,3 +203,25 @@ async fn a_full_hashing_bound_refuses_at_once() {
     let r = g.credentials.login(&email, WRONG.into(), &format!("{net}.99"), NOW).await;
     assert!(matches!(r, Err(CredentialError::WrongPassword)), "{r:?}");
 }
+
+/// Strangers' guesses fill the hashing bound; the owner, from an address it
+/// logged in from before, still gets in through the slot kept for owners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_gets_in_while_strangers_fill_the_hashing_bound() {
+    let g = guarded(Arc::new(MemoryCache::new()), 1).await;
+    let (email, net) = fresh();
+    let home = format!("{net}.200");
+    g.credentials.register("Acme", &email, PASSWORD.into(), &home, NOW).await.unwrap();
+    g.credentials.login(&email, PASSWORD.into(), &home, NOW).await.unwrap();
+    for round in 0..5 {
+        let strangers = (0..8).map(|i| {
+            let credentials = &g.credentials;
+            let (stranger, ip) = (format!("s{round}-{i}-{email}"), format!("{net}.{}", 10 + round * 8 + i));
+            async move { credentials.login(&stranger, WRONG.into(), &ip, NOW).await }
+        });
+        let owner = g.credentials.login(&email, PASSWORD.into(), &home, NOW);
+        let (results, owner) = tokio::join!(futures_util::future::join_all(strangers), owner);
+        assert!(owner.is_ok(), "round {round}: {owner:?}");
+        assert!(results.iter().any(|r| matches!(r, Err(CredentialError::Overloaded(_)))), "the bound was never full");
+    }
+}
