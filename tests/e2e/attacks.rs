@@ -291,3 +291,50 @@ async fn a_flood_of_made_up_keys_is_cut_off_without_touching_honest_tenants() {
     assert_eq!(session(&honest, &tenant.key).await.status, 201);
     cluster.shutdown().await;
 }
+
+/// A key over its quota gets 429 `rate_limited` with the rate-limit headers,
+/// while another key of the same tenant keeps working; the quota is the one
+/// the tenant set through the dashboard API.
+#[tokio::test]
+async fn a_key_over_its_quota_is_refused_while_another_key_of_the_tenant_is_not() {
+    let Some(cluster) = cluster(1, &[]).await else { return };
+    let node = cluster.node();
+    let http = client();
+    let tenant = onboard(node, "quota").await;
+    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
+    let limits = json!({
+        "per_key": {"rate": 1, "burst": 3},
+        "per_user": {"rate": 50, "burst": 100},
+        "per_tenant": {"rate": 1000, "burst": 2000},
+    });
+    let put = send(http.put(node.url("/v1/client/rate-limits")).bearer_auth(&tenant.dashboard).json(&limits)).await;
+    assert_eq!(put.status, 200, "{put:?}");
+    let got = send(http.get(node.url("/v1/client/rate-limits")).bearer_auth(&tenant.dashboard)).await;
+    assert_eq!(got.body["per_key"], limits["per_key"]);
+    // A second key of the same tenant: the rotated-out one stays valid for its grace.
+    let rotated = send(
+        http.post(node.url("/v1/client/api-keys/rotate"))
+            .bearer_auth(&tenant.dashboard)
+            .json(&json!({"grace_seconds": 600})),
+    )
+    .await;
+    assert_eq!(rotated.status, 201);
+    let other_key = rotated.body["key"].as_str().unwrap().to_string();
+    let session = |key: &str| {
+        send(http.post(node.url("/v1/sdk/session")).header("x-api-key", key).json(&json!({"user_id": "q1"})))
+    };
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.push(session(&tenant.key).await);
+    }
+    let refused: Vec<&Reply> = answers.iter().filter(|r| r.status == 429).collect();
+    assert!(answers.iter().take(3).all(|r| r.status == 201), "the burst of 3 passes: {answers:?}");
+    assert!(!refused.is_empty(), "a key past its burst was never refused: {answers:?}");
+    let r = refused[0];
+    assert_eq!(r.code(), "rate_limited");
+    assert!(r.header("retry-after").is_some_and(|s| s.parse::<u32>().is_ok_and(|s| s >= 1)), "{r:?}");
+    assert!(r.header("ratelimit-policy").is_some_and(|p| p.contains("\"key\"") && p.contains("q=1")), "{r:?}");
+    assert!(r.header("ratelimit").is_some_and(|p| p.contains("r=0")), "{r:?}");
+    assert_eq!(session(&other_key).await.status, 201, "another key of the tenant is unaffected");
+    cluster.shutdown().await;
+}
