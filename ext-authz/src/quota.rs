@@ -1,9 +1,9 @@
 //! Quotas in the Check: after a credential passed, its requests are counted
 //! against the tenant's limits (per key or per end user, and per tenant).
-//! The buckets live in this process (a bounded map); their arithmetic is
-//! caas-rules' (rules/src/quota.rs).
+//! The buckets live in this process, in a bounded TinyLFU cache (an evicted
+//! bucket starts full again: it briefly admits more, never refuses what it
+//! should not); their arithmetic is caas-rules' (rules/src/quota.rs).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -13,14 +13,15 @@ use caas_rules::quota::{Limits, Scope, Throttle, admit};
 
 use crate::decision::Grant;
 
-/// Buckets kept before the map is pruned: a full bucket is the same as none,
-/// so pruning drops only those; if every one is busy, all go (briefly
-/// admitting more, never refusing a request it should not).
-pub const DEFAULT_CAPACITY: usize = 200_000;
+/// Buckets kept; the least useful are evicted one at a time, never all.
+pub const DEFAULT_CAPACITY: u64 = 200_000;
 
 pub struct Quotas {
-    buckets: Mutex<HashMap<String, u64>>,
-    capacity: usize,
+    /// Bucket → its theoretical arrival time (GCRA), in `now()` nanoseconds.
+    buckets: moka::sync::Cache<String, u64>,
+    /// Held while one request's buckets are read and written, so a request
+    /// is counted in all of them or in none. Only arithmetic runs under it.
+    counting: Mutex<()>,
     /// The clock the buckets count in (monotonic nanoseconds since this).
     started: Instant,
 }
@@ -46,8 +47,8 @@ pub fn buckets(policy: Policy, grant: &Grant) -> Vec<(Scope, String)> {
 }
 
 impl Quotas {
-    pub fn new(capacity: usize) -> Self {
-        Self { buckets: Mutex::new(HashMap::new()), capacity: capacity.max(1), started: Instant::now() }
+    pub fn new(capacity: u64) -> Self {
+        Self { buckets: moka::sync::Cache::new(capacity.max(1)), counting: Mutex::new(()), started: Instant::now() }
     }
 
     fn now(&self) -> u64 {
@@ -59,26 +60,14 @@ impl Quotas {
     /// limit (a refused request uses up nothing).
     pub fn admit(&self, counted: &[(Scope, String)], limits: &Limits) -> Result<(), Throttle> {
         let now = self.now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let _counting = self.counting.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = Vec::with_capacity(counted.len());
         for (scope, key) in counted {
-            let tat = buckets.get(key).copied().unwrap_or(0);
+            let tat = self.buckets.get(key).unwrap_or(0);
             next.push(admit(tat, limits.get(*scope), *scope, now)?.tat);
         }
-        if buckets.len() + counted.len() > self.capacity {
-            buckets.retain(|_, tat| *tat > now);
-            if buckets.len() + counted.len() > self.capacity {
-                tracing::warn!(capacity = self.capacity, "rate limit buckets full; starting over");
-                buckets.clear();
-            }
-        }
         for ((_, key), tat) in counted.iter().zip(next) {
-            match buckets.get_mut(key) {
-                Some(slot) => *slot = tat,
-                None => {
-                    buckets.insert(key.clone(), tat);
-                }
-            }
+            self.buckets.insert(key.clone(), tat);
         }
         Ok(())
     }

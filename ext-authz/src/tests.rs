@@ -30,6 +30,19 @@ fn jwt() -> JwtKeys {
     JwtKeys::new("caas", &Secret::new("jwt-secret-jwt-secret-jwt-secret-0003"), None)
 }
 
+/// An authorizer over `store` with the test secrets and a fresh validator.
+fn authorizer_on(store: Store, cache: Arc<dyn Cache>, settings: AuthorizerSettings) -> Authorizer {
+    let validator = Validator::start(
+        store,
+        cache,
+        Arc::new(LocalBus::new()),
+        jwt(),
+        ValidatorSettings::default(),
+        Arc::new(AuthMetrics::default()),
+    );
+    Authorizer::new(validator, ContextSigner::new(&Secret::new(SERVICE)), settings, Arc::new(GatewayMetrics::default()))
+}
+
 struct Fixture {
     authorizer: Authorizer,
     tenant: String,
@@ -99,20 +112,7 @@ async fn fixture_with(settings: AuthorizerSettings, cache: Arc<dyn Cache>) -> Fi
     let token_a = token(&store, &tenant, Audience::Sdk).await;
     let token_b = token(&store, &other_tenant, Audience::Sdk).await;
     let dashboard = token(&store, &tenant, Audience::Dashboard).await;
-    let validator = Validator::start(
-        store,
-        cache,
-        Arc::new(LocalBus::new()),
-        jwt(),
-        ValidatorSettings::default(),
-        Arc::new(AuthMetrics::default()),
-    );
-    let authorizer = Authorizer::new(
-        validator,
-        ContextSigner::new(&Secret::new(SERVICE)),
-        settings,
-        Arc::new(GatewayMetrics::default()),
-    );
+    let authorizer = authorizer_on(store, cache, settings);
     Fixture {
         authorizer,
         tenant,

@@ -23,20 +23,7 @@ async fn quota_fixture() -> Quota {
     let rotated = AuditEntry::new(caas_core::store::AuditAction::ApiKeyRotated);
     store.rotate_api_key(&tenant, &second, 3600, &rotated, now).await.unwrap();
     let token = token(&store, &tenant, Audience::Sdk).await;
-    let validator = Validator::start(
-        store.clone(),
-        Arc::new(MemoryCache::new()),
-        Arc::new(LocalBus::new()),
-        jwt(),
-        ValidatorSettings::default(),
-        Arc::new(AuthMetrics::default()),
-    );
-    let authorizer = Authorizer::new(
-        validator,
-        ContextSigner::new(&Secret::new(SERVICE)),
-        AuthorizerSettings::default(),
-        Arc::new(GatewayMetrics::default()),
-    );
+    let authorizer = authorizer_on(store.clone(), Arc::new(MemoryCache::new()), AuthorizerSettings::default());
     let f = Fixture {
         authorizer,
         tenant,
