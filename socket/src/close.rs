@@ -58,9 +58,4 @@ impl CloseReason {
             CloseReason::TenantConnectionLimit => "too many connections for this tenant",
         }
     }
-
-    /// Label for the closes metric.
-    pub fn label(self) -> &'static str {
-        self.as_str()
-    }
 }

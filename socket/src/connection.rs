@@ -69,9 +69,7 @@ pub async fn run(
     let (mut sink, stream) = socket.split();
     let reason = connection.serve(&mut sink, stream, &mut outbound).await;
     if let Some(reason) = reason {
-        let frame = CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.text()) };
-        let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
-        state.metrics().closes.get_or_create(&[("reason", reason.label())]).inc();
+        close_with(&state, &mut sink, reason).await;
     }
     state.registry().remove(handle.id);
     state.presence().remove(&handle.key, &connection.identity).await;
@@ -79,11 +77,18 @@ pub async fn run(
     tracing::info!(
         tenant_id = %connection.identity.tenant_id,
         conn = %handle.key,
-        reason = reason.map_or("client", CloseReason::label),
+        reason = reason.map_or("client", CloseReason::as_str),
         request_id,
         trace_id,
         "socket closed"
     );
+}
+
+/// Sends the server's close frame for `reason` (bounded wait) and counts it.
+async fn close_with(state: &SocketState, sink: &mut Sink, reason: CloseReason) {
+    let frame = CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.text()) };
+    let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+    state.metrics().closes.get_or_create(&[("reason", reason.as_str())]).inc();
 }
 
 /// Closes a connection over its user's or tenant's cap before it serves
@@ -96,12 +101,10 @@ async fn refuse(
     ids: caas_http::RequestIds,
 ) {
     let (mut sink, _) = socket.split();
-    let frame = CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.text()) };
-    let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
-    state.metrics().closes.get_or_create(&[("reason", reason.label())]).inc();
+    close_with(state, &mut sink, reason).await;
     tracing::warn!(
         tenant_id = %identity.tenant_id,
-        reason = reason.label(),
+        reason = reason.as_str(),
         request_id = ids.request_id,
         trace_id = ids.trace_id,
         "socket refused: connection cap reached"
