@@ -54,7 +54,7 @@ fn fixture(store: Store) -> Fixture {
 }
 
 /// A dashboard caller of `tenant`.
-fn dashboard(tenant: &str) -> RequestContext {
+pub(super) fn dashboard(tenant: &str) -> RequestContext {
     RequestContext {
         tenant_id: tenant.into(),
         user_id: "acc_tester".into(),

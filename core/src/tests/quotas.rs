@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use crate::cache::{Cache, MemoryCache};
-use crate::context::{AuthType, RequestContext};
 use crate::events::Event;
 use crate::jwt::JwtKeys;
 use crate::metrics::AuthMetrics;
@@ -15,19 +14,6 @@ use crate::testing::RecordingBus;
 use crate::validate::{Validator, ValidatorSettings};
 
 const NOW: i64 = 1_700_000_000;
-
-fn caller(tenant: &str) -> RequestContext {
-    RequestContext {
-        tenant_id: tenant.into(),
-        user_id: "acc_tester".into(),
-        session_id: "ses_dashboard".into(),
-        auth_type: AuthType::Dashboard,
-        key_id: String::new(),
-        client_ip: "203.0.113.7".into(),
-        request_id: "req".into(),
-        token_expires_at: None,
-    }
-}
 
 fn limits(key_rate: u32) -> Limits {
     Limits { per_key: Limit { rate: key_rate, burst: key_rate * 2 }, ..DEFAULT_LIMITS }
@@ -69,14 +55,14 @@ async fn setting_limits_announces_them_and_evicts_the_cached_copy(store: Store) 
     let (tenant, ..) = super::store::register(&store, "evict@example.com").await;
     assert_eq!(validator.rate_limits(&tenant).await, DEFAULT_LIMITS);
 
-    set_rate_limits(&store, &validator, &caller(&tenant), limits(5), NOW).await.unwrap();
+    set_rate_limits(&store, &validator, &super::credentials::dashboard(&tenant), limits(5), NOW).await.unwrap();
     assert_eq!(bus.take(), [Event::RateLimitsChanged { tenant_id: tenant.clone() }]);
     // The cached defaults were dropped by the event: the new limits apply at once.
     assert_eq!(validator.rate_limits(&tenant).await, limits(5));
     assert_eq!(store.audit_log(&tenant, 1).await.unwrap()[0].action, "rate_limits.updated");
 
     let over = Limits { per_user: Limit { rate: 10, burst: 9 }, ..DEFAULT_LIMITS };
-    let refused = set_rate_limits(&store, &validator, &caller(&tenant), over, NOW).await;
+    let refused = set_rate_limits(&store, &validator, &super::credentials::dashboard(&tenant), over, NOW).await;
     assert!(matches!(&refused, Err(QuotaError::Invalid(e)) if e.field == "per_user.burst"), "{refused:?}");
     assert!(bus.take().is_empty());
     assert_eq!(validator.rate_limits(&tenant).await, limits(5));
