@@ -89,6 +89,7 @@ impl AppState {
         let cache = backends.cache.clone();
         let mut registry = Registry::default();
         validator.metrics().register(&mut registry);
+        backends.register_metrics(&mut registry);
         let throttles = Throttles {
             login_by_email: RateLimiter::new(
                 "login-email",

@@ -39,6 +39,9 @@ pub trait EventBus: Send + Sync + 'static {
     /// processes may not have seen it; the local delivery still happened.
     async fn publish(&self, event: Event) -> Result<(), BusError>;
     fn subscribe(&self) -> broadcast::Receiver<BusMessage>;
+    /// Hands a message to this process's subscribers only (the change feed,
+    /// core/src/feed.rs, delivers what it reads this way).
+    fn deliver_locally(&self, message: BusMessage);
     /// Whether events from other processes reach this one right now. When
     /// false, caches must not be trusted past the point they could be stale.
     fn is_connected(&self) -> bool;
@@ -71,6 +74,10 @@ impl EventBus for LocalBus {
 
     fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
         self.tx.subscribe()
+    }
+
+    fn deliver_locally(&self, message: BusMessage) {
+        let _ = self.tx.send(message);
     }
 
     fn is_connected(&self) -> bool {
@@ -206,6 +213,10 @@ impl EventBus for RedisBus {
 
     fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
         self.tx.subscribe()
+    }
+
+    fn deliver_locally(&self, message: BusMessage) {
+        let _ = self.tx.send(message);
     }
 
     fn is_connected(&self) -> bool {

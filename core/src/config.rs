@@ -14,6 +14,7 @@ use caas_runtime::config::{Problems, parse_duration, redact_url};
 
 use crate::bus::{EventBus, LocalBus, RedisBus};
 use crate::cache::{Cache, MemoryCache, RedisCache};
+use crate::feed::ChangeFeed;
 use crate::metrics::AuthMetrics;
 use crate::secret::Secret;
 use crate::store::{Dialect, Store, StoreError};
@@ -45,7 +46,17 @@ pub struct StorageArgs {
     /// in-process cache and bus, correct only when everything is one process.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// How often this process reads the durable change feed (core/src/feed.rs):
+    /// the longest a credential change whose bus message was lost takes to
+    /// reach it. Not used by `caas up` without Redis (one process, nothing to lose).
+    #[arg(long, env = "CHANGE_FEED_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub change_feed_interval: Duration,
 }
+
+/// Changes of this long ago are read again by a starting process: enough to
+/// know of every whitelist change whose shared copy may still be stale
+/// (`ValidatorSettings::shared_ttl`) and of recent revocations.
+const FEED_REPLAY: Duration = Duration::from_secs(300);
 
 /// The storage, cache and bus a process runs on.
 #[derive(Clone)]
@@ -53,10 +64,16 @@ pub struct Backends {
     pub store: Store,
     pub cache: Arc<dyn Cache>,
     pub bus: Arc<dyn EventBus>,
+    /// Followed whenever other processes may change credentials; `None` for
+    /// `caas up` on its own (everything in this process already sees every change).
+    pub feed: Option<Arc<ChangeFeed>>,
 }
 
 impl StorageArgs {
     pub fn check(&self, problems: &mut Problems) {
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&self.change_feed_interval) {
+            problems.add("CHANGE_FEED_INTERVAL must be between 100ms and 60s");
+        }
         if Dialect::of_url(&self.database_url).is_none() {
             problems.add(format!(
                 "DATABASE_URL '{}' must start with sqlite:// or postgres://",
@@ -122,11 +139,21 @@ impl StorageArgs {
                 (Arc::new(MemoryCache::new()), Arc::new(LocalBus::new()))
             }
         };
-        Ok(Backends { store, cache, bus })
+        let interval = self.change_feed_interval;
+        let feed = (!single_process || self.redis_url.is_some())
+            .then(|| Arc::new(ChangeFeed::start(store.clone(), bus.clone(), interval, FEED_REPLAY)));
+        Ok(Backends { store, cache, bus, feed })
     }
 }
 
 impl Backends {
+    /// The backends' own metrics (the change feed's), for a service's registry.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        if let Some(feed) = &self.feed {
+            feed.metrics.register(registry);
+        }
+    }
+
     /// The validator of the rules on these backends, with the configuration's
     /// keys and policy flags. `caas up` shares one between auth-api and
     /// ext-authz, so each service takes it rather than building its own.
@@ -269,6 +296,7 @@ mod tests {
                 database_url: database.into(),
                 database_max_connections: 4,
                 redis_url: redis.map(String::from),
+                change_feed_interval: Duration::from_secs(1),
             };
             let mut problems = Problems::default();
             args.check(&mut problems);

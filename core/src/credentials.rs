@@ -230,10 +230,6 @@ fn audit_by(caller: &RequestContext, actor: &str, action: AuditAction) -> AuditE
     }
 }
 
-fn key_changed(tenant_id: &str, key_id: &str, key_hash: &str) -> Event {
-    Event::ApiKeyChanged { tenant_id: tenant_id.into(), key_id: key_id.into(), key_hash: key_hash.into() }
-}
-
 impl Credentials {
     pub fn new(store: Store, validator: Arc<Validator>, lifetimes: Lifetimes, throttles: Throttles) -> Self {
         Self { store, validator, lifetimes, throttles }
@@ -310,7 +306,7 @@ impl Credentials {
         self.store.register_client(&client_id, &name, &account_id, &email, &hash, &key, Some(ip), now).await?;
         // A brand-new hash can only sit in a negative cache; evict it anyway
         // so that every created key is announced like every other change.
-        self.announce([key_changed(&client_id, &key.id, &key.hash)]).await;
+        self.announce([Event::key_changed(&client_id, &key.id, &key.hash)]).await;
         tracing::info!(client_id, "client registered");
         Ok(Registration { client_id, name, email, key: IssuedKey { id: key.id, key: raw_key, prefix: key.prefix } })
     }
@@ -474,7 +470,7 @@ impl Credentials {
                     ip,
                     "refresh token reused: session family revoked"
                 );
-                self.announce([Event::SessionRevoked { tenant_id: session.client_id, session_id: session.id }]).await;
+                self.announce([Event::session_revoked(&session.client_id, &session.id)]).await;
                 Err(CredentialError::RefreshTokenReused)
             }
             RefreshOutcome::Invalid => Err(CredentialError::InvalidRefreshToken),
@@ -516,7 +512,7 @@ impl Credentials {
         };
         self.store.revoke_session(&session_id, "logout", &audit, now).await?;
         // Announced even if it was already revoked: a missed event is worse than a repeated one.
-        self.announce([Event::SessionRevoked { tenant_id: tenant_id.clone(), session_id: session_id.clone() }]).await;
+        self.announce([Event::session_revoked(&tenant_id, &session_id)]).await;
         tracing::info!(tenant_id, session_id, "session logged out");
         Ok(())
     }
@@ -538,8 +534,8 @@ impl Credentials {
         let rotation = self.store.rotate_api_key(tenant, &key, grace as i64, &audit, now).await?;
         let changed = rotation.demoted.iter().chain(&rotation.revoked);
         let events: Vec<Event> = changed
-            .map(|c| key_changed(tenant, &c.key.id, &c.hash))
-            .chain([key_changed(tenant, &key.id, &key.hash)])
+            .map(|c| Event::key_changed(tenant, &c.key.id, &c.hash))
+            .chain([Event::key_changed(tenant, &key.id, &key.hash)])
             .collect();
         self.announce(events).await;
         tracing::info!(tenant_id = tenant, key_id = key.id, "API key rotated");
@@ -558,7 +554,7 @@ impl Credentials {
         let audit = audit_by(caller, &caller.user_id, AuditAction::ApiKeyRevoked);
         let revoked =
             self.store.revoke_api_key(tenant, key_id, &audit, now).await?.ok_or(CredentialError::KeyNotFound)?;
-        self.announce([key_changed(tenant, key_id, &revoked.hash)]).await;
+        self.announce([Event::key_changed(tenant, key_id, &revoked.hash)]).await;
         tracing::info!(tenant_id = tenant, key_id, "API key revoked");
         Ok(())
     }
@@ -600,9 +596,9 @@ impl Credentials {
             WhitelistKind::Origin => AuditAction::OriginWhitelistUpdated,
         };
         let audit = audit_by(caller, &caller.user_id, action);
-        self.store.replace_whitelist(kind, tenant, entries, &audit, now).await?;
+        let version = self.store.replace_whitelist(kind, tenant, entries, &audit, now).await?;
         // Overwrites the shared copy, then announces the change.
-        self.validator.whitelist_written(kind, tenant, entries).await;
+        self.validator.whitelist_written(kind, tenant, entries, version).await;
         tracing::info!(tenant_id = tenant, ?kind, entries = entries.len(), "whitelist replaced");
         Ok(())
     }

@@ -20,6 +20,7 @@ pub mod chat;
 pub mod config;
 pub mod credentials;
 pub mod events;
+pub mod feed;
 pub mod id;
 pub mod loginguard;
 pub mod message;

@@ -22,6 +22,8 @@ pub struct AuthMetrics {
     pub cache_misses: Family<Labels, Counter>,
     /// Database reads made by validation (cache misses that reached it).
     pub db_reads: Counter,
+    /// Shared-cache whitelist copies found older than their last change.
+    pub stale_shared_whitelists: Counter,
     cache_hit_rate: Gauge<f64, AtomicU64>,
     /// Series of the allow path, resolved once: a family lookup takes a lock
     /// and hashes the labels on every increment.
@@ -74,6 +76,7 @@ impl Default for AuthMetrics {
             cache_hits,
             cache_misses,
             db_reads: Counter::default(),
+            stale_shared_whitelists: Counter::default(),
             cache_hit_rate: Gauge::default(),
             hot,
         }
@@ -105,6 +108,11 @@ impl AuthMetrics {
         registry.register("auth_cache_hits", "Validation cache hits, by cache", self.cache_hits.clone());
         registry.register("auth_cache_misses", "Validation cache misses, by cache", self.cache_misses.clone());
         registry.register("auth_db_reads", "Database reads made while validating", self.db_reads.clone());
+        registry.register(
+            "auth_stale_shared_whitelists",
+            "Shared-cache whitelist copies found older than their last change (refreshed from the database)",
+            self.stale_shared_whitelists.clone(),
+        );
         registry.register(
             "auth_cache_hit_rate",
             "Validation cache hits / lookups since start",

@@ -41,7 +41,7 @@ pub async fn set_rate_limits(
         detail: None,
     };
     let change = store.set_rate_limits(tenant, &limits, &audit, now).await?;
-    validator.publish(Event::RateLimitsChanged { tenant_id: tenant.into() }).await;
+    validator.publish(Event::rate_limits_changed(tenant)).await;
     tracing::info!(tenant_id = tenant, ?limits, "rate limits updated");
     Ok(change)
 }

@@ -9,6 +9,9 @@ use crate::store::{Store, StoreError};
 
 /// A session or refresh token is kept this long past its expiry.
 pub const EXPIRED_KEPT_FOR: Duration = Duration::from_secs(86_400);
+/// The change feed (core/src/feed.rs) keeps a week: far longer than any
+/// reader is behind, even one whose database link was down for days.
+pub const CHANGES_KEPT_FOR: Duration = Duration::from_secs(7 * 86_400);
 
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -24,6 +27,7 @@ pub struct Purged {
     pub sessions: u64,
     pub refresh_tokens: u64,
     pub audit_rows: u64,
+    pub changes: u64,
 }
 
 fn seconds(duration: Duration) -> i64 {
@@ -35,7 +39,8 @@ impl Retention {
     pub async fn purge(&self, store: &Store, now: i64) -> Result<Purged, StoreError> {
         let (sessions, refresh_tokens) = store.purge_expired_sessions(now - seconds(EXPIRED_KEPT_FOR)).await?;
         let audit_rows = store.purge_audit(now.saturating_sub(seconds(self.audit_for))).await?;
-        Ok(Purged { sessions, refresh_tokens, audit_rows })
+        let changes = store.purge_changes(now - seconds(CHANGES_KEPT_FOR)).await?;
+        Ok(Purged { sessions, refresh_tokens, audit_rows, changes })
     }
 
     /// Purges every `every`, first one `every` after start, until dropped.
@@ -47,8 +52,8 @@ impl Retention {
             timer.tick().await;
             match self.purge(&store, crate::id::unix_now()).await {
                 Ok(purged) if purged == Purged::default() => {}
-                Ok(Purged { sessions, refresh_tokens, audit_rows }) => {
-                    tracing::info!(sessions, refresh_tokens, audit_rows, "purged rows past their retention");
+                Ok(Purged { sessions, refresh_tokens, audit_rows, changes }) => {
+                    tracing::info!(sessions, refresh_tokens, audit_rows, changes, "purged rows past their retention");
                 }
                 Err(error) => tracing::warn!(%error, "could not purge rows past their retention; will retry"),
             }

@@ -154,6 +154,10 @@ impl crate::bus::EventBus for RecordingBus {
         self.local.subscribe()
     }
 
+    fn deliver_locally(&self, message: crate::bus::BusMessage) {
+        self.local.deliver_locally(message);
+    }
+
     fn is_connected(&self) -> bool {
         true
     }
@@ -210,12 +214,22 @@ macro_rules! store_conformance {
 
 /// In-process cache and bus over `store`: all one test process needs.
 pub fn local_backends(store: Store) -> Backends {
-    Backends { store, cache: std::sync::Arc::new(MemoryCache::new()), bus: std::sync::Arc::new(LocalBus::new()) }
+    Backends {
+        store,
+        cache: std::sync::Arc::new(MemoryCache::new()),
+        bus: std::sync::Arc::new(LocalBus::new()),
+        feed: None,
+    }
 }
 
 /// Storage arguments of a service built on `local_backends`: never connected.
 pub fn unused_storage() -> StorageArgs {
-    StorageArgs { database_url: "sqlite::memory:".into(), database_max_connections: 1, redis_url: None }
+    StorageArgs {
+        database_url: "sqlite::memory:".into(),
+        database_max_connections: 1,
+        redis_url: None,
+        change_feed_interval: std::time::Duration::from_secs(1),
+    }
 }
 
 pub fn service_args(current: &str, previous: Option<&str>) -> ServiceSecretArgs {

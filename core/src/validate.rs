@@ -25,7 +25,7 @@ use crate::cache::Cache;
 use crate::events::Event;
 use crate::jwt::{Audience, Claims, JwtKeys};
 use crate::metrics::AuthMetrics;
-use crate::store::{SessionKind, Store, StoreError, WhitelistKind};
+use crate::store::{SessionKind, Store, StoreError, VersionedWhitelist, WhitelistKind};
 use crate::whitelist::{IpWhitelist, OriginWhitelist};
 pub use caas_rules::denial::{Denial, DenialClass, Rejection};
 use caas_rules::quota::{DEFAULT_LIMITS, Limits};
@@ -293,6 +293,11 @@ pub struct Validator {
     /// Key id → when its use was last recorded (bounded; evicting one only
     /// means an extra `last_used_at` write).
     last_touched: moka::sync::Cache<String, i64>,
+    /// Shared-cache key of a whitelist → the newest version an event named:
+    /// a shared copy older than that is stale (written before a change whose
+    /// writer could not update it) and is refreshed from the database. Kept
+    /// as long as such a copy can live (`shared_ttl`).
+    whitelist_floors: moka::sync::Cache<String, i64>,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -335,6 +340,10 @@ impl Validator {
             origin_lists: LocalCache::new(3, &settings),
             rate_limits: LocalCache::new(4, &settings),
             last_touched: moka::sync::Cache::new(TOUCHED_CAPACITY),
+            whitelist_floors: moka::sync::Cache::builder()
+                .max_capacity(settings.capacity as u64)
+                .time_to_live(settings.shared_ttl + Duration::from_secs(60))
+                .build(),
             settings,
             listener: Mutex::new(None),
         });
@@ -387,8 +396,14 @@ impl Validator {
             }
             BusMessage::Event(event) => match event.as_ref() {
                 Event::ApiKeyChanged { key_hash, .. } => self.keys.evict(key_hash),
-                Event::IpWhitelistChanged { tenant_id } => self.ip_lists.evict(tenant_id),
-                Event::OriginWhitelistChanged { tenant_id } => self.origin_lists.evict(tenant_id),
+                Event::IpWhitelistChanged { tenant_id, version } => {
+                    self.raise_floor(WhitelistKind::Ip, tenant_id, *version);
+                    self.ip_lists.evict(tenant_id);
+                }
+                Event::OriginWhitelistChanged { tenant_id, version } => {
+                    self.raise_floor(WhitelistKind::Origin, tenant_id, *version);
+                    self.origin_lists.evict(tenant_id);
+                }
                 Event::SessionRevoked { session_id, .. } => {
                     self.sessions.pin(session_id, Some(SessionEntry::revoked()), self.settings.pin_for);
                 }
@@ -396,6 +411,13 @@ impl Validator {
                 Event::MessageCreated { .. } => {}
             },
         }
+    }
+
+    fn raise_floor(&self, kind: WhitelistKind, tenant_id: &str, version: i64) {
+        let key = whitelist_cache_key(kind, tenant_id);
+        self.whitelist_floors
+            .entry(key)
+            .and_upsert_with(|floor| floor.map_or(version, |floor| floor.into_value().max(version)));
     }
 
     /// API key from the `x-api-key` header, then the caller's IP against the
@@ -557,24 +579,42 @@ impl Validator {
             |_| self.settings.fresh_for,
             || async {
                 let shared_key = whitelist_cache_key(kind, tenant_id);
+                let floor = self.whitelist_floors.get(&shared_key).unwrap_or(0);
+                let mut stale_shared = false;
                 if let Ok(Some(json)) = self.shared.get(&shared_key).await
-                    && let Some(list) =
-                        serde_json::from_str::<Vec<String>>(&json).ok().and_then(|entries| parse(&entries))
+                    && let Some(copy) = SharedWhitelist::from_json(&json)
                 {
-                    return Ok(list);
+                    if copy.version >= floor
+                        && let Some(list) = parse(&copy.entries)
+                    {
+                        return Ok(list);
+                    }
+                    stale_shared = true;
+                    self.metrics.stale_shared_whitelists.inc();
+                    tracing::warn!(
+                        tenant_id,
+                        ?kind,
+                        shared = copy.version,
+                        expected = floor,
+                        "shared whitelist copy is older than its last change; reading the database"
+                    );
                 }
                 self.metrics.db_reads.inc();
-                let entries = self.store.whitelist(kind, tenant_id).await?;
+                let VersionedWhitelist { entries, version } = self.store.versioned_whitelist(kind, tenant_id).await?;
                 // Entries were validated when written; one that no longer parses
                 // (a rule got stricter) must not widen access: treat it as empty.
                 let list = parse(&entries).unwrap_or_else(|| {
                     tracing::error!(tenant_id, ?kind, "stored whitelist no longer parses; treating it as empty");
                     parse(&[]).unwrap_or_else(|| unreachable!("an empty whitelist always parses"))
                 });
-                if let Ok(json) = serde_json::to_string(&entries) {
-                    // Readers only fill an empty slot; writers overwrite (see `whitelist_written`).
-                    let _ = self.shared.set_if_absent(&shared_key, &json, self.settings.shared_ttl).await;
-                }
+                let json = SharedWhitelist { version, entries }.to_json();
+                // Readers fill an empty slot or replace a copy known stale;
+                // writers overwrite (see `whitelist_written`).
+                let _ = if stale_shared {
+                    self.shared.set(&shared_key, &json, self.settings.shared_ttl).await
+                } else {
+                    self.shared.set_if_absent(&shared_key, &json, self.settings.shared_ttl).await.map(|_| ())
+                };
                 Ok(list)
             },
         )
@@ -666,23 +706,36 @@ impl Validator {
         }
     }
 
-    /// After a whitelist is written: overwrite the shared copy, then tell
-    /// every process to drop its parsed copy.
-    pub async fn whitelist_written(&self, kind: WhitelistKind, tenant_id: &str, entries: &[String]) {
+    /// After a whitelist is written (at `version`): overwrite the shared
+    /// copy, then tell every process to drop its parsed copy. If the shared
+    /// copy cannot be written, the event's version marks the old one stale.
+    pub async fn whitelist_written(&self, kind: WhitelistKind, tenant_id: &str, entries: &[String], version: i64) {
         let key = whitelist_cache_key(kind, tenant_id);
-        let written = match serde_json::to_string(entries) {
-            Ok(json) => self.shared.set(&key, &json, self.settings.shared_ttl).await,
-            Err(_) => self.shared.delete(&key).await,
-        };
-        if let Err(error) = written {
-            tracing::warn!(%error, "could not update shared whitelist cache");
+        let json = SharedWhitelist { version, entries: entries.to_vec() }.to_json();
+        if let Err(error) = self.shared.set(&key, &json, self.settings.shared_ttl).await {
+            tracing::warn!(%error, "could not update shared whitelist cache; readers will find its copy stale");
         }
-        let tenant_id = tenant_id.to_string();
-        self.publish(match kind {
-            WhitelistKind::Ip => Event::IpWhitelistChanged { tenant_id },
-            WhitelistKind::Origin => Event::OriginWhitelistChanged { tenant_id },
-        })
-        .await;
+        self.publish(Event::whitelist_changed(kind, tenant_id, version)).await;
+    }
+}
+
+/// A whitelist's copy in the shared cache, with the version it was read or
+/// written at. (A bare JSON array, as older versions wrote, is version 0.)
+#[derive(Debug, Serialize, Deserialize)]
+struct SharedWhitelist {
+    version: i64,
+    entries: Vec<String>,
+}
+
+impl SharedWhitelist {
+    fn from_json(json: &str) -> Option<Self> {
+        serde_json::from_str(json)
+            .ok()
+            .or_else(|| serde_json::from_str(json).ok().map(|entries| SharedWhitelist { version: 0, entries }))
+    }
+
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
     }
 }
 

@@ -73,6 +73,7 @@ pub async fn serve(
     let mut registry = Registry::default();
     authorizer.validator().metrics().register(&mut registry);
     authorizer.metrics().register(&mut registry);
+    backends.register_metrics(&mut registry);
     let ops_state = OpsState { authorizer: authorizer.clone(), backends, registry: Arc::new(registry) };
     let ops_app = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))

@@ -104,6 +104,7 @@ impl SocketState {
         let metrics = SocketMetrics::default();
         let mut metrics_registry = MetricsRegistry::default();
         metrics.register(&mut metrics_registry);
+        backends.register_metrics(&mut metrics_registry);
         Self(Arc::new(Inner {
             chat: Chat::new(backends.store.clone(), backends.bus.clone()),
             presence: Presence::new(backends.cache.clone(), caas_core::id::new_id("node")),

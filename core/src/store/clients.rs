@@ -1,8 +1,10 @@
 //! Clients and their dashboard accounts.
 
 use super::audit::{AuditAction, AuditEntry, insert_audit};
+use super::changes::record_changes;
 use super::keys::{NewApiKey, insert_key};
 use super::{Result, Store, StoreError};
+use crate::events::Event;
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ClientRecord {
@@ -76,6 +78,7 @@ impl Store {
             detail: Some(serde_json::json!({ "key_id": key.id })),
         };
         insert_audit(&mut tx, &audit, now).await?;
+        record_changes(&mut tx, [Event::key_changed(client_id, &key.id, &key.hash)], now).await?;
         tx.commit().await?;
         Ok(())
     }

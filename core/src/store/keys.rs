@@ -3,7 +3,9 @@
 use sqlx::{Any, Transaction};
 
 use super::audit::{AuditEntry, insert_audit};
+use super::changes::record_changes;
 use super::{Result, Store};
+use crate::events::Event;
 
 caas_rules::names! {
     /// An API key's place in rotation: at most one primary and one secondary.
@@ -125,6 +127,13 @@ impl Store {
             "revoked_key_ids": revoked.iter().map(|k| &k.key.id).collect::<Vec<_>>(),
         }));
         insert_audit(&mut tx, &audit, now).await?;
+        let changed: Vec<Event> = demoted
+            .iter()
+            .chain(&revoked)
+            .map(|c| Event::key_changed(client_id, &c.key.id, &c.hash))
+            .chain([Event::key_changed(client_id, &key.id, &key.hash)])
+            .collect();
+        record_changes(&mut tx, changed, now).await?;
         tx.commit().await?;
         Ok(Rotation { new_key, demoted, revoked })
     }
@@ -146,10 +155,11 @@ impl Store {
         .bind(client_id)
         .fetch_optional(&mut *tx)
         .await?;
-        if revoked.is_some() {
+        if let Some(revoked) = &revoked {
             let mut audit = audit.clone();
             audit.detail = Some(serde_json::json!({ "key_id": key_id }));
             insert_audit(&mut tx, &audit, now).await?;
+            record_changes(&mut tx, [Event::key_changed(client_id, key_id, &revoked.hash)], now).await?;
         }
         tx.commit().await?;
         Ok(revoked)

@@ -15,6 +15,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor as _};
 
 mod audit;
+mod changes;
 mod chat;
 mod clients;
 mod keys;
@@ -23,12 +24,13 @@ mod sessions;
 mod whitelists;
 
 pub use audit::{AuditAction, AuditEntry, AuditRecord};
+pub use changes::Change;
 pub use chat::ConversationRecord;
 pub use clients::{AccountRecord, ClientRecord};
 pub use keys::{ApiKeyRecord, ChangedKey, KeyRole, NewApiKey, Rotation};
 pub use quotas::RateLimitsChange;
 pub use sessions::{NewSdkSession, RefreshOutcome, SessionKind, SessionRecord};
-pub use whitelists::WhitelistKind;
+pub use whitelists::{VersionedWhitelist, WhitelistKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

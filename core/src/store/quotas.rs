@@ -3,7 +3,9 @@
 use caas_rules::quota::{Limit, Limits};
 
 use super::audit::{AuditEntry, insert_audit};
+use super::changes::record_changes;
 use super::{Result, Store};
+use crate::events::Event;
 
 /// A write of a tenant's limits: what they were (`None`: the defaults) and are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +80,7 @@ impl Store {
         let mut audit = audit.clone();
         audit.detail = Some(serde_json::json!({ "before": before, "after": limits }));
         insert_audit(&mut tx, &audit, now).await?;
+        record_changes(&mut tx, [Event::rate_limits_changed(client_id)], now).await?;
         tx.commit().await?;
         Ok(RateLimitsChange { before, after: *limits })
     }

@@ -3,7 +3,9 @@
 use sqlx::{Any, Row as _, Transaction};
 
 use super::audit::{AuditAction, AuditEntry, insert_audit};
+use super::changes::record_changes;
 use super::{Result, Store};
+use crate::events::Event;
 
 caas_rules::names! {
     /// Who a session belongs to: an end user (SDK) or a client's dashboard account.
@@ -205,6 +207,7 @@ impl Store {
             .await?;
         let audit = session_audit(&session, AuditAction::SessionRefreshTokenReused, ip);
         insert_audit(&mut tx, &audit, now).await?;
+        record_changes(&mut tx, [Event::session_revoked(&session.client_id, &session.id)], now).await?;
         tx.commit().await?;
         Ok(RefreshOutcome::Reused(SessionRecord { revoked_at: session.revoked_at.or(Some(now)), ..session }))
     }
@@ -252,6 +255,9 @@ impl Store {
             let mut audit = audit.clone();
             audit.detail = Some(serde_json::json!({ "session_id": session_id, "reason": reason }));
             insert_audit(&mut tx, &audit, now).await?;
+            if let Some(session) = &session {
+                record_changes(&mut tx, [Event::session_revoked(&session.client_id, session_id)], now).await?;
+            }
         }
         tx.commit().await?;
         Ok(session)

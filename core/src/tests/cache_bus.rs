@@ -127,6 +127,6 @@ async fn redis_down_is_an_error_not_a_hang() {
     assert!(!bus.wait_connected(Duration::from_millis(300)).await);
     // Local delivery still happens when Redis is down.
     let mut rx = bus.subscribe();
-    assert!(bus.publish(Event::IpWhitelistChanged { tenant_id: "t".into() }).await.is_err());
+    assert!(bus.publish(Event::IpWhitelistChanged { tenant_id: "t".into(), version: 1 }).await.is_err());
     assert!(matches!(rx.recv().await.unwrap(), BusMessage::Event(_)));
 }

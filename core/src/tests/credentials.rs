@@ -26,6 +26,25 @@ struct Fixture {
     bus: Arc<RecordingBus>,
     store: Store,
     _validator: Arc<Validator>,
+    /// How far `take` has read the change feed.
+    feed_cursor: std::sync::atomic::AtomicI64,
+}
+
+impl Fixture {
+    /// What was published since the last call, after checking that the
+    /// durable change feed recorded exactly the same (core/src/feed.rs
+    /// delivers those when a bus message is lost).
+    async fn take(&self) -> Vec<Event> {
+        use std::sync::atomic::Ordering;
+        let published = self.bus.take();
+        let recorded = self.store.changes_after(self.feed_cursor.load(Ordering::SeqCst), 1000).await.unwrap();
+        if let Some(last) = recorded.last() {
+            self.feed_cursor.store(last.seq, Ordering::SeqCst);
+        }
+        let recorded: Vec<Event> = recorded.into_iter().map(|c| c.event).collect();
+        assert_eq!(published, recorded, "the change feed records what is published");
+        published
+    }
 }
 
 fn fixture(store: Store) -> Fixture {
@@ -50,7 +69,7 @@ fn fixture(store: Store) -> Fixture {
     };
     let lifetimes = Lifetimes { access: Duration::from_secs(900), refresh: Duration::from_secs(86_400) };
     let credentials = Credentials::new(store.clone(), validator.clone(), lifetimes, throttles);
-    Fixture { credentials, bus, store, _validator: validator }
+    Fixture { credentials, bus, store, _validator: validator, feed_cursor: Default::default() }
 }
 
 /// A dashboard caller of `tenant`.
@@ -90,7 +109,7 @@ async fn registered(f: &Fixture, email: &str) -> (String, String, String) {
     let registration = f.credentials.register("Acme", email, PASSWORD.into(), IP, NOW).await.unwrap();
     let hash = api_key::hash_key(&registration.key.key);
     let tenant = registration.client_id;
-    assert_eq!(f.bus.take(), [key_changed(&tenant, &registration.key.id, &hash)]);
+    assert_eq!(f.take().await, [key_changed(&tenant, &registration.key.id, &hash)]);
     assert_eq!(last_action(f, &tenant).await, "client.registered");
     (tenant, registration.key.id, hash)
 }
@@ -99,7 +118,7 @@ async fn sdk_session(f: &Fixture, tenant: &str, user: &str) -> SdkTokens {
     let request = SdkSessionRequest { user_id: user.into(), name: None, metadata: None };
     let tokens = f.credentials.create_sdk_session(&api_key_caller(tenant), request, NOW).await.unwrap();
     // A new session has nothing cached to evict.
-    assert!(f.bus.take().is_empty());
+    assert!(f.take().await.is_empty());
     assert_eq!(last_action(f, tenant).await, "session.created");
     tokens
 }
@@ -109,7 +128,7 @@ async fn register_and_login_announce_the_new_key_only(store: Store) {
     let (tenant, _, _) = registered(&f, "ada@example.com").await;
     let grant = f.credentials.login("ada@example.com", PASSWORD.into(), IP, NOW).await.unwrap();
     assert!(!grant.token.is_empty());
-    assert!(f.bus.take().is_empty());
+    assert!(f.take().await.is_empty());
     assert_eq!(last_action(&f, &tenant).await, "client.login");
     let wrong = f.credentials.login("ada@example.com", "not the password!".into(), IP, NOW).await;
     assert!(matches!(wrong, Err(CredentialError::WrongPassword)), "{wrong:?}");
@@ -124,7 +143,7 @@ async fn rotation_announces_demoted_revoked_and_new_keys(store: Store) {
     let second = f.credentials.rotate_api_key(&caller, Some(60), NOW).await.unwrap();
     let second_hash = api_key::hash_key(&second.key.key);
     assert_eq!(
-        f.bus.take(),
+        f.take().await,
         [key_changed(&tenant, &first_id, &first_hash), key_changed(&tenant, &second.key.id, &second_hash)]
     );
     assert_eq!(last_action(&f, &tenant).await, "api_key.rotated");
@@ -133,7 +152,7 @@ async fn rotation_announces_demoted_revoked_and_new_keys(store: Store) {
     let third = f.credentials.rotate_api_key(&caller, None, NOW + 1).await.unwrap();
     assert_eq!(third.revoked.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), [first_id.as_str()]);
     assert_eq!(
-        f.bus.take(),
+        f.take().await,
         [
             key_changed(&tenant, &second.key.id, &second_hash),
             key_changed(&tenant, &first_id, &first_hash),
@@ -144,7 +163,7 @@ async fn rotation_announces_demoted_revoked_and_new_keys(store: Store) {
     // Refused before anything changes: nothing to announce.
     let too_long = f.credentials.rotate_api_key(&caller, Some(31 * 86_400), NOW + 2).await;
     assert!(matches!(too_long, Err(CredentialError::GraceTooLong)), "{too_long:?}");
-    assert!(f.bus.take().is_empty());
+    assert!(f.take().await.is_empty());
 }
 
 async fn revoking_a_key_announces_it(store: Store) {
@@ -154,10 +173,10 @@ async fn revoking_a_key_announces_it(store: Store) {
 
     let foreign = f.credentials.revoke_api_key(&dashboard(&other), &key_id, NOW).await;
     assert!(matches!(foreign, Err(CredentialError::KeyNotFound)), "{foreign:?}");
-    assert!(f.bus.take().is_empty());
+    assert!(f.take().await.is_empty());
 
     f.credentials.revoke_api_key(&dashboard(&tenant), &key_id, NOW).await.unwrap();
-    assert_eq!(f.bus.take(), [key_changed(&tenant, &key_id, &hash)]);
+    assert_eq!(f.take().await, [key_changed(&tenant, &key_id, &hash)]);
     assert_eq!(last_action(&f, &tenant).await, "api_key.revoked");
 }
 
@@ -169,7 +188,7 @@ async fn logout_announces_the_session(store: Store) {
     // By refresh token.
     let tokens = sdk_session(&f, &tenant, "user-1").await;
     f.credentials.logout(Some(&tokens.refresh_token), None, IP, NOW + 1).await.unwrap();
-    assert_eq!(f.bus.take(), [revoked(&tokens.session_id)]);
+    assert_eq!(f.take().await, [revoked(&tokens.session_id)]);
     assert_eq!(last_action(&f, &tenant).await, "session.logout");
 
     // The caller's own session, from its access-token context.
@@ -181,11 +200,11 @@ async fn logout_announces_the_session(store: Store) {
         ..dashboard(&tenant)
     };
     f.credentials.logout(None, Some(&own), IP, NOW + 2).await.unwrap();
-    assert_eq!(f.bus.take(), [revoked(&tokens.session_id)]);
+    assert_eq!(f.take().await, [revoked(&tokens.session_id)]);
 
     let nothing = f.credentials.logout(None, Some(&api_key_caller(&tenant)), IP, NOW + 3).await;
     assert!(matches!(nothing, Err(CredentialError::NoSessionNamed)), "{nothing:?}");
-    assert!(f.bus.take().is_empty());
+    assert!(f.take().await.is_empty());
 }
 
 async fn refresh_reuse_revokes_and_announces_the_session(store: Store) {
@@ -196,17 +215,17 @@ async fn refresh_reuse_revokes_and_announces_the_session(store: Store) {
     let second = f.credentials.refresh(&first.refresh_token, None, IP, NOW + 1).await.unwrap();
     assert_eq!(second.session_id, first.session_id);
     // A rotation changes no cached credential.
-    assert!(f.bus.take().is_empty());
+    assert!(f.take().await.is_empty());
     assert_eq!(last_action(&f, &tenant).await, "session.refreshed");
 
     let reused = f.credentials.refresh(&first.refresh_token, None, IP, NOW + 2).await;
     assert!(matches!(reused, Err(CredentialError::RefreshTokenReused)), "{reused:?}");
-    assert_eq!(f.bus.take(), [Event::SessionRevoked { tenant_id: tenant.clone(), session_id: first.session_id }]);
+    assert_eq!(f.take().await, [Event::SessionRevoked { tenant_id: tenant.clone(), session_id: first.session_id }]);
     assert_eq!(last_action(&f, &tenant).await, "session.refresh_token_reused");
 
     let after = f.credentials.refresh(&second.refresh_token, None, IP, NOW + 3).await;
     assert!(matches!(after, Err(CredentialError::InvalidRefreshToken)), "{after:?}");
-    assert!(f.bus.take().is_empty());
+    assert!(f.take().await.is_empty());
 }
 
 async fn whitelist_replacements_announce_their_kind(store: Store) {
@@ -216,18 +235,18 @@ async fn whitelist_replacements_announce_their_kind(store: Store) {
 
     let cidrs = f.credentials.replace_ip_whitelist(&caller, &["10.0.0.0/8".into()], NOW).await.unwrap();
     assert_eq!(cidrs, ["10.0.0.0/8"]);
-    assert_eq!(f.bus.take(), [Event::IpWhitelistChanged { tenant_id: tenant.clone() }]);
+    assert_eq!(f.take().await, [Event::IpWhitelistChanged { tenant_id: tenant.clone(), version: 1 }]);
     assert_eq!(last_action(&f, &tenant).await, "ip_whitelist.updated");
 
     let origins =
         f.credentials.replace_origin_whitelist(&caller, &["https://app.example.com".into()], NOW).await.unwrap();
     assert_eq!(origins, ["https://app.example.com"]);
-    assert_eq!(f.bus.take(), [Event::OriginWhitelistChanged { tenant_id: tenant.clone() }]);
+    assert_eq!(f.take().await, [Event::OriginWhitelistChanged { tenant_id: tenant.clone(), version: 1 }]);
     assert_eq!(last_action(&f, &tenant).await, "origin_whitelist.updated");
 
     let invalid = f.credentials.replace_ip_whitelist(&caller, &["not a cidr".into()], NOW).await;
     assert!(matches!(invalid, Err(CredentialError::InvalidWhitelistEntry(_))), "{invalid:?}");
-    assert!(f.bus.take().is_empty());
+    assert!(f.take().await.is_empty());
 }
 
 crate::store_conformance!(

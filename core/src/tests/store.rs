@@ -328,6 +328,11 @@ async fn expired_sessions_and_old_audit_rows_are_purged(store: Store) {
     assert!(store.session(&long.session_id).await.unwrap().is_some(), "a live session is kept");
     assert!(store.audit_log(&client_id, 10).await.unwrap().is_empty());
     assert_eq!(retention.purge(&store, NOW + 3600 + kept + 10).await.unwrap(), Purged::default());
+    // The change feed keeps its week.
+    let feed_kept = crate::retention::CHANGES_KEPT_FOR.as_secs() as i64;
+    assert_eq!(retention.purge(&store, NOW + feed_kept).await.unwrap().changes, 0);
+    assert!(retention.purge(&store, NOW + feed_kept + 1).await.unwrap().changes >= 1);
+    assert!(store.changes_after(0, 10).await.unwrap().is_empty());
 }
 
 crate::store_conformance!(

@@ -35,8 +35,8 @@ fn audit(tenant: &str) -> AuditEntry {
 
 async fn whitelist(store: &Store, v: &Validator, kind: WhitelistKind, tenant: &str, entries: &[&str]) {
     let entries: Vec<String> = entries.iter().map(|s| s.to_string()).collect();
-    store.replace_whitelist(kind, tenant, &entries, &audit(tenant), NOW).await.unwrap();
-    v.whitelist_written(kind, tenant, &entries).await;
+    let version = store.replace_whitelist(kind, tenant, &entries, &audit(tenant), NOW).await.unwrap();
+    v.whitelist_written(kind, tenant, &entries, version).await;
 }
 
 async fn session(store: &Store, tenant: &str, user: &str) -> Claims {
@@ -246,6 +246,9 @@ impl EventBus for DisconnectedBus {
     fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
         self.0.subscribe()
     }
+    fn deliver_locally(&self, message: BusMessage) {
+        let _ = self.0.send(message);
+    }
     fn is_connected(&self) -> bool {
         false
     }
@@ -380,3 +383,52 @@ async fn a_pinned_revocation_outlives_any_number_of_entries() {
     );
     assert_eq!(reads(&v), before, "the pin answered, not the database");
 }
+
+/// Two processes on one database whose bus link is lost (each has only its
+/// own in-process bus): what the writer announces never reaches the other
+/// over the bus, so only the durable change feed (core/src/feed.rs) can.
+async fn a_change_whose_bus_message_is_lost_still_arrives_through_the_feed(store: Store) {
+    let shared: Arc<dyn Cache> = Arc::new(MemoryCache::new());
+    let writer = validator(store.clone(), shared.clone(), Arc::new(LocalBus::new()));
+    let reader_bus: Arc<dyn EventBus> = Arc::new(LocalBus::new());
+    let reader = validator(store.clone(), shared.clone(), reader_bus.clone());
+    let feed =
+        crate::feed::ChangeFeed::start(store.clone(), reader_bus, Duration::from_millis(100), Duration::from_secs(300));
+    let (tenant, _, _, _) = register(&store, "feed@example.com").await;
+    assert!(crate::testing::eventually(Duration::from_secs(5), || async { feed.metrics.current.get() == 1 }).await);
+
+    // A session the reader has cached as valid, revoked by the writer.
+    let claims = session(&store, &tenant, "user-1").await;
+    reader.check_session(&claims, Audience::Sdk).await.unwrap();
+    let started = std::time::Instant::now();
+    let audit = audit(&tenant);
+    store.revoke_session(&claims.sid, "logout", &audit, NOW).await.unwrap();
+    writer.publish(Event::session_revoked(&tenant, &claims.sid)).await;
+    let refused = crate::testing::eventually(Duration::from_secs(3), || async {
+        reader.check_session(&claims, Audience::Sdk).await == Err(Denial::SessionRevoked)
+    })
+    .await;
+    assert!(refused, "the revocation reached the other process");
+    assert!(started.elapsed() < Duration::from_secs(2), "within about one feed period: {:?}", started.elapsed());
+
+    // A whitelist whose new version the writer could not put in the shared
+    // cache: the old shared copy is recognised as stale and read again.
+    whitelist(&store, &writer, WhitelistKind::Ip, &tenant, &["10.0.0.0/8"]).await;
+    assert_eq!(reader.check_ip(&tenant, ip("10.1.2.3")).await, Ok(()));
+    let entries = vec!["192.0.2.0/24".to_string()];
+    let version = store.replace_whitelist(WhitelistKind::Ip, &tenant, &entries, &audit, NOW).await.unwrap();
+    assert_eq!(version, 2);
+    let moved = crate::testing::eventually(Duration::from_secs(3), || async {
+        reader.check_ip(&tenant, ip("192.0.2.9")).await.is_ok()
+            && reader.check_ip(&tenant, ip("10.1.2.3")).await == Err(Denial::IpNotAllowed)
+    })
+    .await;
+    assert!(moved, "the stale shared copy was not served");
+    assert!(reader.metrics().stale_shared_whitelists.get() >= 1);
+    let key = crate::validate::whitelist_cache_key(WhitelistKind::Ip, &tenant);
+    let copy = shared.get(&key).await.unwrap().unwrap();
+    assert!(copy.contains("\"version\":2") && copy.contains("192.0.2.0/24"), "repaired for everyone: {copy}");
+    assert!(feed.metrics.delivered.get() >= 2);
+}
+
+crate::store_conformance!(a_change_whose_bus_message_is_lost_still_arrives_through_the_feed);
