@@ -57,3 +57,89 @@ async fn shadow_mode_logs_and_lets_requests_through_with_their_credentials() {
     assert_eq!(r.upstream_headers()["authorization"], format!("Bearer {token}"));
     cluster.shutdown().await;
 }
+
+/// The host:port of a redis:// URL.
+fn redis_authority(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.rsplit('@').next().unwrap_or(authority).to_string()
+}
+
+/// Node one loses its link to Redis, so the logout it serves cannot be
+/// published; node two (bus up, the session cached as valid) must still
+/// refuse the token, and close the session's socket with 4003, within the
+/// change feed's period (1 s, CHANGE_FEED_INTERVAL): the durable path, not
+/// the cache's 60 s freshness.
+#[tokio::test]
+async fn a_logout_whose_bus_message_is_lost_still_reaches_every_node_within_the_feed_period() {
+    let upstream: std::net::SocketAddr = {
+        let authority = redis_authority(&caas_core::testing::redis_test_url());
+        let Some(addr) = tokio::net::lookup_host(&authority).await.ok().and_then(|mut a| a.next()) else {
+            return;
+        };
+        addr
+    };
+    let link = Cuttable::start(upstream).await;
+    let proxied = link.addr.to_string();
+    let Some(cluster) =
+        cluster_with(
+            2,
+            &[],
+            |i, url| {
+                if i == 0 { url.replacen(&redis_authority(url), &proxied, 1) } else { url.to_string() }
+            },
+        )
+        .await
+    else {
+        return;
+    };
+    let (one, two) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let tenant = onboard(one, "lost-event").await;
+    set_whitelists(one, &tenant, &["127.0.0.1/32"], &[]).await;
+    let session = sdk_session(one, &tenant, "bob").await;
+    let token = session["access_token"].as_str().unwrap().to_string();
+    let http = client();
+    // Node two has seen the session valid (and caches that), and holds its socket.
+    assert_eq!(send(http.get(two.url("/v1/conversations")).bearer_auth(&token)).await.status, 200);
+    let mut socket = crate::ws::connect(&two.ws(), Some(&token), None).await.unwrap();
+    let conv = {
+        let r =
+            send(http.post(two.url("/v1/conversations")).bearer_auth(&token).json(&json!({ "member_ids": [] }))).await;
+        assert_eq!(r.status, 201, "{r:?}");
+        r.body["id"].as_str().unwrap().to_string()
+    };
+    socket.subscribe(&conv).await;
+
+    link.cut();
+    // Node one's subscription notices (heartbeat) and its publisher's
+    // connection is gone: the logout's event cannot go out over Redis.
+    let deaf = within(Duration::from_secs(10), || async { !one.stack.backends.bus.is_connected() }).await;
+    assert!(deaf.is_some(), "node one still on the bus after the cut");
+    let r = send(http.post(one.url("/v1/sdk/logout")).json(&json!({"refresh_token": session["refresh_token"]}))).await;
+    assert_eq!(r.status, 204, "the logout is committed even though it cannot be published: {r:?}");
+    let started = std::time::Instant::now();
+    let refused = within(Duration::from_secs(5), || {
+        let (http, url, token) = (http.clone(), two.url("/v1/conversations"), token.clone());
+        async move {
+            let r = send(http.get(url).bearer_auth(&token)).await;
+            r.status == 401 && r.code() == "session_revoked"
+        }
+    })
+    .await;
+    let closed = socket.closed(Duration::from_secs(5)).await;
+    println!(
+        "lost bus message: node two refused the token after {refused:?}, closed its socket with {closed:?} after {:?}",
+        started.elapsed()
+    );
+    let refused = refused.expect("node two kept accepting a logged-out token");
+    assert!(refused < Duration::from_millis(2500), "refused after {refused:?}, beyond the feed's period");
+    assert_eq!(closed, Some(4003));
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    // Node one refuses it too, and recovers its bus once the link is back.
+    assert_eq!(send(http.get(one.url("/v1/conversations")).bearer_auth(&token)).await.code(), "session_revoked");
+    link.restore();
+    let fresh = sdk_session(one, &tenant, "carol").await;
+    let carol = fresh["access_token"].as_str().unwrap().to_string();
+    assert_eq!(send(http.get(two.url("/v1/conversations")).bearer_auth(&carol)).await.status, 200);
+    cluster.shutdown().await;
+}

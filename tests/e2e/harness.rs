@@ -82,13 +82,20 @@ impl Cluster {
 pub const ECHO_CHAT: [&str; 2] = ["--chat-upstream", "ECHO"];
 
 pub async fn cluster(count: usize, extra: &[&str]) -> Option<Cluster> {
+    cluster_with(count, extra, |_, redis| redis.to_string()).await
+}
+
+/// As `cluster`, with the Redis URL node `i` uses: `redis_for(i, shared_url)`
+/// (e.g. through a `Cuttable` link, to cut one node off the bus).
+pub async fn cluster_with(count: usize, extra: &[&str], redis_for: impl Fn(usize, &str) -> String) -> Option<Cluster> {
     if envoy_missing() {
         return None;
     }
     let (database_url, schema) = caas_core::testing::postgres_url().await?;
     let redis_url = caas_core::testing::redis_url().await?;
     let mut nodes = Vec::new();
-    for _ in 0..count {
+    for i in 0..count {
+        let node_redis = redis_for(i, &redis_url);
         let echo = start_echo().await.to_string();
         let dir = std::env::temp_dir().join(caas_core::id::new_id("caas-e2e"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -98,7 +105,7 @@ pub async fn cluster(count: usize, extra: &[&str]) -> Option<Cluster> {
             "--database-max-connections",
             "4",
             "--redis-url",
-            &redis_url,
+            &node_redis,
             "--jwt-secret",
             JWT_SECRET,
             "--service-secret",
@@ -316,5 +323,51 @@ where
             return None;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A TCP link to `upstream` that a test can cut (every open connection
+/// dropped, new ones refused) and restore: one process losing its link to
+/// Redis while the others keep theirs.
+pub struct Cuttable {
+    pub addr: SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Cuttable {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let accepting = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !accepting.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let mut cuts = cuts.clone();
+                cuts.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, up, cut }
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
