@@ -77,8 +77,11 @@ impl UpConfig {
         }
         let path = self.data_dir.join("dev-secrets.json");
         let secrets = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text)
-                .with_context(|| format!("{} is not valid; delete it to regenerate", path.display()))?,
+            Ok(text) => {
+                refuse_if_shared(&path)?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not valid; delete it to regenerate", path.display()))?
+            }
             Err(_) => {
                 let secrets = DevSecrets {
                     jwt_secret: caas_core::secret::generate().expose().to_string(),
@@ -147,6 +150,28 @@ fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(path).with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// A secrets file others can read (or write) is refused, not used: whoever
+/// read it can mint tokens and context for every tenant.
+fn refuse_if_shared(path: &std::path::Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode =
+            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "{} is readable or writable by other users (mode {:o}); refusing to use its secrets. \
+                 Make it private (`chmod 600 {}`) and rotate the secrets if others may have read them \
+                 (or delete it to generate new ones)",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {

@@ -71,3 +71,29 @@ fn chunked_bodies_are_decoded() {
     assert_eq!(crate::envoy::body_of("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"), "ok");
 }
 mod deploy;
+
+#[cfg(unix)]
+#[test]
+fn a_dev_secrets_file_others_can_read_is_refused() {
+    use clap::Parser as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    #[derive(clap::Parser)]
+    struct Up {
+        #[command(flatten)]
+        config: crate::stack::UpConfig,
+    }
+    let dir = std::env::temp_dir().join(caas_core::id::new_id("caas-secrets"));
+    let data = dir.display().to_string();
+    let parse = || Up::try_parse_from(["caas", "--data-dir", data.as_str()]).unwrap().config;
+    // First run: generated, private.
+    assert!(parse().fill_dev_secrets().unwrap());
+    let path = dir.join("dev-secrets.json");
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(parse().fill_dev_secrets().is_ok(), "a private file is used again");
+    // Opened to the group: refused, with the way out in the message.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let error = parse().fill_dev_secrets().unwrap_err().to_string();
+    assert!(error.contains("refusing") && error.contains("chmod 600"), "{error}");
+    assert!(!error.contains(&std::fs::read_to_string(&path).unwrap()), "the secrets are not in the error");
+    let _ = std::fs::remove_dir_all(dir);
+}
