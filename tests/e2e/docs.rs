@@ -13,80 +13,17 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
+use tokio::net::TcpStream;
 
 use crate::caas_up;
+use crate::harness::{Outage, address_of, pointed_at};
 
 /// The Redis database this test uses (the others use 0).
 const DOCS_REDIS_DB: u8 = 9;
 
 const GUIDE: &str = include_str!("../../docs/TROUBLESHOOTING_AUTH.md");
-
-/// A TCP proxy in front of a dependency that can be cut (every connection
-/// dropped, new ones closed at once) and restored: the dependency going down
-/// and coming back, as the services see it.
-#[derive(Clone, Default)]
-struct Outage {
-    down: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<AbortHandle>>>,
-}
-
-impl Outage {
-    async fn proxy(target: SocketAddr) -> (SocketAddr, Outage) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let outage = Outage::default();
-        let this = outage.clone();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if this.down.load(Ordering::SeqCst) {
-                    continue; // dropped: the client sees the connection close
-                }
-                let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                let mut connections = this.connections.lock().unwrap();
-                connections.retain(|c| !c.is_finished());
-                connections.push(task.abort_handle());
-            }
-        });
-        (addr, outage)
-    }
-
-    fn cut(&self) {
-        self.down.store(true, Ordering::SeqCst);
-        for connection in self.connections.lock().unwrap().drain(..) {
-            connection.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.down.store(false, Ordering::SeqCst);
-    }
-}
-
-/// Where `url` points.
-fn address_of(url: &str) -> SocketAddr {
-    use std::net::ToSocketAddrs as _;
-    let parsed = reqwest::Url::parse(url).unwrap();
-    let (host, port) = (parsed.host_str().unwrap(), parsed.port().unwrap());
-    (host, port).to_socket_addrs().unwrap().next().unwrap()
-}
-
-/// `url` pointing at `addr` instead.
-fn pointed_at(url: &str, addr: SocketAddr) -> String {
-    let mut parsed = reqwest::Url::parse(url).unwrap();
-    parsed.set_host(Some(&addr.ip().to_string())).unwrap();
-    parsed.set_port(Some(addr.port())).unwrap();
-    parsed.to_string()
-}
 
 /// Empties Redis database `db`: the throttles and caches earlier runs left
 /// (other tests share this Redis, on database 0).

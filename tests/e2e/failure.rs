@@ -58,13 +58,6 @@ async fn shadow_mode_logs_and_lets_requests_through_with_their_credentials() {
     cluster.shutdown().await;
 }
 
-/// The host:port of a redis:// URL.
-fn redis_authority(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    authority.rsplit('@').next().unwrap_or(authority).to_string()
-}
-
 /// Node one loses its link to Redis, so the logout it serves cannot be
 /// published; node two (bus up, the session cached as valid) must still
 /// refuse the token, and close the session's socket with 4003, within the
@@ -72,24 +65,9 @@ fn redis_authority(url: &str) -> String {
 /// the cache's 60 s freshness.
 #[tokio::test]
 async fn a_logout_whose_bus_message_is_lost_still_reaches_every_node_within_the_feed_period() {
-    let upstream: std::net::SocketAddr = {
-        let authority = redis_authority(&caas_core::testing::redis_test_url());
-        let Some(addr) = tokio::net::lookup_host(&authority).await.ok().and_then(|mut a| a.next()) else {
-            return;
-        };
-        addr
-    };
-    let link = Cuttable::start(upstream).await;
-    let proxied = link.addr.to_string();
+    let (link_addr, link) = Outage::proxy(address_of(&caas_core::testing::redis_test_url())).await;
     let Some(cluster) =
-        cluster_with(
-            2,
-            &[],
-            |i, url| {
-                if i == 0 { url.replacen(&redis_authority(url), &proxied, 1) } else { url.to_string() }
-            },
-        )
-        .await
+        cluster_with(2, &[], |i, url| if i == 0 { pointed_at(url, link_addr) } else { url.to_string() }).await
     else {
         return;
     };

@@ -326,48 +326,63 @@ where
     }
 }
 
-/// A TCP link to `upstream` that a test can cut (every open connection
-/// dropped, new ones refused) and restore: one process losing its link to
-/// Redis while the others keep theirs.
-pub struct Cuttable {
-    pub addr: SocketAddr,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    cut: tokio::sync::watch::Sender<u64>,
+/// A TCP proxy in front of a dependency that can be cut (every connection
+/// dropped, new ones closed at once) and restored: the dependency going down
+/// and coming back, as the services see it.
+#[derive(Clone, Default)]
+pub struct Outage {
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
-impl Cuttable {
-    pub async fn start(upstream: SocketAddr) -> Self {
-        use std::sync::atomic::Ordering;
+impl Outage {
+    pub async fn proxy(target: SocketAddr) -> (SocketAddr, Outage) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let (cut, cuts) = tokio::sync::watch::channel(0u64);
-        let accepting = up.clone();
+        let outage = Outage::default();
+        let this = outage.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if !accepting.load(Ordering::SeqCst) {
-                    continue; // dropped: refused
+                if this.down.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection close
                 }
-                let mut cuts = cuts.clone();
-                cuts.mark_unchanged();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cuts.changed() => {}
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
+                let mut connections = this.connections.lock().unwrap();
+                connections.retain(|c| !c.is_finished());
+                connections.push(task.abort_handle());
             }
         });
-        Self { addr, up, cut }
+        (addr, outage)
     }
 
     pub fn cut(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        self.cut.send_modify(|n| *n += 1);
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
     }
 
     pub fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// Where `url` points.
+pub fn address_of(url: &str) -> SocketAddr {
+    use std::net::ToSocketAddrs as _;
+    let parsed = reqwest::Url::parse(url).unwrap();
+    let (host, port) = (parsed.host_str().unwrap(), parsed.port().unwrap());
+    (host, port).to_socket_addrs().unwrap().next().unwrap()
+}
+
+/// `url` pointing at `addr` instead.
+pub fn pointed_at(url: &str, addr: SocketAddr) -> String {
+    let mut parsed = reqwest::Url::parse(url).unwrap();
+    parsed.set_host(Some(&addr.ip().to_string())).unwrap();
+    parsed.set_port(Some(addr.port())).unwrap();
+    parsed.to_string()
 }
