@@ -69,6 +69,7 @@ struct Inner {
     credentials: Credentials,
     settings: Settings,
     registry: Registry,
+    retention_metrics: Arc<caas_core::retention::RetentionMetrics>,
 }
 
 /// Shared state of every handler; cheap to clone.
@@ -113,6 +114,8 @@ impl AppState {
             hashing: Hashing::new(settings.password_hash_concurrency),
         };
         throttles.hashing.register(&mut registry);
+        let retention_metrics = Arc::new(caas_core::retention::RetentionMetrics::default());
+        retention_metrics.register(&mut registry);
         let lifetimes = Lifetimes { access: settings.access_ttl, refresh: settings.refresh_ttl };
         let credentials = Credentials::new(backends.store.clone(), validator.clone(), lifetimes, throttles);
         Self(Arc::new(Inner {
@@ -122,6 +125,7 @@ impl AppState {
             credentials,
             settings,
             registry,
+            retention_metrics,
         }))
     }
 
@@ -238,7 +242,7 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "auth-api listening");
     // Expired sessions and old audit rows are purged while auth-api serves.
-    let purge = tokio::spawn(state.0.settings.retention.run(state.store().clone()));
+    let purge = tokio::spawn(state.0.settings.retention.run(state.store().clone(), state.0.retention_metrics.clone()));
     let served = axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await;

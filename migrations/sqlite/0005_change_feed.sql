@@ -18,3 +18,8 @@ CREATE TABLE whitelist_versions (
     version BIGINT NOT NULL,
     PRIMARY KEY (client_id, kind)
 );
+
+-- The retention job (core/src/retention.rs) deletes by these, in batches.
+CREATE INDEX sessions_expires_at ON sessions (expires_at);
+CREATE INDEX refresh_tokens_expires_at ON refresh_tokens (expires_at);
+CREATE INDEX audit_log_created_at ON audit_log (created_at);

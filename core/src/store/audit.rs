@@ -55,10 +55,15 @@ impl Store {
         insert_audit(&mut conn, entry, now).await
     }
 
-    /// Deletes audit rows written before `before`; how many.
-    pub async fn purge_audit(&self, before: i64) -> Result<u64> {
-        let result =
-            sqlx::query("DELETE FROM audit_log WHERE created_at < $1").bind(before).execute(&self.pool).await?;
+    /// Deletes at most `batch` audit rows written before `before`; how many.
+    pub async fn purge_audit(&self, before: i64, batch: i64) -> Result<u64> {
+        let result = sqlx::query(
+            "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+        )
+        .bind(before)
+        .bind(batch)
+        .execute(&self.pool)
+        .await?;
         Ok(result.rows_affected())
     }
 

@@ -57,9 +57,15 @@ impl Store {
             .collect())
     }
 
-    /// Deletes changes recorded before `before`; how many.
-    pub async fn purge_changes(&self, before: i64) -> Result<u64> {
-        let result = sqlx::query("DELETE FROM changes WHERE created_at < $1").bind(before).execute(&self.pool).await?;
+    /// Deletes at most `batch` changes recorded before `before`; how many.
+    pub async fn purge_changes(&self, before: i64, batch: i64) -> Result<u64> {
+        let result = sqlx::query(
+            "DELETE FROM changes WHERE seq IN (SELECT seq FROM changes WHERE created_at < $1 ORDER BY seq LIMIT $2)",
+        )
+        .bind(before)
+        .bind(batch)
+        .execute(&self.pool)
+        .await?;
         Ok(result.rows_affected())
     }
 }

@@ -212,22 +212,34 @@ impl Store {
         Ok(RefreshOutcome::Reused(SessionRecord { revoked_at: session.revoked_at.or(Some(now)), ..session }))
     }
 
-    /// Deletes sessions (and their refresh tokens) that expired before
-    /// `before`, and any refresh token that did; how many of each.
-    pub async fn purge_expired_sessions(&self, before: i64) -> Result<(u64, u64)> {
+    /// Deletes at most `batch` sessions that expired before `before`, with
+    /// their refresh tokens, and at most `batch` refresh tokens that did;
+    /// how many of each. One short transaction: call again while it deletes
+    /// a full batch.
+    pub async fn purge_expired_sessions(&self, before: i64, batch: i64) -> Result<(u64, u64)> {
         let mut tx = self.pool.begin().await?;
-        let tokens = sqlx::query(
-            "DELETE FROM refresh_tokens WHERE expires_at < $1 OR session_id IN (SELECT id FROM sessions WHERE expires_at < $1)",
-        )
-        .bind(before)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+        let expired = "SELECT id FROM sessions WHERE expires_at < $1 ORDER BY expires_at LIMIT $2";
+        let mut tokens = sqlx::query(&format!("DELETE FROM refresh_tokens WHERE session_id IN ({expired})"))
             .bind(before)
+            .bind(batch)
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        let sessions = sqlx::query(&format!("DELETE FROM sessions WHERE id IN ({expired})"))
+            .bind(before)
+            .bind(batch)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tokens += sqlx::query(
+            "DELETE FROM refresh_tokens WHERE token_hash IN \
+             (SELECT token_hash FROM refresh_tokens WHERE expires_at < $1 ORDER BY expires_at LIMIT $2)",
+        )
+        .bind(before)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         tx.commit().await?;
         Ok((sessions, tokens))
     }
