@@ -43,6 +43,20 @@ pub struct Addresses {
     pub socket: (String, u16),
     pub trusted_proxy_hops: usize,
     pub access_log_path: String,
+    /// EXT_AUTHZ_CALLER_TOKEN, sent with every Check; `None`: an empty value.
+    pub caller_token: Option<caas_core::secret::Secret>,
+}
+
+/// The token as it goes inside a double-quoted YAML string: only characters
+/// that need no escaping (what `openssl rand -base64` and our generator give).
+fn caller_token(token: Option<&caas_core::secret::Secret>) -> anyhow::Result<String> {
+    let Some(token) = token else { return Ok(String::new()) };
+    let plain = |c: char| c.is_ascii_alphanumeric() || "+/=-_.~".contains(c);
+    anyhow::ensure!(
+        token.expose().chars().all(plain),
+        "EXT_AUTHZ_CALLER_TOKEN may hold only letters, digits and + / = - _ . ~"
+    );
+    Ok(token.expose().to_string())
 }
 
 /// Fills every `${NAME}` of the template; an unknown name is an error.
@@ -61,6 +75,7 @@ pub fn render(template: &str, addresses: &Addresses) -> anyhow::Result<String> {
         ("SOCKET_PORT", addresses.socket.1.to_string()),
         ("TRUSTED_PROXY_HOPS", addresses.trusted_proxy_hops.to_string()),
         ("ACCESS_LOG_PATH", addresses.access_log_path.clone()),
+        ("EXT_AUTHZ_CALLER_TOKEN", caller_token(addresses.caller_token.as_ref())?),
     ];
     let mut out = String::with_capacity(template.len());
     for line in template.lines() {

@@ -47,6 +47,10 @@ struct EnvoyConfigArgs {
     trusted_proxy_hops: usize,
     #[arg(long, default_value = "/dev/stdout")]
     access_log_path: String,
+    /// Sent with every Check so ext-authz knows the call is from this Envoy
+    /// (give ext-authz the same EXT_AUTHZ_CALLER_TOKEN). Unset: none.
+    #[arg(long, env = "EXT_AUTHZ_CALLER_TOKEN", hide_env_values = true)]
+    caller_token: Option<caas_core::secret::Secret>,
     /// Write the configuration here instead of printing it.
     #[arg(long)]
     output: Option<std::path::PathBuf>,
@@ -148,6 +152,7 @@ fn envoy_config(args: EnvoyConfigArgs) -> anyhow::Result<()> {
         socket: host_port(&args.socket).map_err(anyhow::Error::msg)?,
         trusted_proxy_hops: args.trusted_proxy_hops,
         access_log_path: args.access_log_path,
+        caller_token: args.caller_token.filter(|t| !t.expose().is_empty()),
     };
     let rendered = caas::envoy::render(caas::envoy::TEMPLATE, &addresses)?;
     match args.output {

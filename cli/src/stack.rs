@@ -336,6 +336,7 @@ async fn start_envoy(config: &UpConfig, upstreams: &Upstreams, access_log: Acces
             AccessLog::Stdout => "/dev/stdout".to_string(),
             AccessLog::File(path) => path.display().to_string(),
         },
+        caller_token: config.ext_authz.caller_token().cloned(),
     };
     let rendered = envoy::render(envoy::TEMPLATE, &addresses)?;
     Envoy::start(&binary, &rendered, &config.data_dir, config.envoy_concurrency).await

@@ -47,6 +47,9 @@ pub struct AuthorizerSettings {
     pub failed_auth_window: Duration,
     /// Address buckets tracked at once (least active evicted first).
     pub failed_auth_buckets: u64,
+    /// When set, a Check without this token in its `x-caas-authz-token`
+    /// metadata is refused (the caller is not our Envoy).
+    pub caller_token: Option<caas_core::secret::Secret>,
 }
 
 impl Default for AuthorizerSettings {
@@ -60,6 +63,7 @@ impl Default for AuthorizerSettings {
             failed_auth_limit: 50,
             failed_auth_window: Duration::from_secs(60),
             failed_auth_buckets: 100_000,
+            caller_token: None,
         }
     }
 }
@@ -99,6 +103,16 @@ impl Authorizer {
 
     pub fn validator(&self) -> &Arc<Validator> {
         &self.validator
+    }
+
+    /// Whether a Check carrying `presented` as its caller token may be
+    /// answered: always when no token is configured, else only with it
+    /// (compared in constant time).
+    pub fn admits_caller(&self, presented: Option<&[u8]>) -> bool {
+        match &self.settings.caller_token {
+            None => true,
+            Some(token) => presented.is_some_and(|p| token.matches(p)),
+        }
     }
 
     /// Whether shadow mode is off.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use caas_core::config::{JwtArgs, PolicyArgs, ServiceSecretArgs, StorageArgs, check_distinct_secrets};
 use caas_core::context::ContextSigner;
+use caas_core::secret::Secret;
 use caas_core::validate::Validator;
 use caas_runtime::config::{Problems, parse_duration};
 
@@ -52,6 +53,13 @@ pub struct ExtAuthzArgs {
     /// Addresses whose failures are tracked at once.
     #[arg(long, env = "FAILED_AUTH_TRACKED_ADDRESSES", default_value_t = 100_000)]
     pub failed_auth_tracked_addresses: u64,
+    /// A shared token (at least 32 bytes) Envoy must send with every Check
+    /// (gRPC metadata `x-caas-authz-token`; `caas envoy-config` puts it in
+    /// Envoy's configuration). Unset: any caller that reaches the gRPC port
+    /// is trusted, so the network must allow only Envoy (deploy/k8s's
+    /// NetworkPolicies do). Set both or neither.
+    #[arg(long = "ext-authz-caller-token", env = "EXT_AUTHZ_CALLER_TOKEN", hide_env_values = true)]
+    pub caller_token: Option<Secret>,
 }
 
 impl ExtAuthzArgs {
@@ -64,6 +72,9 @@ impl ExtAuthzArgs {
         }
         if self.failed_auth_window < Duration::from_secs(1) || self.failed_auth_window > Duration::from_secs(86_400) {
             problems.add("FAILED_AUTH_WINDOW must be between 1s and 24h");
+        }
+        if let Some(Err(problem)) = self.caller_token().map(|t| t.check_strength("EXT_AUTHZ_CALLER_TOKEN")) {
+            problems.add(problem);
         }
         if self.failed_auth_tracked_addresses == 0 {
             problems.add("FAILED_AUTH_TRACKED_ADDRESSES must be at least 1");
@@ -84,6 +95,12 @@ impl ExtAuthzArgs {
         }
     }
 
+    /// The caller token; an empty value (a deployment passing it through
+    /// unset) is none.
+    pub fn caller_token(&self) -> Option<&Secret> {
+        self.caller_token.as_ref().filter(|t| !t.expose().is_empty())
+    }
+
     pub fn settings(&self) -> AuthorizerSettings {
         AuthorizerSettings {
             trusted_proxy_hops: self.trusted_proxy_hops,
@@ -95,6 +112,7 @@ impl ExtAuthzArgs {
             failed_auth_limit: self.failed_auth_limit,
             failed_auth_window: self.failed_auth_window,
             failed_auth_buckets: self.failed_auth_tracked_addresses,
+            caller_token: self.caller_token().cloned(),
         }
     }
 

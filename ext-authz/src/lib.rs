@@ -38,6 +38,9 @@ use tokio::net::TcpListener;
 pub use crate::check::{Authorizer, AuthorizerSettings, Decision, Reason};
 pub use crate::config::{Config, ExtAuthzArgs};
 
+/// The gRPC metadata Envoy sends the caller token in (envoy/envoy.yaml).
+pub const CALLER_TOKEN_METADATA: &str = "x-caas-authz-token";
+
 /// The gRPC service Envoy calls.
 pub struct AuthzService {
     authorizer: Arc<Authorizer>,
@@ -49,6 +52,14 @@ impl Authorization for AuthzService {
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let presented = request.metadata().get(CALLER_TOKEN_METADATA).map(|v| v.as_bytes());
+        if !self.authorizer.admits_caller(presented) {
+            // Not our Envoy: no decision, and above all no signed context.
+            self.authorizer.metrics().unknown_callers.inc();
+            let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::warn!(peer, "Check without the caller token (EXT_AUTHZ_CALLER_TOKEN); refused");
+            return Err(tonic::Status::unauthenticated("caller token required"));
+        }
         // Always an answer: denials are normal replies (see `response`).
         Ok(tonic::Response::new(self.authorizer.check(request.into_inner()).await))
     }

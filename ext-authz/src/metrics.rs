@@ -16,6 +16,8 @@ pub struct GatewayMetrics {
     pub origin_rejections: Counter,
     /// Requests over a quota, by policy and scope (`key`, `user`, `tenant`).
     pub rate_limited: Family<Labels2, Counter>,
+    /// Checks refused for lack of the caller token (EXT_AUTHZ_CALLER_TOKEN).
+    pub unknown_callers: Counter,
     /// Time inside `check`, by policy.
     pub check_seconds: Family<Labels, Histogram>,
     /// Per policy (`Policy::ALL` order, then routes without one): the allow
@@ -54,6 +56,7 @@ impl Default for GatewayMetrics {
             ip_whitelist_rejections: Counter::default(),
             origin_rejections: Counter::default(),
             rate_limited: Family::default(),
+            unknown_callers: Counter::default(),
             check_seconds,
             hot,
         }
@@ -85,6 +88,11 @@ impl GatewayMetrics {
             "gateway_rate_limited",
             "Authenticated requests refused over a quota, by policy and scope",
             self.rate_limited.clone(),
+        );
+        registry.register(
+            "gateway_unknown_callers",
+            "Checks refused because they lacked the caller token (not from our Envoy)",
+            self.unknown_callers.clone(),
         );
         registry.register("gateway_check_duration_seconds", "Time to decide one Check", self.check_seconds.clone());
     }

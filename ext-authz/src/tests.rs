@@ -895,3 +895,43 @@ async fn honest_failures_and_forged_tokens_are_told_apart() {
     assert_eq!(check(&f, at(&bearer(&f.token), "2001:db8::ffff")).await.code(), "too_many_failures");
     assert_eq!(check(&f, at(&bearer(&f.token), "2001:db8:0:1::1")).await.status, 200);
 }
+
+/// With EXT_AUTHZ_CALLER_TOKEN set, a Check over gRPC without it (or with
+/// another) gets no decision at all, let alone signed context; with it, the
+/// usual answer.
+#[tokio::test]
+async fn checks_without_the_caller_token_are_refused_over_grpc() {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    let token = "c".repeat(40);
+    let settings =
+        AuthorizerSettings { caller_token: Some(Secret::new(token.clone())), ..AuthorizerSettings::default() };
+    let store = caas_core::testing::sqlite_store().await;
+    let authorizer = Arc::new(authorizer_on(store.clone(), Arc::new(MemoryCache::new()), settings));
+    let metrics = authorizer.metrics().clone();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = grpc.local_addr().unwrap();
+    let backends = caas_core::testing::local_backends(store);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::serve(grpc, ops, authorizer, backends, async move {
+        let _ = stopped.await;
+    }));
+    let mut client = AuthorizationClient::connect(format!("http://{addr}")).await.unwrap();
+    let public = || request(Some("public"), "GET", "/v1/anything", &[], "203.0.113.9");
+    let with = |value: Option<&str>| {
+        let mut call = tonic::Request::new(public());
+        if let Some(value) = value {
+            call.metadata_mut().insert(crate::CALLER_TOKEN_METADATA, value.parse().unwrap());
+        }
+        call
+    };
+    for presented in [None, Some("wrong"), Some(&token[..39])] {
+        let refused = client.check(with(presented)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{presented:?}");
+    }
+    assert_eq!(metrics.unknown_callers.get(), 3);
+    let answered = client.check(with(Some(&token))).await.unwrap().into_inner();
+    assert_eq!(answered.status.map(|s| s.code), Some(0), "the public route is allowed");
+    let _ = stop.send(());
+    let _ = server.await;
+}

@@ -31,6 +31,14 @@ impl Secret {
         &self.0
     }
 
+    /// Whether `presented` is this secret, in time that does not depend on
+    /// where they differ (a shared token checked on every call).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq as _;
+        // Lengths are not secret (the minimum is public); contents are.
+        self.0.len() == presented.len() && bool::from(self.0.as_bytes().ct_eq(presented))
+    }
+
     /// `Err` with a message naming `name` (never the value) when too short.
     pub fn check_strength(&self, name: &str) -> Result<(), String> {
         if self.0.len() < MIN_SECRET_BYTES {
@@ -70,6 +78,15 @@ mod tests {
     fn never_printed() {
         let secret = Secret::new("hunter2-hunter2-hunter2-hunter2-hunter2");
         assert_eq!(format!("{secret:?} {secret}"), "[redacted] [redacted]");
+    }
+
+    #[test]
+    fn matches_only_the_same_bytes() {
+        let secret = Secret::new("a".repeat(32));
+        assert!(secret.matches("a".repeat(32).as_bytes()));
+        assert!(!secret.matches("a".repeat(31).as_bytes()));
+        assert!(!secret.matches(format!("{}b", "a".repeat(31)).as_bytes()));
+        assert!(!secret.matches(b""));
     }
 
     #[test]

@@ -121,3 +121,21 @@ async fn a_logout_whose_bus_message_is_lost_still_reaches_every_node_within_the_
     assert_eq!(send(http.get(two.url("/v1/conversations")).bearer_auth(&carol)).await.status, 200);
     cluster.shutdown().await;
 }
+
+/// With EXT_AUTHZ_CALLER_TOKEN, Envoy's configuration carries the token
+/// (`caas envoy-config` / `caas up` put it there), so requests through the
+/// gateway are decided as usual; a caller without it gets nothing from
+/// ext-authz (ext-authz/src/tests.rs shows the refusal over gRPC).
+#[tokio::test]
+async fn with_a_caller_token_the_gateway_works_as_before() {
+    let token = "caller-token-caller-token-caller-token-42";
+    let Some(cluster) = cluster(1, &["--ext-authz-caller-token", token]).await else { return };
+    let node = cluster.node();
+    let tenant = onboard(node, "caller-token").await;
+    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
+    let session = sdk_session(node, &tenant, "user-1").await;
+    let access = session["access_token"].as_str().unwrap();
+    assert_eq!(send(client().get(node.url("/v1/conversations")).bearer_auth(access)).await.status, 200);
+    assert_eq!(send(client().get(node.url("/v1/conversations"))).await.code(), "missing_credentials");
+    cluster.shutdown().await;
+}

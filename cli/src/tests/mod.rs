@@ -13,6 +13,7 @@ pub(super) fn addresses() -> Addresses {
         socket: ("socket".into(), 3009),
         trusted_proxy_hops: 1,
         access_log_path: "/dev/stdout".into(),
+        caller_token: None,
     }
 }
 
