@@ -87,6 +87,17 @@ impl Store {
             .await?)
     }
 
+    /// A dashboard account of a tenant.
+    pub async fn account(&self, client_id: &str, account_id: &str) -> Result<Option<AccountRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT id, client_id, email, password_hash FROM client_accounts WHERE id = $1 AND client_id = $2",
+        )
+        .bind(account_id)
+        .bind(client_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     pub async fn client(&self, client_id: &str) -> Result<Option<ClientRecord>> {
         Ok(sqlx::query_as(
             "SELECT c.id, c.name, a.email, c.created_at FROM clients c JOIN client_accounts a ON a.client_id = c.id WHERE c.id = $1 ORDER BY a.created_at LIMIT 1",
