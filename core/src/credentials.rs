@@ -247,10 +247,7 @@ fn audit_by(caller: &RequestContext, actor: &str, action: AuditAction) -> AuditE
 }
 
 fn sessions_revoked(tenant_id: &str, session_ids: &[String]) -> Vec<Event> {
-    session_ids
-        .iter()
-        .map(|id| Event::SessionRevoked { tenant_id: tenant_id.into(), session_id: id.clone() })
-        .collect()
+    session_ids.iter().map(|id| Event::SessionRevoked { tenant_id: tenant_id.into(), session_id: id.clone() }).collect()
 }
 
 fn key_changed(tenant_id: &str, key_id: &str, key_hash: &str) -> Event {
@@ -578,14 +575,18 @@ impl Credentials {
         let account =
             self.store.account(tenant, &caller.user_id).await?.ok_or(CredentialError::WrongCurrentPassword)?;
         let reservation = self.reserve_login(&account.email, &caller.client_ip).await?;
-        let valid =
-            match self.throttles.hashing.verify(current, Some(account.password_hash.clone()), reservation.known).await {
-                Ok(valid) => valid,
-                Err(error) => {
-                    self.release_login(&reservation).await;
-                    return Err(error.into());
-                }
-            };
+        let valid = match self
+            .throttles
+            .hashing
+            .verify(current, Some(account.password_hash.clone()), reservation.known)
+            .await
+        {
+            Ok(valid) => valid,
+            Err(error) => {
+                self.release_login(&reservation).await;
+                return Err(error.into());
+            }
+        };
         if !valid {
             // The attempt stays counted; the row is best effort, like a failed login's.
             let entry = audit_by(caller, &caller.user_id, AuditAction::ClientPasswordChangeFailed);

@@ -138,8 +138,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let ip = audit.ip.as_deref();
-        insert_session(&mut tx, session_id, client_id, account_id, SessionKind::Dashboard, expires_at, ip, now)
-            .await?;
+        insert_session(&mut tx, session_id, client_id, account_id, SessionKind::Dashboard, expires_at, ip, now).await?;
         let mut audit = audit.clone();
         audit.detail = Some(serde_json::json!({ "session_id": session_id }));
         insert_audit(&mut tx, &audit, now).await?;

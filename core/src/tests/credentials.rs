@@ -359,7 +359,10 @@ async fn dashboard_sessions_list_their_use_and_address(store: Store) {
 
     let listed = f.credentials.dashboard_sessions(&one, NOW + 10).await.unwrap();
     let seen: Vec<_> = listed.iter().map(|s| (s.id.as_str(), s.last_used_at, s.ip.as_deref())).collect();
-    assert_eq!(seen, [(two.session_id.as_str(), Some(NOW + 5), Some(IP)), (one.session_id.as_str(), Some(NOW), Some(IP))]);
+    assert_eq!(
+        seen,
+        [(two.session_id.as_str(), Some(NOW + 5), Some(IP)), (one.session_id.as_str(), Some(NOW), Some(IP))]
+    );
 
     // Uses are written at most once a minute per session.
     assert!(!f.store.touch_session(&one.session_id, "198.51.100.1", NOW + 30, 60).await.unwrap());
@@ -419,7 +422,6 @@ crate::store_conformance!(
     password_change_needs_the_current_password_and_keeps_only_this_session,
     dashboard_sessions_list_their_use_and_address,
     revoking_an_end_user_ends_their_sessions_in_the_callers_tenant_only,
-
     register_and_login_announce_the_new_key_only,
     rotation_announces_demoted_revoked_and_new_keys,
     revoking_a_key_announces_it,
