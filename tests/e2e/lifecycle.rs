@@ -118,14 +118,19 @@ async fn password_change_keeps_this_session_ends_the_others_and_the_old_password
     let r = send(client().put(two.url("/v1/client/password")).bearer_auth(&this).json(&weak)).await;
     assert_eq!((r.status, r.code()), (400, "invalid_password"), "{r:?}");
 
-    let started = Instant::now();
     let change = json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD});
+    let sent = Instant::now();
     let r = send(client().put(two.url("/v1/client/password")).bearer_auth(&this).json(&change)).await;
     assert_eq!((r.status, r.body["revoked_sessions"].as_u64()), (200, Some(1)), "{r:?}");
+    // Measured from the answer: the request itself spends its time on two
+    // Argon2 hashes (slow in a debug build on a busy machine), not on revoking.
+    let (answered, started) = (sent.elapsed(), Instant::now());
     let ended = [other.as_str()];
     within(Duration::from_secs(5), || all_revoked(&cluster.nodes, &ended)).await.expect("the other session lives");
     let took = started.elapsed();
-    println!("password change: the other session refused on both gateways {took:?} after the request was sent");
+    println!(
+        "password change: answered in {answered:?}; the other session refused on both gateways {took:?} after the answer"
+    );
     assert!(took <= DEADLINE, "took {took:?}");
     for node in &cluster.nodes {
         assert_eq!(profile_status(node, &this).await.0, 200, "the caller's own session stays");
