@@ -1,10 +1,12 @@
-//! Client (tenant) onboarding: registration, dashboard login, profile, API
-//! keys and whitelists.
+//! Client (tenant) onboarding: registration, dashboard login, sign-out,
+//! password change and session list, profile, API keys and whitelists.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::IntoResponse;
+use axum::response::Response;
 use caas_core::id::unix_now;
 use caas_core::store::{ApiKeyRecord, KeyRole, WhitelistKind};
 use serde::{Deserialize, Serialize};
@@ -14,7 +16,10 @@ use caas_http::{ApiError, ApiJson, ClientIp, DashboardCaller, ErrorBody, Optiona
 
 use crate::AppState;
 use crate::errors::api_error;
-use crate::schema::{AccessToken, IssuedKey, KeyList, KeyView, PreviousKey, Profile, Registered, RotatedKey};
+use crate::schema::{
+    AccessToken, IssuedKey, KeyList, KeyView, PreviousKey, Profile, Registered, RevokedSessions, RotatedKey,
+    SessionList, SessionView,
+};
 
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +34,14 @@ pub struct RegisterRequest {
 pub struct LoginRequest {
     email: String,
     password: String,
+}
+
+#[derive(Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    current_password: String,
+    /// Same rules as at registration.
+    new_password: String,
 }
 
 impl From<ApiKeyRecord> for KeyView {
@@ -81,6 +94,77 @@ pub async fn login(
 ) -> Result<impl IntoResponse, ApiError> {
     let grant = state.credentials().login(&body.email, body.password, &ip, unix_now()).await.map_err(api_error)?;
     Ok(Json(AccessToken { access_token: grant.token, token_type: "Bearer", expires_in: grant.expires_in }))
+}
+
+/// Records each dashboard request's session use (at most once a minute per
+/// session, off the request path) for the session list.
+pub(crate) async fn record_dashboard_use(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Ok(Some(caller)) = caas_http::context_of(request.extensions()) {
+        state.credentials().touch_dashboard_session(&caller, unix_now());
+    }
+    next.run(request).await
+}
+
+/// Ends the caller's dashboard session, everywhere within a second.
+#[utoipa::path(post, path = "/client/logout", tag = "client",
+    responses((status = 204, description = "Signed out"), (status = 401, description = "No valid dashboard context", body = ErrorBody), (status = 403, description = "Another credential type", body = ErrorBody)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    DashboardCaller(caller): DashboardCaller,
+) -> Result<impl IntoResponse, ApiError> {
+    state.credentials().logout(None, Some(&caller), &caller.client_ip, unix_now()).await.map_err(api_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends every dashboard session of the caller's account, its own included.
+#[utoipa::path(post, path = "/client/logout-all", tag = "client",
+    responses((status = 200, description = "Signed out everywhere within a second", body = RevokedSessions), (status = 401, description = "No valid dashboard context", body = ErrorBody), (status = 403, description = "Another credential type", body = ErrorBody)))]
+pub async fn logout_all(
+    State(state): State<AppState>,
+    DashboardCaller(caller): DashboardCaller,
+) -> Result<impl IntoResponse, ApiError> {
+    let revoked = state.credentials().logout_all(&caller, unix_now()).await.map_err(api_error)?;
+    Ok(Json(RevokedSessions { revoked_sessions: revoked }))
+}
+
+/// Changes the account's password; every other dashboard session ends, this one stays.
+#[utoipa::path(put, path = "/client/password", tag = "client", request_body = PasswordChange,
+    responses((status = 200, description = "Changed; other sessions revoked within a second", body = RevokedSessions), (status = 400, description = "Invalid input (`invalid_password` names `new_password`)", body = ErrorBody),
+        (status = 401, description = "No valid dashboard context", body = ErrorBody), (status = 403, description = "`invalid_current_password`, or another credential type", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts (counted with logins)", body = ErrorBody), (status = 503, description = "`overloaded`: every password hashing slot busy", body = ErrorBody)))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    DashboardCaller(caller): DashboardCaller,
+    ApiJson(body): ApiJson<PasswordChange>,
+) -> Result<impl IntoResponse, ApiError> {
+    let revoked = state
+        .credentials()
+        .change_password(&caller, body.current_password, body.new_password, unix_now())
+        .await
+        .map_err(api_error)?;
+    Ok(Json(RevokedSessions { revoked_sessions: revoked }))
+}
+
+/// The account's live dashboard sessions, most recently used first.
+#[utoipa::path(get, path = "/client/sessions", tag = "client",
+    responses((status = 200, body = SessionList), (status = 401, description = "No valid dashboard context", body = ErrorBody), (status = 403, description = "Another credential type", body = ErrorBody)))]
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    DashboardCaller(caller): DashboardCaller,
+) -> Result<impl IntoResponse, ApiError> {
+    let sessions = state.credentials().dashboard_sessions(&caller, unix_now()).await.map_err(api_error)?;
+    let sessions = sessions
+        .into_iter()
+        .map(|s| SessionView {
+            current: s.id == caller.session_id,
+            id: s.id,
+            created_at: s.created_at,
+            last_used_at: s.last_used_at,
+            ip: s.ip,
+            expires_at: s.expires_at,
+        })
+        .collect();
+    Ok(Json(SessionList { sessions }))
 }
 
 /// The client, its keys (never the key material) and whitelists.

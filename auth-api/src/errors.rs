@@ -12,6 +12,8 @@ pub(crate) fn api_error(error: CredentialError) -> ApiError {
         }
         CredentialError::InvalidEmail => ApiError::invalid("invalid_email", "email", message),
         CredentialError::InvalidPassword(_) => ApiError::invalid("invalid_password", "password", message),
+        CredentialError::InvalidNewPassword(_) => ApiError::invalid("invalid_password", "new_password", message),
+        CredentialError::WrongCurrentPassword => ApiError::forbidden("invalid_current_password", message),
         CredentialError::GraceTooLong => ApiError::invalid("invalid_grace_seconds", "grace_seconds", message),
         CredentialError::InvalidUserId => ApiError::invalid("invalid_user_id", "user_id", message),
         CredentialError::MetadataTooLarge | CredentialError::MetadataNotObject => {

@@ -167,7 +167,7 @@ impl AppState {
 #[openapi(
     info(
         title = "CAAS auth API",
-        description = "Issues and owns every credential. Behind the gateway these paths are reached as /v1/client/*, /v1/sdk/session, /v1/sdk/refresh and /v1/sdk/logout; callers are identified by the gateway's signed context. /internal/* is for services only and never routed by the gateway."
+        description = "Issues and owns every credential. Behind the gateway these paths are reached as /v1/client/*, /v1/sdk/session, /v1/sdk/users/{user_id}/revoke, /v1/sdk/refresh and /v1/sdk/logout; callers are identified by the gateway's signed context. /internal/* is for services only and never routed by the gateway."
     ),
     modifiers(&ServiceToken),
     tags((name = "client", description = "Client onboarding and dashboard"), (name = "sdk", description = "End-user sessions"), (name = "internal", description = "Validation for services outside the gateway"))
@@ -197,6 +197,10 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let auth = OpenApiRouter::new()
         .routes(routes!(client::register))
         .routes(routes!(client::login))
+        .routes(routes!(client::logout))
+        .routes(routes!(client::logout_all))
+        .routes(routes!(client::change_password))
+        .routes(routes!(client::list_sessions))
         .routes(routes!(client::profile))
         .routes(routes!(client::list_keys))
         .routes(routes!(client::rotate_key))
@@ -207,6 +211,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sdk::create_session))
         .routes(routes!(sdk::refresh))
         .routes(routes!(sdk::logout))
+        .routes(routes!(sdk::revoke_user))
         .routes(routes!(internal::validate_token))
         .routes(routes!(internal::validate_api_key));
     OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi()).nest("/api/v1/auth", auth).split_for_parts()
@@ -229,6 +234,8 @@ pub fn app(state: AppState) -> Router {
         .fallback(caas_http::not_found)
         .method_not_allowed_fallback(caas_http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Inside `observe`, which verifies the context it reads.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), client::record_dashboard_use))
         .layer(axum::middleware::from_fn_with_state(state.observer(), caas_http::observe))
         .with_state(state)
 }

@@ -107,3 +107,37 @@ pub struct ValidatedKey {
     pub key_id: String,
     pub auth_type: &'static str,
 }
+
+/// How many sessions a sign-out, password change or ban ended.
+#[derive(Serialize, ToSchema)]
+pub struct RevokedSessions {
+    /// Sessions revoked by this call (0 on a repeat: nothing was left).
+    pub revoked_sessions: usize,
+}
+
+/// A live dashboard session of the caller's account.
+#[derive(Serialize, ToSchema)]
+pub struct SessionView {
+    pub id: String,
+    pub created_at: i64,
+    /// Recorded at sign-in, then at most once a minute.
+    pub last_used_at: Option<i64>,
+    /// Client address of the sign-in, then of the last recorded use.
+    pub ip: Option<String>,
+    pub expires_at: i64,
+    /// The session of the token that made this request.
+    pub current: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionView>,
+}
+
+/// An end user banned: every session of theirs in the caller's tenant revoked.
+#[derive(Serialize, ToSchema)]
+pub struct UserRevoked {
+    pub user_id: String,
+    /// Sessions revoked by this call (0 on a repeat).
+    pub revoked_sessions: usize,
+}

@@ -1,11 +1,13 @@
 //! End-user sessions: created by a client's backend (API key), refreshed by
-//! the end user (refresh token, rotated on every use), ended by logout.
+//! the end user (refresh token, rotated on every use), ended by logout, or
+//! all of one end user's at once by the client's backend (a ban).
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use caas_core::credentials::{SdkSessionRequest, SdkTokens};
+use caas_core::credentials::{CredentialError, SdkSessionRequest, SdkTokens};
 use caas_core::id::unix_now;
 use serde::Deserialize;
 use serde_json::Value;
@@ -15,7 +17,7 @@ use caas_http::{ApiError, ApiJson, ApiKeyCaller, ClientIp, ErrorBody, OptionalCa
 
 use crate::AppState;
 use crate::errors::api_error;
-use crate::schema::SessionTokens;
+use crate::schema::{SessionTokens, UserRevoked};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -96,4 +98,22 @@ pub async fn logout(
         .await
         .map_err(api_error)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Bans an end user of the caller's tenant: every session of theirs is
+/// revoked, their tokens refused by every gateway and their sockets closed
+/// (4003) within a second. Idempotent.
+#[utoipa::path(post, path = "/sdk/users/{user_id}/revoke", tag = "sdk",
+    params(("user_id" = String, Path, description = "The end user's id in the caller's tenant (percent-encoded)")),
+    responses((status = 200, description = "Revoked everywhere within a second (0 sessions on a repeat)", body = UserRevoked), (status = 400, description = "`invalid_user_id`", body = ErrorBody),
+        (status = 401, description = "No valid API-key context", body = ErrorBody), (status = 403, description = "Another credential type", body = ErrorBody)))]
+pub async fn revoke_user(
+    State(state): State<AppState>,
+    ApiKeyCaller(caller): ApiKeyCaller,
+    user_id: Result<Path<String>, PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    // A path segment that does not decode (invalid UTF-8) is a bad id too, in our error shape.
+    let Path(user_id) = user_id.map_err(|_| api_error(CredentialError::InvalidUserId))?;
+    let revoked = state.credentials().revoke_end_user(&caller, &user_id, unix_now()).await.map_err(api_error)?;
+    Ok(Json(UserRevoked { user_id, revoked_sessions: revoked }))
 }

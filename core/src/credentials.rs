@@ -1,5 +1,6 @@
 //! Credential use cases: registration, logins, sessions, refresh, logout,
-//! API keys and whitelists. Each one commits its change with its audit row
+//! signing out everywhere, password changes, banning an end user, API keys
+//! and whitelists. Each one commits its change with its audit row
 //! (one transaction, in the store) and then announces every credential it
 //! changed on the bus, here and nowhere else: a forgotten announcement would
 //! leave a revoked key or session valid in other processes' caches.
@@ -21,7 +22,7 @@ use crate::ratelimit::{RateLimiter, RetryAfter};
 use crate::refresh_token;
 use crate::store::{
     AccountRecord, ApiKeyRecord, AuditAction, AuditEntry, ChangedKey, NewApiKey, NewSdkSession, RefreshOutcome,
-    SessionKind, Store, StoreError, WhitelistKind,
+    SessionActivity, SessionKind, SessionsOf, Store, StoreError, WhitelistKind,
 };
 use crate::validate::Validator;
 use crate::whitelist::{InvalidEntry, IpWhitelist, OriginWhitelist};
@@ -33,6 +34,11 @@ pub const DEFAULT_GRACE_SECONDS: u64 = 86_400;
 pub const MAX_CLIENT_NAME_CHARS: usize = 100;
 pub const MAX_END_USER_NAME_CHARS: usize = 200;
 pub const MAX_METADATA_BYTES: usize = 4096;
+/// A dashboard session's `last_used_at` is written at most this often.
+pub const TOUCH_EVERY_SECONDS: i64 = 60;
+/// Sessions whose last use this process remembers writing (beyond it, a
+/// forgotten session costs one conditional UPDATE that changes nothing).
+const TOUCHED_CAPACITY: u64 = 100_000;
 
 /// What went wrong, for the transport to turn into its own answer.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +50,13 @@ pub enum CredentialError {
     /// The password breaks a rule; the message says which.
     #[error("{0}")]
     InvalidPassword(String),
+    /// A password change's new password breaks a rule (400 on `new_password`).
+    #[error("{0}")]
+    InvalidNewPassword(String),
+    /// A password change with the wrong current password (403; counted like
+    /// a failed login, so it cannot be used to guess).
+    #[error("current password is incorrect")]
+    WrongCurrentPassword,
     #[error("grace_seconds must be at most {MAX_GRACE_SECONDS}")]
     GraceTooLong,
     #[error("user_id must be 1 to {} bytes without spaces or control characters", crate::chat::MAX_USER_ID_BYTES)]
@@ -148,6 +161,7 @@ pub struct Registration {
 pub struct AccessGrant {
     pub token: String,
     pub expires_in: i64,
+    pub session_id: String,
 }
 
 /// The tokens of an SDK session, as issued or refreshed.
@@ -185,6 +199,8 @@ pub struct Credentials {
     validator: Arc<Validator>,
     lifetimes: Lifetimes,
     throttles: Throttles,
+    /// Dashboard session id → when this process last wrote its use.
+    last_touched: moka::sync::Cache<String, i64>,
 }
 
 fn new_key() -> (NewApiKey, String) {
@@ -230,9 +246,13 @@ fn audit_by(caller: &RequestContext, actor: &str, action: AuditAction) -> AuditE
     }
 }
 
+fn sessions_revoked(tenant_id: &str, session_ids: &[String]) -> Vec<Event> {
+    session_ids.iter().map(|id| Event::session_revoked(tenant_id, id)).collect()
+}
+
 impl Credentials {
     pub fn new(store: Store, validator: Arc<Validator>, lifetimes: Lifetimes, throttles: Throttles) -> Self {
-        Self { store, validator, lifetimes, throttles }
+        Self { store, validator, lifetimes, throttles, last_touched: moka::sync::Cache::new(TOUCHED_CAPACITY) }
     }
 
     fn access_ttl(&self) -> i64 {
@@ -263,7 +283,7 @@ impl Credentials {
             exp: now + self.access_ttl(),
             nbf: None,
         };
-        AccessGrant { token: jwt.issue(&claims), expires_in: self.access_ttl() }
+        AccessGrant { token: jwt.issue(&claims), expires_in: self.access_ttl(), session_id: session_id.into() }
     }
 
     fn sdk_tokens(&self, tenant_id: &str, user_id: &str, session_id: &str, refresh: String, now: i64) -> SdkTokens {
@@ -515,6 +535,127 @@ impl Credentials {
         self.announce([Event::session_revoked(&tenant_id, &session_id)]).await;
         tracing::info!(tenant_id, session_id, "session logged out");
         Ok(())
+    }
+
+    /// Signs the caller's dashboard account out everywhere: every one of its
+    /// dashboard sessions, the caller's own included. How many were ended.
+    pub async fn logout_all(&self, caller: &RequestContext, now: i64) -> Result<usize> {
+        let tenant = caller.tenant_id.as_str();
+        let of = SessionsOf { client_id: tenant, subject: &caller.user_id, kind: SessionKind::Dashboard, keep: None };
+        let audit = audit_by(caller, &caller.user_id, AuditAction::SessionLogoutAll);
+        let revoked = self.store.revoke_sessions(of, "logout_all", &audit, now).await?;
+        self.announce(sessions_revoked(tenant, &revoked)).await;
+        tracing::info!(tenant_id = tenant, revoked = revoked.len(), "dashboard account signed out everywhere");
+        Ok(revoked.len())
+    }
+
+    /// Changes the caller's dashboard password. The current password is
+    /// checked like a login (counted per address and per email before it is
+    /// hashed, under the hashing bound), so this route cannot be used to
+    /// guess; the new one must pass the registration rules. Every other
+    /// dashboard session of the account ends; the caller's stays. How many
+    /// sessions were ended.
+    pub async fn change_password(
+        &self,
+        caller: &RequestContext,
+        current: String,
+        new: String,
+        now: i64,
+    ) -> Result<usize> {
+        password::check_password_rules(&new).map_err(CredentialError::InvalidNewPassword)?;
+        if current.len() > password::MAX_PASSWORD_BYTES {
+            // No stored password is this long: wrong without a hash.
+            return Err(CredentialError::WrongCurrentPassword);
+        }
+        let tenant = caller.tenant_id.as_str();
+        let account =
+            self.store.account(tenant, &caller.user_id).await?.ok_or(CredentialError::WrongCurrentPassword)?;
+        let reservation = self.reserve_login(&account.email, &caller.client_ip).await?;
+        let valid = match self
+            .throttles
+            .hashing
+            .verify(current, Some(account.password_hash.clone()), reservation.known)
+            .await
+        {
+            Ok(valid) => valid,
+            Err(error) => {
+                self.release_login(&reservation).await;
+                return Err(error.into());
+            }
+        };
+        if !valid {
+            // The attempt stays counted; the row is best effort, like a failed login's.
+            let entry = audit_by(caller, &caller.user_id, AuditAction::ClientPasswordChangeFailed);
+            if let Err(error) = self.store.audit(&entry, now).await {
+                tracing::error!(%error, "could not write audit entry for a failed password change");
+            }
+            tracing::info!(tenant_id = tenant, "password change with a wrong current password");
+            return Err(CredentialError::WrongCurrentPassword);
+        }
+        self.throttles.login_by_email.reset(&reservation.email_subject).await;
+        self.throttles.login_by_ip.release(&reservation.bucket).await;
+        let new_hash = self.throttles.hashing.hash(new).await?;
+        let keep = SessionsOf {
+            client_id: tenant,
+            subject: &account.id,
+            kind: SessionKind::Dashboard,
+            keep: Some(&caller.session_id),
+        };
+        let audit = audit_by(caller, &caller.user_id, AuditAction::ClientPasswordChanged);
+        let revoked = self
+            .store
+            .change_password(&account.id, &account.password_hash, &new_hash, keep, &audit, now)
+            .await?
+            // Changed by a concurrent request since it was verified.
+            .ok_or(CredentialError::WrongCurrentPassword)?;
+        self.announce(sessions_revoked(tenant, &revoked)).await;
+        tracing::info!(tenant_id = tenant, revoked = revoked.len(), "dashboard password changed");
+        Ok(revoked.len())
+    }
+
+    /// The live dashboard sessions of the caller's account.
+    pub async fn dashboard_sessions(&self, caller: &RequestContext, now: i64) -> Result<Vec<SessionActivity>> {
+        Ok(self.store.active_sessions(&caller.tenant_id, &caller.user_id, SessionKind::Dashboard, now).await?)
+    }
+
+    /// Records that the caller's dashboard session was used (time and
+    /// address), off the request path and at most once a minute per session:
+    /// remembered here, and the store's condition holds across processes.
+    pub fn touch_dashboard_session(&self, caller: &RequestContext, now: i64) {
+        if caller.auth_type != AuthType::Dashboard || caller.session_id.is_empty() {
+            return;
+        }
+        if self.last_touched.get(&caller.session_id).is_some_and(|at| now - at < TOUCH_EVERY_SECONDS) {
+            return;
+        }
+        self.last_touched.insert(caller.session_id.clone(), now);
+        let store = self.store.clone();
+        let (session_id, ip) = (caller.session_id.clone(), caller.client_ip.clone());
+        tokio::spawn(async move {
+            if let Err(error) = store.touch_session(&session_id, &ip, now, TOUCH_EVERY_SECONDS).await {
+                tracing::debug!(%error, "could not record dashboard session use");
+            }
+        });
+    }
+
+    /// Bans an end user of the caller's tenant (an API-key caller): every
+    /// live session of theirs is revoked in one transaction, audited once
+    /// with the count, and announced, so every gateway refuses their tokens
+    /// and every socket node closes their sockets. Idempotent: a repeat
+    /// revokes nothing. How many sessions were ended.
+    pub async fn revoke_end_user(&self, caller: &RequestContext, user_id: &str, now: i64) -> Result<usize> {
+        if !crate::chat::is_valid_user_id(user_id) {
+            return Err(CredentialError::InvalidUserId);
+        }
+        // Only ever the caller's own tenant: the API key decides it, not the request.
+        let tenant = api_key_tenant(Some(caller)).ok_or(CredentialError::NoSessionNamed)?;
+        let of = SessionsOf { client_id: tenant, subject: user_id, kind: SessionKind::Sdk, keep: None };
+        let mut audit = audit_by(caller, &caller.key_id, AuditAction::EndUserRevoked);
+        audit.detail = Some(serde_json::json!({ "user_id": user_id }));
+        let revoked = self.store.revoke_sessions(of, "end_user_revoked", &audit, now).await?;
+        self.announce(sessions_revoked(tenant, &revoked)).await;
+        tracing::info!(tenant_id = tenant, revoked = revoked.len(), "end user's sessions revoked");
+        Ok(revoked.len())
     }
 
     /// A new primary key; the old primary stays valid for the grace period.

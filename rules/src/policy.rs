@@ -53,6 +53,7 @@ exact  /v1/client/register  public
 exact  /v1/client/login     public
 prefix /v1/client/          dashboard
 exact  /v1/sdk/session      api_key
+prefix /v1/sdk/users/       api_key
 exact  /v1/sdk/refresh      refresh
 exact  /v1/sdk/logout       refresh
 exact  /v1/ws               end_user
@@ -156,6 +157,10 @@ mod tests {
             ("/v1/client/ip-whitelist", Some(Policy::Dashboard)),
             ("/v1/client/rate-limits", Some(Policy::Dashboard)),
             ("/v1/sdk/session", Some(Policy::ApiKey)),
+            ("/v1/sdk/users/user-1/revoke", Some(Policy::ApiKey)),
+            ("/v1/client/logout-all", Some(Policy::Dashboard)),
+            ("/v1/client/password", Some(Policy::Dashboard)),
+            ("/v1/client/sessions", Some(Policy::Dashboard)),
             ("/v1/sdk/refresh", Some(Policy::Refresh)),
             ("/v1/sdk/logout", Some(Policy::Refresh)),
             ("/v1/ws?token=x", Some(Policy::EndUser)),

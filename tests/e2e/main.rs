@@ -12,6 +12,7 @@ mod caas_up;
 mod docs;
 mod end_user;
 mod failure;
+mod lifecycle;
 mod login_abuse;
 mod onboarding;
 mod realtime;

@@ -372,7 +372,7 @@ async fn openapi_document_matches_the_routes() {
         {
             operations.push(format!("{} {path}", method.to_uppercase()));
             // A documented operation must reach a handler, not the fallbacks.
-            let uri = path.replace("{id}", "key_x");
+            let uri = path.replace("{id}", "key_x").replace("{user_id}", "user_x");
             let request = raw(method.to_uppercase().parse().unwrap(), &uri, None, "");
             let reply = h.send(request).await;
             assert!(
@@ -390,16 +390,21 @@ async fn openapi_document_matches_the_routes() {
         "GET /api/v1/auth/client/origin-whitelist",
         "GET /api/v1/auth/client/profile",
         "GET /api/v1/auth/client/rate-limits",
+        "GET /api/v1/auth/client/sessions",
         "POST /api/v1/auth/client/api-keys/rotate",
         "POST /api/v1/auth/client/login",
+        "POST /api/v1/auth/client/logout",
+        "POST /api/v1/auth/client/logout-all",
         "POST /api/v1/auth/client/register",
         "POST /api/v1/auth/internal/validate",
         "POST /api/v1/auth/internal/validate-api-key",
         "POST /api/v1/auth/logout",
         "POST /api/v1/auth/refresh",
         "POST /api/v1/auth/sdk/session",
+        "POST /api/v1/auth/sdk/users/{user_id}/revoke",
         "PUT /api/v1/auth/client/ip-whitelist",
         "PUT /api/v1/auth/client/origin-whitelist",
+        "PUT /api/v1/auth/client/password",
         "PUT /api/v1/auth/client/rate-limits",
     ];
     assert_eq!(operations, expected);

@@ -5,5 +5,6 @@ mod abuse;
 mod clients;
 mod harness;
 mod internal;
+mod lifecycle;
 mod quotas;
 mod sessions;

@@ -45,6 +45,7 @@ fn every_public_route_declares_a_policy() {
         let declares = block.contains("policy:")
             || block.contains("*public")
             || block.contains("*refresh")
+            || block.contains("*api_key")
             || block.contains("*end_user")
             || block.contains("*no_authz")
             || block.contains("&no_authz");

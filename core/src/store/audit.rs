@@ -17,6 +17,10 @@ caas_rules::names! {
         SessionRefreshTokenReused = "session.refresh_token_reused",
         SessionLogout = "session.logout",
         RateLimitsUpdated = "rate_limits.updated",
+        SessionLogoutAll = "session.logout_all",
+        ClientPasswordChanged = "client.password_changed",
+        ClientPasswordChangeFailed = "client.password_change_failed",
+        EndUserRevoked = "end_user.revoked",
     }
 }
 

@@ -71,13 +71,9 @@ impl Store {
 }
 
 /// Records `events` in the transaction that makes them true.
-pub(super) async fn record_changes(
-    conn: &mut sqlx::AnyConnection,
-    events: impl IntoIterator<Item = Event>,
-    now: i64,
-) -> Result<()> {
+pub(super) async fn record_changes(conn: &mut sqlx::AnyConnection, events: &[Event], now: i64) -> Result<()> {
     for event in events {
-        let json = serde_json::to_string(&event).map_err(|e| super::StoreError::Setup(e.to_string()))?;
+        let json = serde_json::to_string(event).map_err(|e| super::StoreError::Setup(e.to_string()))?;
         sqlx::query("INSERT INTO changes (event, created_at) VALUES ($1, $2)")
             .bind(json)
             .bind(now)

@@ -78,7 +78,7 @@ impl Store {
             detail: Some(serde_json::json!({ "key_id": key.id })),
         };
         insert_audit(&mut tx, &audit, now).await?;
-        record_changes(&mut tx, [Event::key_changed(client_id, &key.id, &key.hash)], now).await?;
+        record_changes(&mut tx, &[Event::key_changed(client_id, &key.id, &key.hash)], now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -88,6 +88,17 @@ impl Store {
             .bind(email)
             .fetch_optional(&self.pool)
             .await?)
+    }
+
+    /// A dashboard account of a tenant.
+    pub async fn account(&self, client_id: &str, account_id: &str) -> Result<Option<AccountRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT id, client_id, email, password_hash FROM client_accounts WHERE id = $1 AND client_id = $2",
+        )
+        .bind(account_id)
+        .bind(client_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn client(&self, client_id: &str) -> Result<Option<ClientRecord>> {

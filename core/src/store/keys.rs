@@ -133,7 +133,7 @@ impl Store {
             .map(|c| Event::key_changed(client_id, &c.key.id, &c.hash))
             .chain([Event::key_changed(client_id, &key.id, &key.hash)])
             .collect();
-        record_changes(&mut tx, changed, now).await?;
+        record_changes(&mut tx, &changed, now).await?;
         tx.commit().await?;
         Ok(Rotation { new_key, demoted, revoked })
     }
@@ -159,7 +159,7 @@ impl Store {
             let mut audit = audit.clone();
             audit.detail = Some(serde_json::json!({ "key_id": key_id }));
             insert_audit(&mut tx, &audit, now).await?;
-            record_changes(&mut tx, [Event::key_changed(client_id, key_id, &revoked.hash)], now).await?;
+            record_changes(&mut tx, &[Event::key_changed(client_id, key_id, &revoked.hash)], now).await?;
         }
         tx.commit().await?;
         Ok(revoked)

@@ -29,7 +29,7 @@ pub use chat::ConversationRecord;
 pub use clients::{AccountRecord, ClientRecord};
 pub use keys::{ApiKeyRecord, ChangedKey, KeyRole, NewApiKey, Rotation};
 pub use quotas::RateLimitsChange;
-pub use sessions::{NewSdkSession, RefreshOutcome, SessionKind, SessionRecord};
+pub use sessions::{NewSdkSession, RefreshOutcome, SessionActivity, SessionKind, SessionRecord, SessionsOf};
 pub use whitelists::{VersionedWhitelist, WhitelistKind};
 
 #[derive(Debug, thiserror::Error)]

@@ -80,7 +80,7 @@ impl Store {
         let mut audit = audit.clone();
         audit.detail = Some(serde_json::json!({ "before": before, "after": limits }));
         insert_audit(&mut tx, &audit, now).await?;
-        record_changes(&mut tx, [Event::rate_limits_changed(client_id)], now).await?;
+        record_changes(&mut tx, &[Event::rate_limits_changed(client_id)], now).await?;
         tx.commit().await?;
         Ok(RateLimitsChange { before, after: *limits })
     }

@@ -57,6 +57,33 @@ pub enum RefreshOutcome {
 
 const SESSION_COLUMNS: &str = "id, client_id, subject, kind, created_at, expires_at, revoked_at";
 
+/// A live session as its owner sees it in a list.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SessionActivity {
+    pub id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// At sign-in, then at most once per `touch_session` interval.
+    pub last_used_at: Option<i64>,
+    /// The client address of the sign-in, then of the last recorded use.
+    pub ip: Option<String>,
+}
+
+/// Which of a subject's sessions a bulk revocation ends.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionsOf<'a> {
+    pub client_id: &'a str,
+    pub subject: &'a str,
+    pub kind: SessionKind,
+    /// Left alone (the caller's own session, on a password change).
+    pub keep: Option<&'a str>,
+}
+
+/// A revoked session stays revocable while any of its tokens could still be
+/// accepted: JWTs get 5 s of leeway past `exp`, so a session that expired
+/// less than this long ago is revoked (and announced) too.
+const EXPIRED_YET_REVOCABLE_SECONDS: i64 = 60;
+
 impl Store {
     /// The end user (created on first sight), the session and its first
     /// refresh token.
@@ -81,6 +108,7 @@ impl Store {
             &new.user_id,
             SessionKind::Sdk,
             new.refresh_expires_at,
+            None,
             now,
         )
         .await?;
@@ -100,6 +128,7 @@ impl Store {
         Ok(())
     }
 
+    /// A dashboard session, used now from the audit entry's address.
     pub async fn create_dashboard_session(
         &self,
         session_id: &str,
@@ -110,7 +139,8 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        insert_session(&mut tx, session_id, client_id, account_id, SessionKind::Dashboard, expires_at, now).await?;
+        let ip = audit.ip.as_deref();
+        insert_session(&mut tx, session_id, client_id, account_id, SessionKind::Dashboard, expires_at, ip, now).await?;
         let mut audit = audit.clone();
         audit.detail = Some(serde_json::json!({ "session_id": session_id }));
         insert_audit(&mut tx, &audit, now).await?;
@@ -207,7 +237,7 @@ impl Store {
             .await?;
         let audit = session_audit(&session, AuditAction::SessionRefreshTokenReused, ip);
         insert_audit(&mut tx, &audit, now).await?;
-        record_changes(&mut tx, [Event::session_revoked(&session.client_id, &session.id)], now).await?;
+        record_changes(&mut tx, &[Event::session_revoked(&session.client_id, &session.id)], now).await?;
         tx.commit().await?;
         Ok(RefreshOutcome::Reused(SessionRecord { revoked_at: session.revoked_at.or(Some(now)), ..session }))
     }
@@ -268,14 +298,116 @@ impl Store {
             audit.detail = Some(serde_json::json!({ "session_id": session_id, "reason": reason }));
             insert_audit(&mut tx, &audit, now).await?;
             if let Some(session) = &session {
-                record_changes(&mut tx, [Event::session_revoked(&session.client_id, session_id)], now).await?;
+                record_changes(&mut tx, &[Event::session_revoked(&session.client_id, session_id)], now).await?;
             }
         }
         tx.commit().await?;
         Ok(session)
     }
+
+    /// The live sessions of one subject of one kind in one tenant, most
+    /// recently used first.
+    pub async fn active_sessions(
+        &self,
+        client_id: &str,
+        subject: &str,
+        kind: SessionKind,
+        now: i64,
+    ) -> Result<Vec<SessionActivity>> {
+        Ok(sqlx::query_as(
+            "SELECT id, created_at, expires_at, last_used_at, ip FROM sessions \
+             WHERE client_id = $1 AND subject = $2 AND kind = $3 AND revoked_at IS NULL AND expires_at > $4 \
+             ORDER BY COALESCE(last_used_at, created_at) DESC, id",
+        )
+        .bind(client_id)
+        .bind(subject)
+        .bind(kind.as_str())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records a use of a session unless one was recorded within `every`
+    /// seconds (the condition keeps concurrent touches to one write). True
+    /// if this call wrote.
+    pub async fn touch_session(&self, session_id: &str, ip: &str, now: i64, every: i64) -> Result<bool> {
+        let changed = sqlx::query(
+            "UPDATE sessions SET last_used_at = $1, ip = $2 \
+             WHERE id = $3 AND revoked_at IS NULL AND (last_used_at IS NULL OR last_used_at <= $4)",
+        )
+        .bind(now)
+        .bind(ip)
+        .bind(session_id)
+        .bind(now - every)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed > 0)
+    }
+
+    /// Revokes every live session `of` names, with one audit row carrying
+    /// the count, in one transaction (idempotent: a repeat revokes nothing
+    /// and still writes its audit row). Returns the revoked session ids.
+    pub async fn revoke_sessions(
+        &self,
+        of: SessionsOf<'_>,
+        reason: &str,
+        audit: &AuditEntry,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        let revoked = revoke_sessions_in(&mut tx, of, reason, now).await?;
+        let mut audit = audit.clone();
+        let mut detail = audit.detail.take().unwrap_or_else(|| serde_json::json!({}));
+        detail["revoked"] = revoked.len().into();
+        detail["reason"] = reason.into();
+        audit.detail = Some(detail);
+        insert_audit(&mut tx, &audit, now).await?;
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
+    /// Replaces a dashboard account's password hash and revokes the account's
+    /// other dashboard sessions, with the audit row, in one transaction.
+    /// The update is conditional on `current_hash`, the hash the caller
+    /// verified the current password against: of two concurrent changes
+    /// only one succeeds, and the other gets `None` (nothing changed), so
+    /// a password verified against a hash no longer stored never wins.
+    /// Returns the revoked session ids.
+    pub async fn change_password(
+        &self,
+        account_id: &str,
+        current_hash: &str,
+        new_hash: &str,
+        sessions: SessionsOf<'_>,
+        audit: &AuditEntry,
+        now: i64,
+    ) -> Result<Option<Vec<String>>> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE client_accounts SET password_hash = $1 WHERE id = $2 AND client_id = $3 AND password_hash = $4",
+        )
+        .bind(new_hash)
+        .bind(account_id)
+        .bind(sessions.client_id)
+        .bind(current_hash)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let revoked = revoke_sessions_in(&mut tx, sessions, "password_changed", now).await?;
+        let mut audit = audit.clone();
+        audit.detail = Some(serde_json::json!({ "revoked": revoked.len() }));
+        insert_audit(&mut tx, &audit, now).await?;
+        tx.commit().await?;
+        Ok(Some(revoked))
+    }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn insert_session(
     tx: &mut Transaction<'_, Any>,
     id: &str,
@@ -283,10 +415,12 @@ async fn insert_session(
     subject: &str,
     kind: SessionKind,
     expires_at: i64,
+    ip: Option<&str>,
     now: i64,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO sessions (id, client_id, subject, kind, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO sessions (id, client_id, subject, kind, created_at, expires_at, last_used_at, ip) \
+         VALUES ($1, $2, $3, $4, $5, $6, $5, $7)",
     )
     .bind(id)
     .bind(client_id)
@@ -294,9 +428,40 @@ async fn insert_session(
     .bind(kind.as_str())
     .bind(now)
     .bind(expires_at)
+    .bind(ip)
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Revokes the sessions `of` names inside `tx`; the ids revoked, so the
+/// caller can announce one `SessionRevoked` for each. The conditional update
+/// makes it idempotent: a session already revoked is not returned again.
+async fn revoke_sessions_in(
+    tx: &mut Transaction<'_, Any>,
+    of: SessionsOf<'_>,
+    reason: &str,
+    now: i64,
+) -> Result<Vec<String>> {
+    let mut ids: Vec<String> = sqlx::query_scalar(
+        "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+         WHERE client_id = $3 AND subject = $4 AND kind = $5 AND revoked_at IS NULL AND expires_at > $6 \
+         AND id <> $7 RETURNING id",
+    )
+    .bind(now)
+    .bind(reason)
+    .bind(of.client_id)
+    .bind(of.subject)
+    .bind(of.kind.as_str())
+    .bind(now - EXPIRED_YET_REVOCABLE_SECONDS)
+    // No session id is empty: binding "" keeps one statement for both cases.
+    .bind(of.keep.unwrap_or_default())
+    .fetch_all(&mut **tx)
+    .await?;
+    ids.sort();
+    let revoked: Vec<Event> = ids.iter().map(|id| Event::session_revoked(of.client_id, id)).collect();
+    record_changes(tx, &revoked, now).await?;
+    Ok(ids)
 }
 
 async fn session_in(tx: &mut Transaction<'_, Any>, session_id: &str) -> Result<Option<SessionRecord>> {

@@ -101,7 +101,7 @@ impl Store {
         let mut audit = audit.clone();
         audit.detail = Some(serde_json::json!({ "entries": entries }));
         insert_audit(&mut tx, &audit, now).await?;
-        record_changes(&mut tx, [Event::whitelist_changed(kind, client_id, version)], now).await?;
+        record_changes(&mut tx, &[Event::whitelist_changed(kind, client_id, version)], now).await?;
         tx.commit().await?;
         Ok(version)
     }
