@@ -16,7 +16,7 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-fn missing(service: &str, url: &str, error: &dyn std::fmt::Display) {
+pub(crate) fn missing(service: &str, url: &str, error: &dyn std::fmt::Display) {
     if in_ci() {
         panic!(
             "CI=true but {service} at {url} is not usable: {error}. Start it (see README) — these tests must not be skipped in CI."
@@ -215,7 +215,12 @@ pub fn local_backends(store: Store) -> Backends {
 
 /// Storage arguments of a service built on `local_backends`: never connected.
 pub fn unused_storage() -> StorageArgs {
-    StorageArgs { database_url: "sqlite::memory:".into(), database_max_connections: 1, redis_url: None }
+    StorageArgs {
+        database_url: "sqlite::memory:".into(),
+        database_max_connections: 1,
+        redis_url: None,
+        redis_ca_file: None,
+    }
 }
 
 pub fn service_args(current: &str, previous: Option<&str>) -> ServiceSecretArgs {
