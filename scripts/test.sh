@@ -41,6 +41,26 @@ for tool in curl jq openssl; do
   fi
 done
 
+# The TLS tests (core/src/tests/tls.rs) start a PostgreSQL and a Redis of
+# their own with ssl on, as the `postgres` user when run as root.
+tls_ready() {
+  { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; } \
+    && command -v redis-server >/dev/null 2>&1 \
+    && { [ "$(id -u)" != 0 ] || { id postgres >/dev/null 2>&1 && command -v runuser >/dev/null 2>&1; }; }
+}
+if ! tls_ready && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "PostgreSQL/Redis server binaries for the TLS tests not found: installing them (apt-get install postgresql redis-server)…" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >/dev/null 2>&1; } || true
+fi
+if ! tls_ready; then
+  echo "warning: the TLS tests need initdb/pg_ctl (PostgreSQL server), redis-server and, as root, a postgres user and runuser" >&2
+  if [ "${CI:-}" = "true" ]; then
+    echo "error: CI=true and the TLS tests' servers are missing; refusing to skip them" >&2
+    exit 1
+  fi
+fi
+
 # The rules crate must stay pure enough to run inside Envoy (proxy-wasm).
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   echo "installing the wasm32-wasip1 target (rustup target add wasm32-wasip1)…" >&2

@@ -115,8 +115,12 @@ impl Drop for RedisBus {
 impl RedisBus {
     /// Must be called inside a Tokio runtime; does not wait for Redis.
     pub fn start(url: &str) -> Result<Self, BusError> {
-        let client = redis::Client::open(url).map_err(|e| BusError(e.to_string()))?;
-        let publisher = RedisCache::new(url).map_err(|e| BusError(e.to_string()))?.connection();
+        Self::start_on(redis::Client::open(url).map_err(|e| BusError(e.to_string()))?)
+    }
+
+    /// On a client already set up (for `rediss://`, with the CAs to trust).
+    pub fn start_on(client: redis::Client) -> Result<Self, BusError> {
+        let publisher = RedisCache::from_client(client.clone()).map_err(|e| BusError(e.to_string()))?.connection();
         let tx = broadcast::channel(BUFFER).0;
         let node = crate::id::new_id("node");
         let connected = Arc::new(AtomicBool::new(false));

@@ -184,7 +184,12 @@ pub struct RedisCache {
 impl RedisCache {
     /// Connects lazily: a Redis that is down at start is retried, not fatal.
     pub fn new(url: &str) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url)?;
+        Self::from_client(redis::Client::open(url)?)
+    }
+
+    /// On a client already set up (for `rediss://`, with the CAs to trust:
+    /// `StorageArgs` builds it).
+    pub fn from_client(client: redis::Client) -> Result<Self, CacheError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(Duration::from_millis(500)))

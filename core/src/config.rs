@@ -6,11 +6,14 @@
 //! objects (backends, JWT keys, context verifier, validator) and checks
 //! domain limits (secret strength, database dialect).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use caas_runtime::config::{Problems, parse_duration, redact_url};
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 use crate::bus::{EventBus, LocalBus, RedisBus};
 use crate::cache::{Cache, MemoryCache, RedisCache};
@@ -36,14 +39,18 @@ fn optional_secret(problems: &mut Problems, name: &str, value: Option<&Secret>) 
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct StorageArgs {
-    /// Database: `sqlite://path` (embedded default, created if missing) or `postgres://...`.
+    /// Database: `sqlite://path` (embedded default, created if missing) or
+    /// `postgres://...`. TLS to PostgreSQL takes libpq's parameters:
+    /// `sslmode=verify-full` and, for a CA the system does not trust,
+    /// `sslrootcert=/path/ca.pem`.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/caas.db", hide_env_values = true)]
     pub database_url: String,
     /// Largest number of PostgreSQL connections per process.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
-    /// Redis for the shared cache and the event bus between processes. Unset:
-    /// in-process cache and bus, correct only when everything is one process.
+    /// Redis for the shared cache and the event bus between processes:
+    /// `redis://` or `rediss://` (TLS). Unset: in-process cache and bus,
+    /// correct only when everything is one process.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// How often this process reads the durable change feed (core/src/feed.rs):
@@ -51,6 +58,11 @@ pub struct StorageArgs {
     /// reach it. Not used by `caas up` without Redis (one process, nothing to lose).
     #[arg(long, env = "CHANGE_FEED_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub change_feed_interval: Duration,
+    /// PEM file of the CA(s) that signed the certificate of a `rediss://`
+    /// Redis the system does not trust (a managed Redis's private CA); when
+    /// set, only these CAs are trusted for Redis.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 /// Changes of this long ago are read again by a starting process: enough to
@@ -74,36 +86,51 @@ impl StorageArgs {
         if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&self.change_feed_interval) {
             problems.add("CHANGE_FEED_INTERVAL must be between 100ms and 60s");
         }
-        if Dialect::of_url(&self.database_url).is_none() {
-            problems.add(format!(
+        match Dialect::of_url(&self.database_url) {
+            None => problems.add(format!(
                 "DATABASE_URL '{}' must start with sqlite:// or postgres://",
                 redact_url(&self.database_url)
+            )),
+            Some(Dialect::Postgres) => check_postgres_url(&self.database_url, problems),
+            Some(Dialect::Sqlite) => {}
+        }
+        match &self.redis_url {
+            Some(url) => {
+                if let Err(problem) = self.redis_client(url) {
+                    problems.add(problem);
+                }
+            }
+            None if self.redis_ca_file.is_some() => problems.add("REDIS_CA_FILE is set but REDIS_URL is not"),
+            None => {}
+        }
+    }
+
+    /// The client of REDIS_URL, trusting REDIS_CA_FILE's CAs when it is set;
+    /// or why it cannot be used, in one line with no password in it.
+    fn redis_client(&self, url: &str) -> Result<redis::Client, String> {
+        let shown = redact_url(url);
+        let tls = url.starts_with("rediss://");
+        if !tls && !url.starts_with("redis://") {
+            return Err(format!("REDIS_URL '{shown}' must start with redis:// or rediss:// (TLS)"));
+        }
+        // redis's `#insecure` turns certificate checks off; this build cannot
+        // (no `tls-rustls-insecure`), and would fail at every connection.
+        if url::Url::parse(url).is_ok_and(|u| u.fragment().is_some()) {
+            return Err(format!(
+                "REDIS_URL '{shown}' has a #fragment: #insecure (TLS without certificate checks) is not supported; \
+                 set REDIS_CA_FILE to the CA of Redis's certificate instead"
             ));
         }
-        // This build speaks no TLS to its data stores: refuse a URL that asks
-        // for it rather than fail at the first connection (or, for sslmode=
-        // prefer, PostgreSQL's default, quietly not encrypt: say so in the docs).
-        let database = self.database_url.to_ascii_lowercase();
-        // sqlx takes `sslmode` or `ssl-mode` in the URL, else PGSSLMODE.
-        let from_env = std::env::var("PGSSLMODE").map(|m| format!("sslmode={}", m.to_ascii_lowercase()));
-        let asked = ["require", "verify-ca", "verify-full"].into_iter().find(|mode| {
-            [format!("sslmode={mode}"), format!("ssl-mode={mode}")].iter().any(|p| database.contains(p.as_str()))
-                || (database.starts_with("postgres") && from_env.as_deref() == Ok(&format!("sslmode={mode}")))
-        });
-        if let Some(mode) = asked {
-            problems.add(format!(
-                "DATABASE_URL (or PGSSLMODE) asks for sslmode={mode}, but this build has no TLS: reach PostgreSQL \
-                 over a private network, a mesh's mTLS or a TLS sidecar"
-            ));
-        }
-        if let Some(url) = &self.redis_url {
-            if url.starts_with("rediss://") {
-                problems.add(
-                    "REDIS_URL is rediss:// (TLS), which this build does not speak: use redis:// over a private \
-                     network, a mesh's mTLS or a TLS sidecar",
-                );
-            } else if !url.starts_with("redis://") {
-                problems.add(format!("REDIS_URL '{}' must start with redis://", redact_url(url)));
+        let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL '{shown}' is not usable: {e}"))?;
+        match &self.redis_ca_file {
+            None => Ok(client),
+            Some(_) if !tls => Err(format!("REDIS_CA_FILE is set but REDIS_URL '{shown}' is not rediss:// (TLS)")),
+            Some(path) => {
+                let path = path.to_string_lossy();
+                let root_cert = Some(read_certificates("REDIS_CA_FILE", &path)?);
+                let certificates = redis::TlsCertificates { client_tls: None, root_cert };
+                redis::Client::build_with_tls(client.get_connection_info().clone(), certificates)
+                    .map_err(|e| format!("REDIS_CA_FILE '{path}' is not usable: {e}"))
             }
         }
     }
@@ -120,10 +147,21 @@ impl StorageArgs {
         let store = Store::connect(&self.database_url, self.database_max_connections).await?;
         store.migrate().await?;
         tracing::info!(database = %redact_url(&self.database_url), "database ready");
+        if store.dialect() == Dialect::Postgres
+            && PgConnectOptions::from_str(&self.database_url)
+                .is_ok_and(|o| matches!(o.get_ssl_mode(), PgSslMode::Require))
+        {
+            tracing::warn!(
+                "DATABASE_URL has sslmode=require: traffic to PostgreSQL is encrypted but its certificate is NOT \
+                 checked, so anyone on the path can pose as the database. Use sslmode=verify-full (with \
+                 sslrootcert= for a private CA)."
+            );
+        }
         let (cache, bus): (Arc<dyn Cache>, Arc<dyn EventBus>) = match &self.redis_url {
             Some(url) => {
-                let cache = RedisCache::new(url).map_err(|e| StoreError::Setup(e.to_string()))?;
-                let bus = RedisBus::start(url).map_err(|e| StoreError::Setup(e.to_string()))?;
+                let client = self.redis_client(url).map_err(StoreError::Setup)?;
+                let cache = RedisCache::from_client(client.clone()).map_err(|e| StoreError::Setup(e.to_string()))?;
+                let bus = RedisBus::start_on(client).map_err(|e| StoreError::Setup(e.to_string()))?;
                 tracing::info!(redis = %redact_url(url), "shared cache and event bus on Redis");
                 (Arc::new(cache), Arc::new(bus))
             }
@@ -143,6 +181,65 @@ impl StorageArgs {
         let feed = (!single_process || self.redis_url.is_some())
             .then(|| Arc::new(ChangeFeed::start(store.clone(), bus.clone(), interval, FEED_REPLAY)));
         Ok(Backends { store, cache, bus, feed })
+    }
+}
+
+/// Reads a PEM file of certificates now, so that a wrong path is a start-up
+/// problem naming the setting, rather than a bare "No such file" from the
+/// first connection.
+fn read_certificates(setting: &str, path: &str) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{setting} '{path}' cannot be read: {e}"))?;
+    if !pem.windows(CERTIFICATE.len()).any(|w| w == CERTIFICATE.as_bytes()) {
+        return Err(format!("{setting} '{path}' holds no PEM certificate ({CERTIFICATE})"));
+    }
+    Ok(pem)
+}
+
+const CERTIFICATE: &str = "-----BEGIN CERTIFICATE-----";
+
+/// Refuses at start what sqlx would refuse at the first connection (an
+/// unknown sslmode, a TLS file it cannot read) and the one libpq URL sqlx
+/// reads differently.
+fn check_postgres_url(url: &str, problems: &mut Problems) {
+    let shown = redact_url(url);
+    let options = match PgConnectOptions::from_str(url) {
+        Ok(options) => options,
+        Err(e) => return problems.add(format!("DATABASE_URL '{shown}' is not usable: {e}")),
+    };
+    // sqlx reads these parameters (under these names), else the PG* variables.
+    let parsed = url::Url::parse(url).ok();
+    let param = |names: &[&'static str], variable: &str| {
+        let in_url = parsed.as_ref().and_then(|u| {
+            u.query_pairs().filter(|(k, _)| names.contains(&k.as_ref())).last().map(|(_, v)| v.into_owned())
+        });
+        in_url.or_else(|| std::env::var(variable).ok()).map(|v| (v, names[0]))
+    };
+    let root = param(&["sslrootcert", "ssl-root-cert", "ssl-ca"], "PGSSLROOTCERT");
+    let cert = param(&["sslcert", "ssl-cert"], "PGSSLCERT");
+    let key = param(&["sslkey", "ssl-key"], "PGSSLKEY");
+    // A value that is itself a PEM certificate is one sqlx takes inline.
+    for (value, name) in [&root, &cert].into_iter().flatten() {
+        if !value.starts_with(CERTIFICATE)
+            && let Err(problem) = read_certificates(&format!("DATABASE_URL's {name}"), value)
+        {
+            problems.add(problem);
+        }
+    }
+    if let Some((path, _)) = &key
+        && !path.starts_with("-----BEGIN")
+        && let Err(e) = std::fs::File::open(path)
+    {
+        problems.add(format!("DATABASE_URL's sslkey '{path}' cannot be read: {e}"));
+    }
+    if cert.is_some() != key.is_some() {
+        problems.add("DATABASE_URL has sslcert without sslkey or the reverse: a client certificate needs both");
+    }
+    // libpq checks the CA under `require` when given one; sqlx checks nothing.
+    if root.is_some() && matches!(options.get_ssl_mode(), PgSslMode::Require) {
+        problems.add(format!(
+            "DATABASE_URL '{shown}' has sslmode=require with sslrootcert: this build would NOT check the server's \
+             certificate against it (libpq would); say sslmode=verify-full (or verify-ca)"
+        ));
     }
 }
 
@@ -289,26 +386,60 @@ impl PolicyArgs {
 mod tests {
     use super::*;
 
-    #[test]
-    fn data_store_urls_asking_for_tls_are_refused_at_start() {
-        let check = |database: &str, redis: Option<&str>| {
-            let args = StorageArgs {
-                database_url: database.into(),
-                database_max_connections: 4,
-                redis_url: redis.map(String::from),
-                change_feed_interval: Duration::from_secs(1),
-            };
-            let mut problems = Problems::default();
-            args.check(&mut problems);
-            problems.finish().err().unwrap_or_default()
+    fn check_storage(database: &str, redis: Option<&str>, redis_ca_file: Option<&std::path::Path>) -> String {
+        let args = StorageArgs {
+            database_url: database.into(),
+            database_max_connections: 4,
+            redis_url: redis.map(String::from),
+            redis_ca_file: redis_ca_file.map(PathBuf::from),
+            change_feed_interval: Duration::from_secs(1),
         };
+        let mut problems = Problems::default();
+        args.check(&mut problems);
+        problems.finish().err().unwrap_or_default()
+    }
+
+    #[test]
+    fn data_store_urls_with_tls_are_accepted() {
+        let check = |database: &str, redis: Option<&str>| check_storage(database, redis, None);
         assert_eq!(check("postgres://u:pw@db:5432/caas", Some("redis://r:6379")), "");
         assert_eq!(check("postgres://u:pw@db/caas?sslmode=disable", None), "");
-        let refused = check("postgres://u:pw@db/caas?sslmode=verify-full", Some("rediss://r:6380"));
-        assert!(refused.contains("sslmode=verify-full") && refused.contains("rediss://"), "{refused}");
-        assert!(check("postgres://u:pw@db/caas?ssl-mode=require", None).contains("sslmode=require"));
-        assert!(!refused.contains("pw@"), "{refused}");
-        assert!(check("sqlite://x.db", Some("http://r")).contains("must start with redis://"));
+        assert_eq!(check("postgres://u:pw@db/caas?sslmode=verify-full", Some("rediss://:pw@r:6380")), "");
+        assert_eq!(check("postgresql://u:pw@db/caas?ssl-mode=require", Some("rediss://u:pw@r:6380/2")), "");
+    }
+
+    #[test]
+    fn data_store_urls_this_build_cannot_use_are_refused_at_start_without_their_password() {
+        let dir = std::env::temp_dir().join(crate::id::new_id("caas-config-tls"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (pem, not_pem) = (dir.join("ca.pem"), dir.join("ca.txt"));
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n").unwrap();
+        std::fs::write(&not_pem, "hello").unwrap();
+        let missing = dir.join("missing.pem");
+        let refused = |database: &str, redis: Option<&str>, ca: Option<&std::path::Path>, expected: &str| {
+            let problems = check_storage(database, redis, ca);
+            assert!(problems.contains(expected), "{database} {redis:?} {ca:?}: {problems}");
+            assert!(!problems.contains("s3cret"), "{problems}");
+        };
+        let db = "postgres://u:s3cret@db/caas";
+        refused(&format!("{db}?sslmode=verify_full"), None, None, "unknown value \"verify_full\"");
+        let root = format!("{db}?sslmode=verify-full&sslrootcert={}", missing.display());
+        refused(&root, None, None, &format!("sslrootcert '{}' cannot be read", missing.display()));
+        let root = format!("{db}?sslmode=verify-full&sslrootcert={}", not_pem.display());
+        refused(&root, None, None, "holds no PEM certificate");
+        let root = format!("{db}?sslmode=require&sslrootcert={}", pem.display());
+        refused(&root, None, None, "sslmode=require with sslrootcert");
+        refused(&format!("{db}?sslmode=verify-full&sslcert={}", pem.display()), None, None, "without sslkey");
+
+        let sqlite = "sqlite://x.db";
+        refused(sqlite, Some("http://r"), None, "must start with redis:// or rediss://");
+        refused(sqlite, Some("rediss://:s3cret@r:6380/#insecure"), None, "#insecure");
+        refused(sqlite, Some("redis://:s3cret@r:6379"), Some(&pem), "is not rediss://");
+        refused(sqlite, None, Some(&pem), "REDIS_URL is not");
+        refused(sqlite, Some("rediss://:s3cret@r"), Some(&missing), "REDIS_CA_FILE");
+        refused(sqlite, Some("rediss://:s3cret@r"), Some(&not_pem), "holds no PEM certificate");
+        refused(sqlite, Some("rediss://:s3cret@r"), Some(&pem), "Unable to parse TLS trust anchors");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -16,7 +16,7 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-fn missing(service: &str, url: &str, error: &dyn std::fmt::Display) {
+pub(crate) fn missing(service: &str, url: &str, error: &dyn std::fmt::Display) {
     if in_ci() {
         panic!(
             "CI=true but {service} at {url} is not usable: {error}. Start it (see README) — these tests must not be skipped in CI."
@@ -229,6 +229,7 @@ pub fn unused_storage() -> StorageArgs {
         database_max_connections: 1,
         redis_url: None,
         change_feed_interval: std::time::Duration::from_secs(1),
+        redis_ca_file: None,
     }
 }
 

@@ -9,7 +9,7 @@ fn unique(prefix: &str) -> String {
     crate::id::new_id(prefix)
 }
 
-async fn cache_conformance(cache: Arc<dyn Cache>) {
+pub(super) async fn cache_conformance(cache: Arc<dyn Cache>) {
     let key = unique("test:cache");
     assert_eq!(cache.get(&key).await.unwrap(), None);
     cache.set(&key, "one", Duration::from_secs(30)).await.unwrap();
@@ -56,7 +56,7 @@ async fn cache_conformance(cache: Arc<dyn Cache>) {
     cache.ping().await.unwrap();
 }
 
-async fn bus_conformance(a: Arc<dyn EventBus>, b: Arc<dyn EventBus>) {
+pub(super) async fn bus_conformance(a: Arc<dyn EventBus>, b: Arc<dyn EventBus>) {
     let mut on_a = a.subscribe();
     let mut on_b = b.subscribe();
     let event = Event::SessionRevoked { tenant_id: unique("cl"), session_id: unique("ses") };

@@ -7,4 +7,6 @@ mod credentials;
 mod loginguard;
 mod quotas;
 mod store;
+#[cfg(unix)]
+mod tls;
 mod validator;
