@@ -39,23 +39,107 @@ pub trait EventBus: Send + Sync + 'static {
     /// processes may not have seen it; the local delivery still happened.
     async fn publish(&self, event: Event) -> Result<(), BusError>;
     fn subscribe(&self) -> broadcast::Receiver<BusMessage>;
-    /// Hands a message to this process's subscribers only (the change feed,
-    /// core/src/feed.rs, delivers what it reads this way).
-    fn deliver_locally(&self, message: BusMessage);
+    /// Hands a change read from the durable feed (core/src/feed.rs) to this
+    /// process's subscribers, unless the bus already delivered that same
+    /// change here (then it returns false): each change evicts once, not
+    /// once per path.
+    fn deliver_from_feed(&self, event: Event) -> bool;
     /// Whether events from other processes reach this one right now. When
     /// false, caches must not be trusted past the point they could be stale.
     fn is_connected(&self) -> bool;
     fn kind(&self) -> &'static str;
 }
 
+/// How long a change delivered over the bus is remembered, so that the
+/// feed (which reads it about a period later) does not deliver it again.
+const RECENT_FOR: Duration = Duration::from_secs(60);
+/// Changes remembered at most; past it, the oldest are forgotten (which only
+/// costs a second eviction of theirs).
+const RECENT_CAPACITY: usize = 10_000;
+
+/// Credential changes delivered to this process's subscribers lately, with
+/// how many times each: two identical changes (a key created, then revoked)
+/// are two deliveries, and the feed skips only as many as came.
+#[derive(Default)]
+struct Recent(std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>);
+
+impl Recent {
+    fn key(event: &Event) -> Option<String> {
+        // Messages are not credential changes and never come from the feed.
+        if matches!(event, Event::MessageCreated { .. }) {
+            return None;
+        }
+        serde_json::to_string(event).ok()
+    }
+
+    fn saw(&self, event: &Event) {
+        let Some(key) = Self::key(event) else { return };
+        let now = std::time::Instant::now();
+        let mut recent = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() >= RECENT_CAPACITY {
+            recent.retain(|_, (_, at)| now.duration_since(*at) < RECENT_FOR);
+            if recent.len() >= RECENT_CAPACITY {
+                let oldest = recent.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    recent.remove(&oldest);
+                }
+            }
+        }
+        let entry = recent.entry(key).or_insert((0, now));
+        *entry = (entry.0 + 1, now);
+    }
+
+    /// Whether `event` was delivered lately and not yet matched by the feed.
+    fn take(&self, event: &Event) -> bool {
+        let Some(key) = Self::key(event) else { return false };
+        let mut recent = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match recent.get_mut(&key) {
+            Some((count, at)) if *count > 0 && at.elapsed() < RECENT_FOR => {
+                *count -= 1;
+                if *count == 0 {
+                    recent.remove(&key);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// This process's subscribers, and what they were handed lately.
+#[derive(Clone)]
+struct Deliveries {
+    tx: broadcast::Sender<BusMessage>,
+    recent: Arc<Recent>,
+}
+
+impl Deliveries {
+    fn new() -> Self {
+        Self { tx: broadcast::channel(BUFFER).0, recent: Arc::default() }
+    }
+
+    fn event(&self, event: Event) {
+        self.recent.saw(&event);
+        let _ = self.tx.send(BusMessage::Event(Arc::new(event)));
+    }
+
+    fn from_feed(&self, event: Event) -> bool {
+        if self.recent.take(&event) {
+            return false;
+        }
+        let _ = self.tx.send(BusMessage::Event(Arc::new(event)));
+        true
+    }
+}
+
 /// In-process broadcast.
 pub struct LocalBus {
-    tx: broadcast::Sender<BusMessage>,
+    deliveries: Deliveries,
 }
 
 impl Default for LocalBus {
     fn default() -> Self {
-        Self { tx: broadcast::channel(BUFFER).0 }
+        Self { deliveries: Deliveries::new() }
     }
 }
 
@@ -68,16 +152,16 @@ impl LocalBus {
 #[async_trait]
 impl EventBus for LocalBus {
     async fn publish(&self, event: Event) -> Result<(), BusError> {
-        let _ = self.tx.send(BusMessage::Event(Arc::new(event)));
+        self.deliveries.event(event);
         Ok(())
     }
 
     fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
-        self.tx.subscribe()
+        self.deliveries.tx.subscribe()
     }
 
-    fn deliver_locally(&self, message: BusMessage) {
-        let _ = self.tx.send(message);
+    fn deliver_from_feed(&self, event: Event) -> bool {
+        self.deliveries.from_feed(event)
     }
 
     fn is_connected(&self) -> bool {
@@ -99,7 +183,7 @@ struct Envelope {
 /// Redis pub/sub. A background task holds the subscription and reconnects;
 /// after every (re)connect it broadcasts `Resync`.
 pub struct RedisBus {
-    tx: broadcast::Sender<BusMessage>,
+    deliveries: Deliveries,
     node: String,
     publisher: ConnectionManager,
     connected: Arc<AtomicBool>,
@@ -121,11 +205,11 @@ impl RedisBus {
     /// On a client already set up (for `rediss://`, with the CAs to trust).
     pub fn start_on(client: redis::Client) -> Result<Self, BusError> {
         let publisher = RedisCache::from_client(client.clone()).map_err(|e| BusError(e.to_string()))?.connection();
-        let tx = broadcast::channel(BUFFER).0;
+        let deliveries = Deliveries::new();
         let node = crate::id::new_id("node");
         let connected = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(subscribe_loop(client, tx.clone(), node.clone(), connected.clone()));
-        Ok(Self { tx, node, publisher, connected, task })
+        let task = tokio::spawn(subscribe_loop(client, deliveries.clone(), node.clone(), connected.clone()));
+        Ok(Self { deliveries, node, publisher, connected, task })
     }
 
     /// Waits until the subscription is live (tests, and start-up ordering).
@@ -141,15 +225,10 @@ impl RedisBus {
     }
 }
 
-async fn subscribe_loop(
-    client: redis::Client,
-    tx: broadcast::Sender<BusMessage>,
-    node: String,
-    connected: Arc<AtomicBool>,
-) {
+async fn subscribe_loop(client: redis::Client, deliveries: Deliveries, node: String, connected: Arc<AtomicBool>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match subscribe_once(&client, &tx, &node, &connected).await {
+        match subscribe_once(&client, &deliveries, &node, &connected).await {
             Ok(()) => tracing::warn!("event bus subscription ended; reconnecting"),
             Err(e) => {
                 tracing::warn!(error = %e, "event bus subscription failed; caches will be bypassed until it is back")
@@ -165,7 +244,7 @@ async fn subscribe_loop(
 
 async fn subscribe_once(
     client: &redis::Client,
-    tx: &broadcast::Sender<BusMessage>,
+    deliveries: &Deliveries,
     node: &str,
     connected: &AtomicBool,
 ) -> Result<(), redis::RedisError> {
@@ -176,7 +255,7 @@ async fn subscribe_once(
     sink.subscribe(CHANNEL).await?;
     connected.store(true, Ordering::SeqCst);
     // Anything published while we were away is lost: start from empty caches.
-    let _ = tx.send(BusMessage::Resync);
+    let _ = deliveries.tx.send(BusMessage::Resync);
     tracing::info!("event bus subscribed to Redis channel {CHANNEL}");
     let mut heartbeat = tokio::time::interval(Duration::from_secs(2));
     heartbeat.tick().await;
@@ -186,7 +265,7 @@ async fn subscribe_once(
                 let Some(message) = message else { return Ok(()) };
                 match serde_json::from_slice::<Envelope>(message.get_payload_bytes()) {
                     Ok(envelope) if envelope.node == node => {}
-                    Ok(envelope) => { let _ = tx.send(BusMessage::Event(Arc::new(envelope.event))); }
+                    Ok(envelope) => deliveries.event(envelope.event),
                     Err(e) => tracing::warn!(error = %e, "ignoring malformed event on {CHANNEL}"),
                 }
             }
@@ -205,7 +284,7 @@ impl EventBus for RedisBus {
     async fn publish(&self, event: Event) -> Result<(), BusError> {
         let payload = serde_json::to_string(&Envelope { node: self.node.clone(), event: event.clone() })
             .map_err(|e| BusError(e.to_string()))?;
-        let _ = self.tx.send(BusMessage::Event(Arc::new(event)));
+        self.deliveries.event(event);
         let _: i64 = redis::cmd("PUBLISH")
             .arg(CHANNEL)
             .arg(payload)
@@ -216,11 +295,11 @@ impl EventBus for RedisBus {
     }
 
     fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
-        self.tx.subscribe()
+        self.deliveries.tx.subscribe()
     }
 
-    fn deliver_locally(&self, message: BusMessage) {
-        let _ = self.tx.send(message);
+    fn deliver_from_feed(&self, event: Event) -> bool {
+        self.deliveries.from_feed(event)
     }
 
     fn is_connected(&self) -> bool {
@@ -229,5 +308,31 @@ impl EventBus for RedisBus {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_feed_delivers_only_what_the_bus_did_not() {
+        let bus = LocalBus::new();
+        let mut seen = bus.subscribe();
+        let created = Event::key_changed("t", "k", "h");
+        // A key created, then revoked: two identical events, both over the bus.
+        bus.publish(created.clone()).await.unwrap();
+        bus.publish(created.clone()).await.unwrap();
+        assert!(!bus.deliver_from_feed(created.clone()) && !bus.deliver_from_feed(created.clone()));
+        // A third change whose bus message was lost: the feed delivers it.
+        assert!(bus.deliver_from_feed(created.clone()));
+        let mut delivered = 0;
+        while let Ok(BusMessage::Event(_)) = seen.try_recv() {
+            delivered += 1;
+        }
+        assert_eq!(delivered, 3, "each change once");
+        // Messages are never remembered (the feed never carries them).
+        let revoked = Event::session_revoked("t", "s");
+        assert!(bus.deliver_from_feed(revoked));
     }
 }

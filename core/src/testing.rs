@@ -154,8 +154,8 @@ impl crate::bus::EventBus for RecordingBus {
         self.local.subscribe()
     }
 
-    fn deliver_locally(&self, message: crate::bus::BusMessage) {
-        self.local.deliver_locally(message);
+    fn deliver_from_feed(&self, event: crate::events::Event) -> bool {
+        self.local.deliver_from_feed(event)
     }
 
     fn is_connected(&self) -> bool {

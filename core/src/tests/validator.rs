@@ -246,8 +246,9 @@ impl EventBus for DisconnectedBus {
     fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
         self.0.subscribe()
     }
-    fn deliver_locally(&self, message: BusMessage) {
-        let _ = self.0.send(message);
+    fn deliver_from_feed(&self, event: Event) -> bool {
+        let _ = self.0.send(BusMessage::Event(Arc::new(event)));
+        true
     }
     fn is_connected(&self) -> bool {
         false
