@@ -123,7 +123,7 @@ impl Deliveries {
         let _ = self.tx.send(BusMessage::Event(Arc::new(event)));
     }
 
-    fn from_feed(&self, event: Event) -> bool {
+    fn feed_event(&self, event: Event) -> bool {
         if self.recent.take(&event) {
             return false;
         }
@@ -161,7 +161,7 @@ impl EventBus for LocalBus {
     }
 
     fn deliver_from_feed(&self, event: Event) -> bool {
-        self.deliveries.from_feed(event)
+        self.deliveries.feed_event(event)
     }
 
     fn is_connected(&self) -> bool {
@@ -299,7 +299,7 @@ impl EventBus for RedisBus {
     }
 
     fn deliver_from_feed(&self, event: Event) -> bool {
-        self.deliveries.from_feed(event)
+        self.deliveries.feed_event(event)
     }
 
     fn is_connected(&self) -> bool {
