@@ -4,10 +4,13 @@
 # from one address (300 emails), then for one email from 300 addresses while
 # its owner logs in from an address it used before. Reports answers by
 # status, password checks run (auth_password_checks_total) and the caas
-# process's RSS (VmRSS before, VmHWM peak after).
+# process's RSS (VmRSS before, VmHWM peak after). Envoy is caas's child but
+# its own process: the numbers are the services' alone.
 #   bench/abuse.sh   (PostgreSQL on 127.0.0.1:5432, database `test`; Redis on 6379)
+#   env: CAAS_BIN (a caas binary to run instead of building one: before/after comparisons)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/ensure-envoy.sh
 PG_ADMIN=${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/test}
 DB=caas_abuse_$$
 REDIS_DB=${REDIS_DB:-13}
@@ -17,7 +20,7 @@ export GW=127.0.0.1:18480
 API=127.0.0.1:13907
 WORK=$(mktemp -d /tmp/caas-abuse.XXXXXX)
 
-cargo build --release -q -p caas
+if [ -z "${CAAS_BIN:-}" ]; then cargo build --release -q -p caas; CAAS_BIN=$TARGET/release/caas; fi
 psql -q "$PG_ADMIN" -c "CREATE DATABASE $DB" >/dev/null
 redis-cli -n "$REDIS_DB" FLUSHDB >/dev/null
 cleanup() {
@@ -29,7 +32,7 @@ cleanup() {
 trap cleanup EXIT
 
 DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB" REDIS_URL="redis://127.0.0.1:6379/$REDIS_DB" RUST_LOG=error \
-  "$TARGET/release/caas" up --data-dir "$WORK" --auth-api-addr "$API" --ext-authz-addr 127.0.0.1:19291 \
+  "$CAAS_BIN" up --data-dir "$WORK" --auth-api-addr "$API" --ext-authz-addr 127.0.0.1:19291 \
   --ext-authz-ops-addr 127.0.0.1:19292 --chat-addr 127.0.0.1:13002 --socket-addr 127.0.0.1:13003 \
   --envoy-listen "$GW" --envoy-admin-port 0 >"$WORK/up.log" 2>&1 &
 UP_PID=$!

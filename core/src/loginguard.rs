@@ -14,7 +14,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::cache::Cache;
-use crate::password;
+use crate::password::{self, HashMemory};
 
 /// The hashing bound is full: surfaces as 503 `overloaded` + `retry-after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -29,7 +29,8 @@ pub enum HashingError {
     Failed,
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+/// Work for a hashing thread, which lends it the Argon2 memory it keeps.
+type Job = Box<dyn FnOnce(&mut HashMemory) + Send>;
 
 /// Runs every password hash and check, at most `limit` at once, and counts
 /// them (`auth_password_checks_total`, by outcome).
@@ -40,9 +41,10 @@ pub struct Hashing {
     /// that account before: a burst of strangers' guesses fills `permits`,
     /// and the owner must still get in.
     owners: Arc<Semaphore>,
-    /// `limit` dedicated threads: the allocator keeps a freed ~19 MiB Argon2
-    /// block per thread that ran one, so a fixed few threads bound memory
-    /// where Tokio's blocking pool (up to 512 threads) did not.
+    /// `limit` + 1 dedicated threads, each keeping one Argon2 buffer
+    /// (`HashMemory`) for every check it runs: memory is bounded by the
+    /// threads, where Tokio's blocking pool (up to 512 threads) was not, and
+    /// no check allocates ~19 MiB for the allocator to hold on to.
     jobs: std::sync::mpsc::SyncSender<Job>,
     checks: Family<Labels, Counter>,
 }
@@ -58,10 +60,11 @@ impl Hashing {
         for _ in 0..threads {
             let queue = queue.clone();
             let spawned = std::thread::Builder::new().name("password-hash".into()).spawn(move || {
+                let mut memory = HashMemory::default();
                 loop {
                     let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     match job {
-                        Ok(job) => job(),
+                        Ok(job) => job(&mut memory),
                         Err(_) => return,
                     }
                 }
@@ -101,7 +104,7 @@ impl Hashing {
     /// one permit per thread a job never waits for a thread.
     async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce() -> T + Send + 'static,
+        work: impl FnOnce(&mut HashMemory) -> T + Send + 'static,
         owner: bool,
     ) -> Result<T, HashingError> {
         let permit = match self.permits.clone().try_acquire_owned() {
@@ -113,8 +116,8 @@ impl Hashing {
             Err(_) => return Err(self.refuse()),
         };
         let (done, result) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move || {
-            let result = work();
+        let job: Job = Box::new(move |memory| {
+            let result = work(memory);
             // Freed before the answer is sent: the caller may hash again at once.
             drop(permit);
             let _ = done.send(result);
@@ -131,15 +134,18 @@ impl Hashing {
     /// `password::verify_password` under the bound; `owner` (an address
     /// that logged into the account before) may also take the owners' slot.
     pub async fn verify(&self, password: String, stored: Option<String>, owner: bool) -> Result<bool, HashingError> {
-        let valid = self.run(move || password::verify_password(&password, stored.as_deref()), owner).await?;
+        let valid =
+            self.run(move |memory| password::verify_password(&password, stored.as_deref(), memory), owner).await?;
         self.checks.get_or_create(&[("outcome", if valid { "match" } else { "mismatch" })]).inc();
         Ok(valid)
     }
 
     /// `password::hash_password` under the bound.
     pub async fn hash(&self, password: String) -> Result<String, HashingError> {
-        let hash =
-            self.run(move || password::hash_password(&password), false).await?.map_err(|_| HashingError::Failed)?;
+        let hash = self
+            .run(move |memory| password::hash_password(&password, memory), false)
+            .await?
+            .map_err(|_| HashingError::Failed)?;
         self.checks.get_or_create(&[("outcome", "hashed")]).inc();
         Ok(hash)
     }
