@@ -47,6 +47,9 @@ pub struct AuthorizerSettings {
     pub failed_auth_window: Duration,
     /// Address buckets tracked at once (least active evicted first).
     pub failed_auth_buckets: u64,
+    /// How often quotas are reconciled with the other instances through
+    /// Redis (when the validator's shared cache is Redis).
+    pub quota_sync_interval: Duration,
 }
 
 impl Default for AuthorizerSettings {
@@ -60,6 +63,7 @@ impl Default for AuthorizerSettings {
             failed_auth_limit: 50,
             failed_auth_window: Duration::from_secs(60),
             failed_auth_buckets: 100_000,
+            quota_sync_interval: Duration::from_millis(25),
         }
     }
 }
@@ -85,7 +89,12 @@ impl Authorizer {
         let failures =
             FailureLimiter::new(settings.failed_auth_limit, settings.failed_auth_window, settings.failed_auth_buckets);
         let exporter = SpanExporter::from_env("ext-authz");
-        Self { validator, signer, settings, metrics, exporter, failures, quotas: Quotas::default() }
+        // Shared only through Redis: an in-process cache means one process.
+        let shared = validator.shared_cache();
+        let shared = (shared.kind() == "redis").then(|| shared.clone());
+        let quotas = Quotas::new(crate::quota::DEFAULT_CAPACITY, shared, metrics.quota_shared.clone());
+        quotas.reconcile_every(settings.quota_sync_interval);
+        Self { validator, signer, settings, metrics, exporter, failures, quotas }
     }
 
     /// Spans go to `exporter` instead of where the environment says.

@@ -52,6 +52,11 @@ pub struct ExtAuthzArgs {
     /// Addresses whose failures are tracked at once.
     #[arg(long, env = "FAILED_AUTH_TRACKED_ADDRESSES", default_value_t = 100_000)]
     pub failed_auth_tracked_addresses: u64,
+    /// How often each instance reconciles its quota buckets with the others
+    /// through Redis (one pipelined round trip; the Check never waits for
+    /// it). Shorter: a tighter shared limit, more Redis traffic.
+    #[arg(long, env = "QUOTA_SYNC_INTERVAL", default_value = "25ms", value_parser = parse_duration)]
+    pub quota_sync_interval: Duration,
 }
 
 impl ExtAuthzArgs {
@@ -64,6 +69,9 @@ impl ExtAuthzArgs {
         }
         if self.failed_auth_window < Duration::from_secs(1) || self.failed_auth_window > Duration::from_secs(86_400) {
             problems.add("FAILED_AUTH_WINDOW must be between 1s and 24h");
+        }
+        if self.quota_sync_interval < Duration::from_millis(5) || self.quota_sync_interval > Duration::from_secs(1) {
+            problems.add("QUOTA_SYNC_INTERVAL must be between 5ms and 1s");
         }
         if self.failed_auth_tracked_addresses == 0 {
             problems.add("FAILED_AUTH_TRACKED_ADDRESSES must be at least 1");
@@ -95,6 +103,7 @@ impl ExtAuthzArgs {
             failed_auth_limit: self.failed_auth_limit,
             failed_auth_window: self.failed_auth_window,
             failed_auth_buckets: self.failed_auth_tracked_addresses,
+            quota_sync_interval: self.quota_sync_interval,
         }
     }
 

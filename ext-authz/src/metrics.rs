@@ -4,6 +4,7 @@ use caas_rules::policy::Policy;
 use caas_runtime::metrics::{Labels, Labels2, latency_histogram};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -16,6 +17,10 @@ pub struct GatewayMetrics {
     pub origin_rejections: Counter,
     /// Requests over a quota, by policy and scope (`key`, `user`, `tenant`).
     pub rate_limited: Family<Labels2, Counter>,
+    /// 1 while quotas are shared with the other instances through Redis; 0
+    /// without Redis or while it is unreachable (each instance then enforces
+    /// its share alone).
+    pub quota_shared: Gauge,
     /// Time inside `check`, by policy.
     pub check_seconds: Family<Labels, Histogram>,
     /// Per policy (`Policy::ALL` order, then routes without one): the allow
@@ -54,6 +59,7 @@ impl Default for GatewayMetrics {
             ip_whitelist_rejections: Counter::default(),
             origin_rejections: Counter::default(),
             rate_limited: Family::default(),
+            quota_shared: Gauge::default(),
             check_seconds,
             hot,
         }
@@ -85,6 +91,11 @@ impl GatewayMetrics {
             "gateway_rate_limited",
             "Authenticated requests refused over a quota, by policy and scope",
             self.rate_limited.clone(),
+        );
+        registry.register(
+            "gateway_quota_shared",
+            "1 while quotas are shared through Redis, 0 while this instance enforces its share alone",
+            self.quota_shared.clone(),
         );
         registry.register("gateway_check_duration_seconds", "Time to decide one Check", self.check_seconds.clone());
     }
