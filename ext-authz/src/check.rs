@@ -50,6 +50,8 @@ pub struct AuthorizerSettings {
     /// How often quotas are reconciled with the other instances through
     /// Redis (when the validator's shared cache is Redis).
     pub quota_sync_interval: Duration,
+    /// `false`: no quota is counted or enforced (QUOTAS_ENABLED).
+    pub quotas: bool,
 }
 
 impl Default for AuthorizerSettings {
@@ -64,6 +66,7 @@ impl Default for AuthorizerSettings {
             failed_auth_window: Duration::from_secs(60),
             failed_auth_buckets: 100_000,
             quota_sync_interval: Duration::from_millis(25),
+            quotas: true,
         }
     }
 }
@@ -209,6 +212,9 @@ impl Authorizer {
     /// Counts an authenticated request against its tenant's quotas, in the
     /// same Check (no second callout).
     async fn count(&self, policy: Policy, grant: &Grant, req: &Incoming<'_>) -> Result<(), Throttle> {
+        if !self.settings.quotas {
+            return Ok(());
+        }
         let counted = crate::quota::buckets(policy, grant);
         if counted.is_empty() {
             return Ok(());

@@ -57,6 +57,10 @@ pub struct ExtAuthzArgs {
     /// it). Shorter: a tighter shared limit, more Redis traffic.
     #[arg(long, env = "QUOTA_SYNC_INTERVAL", default_value = "25ms", value_parser = parse_duration)]
     pub quota_sync_interval: Duration,
+    /// Enforce tenants' quotas (rate limits). `false` only where another
+    /// rate limiter in front does it (and for the cost benchmark); logged loudly.
+    #[arg(long, env = "QUOTAS_ENABLED", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub quotas_enabled: bool,
 }
 
 impl ExtAuthzArgs {
@@ -104,11 +108,15 @@ impl ExtAuthzArgs {
             failed_auth_window: self.failed_auth_window,
             failed_auth_buckets: self.failed_auth_tracked_addresses,
             quota_sync_interval: self.quota_sync_interval,
+            quotas: self.quotas_enabled,
         }
     }
 
     /// Says loudly when not enforcing.
     pub fn warn_if_shadow(&self) {
+        if !self.quotas_enabled {
+            tracing::warn!("QUOTAS_ENABLED=false: tenants' rate limits are NOT enforced by this gateway.");
+        }
         if !self.use_auth_service {
             tracing::warn!(
                 "USE_AUTH_SERVICE=false: SHADOW MODE. Requests that fail authorization are LOGGED AND ALLOWED \

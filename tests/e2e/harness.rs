@@ -82,11 +82,16 @@ impl Cluster {
 pub const ECHO_CHAT: [&str; 2] = ["--chat-upstream", "ECHO"];
 
 pub async fn cluster(count: usize, extra: &[&str]) -> Option<Cluster> {
+    let redis_url = caas_core::testing::redis_url().await?;
+    cluster_on(&redis_url, count, extra).await
+}
+
+/// `cluster` on a Redis of the test's own (one it may stop and restart).
+pub async fn cluster_on(redis_url: &str, count: usize, extra: &[&str]) -> Option<Cluster> {
     if envoy_missing() {
         return None;
     }
     let (database_url, schema) = caas_core::testing::postgres_url().await?;
-    let redis_url = caas_core::testing::redis_url().await?;
     let mut nodes = Vec::new();
     for _ in 0..count {
         let echo = start_echo().await.to_string();
@@ -98,7 +103,7 @@ pub async fn cluster(count: usize, extra: &[&str]) -> Option<Cluster> {
             "--database-max-connections",
             "4",
             "--redis-url",
-            &redis_url,
+            redis_url,
             "--jwt-secret",
             JWT_SECRET,
             "--service-secret",

@@ -14,5 +14,6 @@ mod end_user;
 mod failure;
 mod login_abuse;
 mod onboarding;
+mod quotas;
 mod realtime;
 mod ws;
