@@ -331,12 +331,13 @@ impl Cache for RedisCache {
         for (key, n) in counts {
             pipe.incr(key, *n).cmd("PEXPIRE").arg(key).arg(ttl_ms).ignore();
         }
-        pipe.zadd(group, member, now_ms)
+        // Each member's score is when it stops being alive.
+        pipe.zadd(group, member, now_ms.saturating_add(ttl_ms))
             .ignore()
             .cmd("ZREMRANGEBYSCORE")
             .arg(group)
             .arg("-inf")
-            .arg(now_ms.saturating_sub(ttl_ms))
+            .arg(format!("({now_ms}"))
             .ignore()
             .zcard(group)
             .cmd("PEXPIRE")
