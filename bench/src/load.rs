@@ -114,6 +114,10 @@ pub struct SeedArgs {
     /// Lifetime of the printed access token.
     #[arg(long, default_value_t = 3600)]
     token_ttl: i64,
+    /// The tenant's per-key quota as `rate/burst` (others at their maxima);
+    /// unset: the defaults.
+    #[arg(long)]
+    key_quota: Option<String>,
 }
 
 /// Creates a tenant whitelisting 127.0.0.0/8 with a key and a session;
@@ -130,6 +134,14 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<()> {
     let audit = AuditEntry::new(caas_core::store::AuditAction::IpWhitelistUpdated);
     store.replace_whitelist(WhitelistKind::Ip, &tenant, &["127.0.0.0/8".into()], &audit, now).await?;
     store.replace_whitelist(WhitelistKind::Origin, &tenant, &["https://app.bench.example".into()], &audit, now).await?;
+    if let Some(quota) = &args.key_quota {
+        use caas_core::quotas::{Limit, Limits, MAX_LIMITS};
+        let (rate, burst) = quota.split_once('/').ok_or_else(|| anyhow::anyhow!("--key-quota is rate/burst"))?;
+        let limits = Limits { per_key: Limit { rate: rate.parse()?, burst: burst.parse()? }, ..MAX_LIMITS };
+        limits.check()?;
+        let audit = AuditEntry::new(caas_core::store::AuditAction::RateLimitsUpdated);
+        store.set_rate_limits(&tenant, &limits, &audit, now).await?;
+    }
     let session_id = new_id("ses");
     let (_, refresh_hash) = caas_core::refresh_token::generate();
     let session = NewSdkSession {

@@ -41,6 +41,16 @@ pub trait Cache: Send + Sync + 'static {
     async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> Result<(), CacheError>;
     async fn set_remove(&self, key: &str, member: &str) -> Result<(), CacheError>;
     async fn set_members(&self, key: &str) -> Result<Vec<String>, CacheError>;
+    /// Shared quotas' one round trip: adds each count to its counter (which
+    /// then lives `ttl`) and returns the new totals, in order; marks `member`
+    /// alive in `group` for `ttl` and returns how many members are alive.
+    async fn add_counts(
+        &self,
+        group: &str,
+        member: &str,
+        counts: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<(Vec<u64>, u64), CacheError>;
     async fn ping(&self) -> Result<(), CacheError>;
     /// `redis` or `memory`, for logs and health.
     fn kind(&self) -> &'static str;
@@ -51,6 +61,8 @@ pub trait Cache: Send + Sync + 'static {
 pub struct MemoryCache {
     entries: Mutex<HashMap<String, (String, Instant)>>,
     sets: Mutex<HashMap<String, (std::collections::HashSet<String>, Instant)>>,
+    /// Group → member → alive until.
+    members: Mutex<HashMap<String, HashMap<String, Instant>>>,
 }
 
 impl MemoryCache {
@@ -159,6 +171,31 @@ impl Cache for MemoryCache {
             .filter(|(_, expiry)| *expiry > Instant::now())
             .map(|(m, _)| m.iter().cloned().collect())
             .unwrap_or_default())
+    }
+
+    async fn add_counts(
+        &self,
+        group: &str,
+        member: &str,
+        counts: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<(Vec<u64>, u64), CacheError> {
+        let totals = self.with(|map, now| {
+            counts
+                .iter()
+                .map(|(key, n)| {
+                    let total = live(map.get(key), now).and_then(|(v, _)| v.parse::<u64>().ok()).unwrap_or(0) + n;
+                    map.insert(key.clone(), (total.to_string(), now + ttl));
+                    total
+                })
+                .collect()
+        });
+        let mut groups = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let alive = groups.entry(group.to_string()).or_default();
+        alive.insert(member.to_string(), now + ttl);
+        alive.retain(|_, until| *until > now);
+        Ok((totals, alive.len() as u64))
     }
 
     async fn ping(&self) -> Result<(), CacheError> {
@@ -281,6 +318,43 @@ impl Cache for RedisCache {
 
     async fn set_members(&self, key: &str) -> Result<Vec<String>, CacheError> {
         Ok(self.conn.clone().smembers(key).await?)
+    }
+
+    async fn add_counts(
+        &self,
+        group: &str,
+        member: &str,
+        counts: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<(Vec<u64>, u64), CacheError> {
+        // One pipeline, not a transaction: each INCRBY is atomic on its own,
+        // which is all a caller needs to tell its adds from everyone else's.
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut pipe = redis::pipe();
+        for (key, n) in counts {
+            pipe.incr(key, *n).cmd("PEXPIRE").arg(key).arg(ttl_ms).ignore();
+        }
+        // Each member's score is when it stops being alive.
+        pipe.zadd(group, member, now_ms.saturating_add(ttl_ms))
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(group)
+            .arg("-inf")
+            .arg(format!("({now_ms}"))
+            .ignore()
+            .zcard(group)
+            .cmd("PEXPIRE")
+            .arg(group)
+            .arg(ttl_ms)
+            .ignore();
+        let mut totals: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await?;
+        let alive = totals.pop().ok_or_else(|| CacheError("empty pipeline reply".into()))?;
+        if totals.len() != counts.len() {
+            return Err(CacheError("pipeline reply of the wrong length".into()));
+        }
+        Ok((totals, alive))
     }
 
     async fn ping(&self) -> Result<(), CacheError> {

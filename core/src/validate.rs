@@ -380,6 +380,11 @@ impl Validator {
         &self.metrics
     }
 
+    /// The shared cache (Redis, or in-process without REDIS_URL).
+    pub fn shared_cache(&self) -> &Arc<dyn Cache> {
+        &self.shared
+    }
+
     pub fn settings(&self) -> &ValidatorSettings {
         &self.settings
     }

@@ -50,6 +50,11 @@ pub struct AuthorizerSettings {
     /// When set, a Check without this token in its `x-caas-authz-token`
     /// metadata is refused (the caller is not our Envoy).
     pub caller_token: Option<caas_core::secret::Secret>,
+    /// How often quotas are reconciled with the other instances through
+    /// Redis (when the validator's shared cache is Redis).
+    pub quota_sync_interval: Duration,
+    /// `false`: no quota is counted or enforced (QUOTAS_ENABLED).
+    pub quotas: bool,
 }
 
 impl Default for AuthorizerSettings {
@@ -64,6 +69,8 @@ impl Default for AuthorizerSettings {
             failed_auth_window: Duration::from_secs(60),
             failed_auth_buckets: 100_000,
             caller_token: None,
+            quota_sync_interval: Duration::from_millis(25),
+            quotas: true,
         }
     }
 }
@@ -89,7 +96,12 @@ impl Authorizer {
         let failures =
             FailureLimiter::new(settings.failed_auth_limit, settings.failed_auth_window, settings.failed_auth_buckets);
         let exporter = SpanExporter::from_env("ext-authz");
-        Self { validator, signer, settings, metrics, exporter, failures, quotas: Quotas::default() }
+        // Shared only through Redis: an in-process cache means one process.
+        let shared = validator.shared_cache();
+        let shared = (shared.kind() == "redis").then(|| shared.clone());
+        let quotas = Quotas::new(crate::quota::DEFAULT_CAPACITY, shared, metrics.quota_shared.clone());
+        quotas.reconcile_every(settings.quota_sync_interval);
+        Self { validator, signer, settings, metrics, exporter, failures, quotas }
     }
 
     /// Spans go to `exporter` instead of where the environment says.
@@ -214,6 +226,9 @@ impl Authorizer {
     /// Counts an authenticated request against its tenant's quotas, in the
     /// same Check (no second callout).
     async fn count(&self, policy: Policy, grant: &Grant, req: &Incoming<'_>) -> Result<(), Throttle> {
+        if !self.settings.quotas {
+            return Ok(());
+        }
         let counted = crate::quota::buckets(policy, grant);
         if counted.is_empty() {
             return Ok(());

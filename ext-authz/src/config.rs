@@ -60,6 +60,15 @@ pub struct ExtAuthzArgs {
     /// NetworkPolicies do). Set both or neither.
     #[arg(long = "ext-authz-caller-token", env = "EXT_AUTHZ_CALLER_TOKEN", hide_env_values = true)]
     pub caller_token: Option<Secret>,
+    /// How often each instance reconciles its quota buckets with the others
+    /// through Redis (one pipelined round trip; the Check never waits for
+    /// it). Shorter: a tighter shared limit, more Redis traffic.
+    #[arg(long, env = "QUOTA_SYNC_INTERVAL", default_value = "25ms", value_parser = parse_duration)]
+    pub quota_sync_interval: Duration,
+    /// Enforce tenants' quotas (rate limits). `false` only where another
+    /// rate limiter in front does it (and for the cost benchmark); logged loudly.
+    #[arg(long, env = "QUOTAS_ENABLED", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub quotas_enabled: bool,
 }
 
 impl ExtAuthzArgs {
@@ -75,6 +84,9 @@ impl ExtAuthzArgs {
         }
         if let Some(Err(problem)) = self.caller_token().map(|t| t.check_strength("EXT_AUTHZ_CALLER_TOKEN")) {
             problems.add(problem);
+        }
+        if self.quota_sync_interval < Duration::from_millis(5) || self.quota_sync_interval > Duration::from_secs(1) {
+            problems.add("QUOTA_SYNC_INTERVAL must be between 5ms and 1s");
         }
         if self.failed_auth_tracked_addresses == 0 {
             problems.add("FAILED_AUTH_TRACKED_ADDRESSES must be at least 1");
@@ -113,11 +125,16 @@ impl ExtAuthzArgs {
             failed_auth_window: self.failed_auth_window,
             failed_auth_buckets: self.failed_auth_tracked_addresses,
             caller_token: self.caller_token().cloned(),
+            quota_sync_interval: self.quota_sync_interval,
+            quotas: self.quotas_enabled,
         }
     }
 
     /// Says loudly when not enforcing.
     pub fn warn_if_shadow(&self) {
+        if !self.quotas_enabled {
+            tracing::warn!("QUOTAS_ENABLED=false: tenants' rate limits are NOT enforced by this gateway.");
+        }
         if !self.use_auth_service {
             tracing::warn!(
                 "USE_AUTH_SERVICE=false: SHADOW MODE. Requests that fail authorization are LOGGED AND ALLOWED \

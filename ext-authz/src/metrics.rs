@@ -4,6 +4,7 @@ use caas_rules::policy::Policy;
 use caas_runtime::metrics::{Labels, Labels2, latency_histogram};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -18,6 +19,10 @@ pub struct GatewayMetrics {
     pub rate_limited: Family<Labels2, Counter>,
     /// Checks refused for lack of the caller token (EXT_AUTHZ_CALLER_TOKEN).
     pub unknown_callers: Counter,
+    /// 1 while quotas are shared with the other instances through Redis; 0
+    /// without Redis or while it is unreachable (each instance then enforces
+    /// its share alone).
+    pub quota_shared: Gauge,
     /// Time inside `check`, by policy.
     pub check_seconds: Family<Labels, Histogram>,
     /// Per policy (`Policy::ALL` order, then routes without one): the allow
@@ -57,6 +62,7 @@ impl Default for GatewayMetrics {
             origin_rejections: Counter::default(),
             rate_limited: Family::default(),
             unknown_callers: Counter::default(),
+            quota_shared: Gauge::default(),
             check_seconds,
             hot,
         }
@@ -93,6 +99,11 @@ impl GatewayMetrics {
             "gateway_unknown_callers",
             "Checks refused because they lacked the caller token (not from our Envoy)",
             self.unknown_callers.clone(),
+        );
+        registry.register(
+            "gateway_quota_shared",
+            "1 while quotas are shared through Redis, 0 while this instance enforces its share alone",
+            self.quota_shared.clone(),
         );
         registry.register("gateway_check_duration_seconds", "Time to decide one Check", self.check_seconds.clone());
     }

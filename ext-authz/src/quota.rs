@@ -1,34 +1,103 @@
 //! Quotas in the Check: after a credential passed, its requests are counted
 //! against the tenant's limits (per key or per end user, and per tenant).
-//! The buckets live in this process, in a bounded TinyLFU cache (an evicted
+//! Their arithmetic is caas-rules' (rules/src/quota.rs).
+//!
+//! Each bucket lives in this process, in a bounded TinyLFU cache (an evicted
 //! bucket starts full again: it briefly admits more, never refuses what it
-//! should not); their arithmetic is caas-rules' (rules/src/quota.rs).
+//! should not), so the Check never waits for the network. With Redis, the
+//! instances share each bucket: a reconciler adds what this instance
+//! admitted since its last round to the bucket's counter in Redis, in one
+//! pipelined round trip every `QUOTA_SYNC_INTERVAL`, and charges the
+//! local bucket with what the other instances admitted meanwhile (the
+//! counter's growth beyond our own adds). Every admission thus reaches every
+//! instance's bucket within one round; what can pass the limit is what the
+//! instances admit before they hear of each other (docs/DESIGN.md,
+//! "Quotas"). With Redis unreachable each instance enforces its share of
+//! each limit (the limit divided by the instances last seen alive) alone,
+//! and says so once on entering and once on leaving that mode.
 
-use std::sync::Mutex;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
+use caas_core::cache::Cache;
 use caas_core::context::AuthType;
 use caas_rules::policy::Policy;
-use caas_rules::quota::{Limits, Scope, Throttle, admit};
+use caas_rules::quota::{Limit, Limits, Scope, Throttle, admit};
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::decision::Grant;
 
 /// Buckets kept; the least useful are evicted one at a time, never all.
 pub const DEFAULT_CAPACITY: u64 = 200_000;
 
+/// A bucket not used here for this long stops being reconciled (its next
+/// request starts from the local state, which may have missed others' use).
+const TRACKED_FOR: u64 = 2 * NANOS;
+/// Buckets reconciled at once; past it, a new bucket is counted locally only.
+const MAX_TRACKED: usize = 100_000;
+/// How long a counter, and an instance's presence, live in Redis after the
+/// last add: beyond `TRACKED_FOR`, so a counter some instance still tracks
+/// is refreshed every round and never restarts under it; an instance not
+/// heard of for this long no longer counts among those that share a limit.
+const SHARED_TTL: Duration = Duration::from_secs(5);
+/// How often an idle instance still says it is alive.
+const IDLE_HEARTBEAT: u64 = NANOS;
+/// A reconcile round that takes longer than this counts as Redis being down.
+const ROUND_TIMEOUT: Duration = Duration::from_millis(500);
+/// The sorted set of live instances (members: instance ids).
+const INSTANCES_KEY: &str = "caas:quota:instances";
+
+const NANOS: u64 = 1_000_000_000;
+
 pub struct Quotas {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     /// Bucket → its theoretical arrival time (GCRA), in `now()` nanoseconds.
     buckets: moka::sync::Cache<String, u64>,
     /// Held while one request's buckets are read and written, so a request
-    /// is counted in all of them or in none. Only arithmetic runs under it.
-    counting: Mutex<()>,
+    /// is counted in all of them or in none; with sharing on, it also holds
+    /// what each recently used bucket has to tell Redis. Only arithmetic
+    /// and map updates run under it.
+    counting: Mutex<HashMap<String, Tracked>>,
     /// The clock the buckets count in (monotonic nanoseconds since this).
     started: Instant,
+    /// `None`: this process is the only one counting (no Redis).
+    sharing: Option<Sharing>,
+}
+
+struct Sharing {
+    cache: Arc<dyn Cache>,
+    /// This instance's id among the live instances.
+    member: String,
+    /// Redis unreachable: each limit is divided by `instances`.
+    alone: AtomicBool,
+    /// Instances alive at the last round that reached Redis (at least 1).
+    instances: AtomicU64,
+    /// When this instance last said it is alive (`now()` nanoseconds).
+    last_round: AtomicU64,
+    shared_gauge: Gauge,
+}
+
+/// A bucket's bookkeeping with Redis.
+struct Tracked {
+    /// Its rate at the last admission (what one other admission costs here).
+    rate: u32,
+    /// Admitted here and not yet added to the shared counter.
+    pending: u64,
+    /// The shared counter's total after our last add; `None` until the
+    /// first round (what happened before it is not charged).
+    seen: Option<u64>,
+    /// Last admission here (`now()` nanoseconds).
+    used: u64,
 }
 
 impl Default for Quotas {
     fn default() -> Self {
-        Self::new(DEFAULT_CAPACITY)
+        Self::new(DEFAULT_CAPACITY, None, Gauge::default())
     }
 }
 
@@ -39,36 +108,208 @@ impl Default for Quotas {
 pub fn buckets(policy: Policy, grant: &Grant) -> Vec<(Scope, String)> {
     let ctx = &grant.context;
     let first = match (policy, ctx.auth_type) {
-        (Policy::ApiKey | Policy::Refresh, AuthType::ApiKey) => (Scope::Key, format!("key\0{}", ctx.key_id)),
-        (Policy::EndUser, AuthType::Jwt) => (Scope::User, format!("user\0{}\0{}", ctx.tenant_id, ctx.user_id)),
+        (Policy::ApiKey | Policy::Refresh, AuthType::ApiKey) => (Scope::Key, format!("key:{}", ctx.key_id)),
+        (Policy::EndUser, AuthType::Jwt) => (Scope::User, format!("user:{}:{}", ctx.tenant_id, ctx.user_id)),
         _ => return Vec::new(),
     };
-    vec![first, (Scope::Tenant, format!("tenant\0{}", ctx.tenant_id))]
+    vec![first, (Scope::Tenant, format!("tenant:{}", ctx.tenant_id))]
+}
+
+/// One instance's part of a limit (at least one request, burst at least rate).
+fn share(limit: Limit, instances: u64) -> Limit {
+    let part = |n: u32| (u64::from(n) / instances.max(1)).max(1) as u32;
+    Limit { rate: part(limit.rate), burst: part(limit.burst) }
 }
 
 impl Quotas {
-    pub fn new(capacity: u64) -> Self {
-        Self { buckets: moka::sync::Cache::new(capacity.max(1)), counting: Mutex::new(()), started: Instant::now() }
+    /// `shared`: the cache the instances share (Redis); `None` counts in this
+    /// process only. Call `reconcile_every` to start sharing.
+    pub fn new(capacity: u64, shared: Option<Arc<dyn Cache>>, shared_gauge: Gauge) -> Self {
+        let sharing = shared.map(|cache| Sharing {
+            cache,
+            member: caas_core::id::new_id("authz"),
+            alone: AtomicBool::new(false),
+            instances: AtomicU64::new(1),
+            last_round: AtomicU64::new(0),
+            shared_gauge,
+        });
+        let inner = Inner {
+            buckets: moka::sync::Cache::new(capacity.max(1)),
+            counting: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            sharing,
+        };
+        Self { inner: Arc::new(inner) }
     }
 
-    fn now(&self) -> u64 {
-        // Starts one second in, so that a new bucket (0) holds a full burst.
-        (self.started.elapsed().as_nanos() as u64).saturating_add(1_000_000_000)
+    /// Starts the reconciler (a task that ends with these quotas). Must be
+    /// called inside a Tokio runtime; does nothing without a shared cache.
+    pub fn reconcile_every(&self, interval: Duration) {
+        if self.inner.sharing.is_none() {
+            return;
+        }
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(reconcile(inner, interval));
     }
 
     /// Counts one request in every bucket, or in none if any is over its
-    /// limit (a refused request uses up nothing).
+    /// limit (a refused request uses up nothing). Never waits for Redis.
     pub fn admit(&self, counted: &[(Scope, String)], limits: &Limits) -> Result<(), Throttle> {
+        self.inner.admit(counted, limits)
+    }
+
+    /// One reconcile round (the reconciler's; tests call it directly).
+    #[cfg(test)]
+    pub async fn reconcile_once(&self) {
+        self.inner.round().await;
+    }
+
+    /// Whether this instance is enforcing its share alone (Redis unreachable).
+    #[cfg(test)]
+    pub fn alone(&self) -> bool {
+        self.inner.sharing.as_ref().is_some_and(|s| s.alone.load(Ordering::Relaxed))
+    }
+}
+
+impl Inner {
+    fn now(&self) -> u64 {
+        // Starts one second in, so that a new bucket (0) holds a full burst.
+        (self.started.elapsed().as_nanos() as u64).saturating_add(NANOS)
+    }
+
+    fn admit(&self, counted: &[(Scope, String)], limits: &Limits) -> Result<(), Throttle> {
         let now = self.now();
-        let _counting = self.counting.lock().unwrap_or_else(|e| e.into_inner());
+        let divisor = match &self.sharing {
+            Some(s) if s.alone.load(Ordering::Relaxed) => s.instances.load(Ordering::Relaxed),
+            _ => 1,
+        };
+        let mut tracked = self.counting.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = Vec::with_capacity(counted.len());
         for (scope, key) in counted {
+            let limit = limits.get(*scope);
             let tat = self.buckets.get(key).unwrap_or(0);
-            next.push(admit(tat, limits.get(*scope), *scope, now)?.tat);
+            // Refused by this instance's share: the headers still state the
+            // tenant's limit (the share is an outage measure, not a policy).
+            let admitted = admit(tat, share(limit, divisor), *scope, now).map_err(|t| Throttle { limit, ..t })?;
+            next.push(admitted.tat);
         }
-        for ((_, key), tat) in counted.iter().zip(next) {
+        for ((scope, key), tat) in counted.iter().zip(next) {
             self.buckets.insert(key.clone(), tat);
+            if self.sharing.is_none() {
+                continue;
+            }
+            let rate = limits.get(*scope).rate;
+            let room = tracked.len() < MAX_TRACKED;
+            match tracked.get_mut(key) {
+                Some(t) => {
+                    t.pending += 1;
+                    t.rate = rate;
+                    t.used = now;
+                }
+                None if room => {
+                    tracked.insert(key.clone(), Tracked { rate, pending: 1, seen: None, used: now });
+                }
+                None => {}
+            }
         }
         Ok(())
+    }
+
+    /// Adds our admissions to the shared counters and charges the local
+    /// buckets with everyone else's; on failure, counts alone.
+    async fn round(&self) {
+        let Some(sharing) = &self.sharing else { return };
+        let now = self.now();
+        let batch: Vec<(String, u64)> = {
+            let mut tracked = self.counting.lock().unwrap_or_else(|e| e.into_inner());
+            tracked.retain(|_, t| t.pending > 0 || now.saturating_sub(t.used) < TRACKED_FOR);
+            tracked.iter_mut().map(|(key, t)| (key.clone(), std::mem::take(&mut t.pending))).collect()
+        };
+        if batch.is_empty() && now.saturating_sub(sharing.last_round.load(Ordering::Relaxed)) < IDLE_HEARTBEAT {
+            return;
+        }
+        let counters: Vec<(String, u64)> = batch.iter().map(|(key, n)| (format!("caas:quota:{key}"), *n)).collect();
+        let added = sharing.cache.add_counts(INSTANCES_KEY, &sharing.member, &counters, SHARED_TTL);
+        let outcome = match tokio::time::timeout(ROUND_TIMEOUT, added).await {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no answer within {ROUND_TIMEOUT:?}")),
+        };
+        match outcome {
+            Ok((totals, alive)) if totals.len() == batch.len() => {
+                sharing.last_round.store(now, Ordering::Relaxed);
+                self.charge(&batch, &totals);
+                // Ourselves at least, though an expired entry may say less.
+                let instances = alive.max(1);
+                sharing.instances.store(instances, Ordering::Relaxed);
+                if sharing.alone.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(instances, "Redis reachable again: quotas are shared between instances again");
+                }
+                sharing.shared_gauge.set(1);
+            }
+            Ok(_) => self.count_alone(sharing, "Redis answered a quota round with the wrong number of totals"),
+            Err(error) => self.count_alone(sharing, &error),
+        }
+    }
+
+    /// Charges each bucket with what the other instances admitted since
+    /// our previous add (the counter's growth beyond our own adds).
+    fn charge(&self, batch: &[(String, u64)], totals: &[u64]) {
+        let now = self.now();
+        let mut tracked = self.counting.lock().unwrap_or_else(|e| e.into_inner());
+        for ((key, sent), total) in batch.iter().zip(totals) {
+            let Some(t) = tracked.get_mut(key) else { continue };
+            // A counter that restarted (expired) has nothing to charge.
+            let others = t.seen.map_or(0, |seen| total.saturating_sub(seen.saturating_add(*sent)));
+            t.seen = Some(*total);
+            if others > 0 {
+                let interval = NANOS / u64::from(t.rate.max(1));
+                let tat = self.buckets.get(key).unwrap_or(0);
+                self.buckets.insert(key.clone(), tat.max(now).saturating_add(others.saturating_mul(interval)));
+            }
+        }
+    }
+
+    /// Redis unreachable: what was not added is dropped (the others never
+    /// see it), and the counters are read afresh once it answers again.
+    fn count_alone(&self, sharing: &Sharing, error: &str) {
+        let mut tracked = self.counting.lock().unwrap_or_else(|e| e.into_inner());
+        for t in tracked.values_mut() {
+            t.seen = None;
+        }
+        drop(tracked);
+        sharing.shared_gauge.set(0);
+        if !sharing.alone.swap(true, Ordering::Relaxed) {
+            let instances = sharing.instances.load(Ordering::Relaxed);
+            tracing::warn!(
+                %error,
+                instances,
+                "Redis unreachable: each quota is now enforced by this instance alone, at 1/{instances} of the \
+                 tenant's limit (its share among the instances last seen), until Redis answers again"
+            );
+        }
+    }
+}
+
+async fn reconcile(inner: Weak<Inner>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner.round().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alone_an_instance_takes_its_share_of_a_limit_and_never_nothing() {
+        assert_eq!(share(Limit { rate: 10, burst: 20 }, 2), Limit { rate: 5, burst: 10 });
+        assert_eq!(share(Limit { rate: 10, burst: 20 }, 1), Limit { rate: 10, burst: 20 });
+        assert_eq!(share(Limit { rate: 1, burst: 1 }, 3), Limit { rate: 1, burst: 1 });
+        assert_eq!(share(Limit { rate: 7, burst: 7 }, 0), Limit { rate: 7, burst: 7 });
     }
 }

@@ -86,16 +86,30 @@ pub async fn cluster(count: usize, extra: &[&str]) -> Option<Cluster> {
 }
 
 /// As `cluster`, with the Redis URL node `i` uses: `redis_for(i, shared_url)`
-/// (e.g. through a `Cuttable` link, to cut one node off the bus).
+/// (e.g. through an `Outage` link, to cut one node off the bus).
 pub async fn cluster_with(count: usize, extra: &[&str], redis_for: impl Fn(usize, &str) -> String) -> Option<Cluster> {
+    let redis_url = caas_core::testing::redis_url().await?;
+    cluster_via(&redis_url, count, extra, redis_for).await
+}
+
+/// `cluster` on a Redis of the test's own (one it may stop and restart).
+pub async fn cluster_on(redis_url: &str, count: usize, extra: &[&str]) -> Option<Cluster> {
+    cluster_via(redis_url, count, extra, |_, redis| redis.to_string()).await
+}
+
+async fn cluster_via(
+    redis_url: &str,
+    count: usize,
+    extra: &[&str],
+    redis_for: impl Fn(usize, &str) -> String,
+) -> Option<Cluster> {
     if envoy_missing() {
         return None;
     }
     let (database_url, schema) = caas_core::testing::postgres_url().await?;
-    let redis_url = caas_core::testing::redis_url().await?;
     let mut nodes = Vec::new();
     for i in 0..count {
-        let node_redis = redis_for(i, &redis_url);
+        let node_redis = redis_for(i, redis_url);
         let echo = start_echo().await.to_string();
         let dir = std::env::temp_dir().join(caas_core::id::new_id("caas-e2e"));
         std::fs::create_dir_all(&dir).unwrap();

@@ -15,5 +15,6 @@ mod failure;
 mod lifecycle;
 mod login_abuse;
 mod onboarding;
+mod quotas;
 mod realtime;
 mod ws;

@@ -53,6 +53,19 @@ pub(super) async fn cache_conformance(cache: Arc<dyn Cache>) {
     cache.set_remove(&set, "a").await.unwrap();
     assert_eq!(cache.set_members(&set).await.unwrap(), ["b"]);
     assert!(cache.set_members(&unique("test:none")).await.unwrap().is_empty());
+
+    // Shared quotas: adds return totals over every adder; members are counted.
+    let (group, one, two) = (unique("test:group"), unique("test:q1"), unique("test:q2"));
+    let ttl = Duration::from_secs(30);
+    let (totals, alive) = cache.add_counts(&group, "a", &[(one.clone(), 3), (two.clone(), 0)], ttl).await.unwrap();
+    assert_eq!((totals, alive), (vec![3, 0], 1));
+    let (totals, alive) = cache.add_counts(&group, "b", &[(one.clone(), 2)], ttl).await.unwrap();
+    assert_eq!((totals, alive), (vec![5], 2));
+    assert_eq!(cache.add_counts(&group, "a", &[], ttl).await.unwrap(), (vec![], 2));
+    let short = unique("test:group");
+    cache.add_counts(&short, "gone", &[], Duration::from_millis(100)).await.unwrap();
+    let alone = || async { cache.add_counts(&short, "here", &[], ttl).await.unwrap().1 == 1 };
+    assert!(crate::testing::eventually(Duration::from_secs(3), alone).await, "an expired member is not counted");
     cache.ping().await.unwrap();
 }
 

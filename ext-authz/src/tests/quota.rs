@@ -124,3 +124,74 @@ async fn the_tenant_quota_counts_every_key_and_end_users_have_their_own() {
     assert_eq!(metric(&q.f, "end_user", "user"), 1);
     assert_eq!(metric(&q.f, "api_key", "tenant"), 1);
 }
+
+mod shared {
+    //! Two instances sharing their buckets through one cache (the in-process
+    //! one stands for Redis here; the e2e tests use Redis itself).
+    use std::sync::Arc;
+
+    use caas_core::cache::{Cache, MemoryCache, RedisCache};
+    use caas_rules::quota::{Limit, Limits, Scope};
+    use prometheus_client::metrics::gauge::Gauge;
+
+    use crate::quota::Quotas;
+
+    /// A burst of 10 that refills slowly (1/s), so a test's own time barely shows.
+    const TEN: Limits = Limits {
+        per_key: Limit { rate: 1, burst: 10 },
+        per_user: Limit { rate: 10, burst: 10 },
+        per_tenant: Limit { rate: 1_000, burst: 1_000 },
+    };
+
+    fn instance(cache: &Arc<dyn Cache>) -> (Quotas, Gauge) {
+        let gauge = Gauge::default();
+        (Quotas::new(100, Some(cache.clone()), gauge.clone()), gauge)
+    }
+
+    fn bucket() -> Vec<(Scope, String)> {
+        vec![(Scope::Key, caas_core::id::new_id("key")), (Scope::Tenant, caas_core::id::new_id("tenant"))]
+    }
+
+    fn admitted(q: &Quotas, counted: &[(Scope, String)], tries: usize) -> usize {
+        (0..tries).filter(|_| q.admit(counted, &TEN).is_ok()).count()
+    }
+
+    #[tokio::test]
+    async fn what_one_instance_admits_is_charged_to_the_other_at_the_next_round() {
+        let cache: Arc<dyn Cache> = Arc::new(MemoryCache::new());
+        let ((a, gauge), (b, _)) = (instance(&cache), instance(&cache));
+        let key = bucket();
+        // Both use the bucket once and hear of each other.
+        assert_eq!((admitted(&a, &key, 1), admitted(&b, &key, 1)), (1, 1));
+        for q in [&a, &b, &a, &b] {
+            q.reconcile_once().await;
+        }
+        assert_eq!(gauge.get(), 1);
+        // A spends the rest of the burst; once B has heard of it, B refuses
+        // but for A's first request, made before B's first round: what an
+        // instance's first round finds is not charged (docs/DESIGN.md, the bound).
+        assert_eq!(admitted(&a, &key, 20), 8, "a burst of 10, 2 spent");
+        a.reconcile_once().await;
+        b.reconcile_once().await;
+        assert_eq!(admitted(&b, &key, 20), 1);
+        let refused = b.admit(&key, &TEN).unwrap_err();
+        assert_eq!((refused.scope, refused.limit), (Scope::Key, TEN.per_key));
+        // Another bucket is untouched.
+        assert_eq!(admitted(&b, &bucket(), 10), 10);
+    }
+
+    #[tokio::test]
+    async fn with_the_shared_cache_unreachable_each_instance_enforces_alone_and_says_so() {
+        let down: Arc<dyn Cache> = Arc::new(RedisCache::new("redis://127.0.0.1:1").unwrap());
+        let (q, gauge) = instance(&down);
+        gauge.set(1);
+        let key = bucket();
+        assert_eq!(admitted(&q, &key, 1), 1);
+        q.reconcile_once().await;
+        assert!(q.alone());
+        assert_eq!(gauge.get(), 0);
+        // No instance was ever seen: this one takes the whole limit, no more.
+        assert_eq!(admitted(&q, &key, 20), 9);
+        assert!(q.admit(&key, &TEN).is_err());
+    }
+}
