@@ -9,6 +9,7 @@ use serde_norway::Value;
 
 const COMPOSE: &str = include_str!("../../../docker-compose.yml");
 const K8S: &str = include_str!("../../../deploy/k8s/caas.yaml");
+const K8S_DATA_STORES: &str = include_str!("../../../deploy/k8s/data-stores.yaml");
 const ISTIO_PROVIDER: &str = include_str!("../../../deploy/istio/ext-authz-provider.yaml");
 const ISTIO_POLICY: &str = include_str!("../../../deploy/istio/authorization-policy.yaml");
 const ISTIO_ROUTES: &str = include_str!("../../../deploy/istio/virtual-service.yaml");
@@ -583,6 +584,45 @@ fn network_policies_deny_by_default_and_guard_ext_authz() {
                 let from_gateway = source["podSelector"]["matchLabels"]["app"].as_str() == Some("gateway")
                     || source["namespaceSelector"]["matchLabels"]["caas.dev/gateway"].as_str() == Some("true");
                 assert!(from_gateway, "ext-authz's gRPC port is open to {source:?}");
+            }
+        }
+    }
+}
+
+/// PostgreSQL and Redis let in CAAS pods only (deploy/k8s/data-stores.yaml),
+/// every CAAS pod carries the label those policies match, and every
+/// Deployment takes the data stores' URLs (with their passwords) from the
+/// Secret, never from the manifest.
+#[test]
+fn only_caas_pods_reach_the_data_stores_and_with_their_passwords() {
+    let policies = documents(K8S_DATA_STORES);
+    for (app, port) in [("postgres", 5432), ("redis", 6379)] {
+        let policy = policies
+            .iter()
+            .find(|p| p["kind"] == "NetworkPolicy" && p["spec"]["podSelector"]["matchLabels"]["app"] == app)
+            .unwrap_or_else(|| panic!("no policy guards {app}"));
+        let rules = policy["spec"]["ingress"].as_sequence().unwrap();
+        for rule in rules {
+            let ports: Vec<u64> =
+                rule["ports"].as_sequence().unwrap().iter().map(|p| p["port"].as_u64().unwrap()).collect();
+            assert!(ports.contains(&port), "{app}: {ports:?}");
+            for source in rule["from"].as_sequence().expect("a data store open to everyone") {
+                assert_eq!(
+                    source["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str(),
+                    Some("caas")
+                );
+                assert_eq!(source["podSelector"]["matchLabels"]["app.kubernetes.io/part-of"].as_str(), Some("caas"));
+            }
+        }
+    }
+    for deployment in k8s_documents().iter().filter(|d| d["kind"] == "Deployment") {
+        let name = deployment["metadata"]["name"].as_str().unwrap();
+        let template = &deployment["spec"]["template"];
+        assert_eq!(template["metadata"]["labels"]["app.kubernetes.io/part-of"].as_str(), Some("caas"), "{name}");
+        let containers = template["spec"]["containers"].as_sequence().unwrap();
+        for env in containers.iter().flat_map(|c| c["env"].as_sequence().into_iter().flatten()) {
+            if matches!(env["name"].as_str(), Some("DATABASE_URL" | "REDIS_URL")) {
+                assert_eq!(env["valueFrom"]["secretKeyRef"]["name"].as_str(), Some("caas-secrets"), "{name}: {env:?}");
             }
         }
     }
