@@ -41,6 +41,38 @@ for tool in curl jq openssl; do
   fi
 done
 
+# Tools nobody here wrote, checking what we ship: openapi-spec-validator and
+# schemathesis (tests/e2e/openapi.rs) and kubernetes-validate
+# (cli/src/tests/deploy.rs) from pip; promtool (Debian's prometheus package)
+# for the alert rules in deploy/monitoring/.
+for tool in openapi-spec-validator schemathesis kubernetes-validate; do
+  command -v "$tool" >/dev/null 2>&1 && continue
+  echo "$tool not found: installing it (pip install $tool)…" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "$tool" >&2 || true
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "warning: $tool is not installed; the tests that need it will be skipped" >&2
+    if [ "${CI:-}" = "true" ]; then
+      echo "error: CI=true and $tool is missing; refusing to skip its tests" >&2
+      exit 1
+    fi
+  fi
+done
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "promtool not found: installing it (apt-get install prometheus)…" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null 2>&1; } || true
+fi
+if command -v promtool >/dev/null 2>&1; then
+  promtool check rules deploy/monitoring/alerts.yml
+  (cd deploy/monitoring && promtool check config prometheus.yml && promtool test rules alerts.test.yml)
+else
+  echo "warning: promtool is not installed; the alert rules are not checked" >&2
+  if [ "${CI:-}" = "true" ]; then
+    echo "error: CI=true and promtool is missing; refusing to skip the alert rules' tests" >&2
+    exit 1
+  fi
+fi
+
 # The TLS tests (core/src/tests/tls.rs) start a PostgreSQL and a Redis of
 # their own with ssl on, as the `postgres` user when run as root.
 tls_ready() {

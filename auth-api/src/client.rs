@@ -24,23 +24,32 @@ use crate::schema::{
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    /// 1 to 100 printable characters (trimmed).
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     name: String,
+    #[schema(min_length = 3, max_length = 254, pattern = "^[^@\\s]{1,64}@[A-Za-z0-9-]{1,63}(\\.[A-Za-z0-9-]{1,63})+$")]
     email: String,
+    /// At least 12 characters, at most 1,024 bytes.
+    #[schema(min_length = 12, max_length = 1024)]
     password: String,
 }
 
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    #[schema(min_length = 3, max_length = 254, pattern = "^[^@\\s]{1,64}@[A-Za-z0-9-]{1,63}(\\.[A-Za-z0-9-]{1,63})+$")]
     email: String,
+    #[schema(max_length = 1024)]
     password: String,
 }
 
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
+    #[schema(max_length = 1024)]
     current_password: String,
     /// Same rules as at registration.
+    #[schema(min_length = 12, max_length = 1024)]
     new_password: String,
 }
 
@@ -106,7 +115,7 @@ pub(crate) async fn record_dashboard_use(State(state): State<AppState>, request:
 }
 
 /// Ends the caller's dashboard session, everywhere within a second.
-#[utoipa::path(post, path = "/client/logout", tag = "client",
+#[utoipa::path(post, path = "/client/logout", tag = "client", operation_id = "client_logout",
     responses((status = 204, description = "Signed out"), (status = 401, description = "No valid dashboard context", body = ErrorBody), (status = 403, description = "Another credential type", body = ErrorBody)))]
 pub async fn logout(
     State(state): State<AppState>,
@@ -208,6 +217,8 @@ pub async fn list_keys(
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
+    /// How long the old primary stays valid (default one day, at most 30 days).
+    #[schema(minimum = 0, maximum = 2_592_000)]
     grace_seconds: Option<u64>,
 }
 
@@ -254,12 +265,16 @@ pub async fn revoke_key(
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpWhitelistBody {
+    /// Empty: no address restriction.
+    #[schema(schema_with = crate::schema::cidr_list)]
     cidrs: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OriginWhitelistBody {
+    /// Empty: no Origin restriction.
+    #[schema(schema_with = crate::schema::origin_list)]
     origins: Vec<String>,
 }
 

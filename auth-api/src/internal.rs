@@ -23,8 +23,10 @@ use crate::schema::{ValidatedKey, ValidatedToken};
 #[serde(deny_unknown_fields)]
 pub struct ValidateTokenRequest {
     token: String,
+    /// The request's `Origin`, checked against the tenant's whitelist.
     origin: Option<String>,
     /// `caas-sdk` (default) or `caas-dashboard`.
+    #[schema(schema_with = crate::schema::audience)]
     audience: Option<String>,
 }
 
@@ -32,13 +34,14 @@ pub struct ValidateTokenRequest {
 #[serde(deny_unknown_fields)]
 pub struct ValidateKeyRequest {
     api_key: String,
+    #[schema(schema_with = crate::schema::ip_address)]
     ip: String,
 }
 
 /// Validates an access token (and Origin) for services outside the gateway.
 #[utoipa::path(post, path = "/internal/validate", tag = "internal", request_body = ValidateTokenRequest,
     security(("service_token" = [])),
-    responses((status = 200, body = ValidatedToken), (status = 401, description = "Missing or wrong service token, or the credential is refused (code says why)", body = ErrorBody), (status = 403, description = "origin_not_allowed", body = ErrorBody)))]
+    responses((status = 200, body = ValidatedToken), (status = 400, description = "`invalid_audience`", body = ErrorBody), (status = 401, description = "Missing or wrong service token, or the credential is refused (code says why)", body = ErrorBody), (status = 403, description = "origin_not_allowed", body = ErrorBody)))]
 pub async fn validate_token(
     _: ServiceCaller,
     State(state): State<AppState>,
@@ -73,7 +76,7 @@ pub async fn validate_token(
 /// Validates an API key from an address, for services outside the gateway.
 #[utoipa::path(post, path = "/internal/validate-api-key", tag = "internal", request_body = ValidateKeyRequest,
     security(("service_token" = [])),
-    responses((status = 200, body = ValidatedKey), (status = 401, description = "Missing or wrong service token, or the credential is refused (code says why)", body = ErrorBody), (status = 403, description = "ip_not_allowed", body = ErrorBody)))]
+    responses((status = 200, body = ValidatedKey), (status = 400, description = "`invalid_ip`: not an IPv4 or IPv6 address", body = ErrorBody), (status = 401, description = "Missing or wrong service token, or the credential is refused (code says why)", body = ErrorBody), (status = 403, description = "ip_not_allowed", body = ErrorBody)))]
 pub async fn validate_api_key(
     _: ServiceCaller,
     State(state): State<AppState>,

@@ -214,7 +214,11 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sdk::revoke_user))
         .routes(routes!(internal::validate_token))
         .routes(routes!(internal::validate_api_key));
-    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi()).nest("/api/v1/auth", auth).split_for_parts()
+    let (router, mut spec) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .nest("/api/v1/auth", auth)
+        .split_for_parts();
+    caas_http::declare_shared_answers(&mut spec);
+    (router, spec)
 }
 
 /// auth-api's OpenAPI 3 document (also served at `/openapi.json`).

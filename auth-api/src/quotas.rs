@@ -19,8 +19,10 @@ use crate::AppState;
 #[serde(deny_unknown_fields)]
 pub struct LimitBody {
     /// Requests per second, sustained.
+    #[schema(minimum = 1)]
     rate: i64,
     /// Requests that may arrive at once after a quiet spell (at least `rate`).
+    #[schema(minimum = 1)]
     burst: i64,
 }
 

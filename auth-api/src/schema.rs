@@ -141,3 +141,57 @@ pub struct UserRevoked {
     /// Sessions revoked by this call (0 on a repeat).
     pub revoked_sessions: usize,
 }
+
+/// `cidrs`: what `IpWhitelist::parse` accepts, as far as a schema can say.
+pub(crate) fn cidr_list() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let entry = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(64))
+        .pattern(Some(r"\S"))
+        .description(Some(
+            "An IPv4 or IPv6 address, or a CIDR whose host bits are zero (`10.0.0.0/8`, `2001:db8::/32`)",
+        ));
+    ArrayBuilder::new().items(entry).max_items(Some(caas_core::whitelist::MAX_ENTRIES)).build()
+}
+
+/// `origins`: what `OriginWhitelist::parse` accepts, as far as a schema can say.
+pub(crate) fn origin_list() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let entry = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(8))
+        .max_length(Some(300))
+        .pattern(Some(r"^\s*[Hh][Tt][Tt][Pp][Ss]?://[^/?#@\s]+\s*$"))
+        .description(Some(
+            "`scheme://host[:port]` with http or https and no path, query or credentials; `https://*.example.com` matches its subdomains",
+        ));
+    ArrayBuilder::new().items(entry).max_items(Some(caas_core::whitelist::MAX_ENTRIES)).build()
+}
+
+/// `audience` of `/internal/validate`.
+pub(crate) fn audience() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some([
+            serde_json::json!("caas-sdk"),
+            serde_json::json!("caas-dashboard"),
+            serde_json::Value::Null,
+        ]))
+        .description(Some("`caas-sdk` (the default) or `caas-dashboard`"))
+        .build()
+}
+
+/// `ip` of `/internal/validate-api-key`: an IPv4 or IPv6 address.
+pub(crate) fn ip_address() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let format = |f| ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(f)));
+    AnyOfBuilder::new()
+        .item(format(KnownFormat::Ipv4))
+        .item(format(KnownFormat::Ipv6))
+        .description(Some("The caller's address, IPv4 or IPv6"))
+        .build()
+        .into()
+}

@@ -22,7 +22,11 @@ use crate::schema::{SessionTokens, UserRevoked};
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionRequest {
+    /// The end user's id in the client's system: 1 to 128 bytes, no spaces or control characters.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$")]
     user_id: String,
+    /// At most 200 printable characters.
+    #[schema(max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     name: Option<String>,
     /// A JSON object of at most 4 KiB.
     #[schema(value_type = Option<Object>)]
@@ -32,12 +36,16 @@ pub struct SessionRequest {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
+    /// As issued: `caas_rt_` and 43 base64url characters (any other shape is `invalid_refresh_token`).
+    #[schema(pattern = "^caas_rt_[A-Za-z0-9_-]{43}$")]
     refresh_token: String,
 }
 
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogoutRequest {
+    /// The session's refresh token; without it, the session of the access token's context.
+    #[schema(pattern = "^caas_rt_[A-Za-z0-9_-]{43}$")]
     refresh_token: Option<String>,
 }
 
@@ -83,7 +91,7 @@ pub async fn refresh(
 }
 
 /// Revokes a session: by refresh token, or the caller's own (access token context).
-#[utoipa::path(post, path = "/logout", tag = "sdk", request_body = Option<LogoutRequest>,
+#[utoipa::path(post, path = "/logout", tag = "sdk", operation_id = "sdk_logout", request_body = Option<LogoutRequest>,
     responses((status = 204, description = "Revoked everywhere within a second"), (status = 400, description = "Invalid input", body = ErrorBody),
         (status = 401, description = "Nothing identifies a session", body = ErrorBody)))]
 pub async fn logout(
@@ -104,7 +112,7 @@ pub async fn logout(
 /// revoked, their tokens refused by every gateway and their sockets closed
 /// (4003) within a second. Idempotent.
 #[utoipa::path(post, path = "/sdk/users/{user_id}/revoke", tag = "sdk",
-    params(("user_id" = String, Path, description = "The end user's id in the caller's tenant (percent-encoded)")),
+    params(("user_id" = String, Path, min_length = 1, max_length = 128, description = "The end user's id in the caller's tenant (percent-encoded)")),
     responses((status = 200, description = "Revoked everywhere within a second (0 sessions on a repeat)", body = UserRevoked), (status = 400, description = "`invalid_user_id`", body = ErrorBody),
         (status = 401, description = "No valid API-key context", body = ErrorBody), (status = 403, description = "Another credential type", body = ErrorBody)))]
 pub async fn revoke_user(

@@ -92,10 +92,12 @@ struct ApiDoc;
 fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     use utoipa_axum::router::OpenApiRouter;
     use utoipa_axum::routes;
-    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+    let (router, mut spec) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .routes(routes!(routes::list_conversations, routes::create_conversation))
         .routes(routes!(routes::list_messages, routes::post_message))
-        .split_for_parts()
+        .split_for_parts();
+    caas_http::declare_shared_answers(&mut spec);
+    (router, spec)
 }
 
 /// The chat service's OpenAPI 3 document (also served at `/openapi.json`).

@@ -51,8 +51,24 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewConversation {
+    /// The other members (the caller is always one): at most 100 user ids.
+    #[schema(schema_with = user_ids)]
     member_ids: Vec<String>,
+    /// At most 200 printable characters.
+    #[schema(max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     title: Option<String>,
+}
+
+/// `member_ids`: what `Chat::create_conversation` accepts.
+fn user_ids() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let id = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(caas_core::chat::MAX_USER_ID_BYTES))
+        .pattern(Some(r"^[^\s\x00-\x1f\x7f-\x9f]+$"))
+        .description(Some("An end user's id: 1 to 128 bytes, no spaces or control characters"));
+    ArrayBuilder::new().items(id).max_items(Some(caas_core::chat::MAX_MEMBERS)).build()
 }
 
 /// A conversation of the caller and `member_ids`.
@@ -73,9 +89,13 @@ pub async fn create_conversation(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConversationPage {
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
@@ -102,8 +122,13 @@ pub async fn list_conversations(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
+    #[schema(min_length = 1)]
     conversation_id: String,
+    /// Not blank, at most 16 KiB (413 above).
+    #[schema(min_length = 1, pattern = "\\S")]
     body: String,
+    /// The sender's idempotency key: 1 to 64 bytes.
+    #[schema(min_length = 1, max_length = 64)]
     client_msg_id: String,
 }
 
@@ -131,10 +156,15 @@ pub async fn post_message(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct MessagePage {
+    #[param(min_length = 1)]
     conversation_id: String,
+    /// `next_before` of the previous page.
     before: Option<String>,
+    /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 

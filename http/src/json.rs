@@ -60,21 +60,33 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             // keep the field path and the kind of problem, drop the value.
             let text = error.body_text();
             let detail = text.split_once("target type: ").map_or(text.as_str(), |(_, rest)| rest);
-            let (path, problem) = detail.split_once(": ").unwrap_or(("", detail));
+            // serde prefixes a problem inside the body with its path
+            // (`per_key.rate: invalid type…`); one at the top level
+            // (`invalid type: null, expected struct …`) has none, and its
+            // own `: ` is not a path.
+            let (path, problem) = match detail.split_once(": ") {
+                Some((path, problem)) if is_field_path(path) => (Some(path), problem),
+                _ => (None, detail),
+            };
             let message = if problem.starts_with("unknown field") || problem.starts_with("missing field") {
                 problem.split(" at line").next().unwrap_or(problem).to_string()
-            } else if path.is_empty() || path == "." {
-                "request body does not have the expected shape".to_string()
-            } else {
+            } else if let Some(path) = path {
                 format!("field `{path}` has the wrong type or value")
+            } else {
+                "request body must be a JSON object with the documented fields".to_string()
             };
             let mut api = ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message);
-            if !path.is_empty() && path != "." && !path.contains(' ') {
-                api.field = Some(path.to_string());
-            }
+            api.field = path.map(str::to_string);
             api
         }
         JsonRejection::BytesRejection(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => too_large(),
         other => ApiError::new(other.status(), "invalid_body", "request body could not be read"),
     }
+}
+
+/// A serde field path: `name`, `per_key.rate`, `cidrs[2]`; not `[0]` (the
+/// body itself is an array) nor prose.
+fn is_field_path(text: &str) -> bool {
+    text.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'))
 }

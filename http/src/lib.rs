@@ -7,6 +7,7 @@
 mod context;
 mod error;
 mod json;
+mod openapi;
 mod ops;
 
 pub use context::{
@@ -15,4 +16,5 @@ pub use context::{
 };
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
 pub use json::{ApiJson, OptionalJson};
+pub use openapi::declare_shared_answers;
 pub use ops::{down, health, live, method_not_allowed, metrics, not_found};

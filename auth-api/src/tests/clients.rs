@@ -81,6 +81,15 @@ async fn malformed_bodies_get_codes_and_never_echo_values() {
     let huge = json!({"name": "A", "email": "a@example.com", "password": "x".repeat(70_000)});
     let r = h.send(post(REGISTER, huge)).await;
     assert_eq!((r.status, r.code()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    // A body that is JSON but not an object: said plainly, no field named,
+    // and a string's value (it could be a password) not echoed.
+    for body in [json!(null), json!("hunter2-hunter2"), json!([1, 2])] {
+        let r = h.send(post(REGISTER, body)).await;
+        assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "invalid_body"), "{}", r.text);
+        assert_eq!(r.body["error"]["message"], "request body must be a JSON object with the documented fields");
+        assert!(r.body["error"].get("field").is_none(), "{}", r.text);
+        assert!(!r.text.contains("hunter2"), "{}", r.text);
+    }
 }
 
 #[tokio::test]
