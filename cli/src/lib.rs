@@ -3,6 +3,7 @@
 //! child; `caas migrate` applies migrations; `caas envoy-config` renders the
 //! gateway configuration for other deployments.
 
+pub mod command;
 pub mod envoy;
 pub mod stack;
 

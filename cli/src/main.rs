@@ -2,59 +2,9 @@
 
 use std::process::ExitCode;
 
+use caas::command::{Cli, Command, EnvoyConfigArgs};
 use caas::stack::{AccessLog, Stack, UpConfig};
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(name = "caas", version, about = "CAAS: auth gateway, auth API and services")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run everything in one process (SQLite and in-process bus by default) with Envoy in front.
-    Up(Box<UpConfig>),
-    /// Apply database migrations and exit.
-    Migrate(caas_core::config::StorageArgs),
-    /// Print (or write) the Envoy configuration for the given service addresses.
-    EnvoyConfig(EnvoyConfigArgs),
-    /// Exit 0 if a URL answers 200 (container health checks without curl).
-    Healthcheck {
-        /// e.g. http://127.0.0.1:3007/health
-        url: String,
-    },
-}
-
-#[derive(clap::Args)]
-struct EnvoyConfigArgs {
-    #[arg(long, default_value = "0.0.0.0")]
-    listen_address: String,
-    #[arg(long, default_value_t = 8080)]
-    listen_port: u16,
-    #[arg(long, default_value_t = 9901)]
-    admin_port: u16,
-    #[arg(long, default_value = "auth-api:3007")]
-    auth_api: String,
-    #[arg(long, default_value = "ext-authz:9191")]
-    ext_authz: String,
-    #[arg(long, default_value = "chat:3008")]
-    chat: String,
-    #[arg(long, default_value = "socket:3009")]
-    socket: String,
-    #[arg(long, env = "TRUSTED_PROXY_HOPS", default_value_t = 0)]
-    trusted_proxy_hops: usize,
-    #[arg(long, default_value = "/dev/stdout")]
-    access_log_path: String,
-    /// Sent with every Check so ext-authz knows the call is from this Envoy
-    /// (give ext-authz the same EXT_AUTHZ_CALLER_TOKEN). Unset: none.
-    #[arg(long, env = "EXT_AUTHZ_CALLER_TOKEN", hide_env_values = true)]
-    caller_token: Option<caas_core::secret::Secret>,
-    /// Write the configuration here instead of printing it.
-    #[arg(long)]
-    output: Option<std::path::PathBuf>,
-}
+use clap::Parser as _;
 
 fn host_port(value: &str) -> Result<(String, u16), String> {
     let (host, port) = value.rsplit_once(':').ok_or_else(|| format!("'{value}' is not host:port"))?;

@@ -275,8 +275,8 @@ impl Backends {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct JwtArgs {
-    /// HS256 signing secret for access tokens (at least 32 bytes). Only the
-    /// auth service holds it.
+    /// HS256 secret of access tokens (at least 32 bytes): auth-api signs
+    /// with it, ext-authz verifies with it; no other service holds it.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
     /// The secret before the last rotation: still accepted for verification.

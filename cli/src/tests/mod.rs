@@ -73,6 +73,7 @@ fn chunked_bodies_are_decoded() {
     assert_eq!(crate::envoy::body_of("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"), "ok");
 }
 mod deploy;
+mod reference;
 
 #[cfg(unix)]
 #[test]
