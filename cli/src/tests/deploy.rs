@@ -385,12 +385,15 @@ fn dockerfile_env() -> HashMap<String, String> {
 
 #[test]
 fn the_image_holds_every_binary_the_deployments_run_and_listens_where_they_probe() {
+    // The loop that strips each built binary into the image's /out.
     let copied: Vec<&str> = DOCKERFILE
         .lines()
-        .find(|l| l.contains("cp target/release/"))
+        .find_map(|l| l.trim().strip_prefix("&& for bin in "))
+        .unwrap()
+        .split(';')
+        .next()
         .unwrap()
         .split_whitespace()
-        .filter_map(|w| w.strip_prefix("target/release/"))
         .collect();
     let mut run = Vec::new();
     let compose = compose();
@@ -625,5 +628,117 @@ fn only_caas_pods_reach_the_data_stores_and_with_their_passwords() {
                 assert_eq!(env["valueFrom"]["secretKeyRef"]["name"].as_str(), Some("caas-secrets"), "{name}: {env:?}");
             }
         }
+    }
+}
+
+/// Every pod's containers, init containers included, with the pod's spec.
+fn pods(docs: &[Value]) -> Vec<(String, &Value)> {
+    docs.iter()
+        .filter(|d| d["kind"] == "Deployment")
+        .map(|d| (d["metadata"]["name"].as_str().unwrap().to_string(), &d["spec"]["template"]["spec"]))
+        .collect()
+}
+
+#[test]
+fn every_pod_meets_the_restricted_pod_security_profile() {
+    let docs = k8s_documents();
+    let namespace = of_kind(&docs, "Namespace");
+    assert_eq!(namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
+    let pods = pods(&docs);
+    assert!(pods.len() >= 5, "found {} Deployments", pods.len());
+    for (name, pod) in pods {
+        let pod_security = &pod["securityContext"];
+        assert_eq!(pod_security["runAsNonRoot"], true, "{name}: runAsNonRoot");
+        assert_eq!(pod_security["seccompProfile"]["type"], "RuntimeDefault", "{name}: seccompProfile");
+        assert!(pod["hostNetwork"].is_null() && pod["hostPID"].is_null(), "{name}: host namespaces");
+        let init = pod["initContainers"].as_sequence().cloned().unwrap_or_default();
+        let main = pod["containers"].as_sequence().unwrap();
+        for (container, is_init) in main.iter().map(|c| (c, false)).chain(init.iter().map(|c| (c, true))) {
+            let place = format!("{name}/{}", container["name"].as_str().unwrap());
+            let security = &container["securityContext"];
+            assert_eq!(security["allowPrivilegeEscalation"], false, "{place}: allowPrivilegeEscalation");
+            assert_eq!(security["readOnlyRootFilesystem"], true, "{place}: readOnlyRootFilesystem");
+            let dropped: Vec<&str> = security["capabilities"]["drop"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            assert_eq!(dropped, ["ALL"], "{place}: capabilities.drop");
+            assert!(security["capabilities"]["add"].is_null(), "{place}: adds capabilities");
+            assert!(security["privileged"].is_null() || security["privileged"] == false, "{place}: privileged");
+            // Not root, whichever level says it: a command that bypasses an
+            // image's entrypoint (Envoy's drops root there) must not run as root.
+            let user = security["runAsUser"].as_u64().or(pod_security["runAsUser"].as_u64());
+            assert!(user.is_some_and(|u| u != 0), "{place}: runs as uid {user:?}");
+            assert_eq!(container["imagePullPolicy"], "IfNotPresent", "{place}: imagePullPolicy");
+            let image = container["image"].as_str().unwrap();
+            assert!(image == "caas:latest" || !image.ends_with("latest"), "{place}: floating image tag {image}");
+            if !is_init {
+                assert!(container["livenessProbe"].is_mapping(), "{place}: no liveness probe");
+                assert!(container["readinessProbe"].is_mapping(), "{place}: no readiness probe");
+            }
+        }
+    }
+}
+
+#[test]
+fn kubernetes_manifests_pass_kubernetes_validate() {
+    let found = std::process::Command::new("sh")
+        .args(["-c", "command -v kubernetes-validate"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but kubernetes-validate is not installed");
+        eprintln!("SKIPPED: kubernetes-validate is not installed (pip install kubernetes-validate)");
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = std::process::Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .arg(root.join("deploy/k8s/caas.yaml"))
+        .arg(root.join("deploy/k8s/data-stores.yaml"))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && !text.contains("ERROR"), "kubernetes-validate:\n{text}");
+}
+
+#[test]
+fn images_are_built_once_from_pinned_bases_with_a_dependency_layer() {
+    // Every FROM names an exact version (x.y…), never a floating tag.
+    for line in DOCKERFILE.lines().filter(|l| l.starts_with("FROM ")) {
+        let image = line.split_whitespace().nth(1).unwrap();
+        if image == "scratch" {
+            continue;
+        }
+        let tag = image.split_once(':').map(|(_, t)| t).unwrap_or_else(|| panic!("{image}: no tag"));
+        let version = tag.split('-').next().unwrap();
+        assert!(
+            version.split('.').count() >= 2 && version.split('.').all(|p| p.chars().all(|c| c.is_ascii_digit())),
+            "Dockerfile: {image} is not pinned to an exact version"
+        );
+    }
+    // Dependencies are built before the sources are copied in.
+    let first_build = DOCKERFILE.find("cargo build").unwrap();
+    let sources = DOCKERFILE.find("COPY . .").unwrap();
+    assert!(first_build < sources, "the Dockerfile copies the sources before building the dependencies");
+    assert!(DOCKERFILE.contains("--strip-all"), "the image's binaries are not stripped");
+    // Compose builds the image in one service and runs it in the others.
+    let compose = compose();
+    let services = compose["services"].as_mapping().unwrap();
+    let builders: Vec<&str> =
+        services.iter().filter(|(_, s)| !s["build"].is_null()).map(|(n, _)| n.as_str().unwrap()).collect();
+    assert_eq!(builders, ["envoy-config"], "services that build an image");
+    for (name, service) in services {
+        let name = name.as_str().unwrap();
+        let image = service["image"].as_str().unwrap();
+        if image == "caas:latest" && service["build"].is_null() {
+            assert_eq!(service["pull_policy"], "never", "{name}: would try to pull caas:latest");
+        }
+        assert!(!image.ends_with(":latest") || image == "caas:latest", "{name}: floating image tag {image}");
+        let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
+        assert!(image == "caas:latest" || tag.contains('.'), "{name}: {image} is not pinned to an exact version");
     }
 }
