@@ -10,7 +10,10 @@
 //! `CAAS_FUZZ_EXAMPLES=500 cargo test -p caas-e2e --test e2e openapi -- --nocapture`.
 
 use std::path::Path;
-use std::process::Command;
+use std::time::Duration;
+
+// The services run on this test's runtime: a blocking wait would stall them.
+use tokio::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,7 +23,7 @@ use crate::harness::{SERVICE_SECRET, client, cluster, onboard, sdk_session, set_
 
 /// True (and a message, or a failure in CI) when `tool` is not installed.
 fn tool_missing(tool: &str) -> bool {
-    let found = Command::new("sh")
+    let found = std::process::Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .stdout(std::process::Stdio::null())
         .status()
@@ -35,17 +38,21 @@ fn tool_missing(tool: &str) -> bool {
     !found
 }
 
-fn run(mut command: Command, what: &str) -> String {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+async fn run(mut command: Command, what: &str) -> String {
+    command.kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(600), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: did not finish within 10 minutes"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{what} failed:\n{text}");
     text
 }
 
-fn validate(document: &Path) {
+async fn validate(document: &Path) {
     let mut command = Command::new("openapi-spec-validator");
     command.arg(document);
-    run(command, &format!("openapi-spec-validator {}", document.display()));
+    run(command, &format!("openapi-spec-validator {}", document.display())).await;
 }
 
 #[tokio::test]
@@ -74,7 +81,7 @@ async fn openapi_documents_are_valid_and_the_services_answer_only_what_they_decl
         let document = client().get(format!("http://{addr}/openapi.json")).send().await.unwrap().text().await.unwrap();
         let path = dir.join(format!("{service}.json"));
         std::fs::write(&path, document).unwrap();
-        validate(&path);
+        validate(&path).await;
         let mut fuzz = Command::new("schemathesis");
         fuzz.arg("run")
             .arg(&path)
@@ -96,7 +103,7 @@ async fn openapi_documents_are_valid_and_the_services_answer_only_what_they_decl
             .env("CAAS_DASHBOARD_SESSION", dashboard["sid"].as_str().unwrap())
             .env("CAAS_END_USER", session["user_id"].as_str().unwrap())
             .env("CAAS_END_SESSION", session["session_id"].as_str().unwrap());
-        let report = run(fuzz, &format!("schemathesis on {service}"));
+        let report = run(fuzz, &format!("schemathesis on {service}")).await;
         let summary = report.lines().filter(|l| l.contains("generated") || l.contains("Tested:")).collect::<Vec<_>>();
         eprintln!("schemathesis on {service}: {}", summary.join("; "));
     }
