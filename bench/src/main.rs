@@ -15,7 +15,10 @@
 //!   rate, and deliveries with latency when subscribed).
 //! - `ws-publish`: messages on the Redis bus at a fixed rate, as chat nodes
 //!   announce them.
+//! - `legacy-gateway`: the pre-refactor flow (auth-api asked over HTTP on
+//!   every request), the baseline of bench/refactor.sh.
 
+mod legacy;
 mod load;
 mod micro;
 mod spans;
@@ -41,6 +44,7 @@ enum Command {
     SpanExport(spans::SpanExportArgs),
     WsHold(ws::WsHoldArgs),
     WsPublish(ws::WsPublishArgs),
+    LegacyGateway(legacy::LegacyArgs),
 }
 
 /// The value at quantile `q` of sorted samples (0 when there are none).
@@ -66,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             Command::SpanExport(args) => spans::run(args).await,
             Command::WsHold(args) => ws::hold(args).await,
             Command::WsPublish(args) => ws::publish(args).await,
+            Command::LegacyGateway(args) => legacy::legacy_gateway(args).await,
             Command::NoopAuthz(_) => unreachable!("handled above"),
         }
     })
