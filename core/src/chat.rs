@@ -171,6 +171,10 @@ impl Chat {
     }
 
     pub async fn is_member(&self, tenant_id: &str, conversation_id: &str, user_id: &str) -> Result<bool, ChatError> {
+        // No stored id holds NUL, and PostgreSQL would refuse the query (a 503).
+        if conversation_id.contains('\0') {
+            return Ok(false);
+        }
         Ok(self.store.is_member(tenant_id, conversation_id, user_id).await?)
     }
 
@@ -190,6 +194,10 @@ impl Chat {
         }
         if body.trim().is_empty() {
             return Err(invalid("body", "body must not be empty"));
+        }
+        // PostgreSQL text cannot hold NUL: refused here, not as a 503 from the store.
+        if body.contains('\0') {
+            return Err(invalid("body", "body must not contain NUL characters"));
         }
         if client_msg_id.is_empty()
             || client_msg_id.len() > MAX_CLIENT_MSG_ID_BYTES

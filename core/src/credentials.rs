@@ -692,6 +692,10 @@ impl Credentials {
     /// Revokes one of the caller's tenant's keys at once.
     pub async fn revoke_api_key(&self, caller: &RequestContext, key_id: &str, now: i64) -> Result<()> {
         let tenant = caller.tenant_id.as_str();
+        // No stored id holds NUL, and PostgreSQL would refuse the query (a 503).
+        if key_id.contains('\0') {
+            return Err(CredentialError::KeyNotFound);
+        }
         let audit = audit_by(caller, &caller.user_id, AuditAction::ApiKeyRevoked);
         let revoked =
             self.store.revoke_api_key(tenant, key_id, &audit, now).await?.ok_or(CredentialError::KeyNotFound)?;

@@ -101,6 +101,14 @@ async fn messages_are_idempotent_announced_once_and_members_only(store: Store) {
         chat.post(&a, "ann", &conversation.id, "x", "", NOW).await,
         Err(ChatError::Invalid { field: "client_msg_id", .. })
     ));
+    // NUL (a fuzzer's find): PostgreSQL text cannot hold it, so it is a 400
+    // or a conversation that does not exist, never a store error (503).
+    assert!(matches!(
+        chat.post(&a, "ann", &conversation.id, "a\0b", "c-nul", NOW).await,
+        Err(ChatError::Invalid { field: "body", .. })
+    ));
+    assert!(matches!(chat.post(&a, "ann", "conv\0x", "hi", "c-nul", NOW).await, Err(ChatError::NotFound)));
+    assert!(matches!(chat.messages(&a, "ann", "conv\0x", None, None).await, Err(ChatError::NotFound)));
 
     let page = chat.messages(&a, "bob", &conversation.id, None, Some(2)).await.unwrap();
     assert_eq!(page.len(), 2);
