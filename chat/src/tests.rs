@@ -238,5 +238,18 @@ async fn openapi_document_matches_the_routes() {
         .filter_map(|p| p["name"].as_str())
         .collect();
     assert_eq!(params, ["conversation_id", "before", "limit"]);
+    // Pages are query parameters (declared as path parameters, the document was invalid).
+    for path in ["/v1/messages", "/v1/conversations"] {
+        for param in spec["paths"][path]["get"]["parameters"].as_array().unwrap() {
+            assert_eq!(param["in"], "query", "{path}: {param}");
+        }
+    }
+    // Every body route declares what the shared edge answers.
+    for path in ["/v1/messages", "/v1/conversations"] {
+        let responses = spec["paths"][path]["post"]["responses"].as_object().unwrap();
+        for status in ["400", "413", "415", "503"] {
+            assert!(responses.contains_key(status), "POST {path} does not declare {status}");
+        }
+    }
     assert_eq!(serde_json::to_value(crate::openapi()).unwrap(), spec);
 }
