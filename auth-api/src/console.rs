@@ -33,25 +33,31 @@ struct Asset {
     name: &'static str,
     content_type: &'static str,
     body: &'static str,
+    /// Loadable by pages of any origin (the client module and its types,
+    /// which tenants' apps import): public code, no credentials involved.
+    shared: bool,
 }
 
 const ASSETS: [Asset; 5] = [
-    Asset { name: "", content_type: "text/html; charset=utf-8", body: include_str!("../console/index.html") },
-    Asset { name: "console.css", content_type: "text/css; charset=utf-8", body: include_str!("../console/console.css") },
+    Asset { name: "", content_type: "text/html; charset=utf-8", body: include_str!("../console/index.html"), shared: false },
+    Asset { name: "console.css", content_type: "text/css; charset=utf-8", body: include_str!("../console/console.css"), shared: false },
     Asset {
         name: "console.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../console/console.js"),
+        shared: false,
     },
     Asset {
         name: "caas-client.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../console/caas-client.js"),
+        shared: true,
     },
     Asset {
         name: "caas-client.d.ts",
         content_type: "application/typescript; charset=utf-8",
         body: include_str!("../console/caas-client.d.ts"),
+        shared: true,
     },
 ];
 
@@ -85,6 +91,12 @@ fn serve(name: &str, headers: &HeaderMap) -> Response {
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, static_value("nosniff"));
     headers.insert(header::REFERRER_POLICY, static_value("no-referrer"));
     headers.insert(header::X_FRAME_OPTIONS, static_value("DENY"));
+    if asset.shared {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, static_value("*"));
+        headers.insert("cross-origin-resource-policy", static_value("cross-origin"));
+    } else {
+        headers.insert("cross-origin-resource-policy", static_value("same-origin"));
+    }
     response
 }
 

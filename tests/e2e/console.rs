@@ -148,6 +148,12 @@ impl Browser {
         self.command(reqwest::Method::POST, "/execute/sync", Some(json!({"script": script, "args": args}))).await
     }
 
+    /// The value a promise-returning expression resolves to.
+    async fn resolve(&self, expression: &str) -> Value {
+        let script = format!("const done = arguments[arguments.length - 1]; Promise.resolve({expression}).then(done)");
+        self.command(reqwest::Method::POST, "/execute/async", Some(json!({"script": script, "args": []}))).await
+    }
+
     async fn text(&self, id: &str) -> String {
         let value = self.script("const e = document.getElementById(arguments[0]); return e ? e.textContent : null", json!([id])).await;
         value.as_str().unwrap_or_default().to_string()
@@ -435,6 +441,88 @@ async fn console_in_a_real_browser_through_the_gateway() {
     b.quit().await;
     drop(driver);
     eprintln!("console screenshots: {}", shots.display());
+    cluster.shutdown().await;
+}
+
+/// A tenant's app on another origin (127.0.0.2): one page that imports
+/// caas-client.js from the gateway and takes its session from the fragment.
+async fn serve_app(gateway: &str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let page = format!(
+        r#"<!doctype html><meta charset="utf-8"><title>app</title><p id="out">loading</p>
+<script type="module">
+import {{ CaasClient }} from "{gateway}/console/caas-client.js";
+const session = JSON.parse(atob(location.hash.slice(1)));
+window.errors = [];
+window.client = new CaasClient({{ session, baseUrl: "{gateway}" }});
+window.client.addEventListener("error", (e) => window.errors.push(e.detail.code));
+document.getElementById("out").textContent = "ready";
+</script>"#
+    );
+    let app = axum::Router::new().route("/app.html", axum::routing::get(move || async move { axum::response::Html(page) }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    origin
+}
+
+#[tokio::test]
+async fn an_app_on_another_origin_imports_the_client_and_cors_guards_it() {
+    use base64::Engine as _;
+    let Some((browser_binary, driver_binary)) = chromium() else { return };
+    let Some(cluster) = cluster(1, &[]).await else { return };
+    let node = cluster.node();
+    let gateway = format!("http://{}", node.gateway);
+    let app = serve_app(&gateway).await;
+    let tenant = onboard(node, "app").await;
+    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[&app]).await;
+    let session = send(
+        client().post(node.url("/v1/client/test-sessions")).bearer_auth(&tenant.dashboard).json(&json!({"name": "app"})),
+    )
+    .await;
+    assert_eq!(session.status, 201, "{session:?}");
+    let fragment = base64::engine::general_purpose::STANDARD.encode(session.body.to_string());
+
+    let driver = Driver::start(browser_binary, &driver_binary).await;
+    let page = driver.session(1024, &node.dir.join("profile-app")).await;
+    page.goto(&format!("{app}/app.html#{fragment}")).await;
+    page.wait_text("out", Duration::from_secs(10), |t| t == "ready").await;
+
+    // Allowed: a cross-origin call (preflighted) and a socket.
+    let created = page.resolve("client.createConversation(['test:peer']).then(c => 'ok', e => e.code)").await;
+    assert_eq!(created, "ok");
+    page.script("client.connect()", json!([])).await;
+    let open = within(Duration::from_secs(10), || async { page.script("return client.state", json!([])).await == "open" }).await;
+    assert!(open.is_some(), "the socket never opened");
+
+    // The app's Origin removed: the browser's CORS check hides the refusal
+    // from the page (it sees a failed fetch), the gateway logs why, and a
+    // new socket is refused.
+    set_whitelists(node, &tenant, &["127.0.0.1/32"], &["https://elsewhere.example"]).await;
+    let refused = page.resolve("client.createConversation(['test:peer']).then(c => 'ok', e => e.code + ': ' + e.message)").await;
+    let refused = refused.as_str().unwrap().to_string();
+    assert!(refused.starts_with("network_error") && refused.contains("CORS"), "{refused}");
+    let logged = within(Duration::from_secs(10), || {
+        let log = node.access_log();
+        async move {
+            log.lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()).any(|entry| {
+                entry["method"] == "POST"
+                    && entry["path"] == "/v1/conversations"
+                    && entry["status"] == 403
+                    && entry["details"] == "ext_authz_denied"
+            })
+        }
+    })
+    .await;
+    assert!(logged.is_some(), "the gateway did not refuse it: {}", node.access_log());
+    page.script("client.close(); client.connect()", json!([])).await;
+    let socket_refused = within(Duration::from_secs(10), || async {
+        page.script("return window.errors.includes('socket_refused')", json!([])).await == true
+    })
+    .await;
+    assert!(socket_refused.is_some(), "errors: {}", page.script("return window.errors", json!([])).await);
+    page.script("client.close()", json!([])).await;
+    page.quit().await;
+    drop(driver);
     cluster.shutdown().await;
 }
 

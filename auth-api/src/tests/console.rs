@@ -27,6 +27,12 @@ async fn console_files_are_served_with_their_types_and_a_strict_policy() {
         assert!(crate::console::CONTENT_SECURITY_POLICY.starts_with("default-src 'self';"));
         assert_eq!(r.headers["x-content-type-options"], "nosniff");
         assert_eq!(r.headers["cache-control"], "no-cache");
+        // Apps on other origins import the client module; the console's own
+        // files stay its own.
+        let shared = path.starts_with("/console/caas-client");
+        assert_eq!(r.headers.get("access-control-allow-origin").is_some(), shared, "{path}");
+        let policy = if shared { "cross-origin" } else { "same-origin" };
+        assert_eq!(r.headers["cross-origin-resource-policy"], policy, "{path}");
         // Revalidation with the ETag costs a 304 and no body.
         let etag = r.headers["etag"].to_str().unwrap().to_string();
         let mut again = get(path);
