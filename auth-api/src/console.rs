@@ -39,8 +39,18 @@ struct Asset {
 }
 
 const ASSETS: [Asset; 5] = [
-    Asset { name: "", content_type: "text/html; charset=utf-8", body: include_str!("../console/index.html"), shared: false },
-    Asset { name: "console.css", content_type: "text/css; charset=utf-8", body: include_str!("../console/console.css"), shared: false },
+    Asset {
+        name: "",
+        content_type: "text/html; charset=utf-8",
+        body: include_str!("../console/index.html"),
+        shared: false,
+    },
+    Asset {
+        name: "console.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("../console/console.css"),
+        shared: false,
+    },
     Asset {
         name: "console.js",
         content_type: "text/javascript; charset=utf-8",
@@ -76,8 +86,7 @@ fn serve(name: &str, headers: &HeaderMap) -> Response {
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == tag));
-    let mut response =
-        if fresh { StatusCode::NOT_MODIFIED.into_response() } else { asset.body.into_response() };
+    let mut response = if fresh { StatusCode::NOT_MODIFIED.into_response() } else { asset.body.into_response() };
     let headers = response.headers_mut();
     let static_value = HeaderValue::from_static;
     headers.insert(header::CONTENT_TYPE, static_value(asset.content_type));
@@ -131,7 +140,8 @@ pub async fn activity(
     DashboardCaller(caller): DashboardCaller,
     query: Result<Query<ActivityQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Query(query) = query.map_err(|_| ApiError::invalid("invalid_query", "query", "unknown or malformed parameter"))?;
+    let Query(query) =
+        query.map_err(|_| ApiError::invalid("invalid_query", "query", "unknown or malformed parameter"))?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=MAX_ACTIVITY_PAGE).contains(&limit) {
         return Err(ApiError::invalid("invalid_limit", "limit", format!("limit must be 1 to {MAX_ACTIVITY_PAGE}")));
@@ -178,6 +188,8 @@ pub async fn create_test_session(
 ) -> Result<impl IntoResponse, ApiError> {
     let tokens = state
         .credentials()
-        .create_test_session(&caller, &body.name, body.access_ttl_seconds, unix_now()).await.map_err(api_error)?;
+        .create_test_session(&caller, &body.name, body.access_ttl_seconds, unix_now())
+        .await
+        .map_err(api_error)?;
     Ok((StatusCode::CREATED, Json(crate::sdk::session_tokens(tokens))))
 }

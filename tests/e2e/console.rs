@@ -80,10 +80,13 @@ impl Driver {
             format!("--window-size={width},900"),
             format!("--user-data-dir={}", profile.display()),
         ];
-        let capabilities = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {"binary": self.browser.display().to_string(), "args": args},
-        }}});
+        // A phone's viewport is emulated (a headless window has a minimum width).
+        let mut options = json!({"binary": self.browser.display().to_string(), "args": args});
+        if width < 600 {
+            options["mobileEmulation"] = json!({"deviceMetrics": {"width": width, "height": 844, "pixelRatio": 2.0}});
+        }
+        let capabilities =
+            json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}});
         let response = self.http.post(format!("{}/session", self.url)).json(&capabilities).send().await.unwrap();
         let body: Value = response.json().await.unwrap();
         let id = body["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {body}"));
@@ -155,7 +158,9 @@ impl Browser {
     }
 
     async fn text(&self, id: &str) -> String {
-        let value = self.script("const e = document.getElementById(arguments[0]); return e ? e.textContent : null", json!([id])).await;
+        let value = self
+            .script("const e = document.getElementById(arguments[0]); return e ? e.textContent : null", json!([id]))
+            .await;
         value.as_str().unwrap_or_default().to_string()
     }
 
@@ -266,13 +271,16 @@ async fn console_in_a_real_browser_through_the_gateway() {
     assert_eq!(a.text("profile-email").await, email);
     a.screenshot(&shots, "profile").await;
     // Usable at phone width: nothing wider than the screen.
+    let viewport = a.script("return window.innerWidth", json!([])).await;
+    assert_eq!(viewport, 390, "not a phone's width");
     let overflow =
         a.script("return document.documentElement.scrollWidth - document.documentElement.clientWidth", json!([])).await;
     assert!(overflow.as_i64().unwrap() <= 0, "the page scrolls sideways at 390 px: {overflow}");
 
     // The test's own dashboard session, to see what was stored.
     let http = client();
-    let login = send(http.post(node.url("/v1/client/login")).json(&json!({"email": email, "password": PASSWORD}))).await;
+    let login =
+        send(http.post(node.url("/v1/client/login")).json(&json!({"email": email, "password": PASSWORD}))).await;
     let dashboard = login.body["access_token"].as_str().unwrap().to_string();
 
     // API keys: rotate (the old one stays as secondary), then revoke it.
@@ -322,7 +330,8 @@ async fn console_in_a_real_browser_through_the_gateway() {
 
     // Activity lists each change, newest first.
     a.open_page("activity").await;
-    let (activity, _) = a.wait_text("activity-body", Duration::from_secs(5), |t| t.contains("rate_limits.updated")).await;
+    let (activity, _) =
+        a.wait_text("activity-body", Duration::from_secs(5), |t| t.contains("rate_limits.updated")).await;
     let order = [
         "rate_limits.updated",
         "origin_whitelist.updated",
@@ -332,7 +341,8 @@ async fn console_in_a_real_browser_through_the_gateway() {
         "client.login",
         "client.registered",
     ];
-    let positions: Vec<usize> = order.iter().map(|a| activity.find(a).unwrap_or_else(|| panic!("{a}: {activity}"))).collect();
+    let positions: Vec<usize> =
+        order.iter().map(|a| activity.find(a).unwrap_or_else(|| panic!("{a}: {activity}"))).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "newest first: {activity}");
     assert_eq!(activity.matches("ip_whitelist.updated").count(), 1, "the refused list was not recorded");
     a.screenshot(&shots, "activity").await;
@@ -460,7 +470,8 @@ window.client.addEventListener("error", (e) => window.errors.push(e.detail.code)
 document.getElementById("out").textContent = "ready";
 </script>"#
     );
-    let app = axum::Router::new().route("/app.html", axum::routing::get(move || async move { axum::response::Html(page) }));
+    let app =
+        axum::Router::new().route("/app.html", axum::routing::get(move || async move { axum::response::Html(page) }));
     tokio::spawn(async move { axum::serve(listener, app).await });
     origin
 }
@@ -476,7 +487,10 @@ async fn an_app_on_another_origin_imports_the_client_and_cors_guards_it() {
     let tenant = onboard(node, "app").await;
     set_whitelists(node, &tenant, &["127.0.0.1/32"], &[&app]).await;
     let session = send(
-        client().post(node.url("/v1/client/test-sessions")).bearer_auth(&tenant.dashboard).json(&json!({"name": "app"})),
+        client()
+            .post(node.url("/v1/client/test-sessions"))
+            .bearer_auth(&tenant.dashboard)
+            .json(&json!({"name": "app"})),
     )
     .await;
     assert_eq!(session.status, 201, "{session:?}");
@@ -491,14 +505,17 @@ async fn an_app_on_another_origin_imports_the_client_and_cors_guards_it() {
     let created = page.resolve("client.createConversation(['test:peer']).then(c => 'ok', e => e.code)").await;
     assert_eq!(created, "ok");
     page.script("client.connect()", json!([])).await;
-    let open = within(Duration::from_secs(10), || async { page.script("return client.state", json!([])).await == "open" }).await;
+    let open =
+        within(Duration::from_secs(10), || async { page.script("return client.state", json!([])).await == "open" })
+            .await;
     assert!(open.is_some(), "the socket never opened");
 
     // The app's Origin removed: the browser's CORS check hides the refusal
     // from the page (it sees a failed fetch), the gateway logs why, and a
     // new socket is refused.
     set_whitelists(node, &tenant, &["127.0.0.1/32"], &["https://elsewhere.example"]).await;
-    let refused = page.resolve("client.createConversation(['test:peer']).then(c => 'ok', e => e.code + ': ' + e.message)").await;
+    let refused =
+        page.resolve("client.createConversation(['test:peer']).then(c => 'ok', e => e.code + ': ' + e.message)").await;
     let refused = refused.as_str().unwrap().to_string();
     assert!(refused.starts_with("network_error") && refused.contains("CORS"), "{refused}");
     let logged = within(Duration::from_secs(10), || {

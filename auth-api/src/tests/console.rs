@@ -184,11 +184,13 @@ async fn the_audit_log_pages_newest_first_for_the_callers_tenant_only() {
     assert_eq!(cursor, ids[2]);
 
     let r = h.send(h.signed(Method::GET, &format!("{AUDIT_LOG}?limit=3&before={cursor}"), &ctx, None)).await;
-    let actions: Vec<&str> = r.body["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> =
+        r.body["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["ip_whitelist.updated", "ip_whitelist.updated", "client.login"], "{}", r.text);
     let cursor = r.body["next_before"].as_i64().unwrap();
     let r = h.send(h.signed(Method::GET, &format!("{AUDIT_LOG}?before={cursor}"), &ctx, None)).await;
-    let actions: Vec<&str> = r.body["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> =
+        r.body["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["client.registered"], "only this tenant's rows: {}", r.text);
     assert!(r.body["next_before"].is_null());
 
