@@ -478,6 +478,7 @@ fn fixed_sets_keep_their_strings() {
             "client.password_changed",
             "client.password_change_failed",
             "end_user.revoked",
+            "session.test_created",
         ]
     );
     for action in AuditAction::ALL {
