@@ -201,6 +201,14 @@ impl Browser {
         self.wait_page(name).await;
     }
 
+    /// Presses a key (WebDriver's key codes: Tab is \u{E004}).
+    async fn press(&self, key: &str) {
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key},
+        ]}]});
+        self.command(reqwest::Method::POST, "/actions", Some(actions)).await;
+    }
+
     async fn screenshot(&self, dir: &Path, name: &str) {
         use base64::Engine as _;
         let png = self.command(reqwest::Method::GET, "/screenshot", None).await;
@@ -258,6 +266,25 @@ async fn console_in_a_real_browser_through_the_gateway() {
     a.goto(&node.url("/console")).await; // the bare path redirects
     a.wait_page("signin").await;
     a.screenshot(&shots, "signin").await;
+    // Every field has a label, and the keyboard reaches the form with a visible focus ring.
+    let unlabelled = a
+        .script(
+            "return [...document.querySelectorAll('input, textarea')].filter(e => e.labels.length === 0).map(e => e.id)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(unlabelled, json!([]), "fields without a label");
+    let mut focused = Value::Null;
+    for _ in 0..6 {
+        a.press("\u{E004}").await;
+        focused = a.script("return document.activeElement.id", json!([])).await;
+        if focused == "signin-email" {
+            break;
+        }
+    }
+    assert_eq!(focused, "signin-email", "Tab does not reach the sign-in form");
+    let outline = a.script("return getComputedStyle(document.activeElement).outlineStyle", json!([])).await;
+    assert_ne!(outline, "none", "no visible focus");
     let email = format!("{}@example.com", caas_core::id::new_id("console").to_lowercase());
     a.fill("#register-name", "Console Co").await;
     a.fill("#register-email", &email).await;
