@@ -477,6 +477,10 @@ async fn console_in_a_real_browser_through_the_gateway() {
     a.quit().await;
     b.quit().await;
     drop(driver);
+    // The browsers' profiles are of no use afterwards; the screenshots stay.
+    for profile in ["profile-a", "profile-b"] {
+        let _ = std::fs::remove_dir_all(node.dir.join(profile));
+    }
     eprintln!("console screenshots: {}", shots.display());
     cluster.shutdown().await;
 }
@@ -567,6 +571,7 @@ async fn an_app_on_another_origin_imports_the_client_and_cors_guards_it() {
     page.script("client.close()", json!([])).await;
     page.quit().await;
     drop(driver);
+    let _ = std::fs::remove_dir_all(node.dir.join("profile-app"));
     cluster.shutdown().await;
 }
 
