@@ -373,6 +373,22 @@ async fn console_in_a_real_browser_through_the_gateway() {
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "newest first: {activity}");
     assert_eq!(activity.matches("ip_whitelist.updated").count(), 1, "the refused list was not recorded");
     a.screenshot(&shots, "activity").await;
+    // Pages of 20: more changes push the first ones to the next page.
+    for i in 0..15 {
+        let cidrs = json!({ "cidrs": ["127.0.0.1/32", format!("10.{i}.0.0/16")] });
+        let r = send(http.put(node.url("/v1/client/ip-whitelist")).bearer_auth(&dashboard).json(&cidrs)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    a.open_page("profile").await;
+    a.open_page("activity").await;
+    wait_rows(&a, "activity-body", 20).await;
+    a.wait_text("activity-body", Duration::from_secs(5), |t| !t.contains("client.registered")).await;
+    a.click("#activity-older").await;
+    a.wait_text("activity-body", Duration::from_secs(5), |t| t.contains("client.registered")).await;
+    let oldest = a.script("const rows = document.getElementById('activity-body').rows; return rows[rows.length - 1].cells[1].textContent", json!([])).await;
+    assert_eq!(oldest, "client.registered", "the oldest entry comes last");
+    let disabled = a.script("return document.getElementById('activity-older').disabled", json!([])).await;
+    assert_eq!(disabled, true, "the last page offers no older one");
 
     // Try it: two test users of the tenant, one browser each.
     a.open_page("try").await;
