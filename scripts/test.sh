@@ -73,6 +73,23 @@ else
   fi
 fi
 
+# The console's browser tests (tests/e2e/console.rs) drive Debian's Chromium
+# through chromedriver.
+if ! { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "chromium/chromedriver not found: installing them (apt-get install chromium chromium-driver)…" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; } || true
+  fi
+  if ! { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; }; then
+    echo "warning: chromium and chromedriver are not installed; the console's browser test needs them" >&2
+    if [ "${CI:-}" = "true" ]; then
+      echo "error: CI=true and chromium/chromedriver are missing; refusing to skip that test" >&2
+      exit 1
+    fi
+  fi
+fi
+
 # The TLS tests (core/src/tests/tls.rs) start a PostgreSQL and a Redis of
 # their own with ssl on, as the `postgres` user when run as root.
 tls_ready() {

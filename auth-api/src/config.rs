@@ -26,6 +26,9 @@ pub struct AuthApiArgs {
     /// Registrations per client IP per hour.
     #[arg(long, env = "REGISTRATIONS_PER_IP_PER_HOUR", default_value_t = 20)]
     pub registrations_per_ip_per_hour: u64,
+    /// Test end-user sessions (the console's "try it" page) per tenant per hour.
+    #[arg(long, env = "TEST_SESSIONS_PER_TENANT_PER_HOUR", default_value_t = 60)]
+    pub test_sessions_per_tenant_per_hour: u64,
     /// Password hashes (Argon2, ~19 MiB each) computed at once; when all are
     /// busy, logins and registrations get 503 `overloaded` at once. Default:
     /// the available parallelism (cores).
@@ -57,6 +60,9 @@ impl AuthApiArgs {
         if self.login_max_failures_per_email == 0 || self.login_max_failures_per_ip == 0 {
             problems.add("LOGIN_MAX_FAILURES_PER_EMAIL and LOGIN_MAX_FAILURES_PER_IP must be at least 1");
         }
+        if self.test_sessions_per_tenant_per_hour == 0 {
+            problems.add("TEST_SESSIONS_PER_TENANT_PER_HOUR must be at least 1");
+        }
         if self.password_hash_concurrency == Some(0) {
             problems.add("PASSWORD_HASH_CONCURRENCY must be at least 1");
         }
@@ -79,6 +85,7 @@ impl AuthApiArgs {
             login_window: self.login_failure_window,
             registrations_per_ip: self.registrations_per_ip_per_hour,
             registration_window: Duration::from_secs(3600),
+            test_sessions_per_tenant: self.test_sessions_per_tenant_per_hour,
             retention: self.retention.retention(),
             password_hash_concurrency: self
                 .password_hash_concurrency

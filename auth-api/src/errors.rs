@@ -15,7 +15,12 @@ pub(crate) fn api_error(error: CredentialError) -> ApiError {
         CredentialError::InvalidNewPassword(_) => ApiError::invalid("invalid_password", "new_password", message),
         CredentialError::WrongCurrentPassword => ApiError::forbidden("invalid_current_password", message),
         CredentialError::GraceTooLong => ApiError::invalid("invalid_grace_seconds", "grace_seconds", message),
-        CredentialError::InvalidUserId => ApiError::invalid("invalid_user_id", "user_id", message),
+        CredentialError::InvalidTestAccessTtl(_) => {
+            ApiError::invalid("invalid_access_ttl", "access_ttl_seconds", message)
+        }
+        CredentialError::InvalidUserId | CredentialError::ReservedUserId => {
+            ApiError::invalid("invalid_user_id", "user_id", message)
+        }
         CredentialError::MetadataTooLarge | CredentialError::MetadataNotObject => {
             ApiError::invalid("invalid_metadata", "metadata", message)
         }

@@ -10,6 +10,7 @@
 
 mod client;
 pub mod config;
+pub mod console;
 mod errors;
 mod extract;
 mod internal;
@@ -57,6 +58,8 @@ pub struct Settings {
     pub login_window: Duration,
     pub registrations_per_ip: u64,
     pub registration_window: Duration,
+    /// Test end-user sessions per tenant per hour (`TEST_SESSIONS_PER_TENANT_PER_HOUR`).
+    pub test_sessions_per_tenant: u64,
     pub retention: caas_core::retention::Retention,
     /// Password hashes computed at once (`PASSWORD_HASH_CONCURRENCY`).
     pub password_hash_concurrency: usize,
@@ -108,6 +111,12 @@ impl AppState {
                 "register-ip",
                 settings.registrations_per_ip,
                 settings.registration_window,
+                cache.clone(),
+            ),
+            test_sessions: RateLimiter::new(
+                "test-session",
+                settings.test_sessions_per_tenant,
+                Duration::from_secs(3600),
                 cache.clone(),
             ),
             known_addresses: KnownAddresses::new(cache),
@@ -208,6 +217,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(client::get_ip_whitelist, client::put_ip_whitelist))
         .routes(routes!(client::get_origin_whitelist, client::put_origin_whitelist))
         .routes(routes!(quotas::get_rate_limits, quotas::put_rate_limits))
+        .routes(routes!(console::activity))
+        .routes(routes!(console::create_test_session))
         .routes(routes!(sdk::create_session))
         .routes(routes!(sdk::refresh))
         .routes(routes!(sdk::logout))
@@ -232,6 +243,8 @@ pub fn app(state: AppState) -> Router {
     let spec = Arc::new(spec);
     router
         .route("/openapi.json", get(move || async move { axum::Json(spec.as_ref().clone()) }))
+        .route(console::PREFIX, get(console::index))
+        .route("/console/{file}", get(console::asset))
         .route("/health", get(ops::health))
         .route("/livez", get(caas_http::live))
         .route("/metrics", get(ops::metrics))

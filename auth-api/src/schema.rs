@@ -195,3 +195,25 @@ pub(crate) fn ip_address() -> utoipa::openapi::schema::Schema {
         .build()
         .into()
 }
+
+/// One audit row, as the console's activity page lists it.
+#[derive(Serialize, ToSchema)]
+pub struct ActivityEntry {
+    pub id: i64,
+    /// `api_key.rotated`, `ip_whitelist.updated`, `client.login`, …
+    pub action: String,
+    /// The dashboard account, API key or end user that acted.
+    pub actor: Option<String>,
+    pub ip: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub detail: Option<serde_json::Value>,
+    pub created_at: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ActivityPage {
+    /// Newest first.
+    pub entries: Vec<ActivityEntry>,
+    /// Pass as `before` for the next (older) page; null on the last.
+    pub next_before: Option<i64>,
+}

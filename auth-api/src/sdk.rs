@@ -49,7 +49,7 @@ pub struct LogoutRequest {
     refresh_token: Option<String>,
 }
 
-fn session_tokens(tokens: SdkTokens) -> SessionTokens {
+pub(crate) fn session_tokens(tokens: SdkTokens) -> SessionTokens {
     SessionTokens {
         access_token: tokens.access.token,
         refresh_token: tokens.refresh_token,

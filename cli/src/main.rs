@@ -59,6 +59,7 @@ fn print_welcome(stack: &Stack, config: &UpConfig) {
     eprintln!(
         "\nCAAS is up.\n\
          \x20 gateway    {gateway}   (Envoy admin {admin})\n\
+         \x20 console    {gateway}/console/   (register, keys, whitelists, quotas, activity, try it)\n\
          \x20 auth-api   http://{auth}   ext-authz grpc {authz}, metrics http://{ops}/metrics\n\
          \x20 chat       http://{chat}   socket http://{socket} (WebSocket through the gateway: /v1/ws)\n\
          \x20 storage    {store}   cache and bus: {bus}\n\n\

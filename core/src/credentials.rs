@@ -34,6 +34,12 @@ pub const DEFAULT_GRACE_SECONDS: u64 = 86_400;
 pub const MAX_CLIENT_NAME_CHARS: usize = 100;
 pub const MAX_END_USER_NAME_CHARS: usize = 200;
 pub const MAX_METADATA_BYTES: usize = 4096;
+/// End-user ids under this prefix belong to the console's test sessions
+/// (`create_test_session`); a client's backend cannot create them, so a test
+/// user is never mistaken for a real one, and activity shows which is which.
+pub const TEST_USER_PREFIX: &str = "test:";
+/// Shortest first access token of a test session, in seconds.
+pub const MIN_TEST_ACCESS_TTL: i64 = 20;
 /// A dashboard session's `last_used_at` is written at most this often.
 pub const TOUCH_EVERY_SECONDS: i64 = 60;
 /// Sessions whose last use this process remembers writing (beyond it, a
@@ -61,6 +67,13 @@ pub enum CredentialError {
     GraceTooLong,
     #[error("user_id must be 1 to {} bytes without spaces or control characters", crate::chat::MAX_USER_ID_BYTES)]
     InvalidUserId,
+    /// An API-key caller naming a user under `TEST_USER_PREFIX` (400 on `user_id`).
+    #[error("user ids starting with \"{TEST_USER_PREFIX}\" are reserved for the console's test sessions")]
+    ReservedUserId,
+    /// A test session's `access_ttl_seconds` out of bounds (400); the
+    /// upper bound, the configured access-token lifetime, is carried.
+    #[error("access_ttl_seconds must be {MIN_TEST_ACCESS_TTL} to {0}")]
+    InvalidTestAccessTtl(i64),
     #[error("name must be at most {MAX_END_USER_NAME_CHARS} printable characters")]
     InvalidEndUserName,
     #[error("metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")]
@@ -116,6 +129,8 @@ pub struct Throttles {
     pub login_by_email: RateLimiter,
     pub login_by_ip: RateLimiter,
     pub registrations: RateLimiter,
+    /// Test end-user sessions started from the console, per tenant.
+    pub test_sessions: RateLimiter,
     pub known_addresses: KnownAddresses,
     /// Every password hash and check runs under this bound.
     pub hashing: Hashing,
@@ -271,6 +286,19 @@ impl Credentials {
     }
 
     fn issue(&self, audience: Audience, tenant_id: &str, subject: &str, session_id: &str, now: i64) -> AccessGrant {
+        self.issue_for(self.access_ttl(), audience, tenant_id, subject, session_id, now)
+    }
+
+    /// An access token living `ttl` seconds.
+    fn issue_for(
+        &self,
+        ttl: i64,
+        audience: Audience,
+        tenant_id: &str,
+        subject: &str,
+        session_id: &str,
+        now: i64,
+    ) -> AccessGrant {
         let jwt = self.validator.jwt();
         let claims = Claims {
             iss: jwt.issuer().to_string(),
@@ -280,10 +308,10 @@ impl Credentials {
             sid: session_id.into(),
             jti: new_id("jti"),
             iat: now,
-            exp: now + self.access_ttl(),
+            exp: now + ttl,
             nbf: None,
         };
-        AccessGrant { token: jwt.issue(&claims), expires_in: self.access_ttl(), session_id: session_id.into() }
+        AccessGrant { token: jwt.issue(&claims), expires_in: ttl, session_id: session_id.into() }
     }
 
     fn sdk_tokens(&self, tenant_id: &str, user_id: &str, session_id: &str, refresh: String, now: i64) -> SdkTokens {
@@ -445,6 +473,9 @@ impl Credentials {
         if !crate::chat::is_valid_user_id(&request.user_id) {
             return Err(CredentialError::InvalidUserId);
         }
+        if request.user_id.starts_with(TEST_USER_PREFIX) {
+            return Err(CredentialError::ReservedUserId);
+        }
         if request
             .name
             .as_ref()
@@ -467,6 +498,57 @@ impl Credentials {
         self.store.create_sdk_session(&new, &audit, now).await?;
         self.validator.metrics().session_creations.get_or_create(&[("kind", SessionKind::Sdk.as_str())]).inc();
         Ok(self.sdk_tokens(&new.client_id, &new.user_id, &new.session_id, refresh, now))
+    }
+
+    /// A session for the test end user `TEST_USER_PREFIX + name` of the
+    /// caller's tenant (a dashboard caller), so the console's "try it" page
+    /// chats as an end user without a browser ever holding an API key.
+    /// Throttled per tenant, audited as `session.test_created` by the
+    /// dashboard account, and the user's metadata says `{"test": true}`.
+    /// Otherwise an ordinary end-user session: refresh, logout and bans apply.
+    /// `access_ttl` (seconds, from `MIN_TEST_ACCESS_TTL` up to the configured
+    /// lifetime) shortens its first access token, so a tenant can watch a
+    /// refresh happen; refreshed tokens get the configured lifetime.
+    pub async fn create_test_session(
+        &self,
+        caller: &RequestContext,
+        name: &str,
+        access_ttl: Option<i64>,
+        now: i64,
+    ) -> Result<SdkTokens> {
+        if caller.auth_type != AuthType::Dashboard {
+            return Err(CredentialError::NoSessionNamed);
+        }
+        let ttl = access_ttl.unwrap_or(self.access_ttl());
+        if !(MIN_TEST_ACCESS_TTL..=self.access_ttl()).contains(&ttl) {
+            return Err(CredentialError::InvalidTestAccessTtl(self.access_ttl()));
+        }
+        let user_id = format!("{TEST_USER_PREFIX}{name}");
+        if name.is_empty() || !crate::chat::is_valid_user_id(&user_id) {
+            return Err(CredentialError::InvalidUserId);
+        }
+        self.throttles.test_sessions.hit(&caller.tenant_id).await?;
+        let (refresh, refresh_hash) = refresh_token::generate();
+        let new = NewSdkSession {
+            session_id: new_id("ses"),
+            client_id: caller.tenant_id.clone(),
+            user_id,
+            name: Some(name.to_string()),
+            metadata: Some(serde_json::json!({ "test": true }).to_string()),
+            refresh_hash,
+            refresh_expires_at: now + self.refresh_ttl(),
+        };
+        let mut audit = audit_by(caller, &caller.user_id, AuditAction::TestSessionCreated);
+        audit.detail = Some(serde_json::json!({ "test": true }));
+        self.store.create_sdk_session(&new, &audit, now).await?;
+        self.validator.metrics().session_creations.get_or_create(&[("kind", SessionKind::Sdk.as_str())]).inc();
+        Ok(SdkTokens {
+            access: self.issue_for(ttl, Audience::Sdk, &new.client_id, &new.user_id, &new.session_id, now),
+            refresh_token: refresh,
+            refresh_expires_in: self.refresh_ttl(),
+            session_id: new.session_id,
+            user_id: new.user_id,
+        })
     }
 
     /// Uses a refresh token once. A reused one revokes its session, which is

@@ -59,6 +59,7 @@ exact  /v1/sdk/logout       refresh
 exact  /v1/ws               end_user
 prefix /v1/conversations    end_user
 prefix /v1/messages         end_user
+prefix /console/            public
 ";
 
 impl PolicyTable {
@@ -166,6 +167,9 @@ mod tests {
             ("/v1/ws?token=x", Some(Policy::EndUser)),
             ("/v1/conversations", Some(Policy::EndUser)),
             ("/v1/messages?conversation_id=c", Some(Policy::EndUser)),
+            ("/console/", Some(Policy::Public)),
+            ("/console/caas-client.js", Some(Policy::Public)),
+            ("/console", None),
             ("/v1/sdk/session/extra", None),
             ("/api/v1/auth/internal/validate", None),
             ("/", None),

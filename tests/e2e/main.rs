@@ -9,6 +9,7 @@ mod harness;
 
 mod attacks;
 mod caas_up;
+mod console;
 mod docs;
 mod end_user;
 mod failure;

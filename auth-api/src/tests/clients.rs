@@ -395,6 +395,7 @@ async fn openapi_document_matches_the_routes() {
     let expected = [
         "DELETE /api/v1/auth/client/api-keys/{id}",
         "GET /api/v1/auth/client/api-keys",
+        "GET /api/v1/auth/client/audit-log",
         "GET /api/v1/auth/client/ip-whitelist",
         "GET /api/v1/auth/client/origin-whitelist",
         "GET /api/v1/auth/client/profile",
@@ -405,6 +406,7 @@ async fn openapi_document_matches_the_routes() {
         "POST /api/v1/auth/client/logout",
         "POST /api/v1/auth/client/logout-all",
         "POST /api/v1/auth/client/register",
+        "POST /api/v1/auth/client/test-sessions",
         "POST /api/v1/auth/internal/validate",
         "POST /api/v1/auth/internal/validate-api-key",
         "POST /api/v1/auth/logout",

@@ -55,6 +55,7 @@ pub fn config() -> Config {
             login_max_failures_per_ip: 20,
             login_failure_window: Duration::from_secs(900),
             registrations_per_ip_per_hour: 1000,
+            test_sessions_per_tenant_per_hour: 5,
             retention: crate::config::RetentionArgs {
                 audit_retention: Duration::from_secs(90 * 86_400),
                 purge_interval: Duration::from_secs(3600),

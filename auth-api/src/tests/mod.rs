@@ -3,6 +3,7 @@
 
 mod abuse;
 mod clients;
+mod console;
 mod harness;
 mod internal;
 mod lifecycle;

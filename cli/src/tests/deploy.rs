@@ -540,6 +540,8 @@ fn mesh_routes_send_every_public_path_where_the_gateway_does() {
         "/v1/conversations/c_1/messages",
         "/v1/messages",
         "/v1/sdk/session/x",
+        "/console/",
+        "/console/caas-client.js",
         "/v1/nope",
         "/api/v1/auth/internal/validate",
     ] {

@@ -21,6 +21,8 @@ caas_rules::names! {
         ClientPasswordChanged = "client.password_changed",
         ClientPasswordChangeFailed = "client.password_change_failed",
         EndUserRevoked = "end_user.revoked",
+        /// The console's "try it" page started a session for a test end user.
+        TestSessionCreated = "session.test_created",
     }
 }
 
@@ -44,6 +46,8 @@ impl AuditEntry {
 /// `action` stays a string: history may hold values from other versions.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct AuditRecord {
+    /// Increasing: the cursor of `audit_page`.
+    pub id: i64,
     pub client_id: Option<String>,
     pub actor: Option<String>,
     pub action: String,
@@ -73,11 +77,26 @@ impl Store {
 
     /// Newest first.
     pub async fn audit_log(&self, client_id: &str, limit: i64) -> Result<Vec<AuditRecord>> {
-        Ok(sqlx::query_as("SELECT client_id, actor, action, ip, detail, created_at FROM audit_log WHERE client_id = $1 ORDER BY id DESC LIMIT $2")
+        Ok(sqlx::query_as("SELECT id, client_id, actor, action, ip, detail, created_at FROM audit_log WHERE client_id = $1 ORDER BY id DESC LIMIT $2")
             .bind(client_id)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    /// Newest first, at most `limit` rows older than the row `before` (all
+    /// when `None`): one page of the tenant's activity. Uses the
+    /// `audit_log_client (client_id, id)` index.
+    pub async fn audit_page(&self, client_id: &str, before: Option<i64>, limit: i64) -> Result<Vec<AuditRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT id, client_id, actor, action, ip, detail, created_at FROM audit_log \
+             WHERE client_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+        )
+        .bind(client_id)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
     }
 }
 

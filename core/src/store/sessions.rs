@@ -121,8 +121,15 @@ impl Store {
         .bind(new.refresh_expires_at)
         .execute(&mut *tx)
         .await?;
+        // The session and user, beside whatever the caller recorded (a test session's flag).
         let mut audit = audit.clone();
-        audit.detail = Some(serde_json::json!({ "session_id": new.session_id, "user_id": new.user_id }));
+        let mut detail = match audit.detail.take() {
+            Some(serde_json::Value::Object(fields)) => fields,
+            _ => serde_json::Map::new(),
+        };
+        detail.insert("session_id".into(), new.session_id.clone().into());
+        detail.insert("user_id".into(), new.user_id.clone().into());
+        audit.detail = Some(serde_json::Value::Object(detail));
         insert_audit(&mut tx, &audit, now).await?;
         tx.commit().await?;
         Ok(())

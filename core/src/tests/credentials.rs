@@ -69,6 +69,7 @@ fn fixture_limited(store: Store, failures: u64) -> Fixture {
         login_by_email: limiter("login-email"),
         login_by_ip: limiter("login-ip"),
         registrations: limiter("register-ip"),
+        test_sessions: limiter("test-session"),
         known_addresses: crate::loginguard::KnownAddresses::new(cache.clone()),
         hashing: crate::loginguard::Hashing::new(4),
     };
@@ -477,6 +478,7 @@ fn fixed_sets_keep_their_strings() {
             "client.password_changed",
             "client.password_change_failed",
             "end_user.revoked",
+            "session.test_created",
         ]
     );
     for action in AuditAction::ALL {

@@ -45,6 +45,7 @@ async fn guarded(cache: Arc<dyn Cache>, hashing_limit: usize) -> Guarded {
         login_by_email: RateLimiter::new("login-email", PER_EMAIL, window, cache.clone()),
         login_by_ip: RateLimiter::new("login-ip", PER_IP, window, cache.clone()),
         registrations: RateLimiter::new("register-ip", 1000, window, cache.clone()),
+        test_sessions: RateLimiter::new("test-session", 1000, window, cache.clone()),
         known_addresses: KnownAddresses::new(cache),
         hashing: hashing.clone(),
     };

@@ -339,7 +339,30 @@ async fn expired_sessions_and_old_audit_rows_are_purged(store: Store) {
     assert!(store.changes_after(0, 10).await.unwrap().is_empty());
 }
 
+/// The console's activity pages: newest first, one tenant's rows, a cursor
+/// that neither skips nor repeats a row.
+async fn audit_pages_walk_a_tenants_log_newest_first(store: Store) {
+    let (client_id, _, _, _) = register(&store, "pages@example.com").await;
+    let (other, _, _, _) = register(&store, "other-pages@example.com").await;
+    for action in ["api_key.rotated", "api_key.revoked", "ip_whitelist.updated", "origin_whitelist.updated"] {
+        store.audit(&audit(&client_id, action), NOW).await.unwrap();
+        store.audit(&audit(&other, "client.login"), NOW).await.unwrap();
+    }
+    let first = store.audit_page(&client_id, None, 2).await.unwrap();
+    let actions: Vec<&str> = first.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["origin_whitelist.updated", "ip_whitelist.updated"]);
+    let second = store.audit_page(&client_id, Some(first[1].id), 2).await.unwrap();
+    let actions: Vec<&str> = second.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["api_key.revoked", "api_key.rotated"]);
+    let last = store.audit_page(&client_id, Some(second[1].id), 2).await.unwrap();
+    let actions: Vec<&str> = last.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["client.registered"]);
+    assert!(store.audit_page(&client_id, Some(last[0].id), 2).await.unwrap().is_empty());
+    assert_eq!(store.audit_log(&client_id, 1).await.unwrap()[0].id, first[0].id);
+}
+
 crate::store_conformance!(
+    audit_pages_walk_a_tenants_log_newest_first,
     expired_sessions_and_old_audit_rows_are_purged,
     registration_is_atomic_and_emails_unique,
     key_rotation_keeps_at_most_two_keys,
