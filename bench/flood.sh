@@ -6,6 +6,10 @@
 # side in one run, ROUNDS interleaved rounds of:
 #   alone   the honest tenant only (wrk, CONNECTIONS connections)
 #   flood   the same, with the forged-key flood running beside it
+#   shape   the same flood, but every key's checksum wrong: refused by its
+#           shape before any lookup (and counted against the address like
+#           the forged ones), so the same traffic without the database
+#           load: the baseline the forged flood is held to (>= 0.9x)
 # Reports the honest tenant's req/s in each (median; its quotas raised to
 # their maximums so they are not what is measured) and ext-authz's database
 # reads (`auth_db_reads`: incremented wherever validation goes to the store,
@@ -107,9 +111,16 @@ function forge()
   body = table.concat(body)
   local v, sum = crc32(body), {}
   for i = 6, 1, -1 do sum[i] = digit(v % 62); v = math.floor(v / 62) end
-  return "caas_" .. body .. table.concat(sum)
+  local key = "caas_" .. body .. table.concat(sum)
+  if bad_checksum then
+    -- The last checksum digit moved on by one: the same shape, never valid.
+    local last = alphabet:find(key:sub(-1), 1, true) % 62
+    key = key:sub(1, -2) .. digit(last)
+  end
+  return key
 end
 local wait_ms = tonumber(os.getenv("FLOOD_DELAY_MS") or "0")
+bad_checksum = os.getenv("BAD_CHECKSUM") == "1"
 function setup(thread) thread:set("seed", math.random(1, 2^31)) end
 function init() math.randomseed(seed or os.time()) end
 if os.getenv("FORGE_ONE") then print(forge()) os.exit(0) end
@@ -129,8 +140,8 @@ pg_scans() {
   psql -qtA "$DB_URL" -c "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'api_keys'"
 }
 refused() { metric 'gateway_auth_failures_total\{.*reason="too_many_failures"'; }
-flood() { # SECONDS -> forged requests sent
-  wrk -t1 -c"$FLOOD_CONNECTIONS" -d"$1" -s "$WORK/forge.lua" -H "x-forwarded-for: $FLOOD_IP" "$GW/bench/key" \
+flood() { # SECONDS [BAD_CHECKSUM] -> forged requests sent
+  BAD_CHECKSUM=${2:-0} wrk -t1 -c"$FLOOD_CONNECTIONS" -d"$1" -s "$WORK/forge.lua" -H "x-forwarded-for: $FLOOD_IP" "$GW/bench/key" \
     | awk '/requests in/ {print $1}'
 }
 honest() { # -> req/s, requests, non-2xx
@@ -144,6 +155,11 @@ one=$(FORGE_ONE=1 wrk -s "$WORK/forge.lua" "$GW/" 2>/dev/null | head -1)
 before=$(reads)
 curl -s -o /dev/null -H "x-api-key: $one" -H "x-forwarded-for: 192.0.2.77" "$GW/bench/key"
 [ "$(( $(reads) - before ))" = 1 ] || { echo "a forged key ($one) did not reach the store: checksum wrong?" >&2; exit 1; }
+# …and one with its checksum spoiled must not.
+bad=$(BAD_CHECKSUM=1 FORGE_ONE=1 wrk -s "$WORK/forge.lua" "$GW/" 2>/dev/null | head -1)
+before=$(reads)
+status=$(curl -s -o /dev/null -w '%{http_code}' -H "x-api-key: $bad" -H "x-forwarded-for: 192.0.2.78" "$GW/bench/key")
+[ "$status" = 401 ] && [ "$(reads)" = "$before" ] || { echo "a key with a wrong checksum ($bad) answered $status or reached the store" >&2; exit 1; }
 
 sleep 1
 pg0=$(pg_scans); r0=$(reads)
@@ -160,6 +176,9 @@ for round in $(seq "$ROUNDS"); do
   flood "$DURATION" > "$WORK/flood.out" & FLOODER=$!
   a=$(reads); f=$(refused); line=$(honest); wait $FLOODER; b=$(reads); g=$(refused)
   echo "flood $line $(( b - a )) $(cat "$WORK/flood.out") $(( g - f ))" >> "$RESULTS"
+  flood "$DURATION" 1 > "$WORK/flood.out" & FLOODER=$!
+  a=$(reads); f=$(refused); line=$(honest); wait $FLOODER; b=$(reads); g=$(refused)
+  echo "shape $line $(( b - a )) $(cat "$WORK/flood.out") $(( g - f ))" >> "$RESULTS"
 done
 sleep 11 # PostgreSQL publishes a backend's table statistics within 10 s of idling
 pg1=$(pg_scans); r2=$(reads)
@@ -174,13 +193,13 @@ med = lambda k: statistics.median(float(r[1]) for r in by[k])
 rate = "as fast as wrk goes" if sys.argv[5] == "0" else f"{sys.argv[5]} req/s"
 print(f"honest: wrk -t1 -c{sys.argv[2]} -d{sys.argv[4]}; flood: wrk -t1 -c{sys.argv[3]} ({rate}); "
       f"Envoy --concurrency {sys.argv[6]}; median of {len(by['alone'])} interleaved rounds\n")
-print("| round | honest alone req/s | honest during flood req/s | ratio | honest non-2xx (alone / flood) | forged requests | 429 too_many_failures | database reads (alone / flood) | reads per 1,000 forged |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-for i, (a, f) in enumerate(zip(by["alone"], by["flood"]), 1):
+print("| round | honest alone req/s | honest during the bad-checksum flood req/s | honest during the forged flood req/s | forged ÷ bad-checksum | forged ÷ alone | honest non-2xx (alone / bad / forged) | forged requests | 429 too_many_failures | database reads (alone / bad / forged) | reads per 1,000 forged |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for i, (a, s, f) in enumerate(zip(by["alone"], by["shape"], by["flood"]), 1):
     forged = int(f[5]); reads = int(f[4])
-    print(f"| {i} | {float(a[1]):,.0f} | {float(f[1]):,.0f} | {float(f[1]) / float(a[1]):.2f} | {a[3]} / {f[3]} | {forged:,} | {int(f[6]):,} | {a[4]} / {reads} | {reads / forged * 1000:.3f} |")
+    print(f"| {i} | {float(a[1]):,.0f} | {float(s[1]):,.0f} | {float(f[1]):,.0f} | {float(f[1]) / float(s[1]):.2f} | {float(f[1]) / float(a[1]):.2f} | {a[3]} / {s[3]} / {f[3]} | {forged:,} | {int(f[6]):,} | {a[4]} / {s[4]} / {reads} | {reads / forged * 1000:.3f} |")
 forged = sum(int(r[5]) for r in by["flood"]); reads = sum(int(r[4]) for r in by["flood"])
-print(f"| median / total | {med('alone'):,.0f} | {med('flood'):,.0f} | {med('flood') / med('alone'):.2f} | | {forged:,} | | {reads} | {reads / forged * 1000:.3f} |")
+print(f"| median / total | {med('alone'):,.0f} | {med('shape'):,.0f} | {med('flood'):,.0f} | {med('flood') / med('shape'):.2f} | {med('flood') / med('alone'):.2f} | | {forged:,} | | {reads} | {reads / forged * 1000:.3f} |")
 PY
 echo
 echo "cross-check over the whole run: auth_db_reads +$(( r2 - r0 )); PostgreSQL scans of api_keys +$(( pg1 - pg0 ))"

@@ -12,18 +12,26 @@
 #   local   quotas counted in the process only (no REDIS_URL)
 #   shared  quotas shared through Redis (the reconciler every 25 ms)
 # throughput and ext-authz CPU per request, as ratios to `off`.
-#   bench/quota.sh    env: ACCURACY_SECONDS (30), RATE_EACH (100), DURATION (10s), CONNECTIONS (32), ROUNDS (3)
+#
+# Cost in process (no Envoy, no gRPC: the Check alone, where quotas are
+# the larger share): `caas-bench check-cost`, the three variants side by
+# side in one process, ns per Check; and instructions per Check under
+# valgrind (callgrind), which do not change with the machine's load: each
+# variant run for N1 and N2 Checks, (I(N2) - I(N1)) / (N2 - N1).
+#   bench/quota.sh    env: ACCURACY_SECONDS (30), RATE_EACH (100), DURATION (10s), CONNECTIONS (32), ROUNDS (3),
+#                     SKIP_ENVOY (unset; 1 runs only the in-process cost)
 source "$(dirname "$0")/lib.sh"
 ACCURACY_SECONDS=${ACCURACY_SECONDS:-30}
 RATE_EACH=${RATE_EACH:-100}
+TARGET=${CARGO_TARGET_DIR:-target}
 
 cargo build --release -q -p caas-bench -p caas-ext-authz
 JWT_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=' | head -c 48)
 SERVICE_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n')
 DB="sqlite://$WORK/caas.db"
 field() { echo "$1" | python3 -c "import json,sys; print(json.load(sys.stdin)['$2'])"; }
-LIMITED=$(./target/release/caas-bench seed --database-url "$DB" --jwt-secret "$JWT_SECRET" --key-quota 100/100)
-OPEN=$(./target/release/caas-bench seed --database-url "$DB" --jwt-secret "$JWT_SECRET" --key-quota 10000/20000)
+LIMITED=$("$TARGET"/release/caas-bench seed --database-url "$DB" --jwt-secret "$JWT_SECRET" --key-quota 100/100)
+OPEN=$("$TARGET"/release/caas-bench seed --database-url "$DB" --jwt-secret "$JWT_SECRET" --key-quota 10000/20000)
 
 # A Redis of this run's own (the benchmark never touches another's data).
 REDIS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -36,7 +44,7 @@ start_authz() {
   local grpc=$1 ops=$2; shift 2
   env DATABASE_URL="$DB" JWT_SECRET="$JWT_SECRET" SERVICE_SECRET="$SERVICE_SECRET" EXT_AUTHZ_ADDR=127.0.0.1:$grpc \
     EXT_AUTHZ_OPS_ADDR=127.0.0.1:$ops EXT_AUTHZ_LOG_ALLOWED=false RUST_LOG=error "$@" \
-    ./target/release/ext-authz >/dev/null 2>&1 & AUTHZ=$!; PIDS+=("$AUTHZ")
+    "$TARGET"/release/ext-authz >/dev/null 2>&1 & AUTHZ=$!; PIDS+=("$AUTHZ")
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ops/health" >/dev/null && return; sleep 0.1; done
   echo "ext-authz on $grpc did not start" >&2; exit 1
 }
@@ -48,7 +56,7 @@ accuracy() {
   for i in 0 1 2; do start_authz $((9501 + 2 * i)) $((9502 + 2 * i)) "$@"; group+=("$AUTHZ"); done
   sleep 1 # a few reconcile rounds: each instance has seen the others alive
   for i in 0 1 2; do
-    ./target/release/caas-bench grpc-load --addr 127.0.0.1:$((9501 + 2 * i)) --rate "$RATE_EACH" \
+    "$TARGET"/release/caas-bench grpc-load --addr 127.0.0.1:$((9501 + 2 * i)) --rate "$RATE_EACH" \
       --seconds "$ACCURACY_SECONDS" --policy api_key --api-key "$(field "$LIMITED" api_key)" > "$WORK/acc-$label-$i.json" &
     outs+=($!)
   done
@@ -66,6 +74,28 @@ rate = admitted / seconds
 print(f"| {label} | {sent / seconds:,.0f} | {admitted:,} | {rate:,.1f} | {rate / 100:.3f} | {errors} |")
 PY
 }
+
+echo "Cost in process: caas-bench check-cost (a cached API-key Check through Authorizer::check)"
+echo
+"$TARGET"/release/caas-bench check-cost --redis-url "$REDIS"
+echo
+# instructions VARIANT CHECKS: everything the process executed (setup included).
+instructions() {
+  valgrind --tool=callgrind --callgrind-out-file=/dev/null "$TARGET"/release/caas-bench check-cost \
+    --redis-url "$REDIS" --variant "$1" --iterations "$2" 2>&1 | awk '/Collected/ {print $NF}'
+}
+echo "| variant | instructions per Check (callgrind, 20,000 − 5,000 Checks) | vs off |"
+echo "|---|---:|---:|"
+declare -A PER
+for v in off local shared; do
+  small=$(instructions "$v" 5000); large=$(instructions "$v" 20000)
+  PER[$v]=$(( (large - small) / 15000 ))
+done
+for v in off local shared; do
+  echo "| $v | ${PER[$v]} | $(python3 -c "print(f'{${PER[$v]} / ${PER[off]}:.3f}')") |"
+done
+echo
+[ -n "${SKIP_ENVOY:-}" ] && exit 0
 
 echo "Accuracy: 3 ext-authz, one key limited to 100/s (burst 100), ${RATE_EACH}/s to each for ${ACCURACY_SECONDS} s (grpc-load, open loop)"
 echo

@@ -2,6 +2,8 @@
 //!
 //! - `micro`: in-process cost of the hot rules (cached API-key check, JWT +
 //!   cached revocation, context sign + verify), median of rounds.
+//! - `check-cost`: in-process cost of a cached API-key Check with quotas
+//!   off, in the process only, and shared through Redis, side by side.
 //! - `noop-authz`: an ext_authz server that allows everything: the floor any
 //!   ext_authz server pays (Envoy's gRPC client + the gRPC stack).
 //! - `seed`: a tenant, key, whitelist and session in a database, for runs.
@@ -18,6 +20,7 @@
 //! - `legacy-gateway`: the pre-refactor flow (auth-api asked over HTTP on
 //!   every request), the baseline of bench/refactor.sh.
 
+mod check_cost;
 mod legacy;
 mod load;
 mod micro;
@@ -36,6 +39,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Micro(micro::MicroArgs),
+    CheckCost(check_cost::CheckCostArgs),
     NoopAuthz(load::NoopArgs),
     Seed(load::SeedArgs),
     GrpcLoad(load::GrpcLoadArgs),
@@ -63,6 +67,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match command {
             Command::Micro(args) => micro::run(args).await,
+            Command::CheckCost(args) => check_cost::run(args).await,
             Command::Seed(args) => load::seed(args).await,
             Command::GrpcLoad(args) => load::grpc_load(args).await,
             Command::OtlpSink(args) => load::otlp_sink(args).await,

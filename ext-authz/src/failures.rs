@@ -3,6 +3,13 @@
 //! address is refused before any credential lookup, so made-up API keys
 //! (well-formed ones cost nothing to forge: rules/src/api_key.rs) cannot buy
 //! a database read each.
+//!
+//! An address that was refused in one window starts the next one a single
+//! failure short of the limit: a flood that goes on gets one more lookup
+//! (plus those already in flight) per window instead of `limit` more, so
+//! its database reads stay under one per thousand forged requests at any
+//! rate above a few per second (BENCHMARKS.md, "Forged API keys from one
+//! address"). A window that ends under the limit leaves nothing behind.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -29,7 +36,8 @@ pub struct FailureLimiter {
 impl FailureLimiter {
     pub fn new(limit: u32, window: Duration, capacity: u64) -> Self {
         let window = window.max(Duration::from_secs(1));
-        let buckets = moka::sync::Cache::builder().max_capacity(capacity).time_to_live(window).build();
+        // Kept a window beyond its end, so the next one knows it was refused.
+        let buckets = moka::sync::Cache::builder().max_capacity(capacity).time_to_live(window * 2).build();
         Self { limit, window, buckets }
     }
 
@@ -54,10 +62,12 @@ impl FailureLimiter {
             return None;
         }
         let bucket = address_bucket(ip);
-        let fresh = || Arc::new(Window { started: now, failures: AtomicU32::new(0) });
-        let mut window = self.buckets.get_with(bucket, fresh);
+        let fresh = |failures| Arc::new(Window { started: now, failures: AtomicU32::new(failures) });
+        let mut window = self.buckets.get_with(bucket, || fresh(0));
         if now >= window.started + self.window {
-            window = fresh();
+            // Refused last window: one more failure refuses it again.
+            let carried = if window.failures.load(Ordering::Relaxed) >= self.limit { self.limit - 1 } else { 0 };
+            window = fresh(carried);
             self.buckets.insert(bucket, window.clone());
         }
         let failures = window.failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -81,10 +91,33 @@ mod tests {
         assert_eq!(limiter.refused_for(ip, start), Some(60));
         assert_eq!(limiter.refused_for(ip, start + Duration::from_millis(59_500)), Some(1));
         assert_eq!(limiter.refused_for(ip, start + Duration::from_secs(60)), None);
-        // Another address, and the same one once the window has passed, start afresh.
+        // Another address starts afresh.
         assert_eq!(limiter.refused_for("203.0.113.8".parse().unwrap(), start), None);
-        assert_eq!(limiter.record(ip, start + Duration::from_secs(61)), None);
-        assert_eq!(limiter.refused_for(ip, start + Duration::from_secs(61)), None);
+    }
+
+    #[test]
+    fn an_address_refused_last_window_gets_one_failure_in_the_next() {
+        let limiter = FailureLimiter::new(3, Duration::from_secs(60), 100);
+        let start = Instant::now();
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        for _ in 0..3 {
+            limiter.record(ip, start);
+        }
+        assert!(limiter.refused_for(ip, start).is_some());
+        // The window ends: the address may try once, and is refused again
+        // after that one failure (and says so, once).
+        let next = start + Duration::from_secs(61);
+        assert_eq!(limiter.refused_for(ip, next), None);
+        assert_eq!(limiter.record(ip, next).map(|b| b.to_string()), Some("203.0.113.7/32".into()));
+        assert_eq!(limiter.refused_for(ip, next), Some(60));
+        // A window that ended under the limit carries nothing.
+        let other: IpAddr = "203.0.113.8".parse().unwrap();
+        limiter.record(other, start);
+        limiter.record(other, start);
+        for _ in 0..2 {
+            assert_eq!(limiter.record(other, next), None);
+        }
+        assert_eq!(limiter.refused_for(other, next), None);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! Each bucket lives in this process, in a bounded TinyLFU cache (an evicted
 //! bucket starts full again: it briefly admits more, never refuses what it
-//! should not), so the Check never waits for the network. With Redis, the
+//! should not), so the Check never waits for the network. A Check reads the
+//! cache once per bucket and writes only the bucket's own counters: the
+//! cache itself is written when a bucket is first used, not per request. With Redis, the
 //! instances share each bucket: a reconciler adds what this instance
 //! admitted since its last round to the bucket's counter in Redis, in one
 //! pipelined round trip every `QUOTA_SYNC_INTERVAL`, and charges the
@@ -17,7 +19,7 @@
 //! and says so once on entering and once on leaving that mode.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -56,13 +58,13 @@ pub struct Quotas {
 }
 
 struct Inner {
-    /// Bucket → its theoretical arrival time (GCRA), in `now()` nanoseconds.
-    buckets: moka::sync::Cache<String, u64>,
+    /// Bucket name → its state.
+    buckets: moka::sync::Cache<String, Arc<Bucket>>,
     /// Held while one request's buckets are read and written, so a request
     /// is counted in all of them or in none; with sharing on, it also holds
-    /// what each recently used bucket has to tell Redis. Only arithmetic
-    /// and map updates run under it.
-    counting: Mutex<HashMap<String, Tracked>>,
+    /// the buckets used recently, which the reconciler tells Redis about.
+    /// Only arithmetic and map updates run under it.
+    counting: Mutex<HashMap<String, Arc<Bucket>>>,
     /// The clock the buckets count in (monotonic nanoseconds since this).
     started: Instant,
     /// `None`: this process is the only one counting (no Redis).
@@ -82,17 +84,45 @@ struct Sharing {
     shared_gauge: Gauge,
 }
 
-/// A bucket's bookkeeping with Redis.
-struct Tracked {
+/// One bucket: its GCRA state and, with sharing on, its bookkeeping with
+/// Redis. Written only under `Inner::counting`: the atomics let the cache
+/// and the reconciler hold the same bucket, not lock-free updates.
+struct Bucket {
+    /// The theoretical arrival time (GCRA), in `now()` nanoseconds; 0: full.
+    tat: AtomicU64,
     /// Its rate at the last admission (what one other admission costs here).
-    rate: u32,
+    rate: AtomicU32,
     /// Admitted here and not yet added to the shared counter.
-    pending: u64,
-    /// The shared counter's total after our last add; `None` until the
+    pending: AtomicU64,
+    /// The shared counter's total after our last add; `NOT_SEEN` until the
     /// first round (what happened before it is not charged).
-    seen: Option<u64>,
+    seen: AtomicU64,
     /// Last admission here (`now()` nanoseconds).
-    used: u64,
+    used: AtomicU64,
+    /// Among the buckets the reconciler tells Redis about.
+    tracked: AtomicBool,
+}
+
+const NOT_SEEN: u64 = u64::MAX;
+
+impl Bucket {
+    fn new() -> Self {
+        Self {
+            tat: AtomicU64::new(0),
+            rate: AtomicU32::new(1),
+            pending: AtomicU64::new(0),
+            seen: AtomicU64::new(NOT_SEEN),
+            used: AtomicU64::new(0),
+            tracked: AtomicBool::new(false),
+        }
+    }
+}
+
+/// One bucket's part of a reconcile round: what this instance admitted
+/// since the last round.
+struct Sent {
+    bucket: Arc<Bucket>,
+    admitted: u64,
 }
 
 impl Default for Quotas {
@@ -183,33 +213,32 @@ impl Inner {
             Some(s) if s.alone.load(Ordering::Relaxed) => s.instances.load(Ordering::Relaxed),
             _ => 1,
         };
+        // Found (or made) before the lock: one cache read per bucket.
+        let found: Vec<Arc<Bucket>> = counted
+            .iter()
+            .map(|(_, key)| self.buckets.get_with_by_ref(key.as_str(), || Arc::new(Bucket::new())))
+            .collect();
         let mut tracked = self.counting.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = Vec::with_capacity(counted.len());
-        for (scope, key) in counted {
+        let mut admitted_tats = Vec::with_capacity(counted.len());
+        for ((scope, _), bucket) in counted.iter().zip(&found) {
             let limit = limits.get(*scope);
-            let tat = self.buckets.get(key).unwrap_or(0);
             // Refused by this instance's share: the headers still state the
             // tenant's limit (the share is an outage measure, not a policy).
-            let admitted = admit(tat, share(limit, divisor), *scope, now).map_err(|t| Throttle { limit, ..t })?;
-            next.push(admitted.tat);
+            let admitted = admit(bucket.tat.load(Ordering::Relaxed), share(limit, divisor), *scope, now)
+                .map_err(|t| Throttle { limit, ..t })?;
+            admitted_tats.push(admitted.tat);
         }
-        for ((scope, key), tat) in counted.iter().zip(next) {
-            self.buckets.insert(key.clone(), tat);
+        for (((scope, key), bucket), tat) in counted.iter().zip(&found).zip(admitted_tats) {
+            bucket.tat.store(tat, Ordering::Relaxed);
             if self.sharing.is_none() {
                 continue;
             }
-            let rate = limits.get(*scope).rate;
-            let room = tracked.len() < MAX_TRACKED;
-            match tracked.get_mut(key) {
-                Some(t) => {
-                    t.pending += 1;
-                    t.rate = rate;
-                    t.used = now;
-                }
-                None if room => {
-                    tracked.insert(key.clone(), Tracked { rate, pending: 1, seen: None, used: now });
-                }
-                None => {}
+            bucket.pending.fetch_add(1, Ordering::Relaxed);
+            bucket.rate.store(limits.get(*scope).rate, Ordering::Relaxed);
+            bucket.used.store(now, Ordering::Relaxed);
+            if !bucket.tracked.load(Ordering::Relaxed) && tracked.len() < MAX_TRACKED {
+                bucket.tracked.store(true, Ordering::Relaxed);
+                tracked.insert(key.clone(), bucket.clone());
             }
         }
         Ok(())
@@ -220,15 +249,27 @@ impl Inner {
     async fn round(&self) {
         let Some(sharing) = &self.sharing else { return };
         let now = self.now();
-        let batch: Vec<(String, u64)> = {
+        let (batch, counters): (Vec<Sent>, Vec<(String, u64)>) = {
             let mut tracked = self.counting.lock().unwrap_or_else(|e| e.into_inner());
-            tracked.retain(|_, t| t.pending > 0 || now.saturating_sub(t.used) < TRACKED_FOR);
-            tracked.iter_mut().map(|(key, t)| (key.clone(), std::mem::take(&mut t.pending))).collect()
+            tracked.retain(|_, b| {
+                let keep = b.pending.load(Ordering::Relaxed) > 0
+                    || now.saturating_sub(b.used.load(Ordering::Relaxed)) < TRACKED_FOR;
+                if !keep {
+                    b.tracked.store(false, Ordering::Relaxed);
+                }
+                keep
+            });
+            tracked
+                .iter()
+                .map(|(key, b)| {
+                    let admitted = b.pending.swap(0, Ordering::Relaxed);
+                    (Sent { bucket: b.clone(), admitted }, (format!("caas:quota:{key}"), admitted))
+                })
+                .unzip()
         };
         if batch.is_empty() && now.saturating_sub(sharing.last_round.load(Ordering::Relaxed)) < IDLE_HEARTBEAT {
             return;
         }
-        let counters: Vec<(String, u64)> = batch.iter().map(|(key, n)| (format!("caas:quota:{key}"), *n)).collect();
         let added = sharing.cache.add_counts(INSTANCES_KEY, &sharing.member, &counters, SHARED_TTL);
         let outcome = match tokio::time::timeout(ROUND_TIMEOUT, added).await {
             Ok(Ok(done)) => Ok(done),
@@ -254,18 +295,18 @@ impl Inner {
 
     /// Charges each bucket with what the other instances admitted since
     /// our previous add (the counter's growth beyond our own adds).
-    fn charge(&self, batch: &[(String, u64)], totals: &[u64]) {
+    fn charge(&self, batch: &[Sent], totals: &[u64]) {
         let now = self.now();
-        let mut tracked = self.counting.lock().unwrap_or_else(|e| e.into_inner());
-        for ((key, sent), total) in batch.iter().zip(totals) {
-            let Some(t) = tracked.get_mut(key) else { continue };
+        let _counting = self.counting.lock().unwrap_or_else(|e| e.into_inner());
+        for (sent, total) in batch.iter().zip(totals) {
+            let bucket = &sent.bucket;
             // A counter that restarted (expired) has nothing to charge.
-            let others = t.seen.map_or(0, |seen| total.saturating_sub(seen.saturating_add(*sent)));
-            t.seen = Some(*total);
+            let seen = bucket.seen.swap(*total, Ordering::Relaxed);
+            let others = if seen == NOT_SEEN { 0 } else { total.saturating_sub(seen.saturating_add(sent.admitted)) };
             if others > 0 {
-                let interval = NANOS / u64::from(t.rate.max(1));
-                let tat = self.buckets.get(key).unwrap_or(0);
-                self.buckets.insert(key.clone(), tat.max(now).saturating_add(others.saturating_mul(interval)));
+                let interval = NANOS / u64::from(bucket.rate.load(Ordering::Relaxed).max(1));
+                let tat = bucket.tat.load(Ordering::Relaxed).max(now).saturating_add(others.saturating_mul(interval));
+                bucket.tat.store(tat, Ordering::Relaxed);
             }
         }
     }
@@ -273,9 +314,9 @@ impl Inner {
     /// Redis unreachable: what was not added is dropped (the others never
     /// see it), and the counters are read afresh once it answers again.
     fn count_alone(&self, sharing: &Sharing, error: &str) {
-        let mut tracked = self.counting.lock().unwrap_or_else(|e| e.into_inner());
-        for t in tracked.values_mut() {
-            t.seen = None;
+        let tracked = self.counting.lock().unwrap_or_else(|e| e.into_inner());
+        for bucket in tracked.values() {
+            bucket.seen.store(NOT_SEEN, Ordering::Relaxed);
         }
         drop(tracked);
         sharing.shared_gauge.set(0);
