@@ -51,6 +51,13 @@ struct EnvoyConfigArgs {
     /// (give ext-authz the same EXT_AUTHZ_CALLER_TOKEN). Unset: none.
     #[arg(long, env = "EXT_AUTHZ_CALLER_TOKEN", hide_env_values = true)]
     caller_token: Option<caas_core::secret::Secret>,
+    /// The in-proxy fast path's module (caas_edge_wasm.wasm, as Envoy will
+    /// see the path): renders the fast path. Unset: ext_authz decides every request.
+    #[arg(long, env = "EDGE_WASM")]
+    edge_wasm: Option<std::path::PathBuf>,
+    /// ext-authz's ops listener (its feed), for the fast path.
+    #[arg(long, default_value = "ext-authz:9192")]
+    ext_authz_ops: String,
     /// Write the configuration here instead of printing it.
     #[arg(long)]
     output: Option<std::path::PathBuf>,
@@ -153,6 +160,13 @@ fn envoy_config(args: EnvoyConfigArgs) -> anyhow::Result<()> {
         trusted_proxy_hops: args.trusted_proxy_hops,
         access_log_path: args.access_log_path,
         caller_token: args.caller_token.filter(|t| !t.expose().is_empty()),
+        fast_path: match args.edge_wasm {
+            Some(wasm) => Some(caas::envoy::FastPath {
+                wasm,
+                ext_authz_ops: host_port(&args.ext_authz_ops).map_err(anyhow::Error::msg)?,
+            }),
+            None => None,
+        },
     };
     let rendered = caas::envoy::render(caas::envoy::TEMPLATE, &addresses)?;
     match args.output {

@@ -97,12 +97,52 @@ pub async fn cluster_on(redis_url: &str, count: usize, extra: &[&str]) -> Option
     cluster_via(redis_url, count, extra, |_, redis| redis.to_string()).await
 }
 
+/// Whether the suite runs with the in-proxy fast path (edge-wasm/): on
+/// unless `CAAS_E2E_FAST_PATH=false`, so every flow is checked through it
+/// and, with the variable, through ext_authz alone.
+pub fn fast_path_default() -> bool {
+    std::env::var("CAAS_E2E_FAST_PATH").as_deref() != Ok("false")
+}
+
+/// The fast path's arguments: the module, which the test command builds
+/// (`--profile edge`); outside CI a missing module runs the node without it.
+pub fn fast_path_args(on: bool) -> Vec<String> {
+    if !on {
+        return vec!["--fast-path".into(), "false".into()];
+    }
+    match caas::envoy::find_edge_wasm(None) {
+        Ok(wasm) => vec!["--fast-path".into(), "true".into(), "--edge-wasm".into(), wasm.display().to_string()],
+        Err(error) => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but {error:#}");
+            eprintln!("WITHOUT THE FAST PATH: {error:#}");
+            vec!["--fast-path".into(), "false".into()]
+        }
+    }
+}
+
+/// As `cluster`, node `i` with the fast path on when `modes[i]` (one node
+/// per entry): the same flows through both paths, on one database.
+pub async fn cluster_modes(modes: &[bool], extra: &[&str]) -> Option<Cluster> {
+    let redis_url = caas_core::testing::redis_url().await?;
+    cluster_inner(&redis_url, modes, extra, &|_, redis| redis.to_string()).await
+}
+
 async fn cluster_via(
     redis_url: &str,
     count: usize,
     extra: &[&str],
     redis_for: impl Fn(usize, &str) -> String,
 ) -> Option<Cluster> {
+    cluster_inner(redis_url, &vec![fast_path_default(); count], extra, &redis_for).await
+}
+
+async fn cluster_inner(
+    redis_url: &str,
+    modes: &[bool],
+    extra: &[&str],
+    redis_for: &dyn Fn(usize, &str) -> String,
+) -> Option<Cluster> {
+    let count = modes.len();
     if envoy_missing() {
         return None;
     }
@@ -148,8 +188,17 @@ async fn cluster_via(
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // An address given in `extra` replaces the default one.
+        if let Some(at) = args.iter().position(|a| a == "--ext-authz-ops-addr")
+            && extra.contains(&"--ext-authz-ops-addr")
+        {
+            args.drain(at..at + 2);
+        }
         // `ECHO` stands for this node's echo upstream (which shows what reached it).
         args.extend(extra.iter().map(|s| if *s == "ECHO" { echo.clone() } else { s.to_string() }));
+        if !extra.contains(&"--fast-path") {
+            args.extend(fast_path_args(modes[i]));
+        }
         if !extra.contains(&"--ping-interval") {
             // Pings often enough to be seen in a test, idle close well beyond it.
             args.extend(["--ping-interval", "2s", "--idle-timeout", "20s"].map(String::from));

@@ -12,6 +12,7 @@ mod caas_up;
 mod docs;
 mod end_user;
 mod failure;
+mod fast_path;
 mod lifecycle;
 mod login_abuse;
 mod onboarding;

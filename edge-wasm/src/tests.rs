@@ -1,0 +1,1 @@
+//! The decision against ext-authz's rules, on the host.
