@@ -145,19 +145,12 @@ impl EdgeFeed {
         let held = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.current();
         if epoch != Some(self.epoch.as_str()) || since < held.floor || since > held.cursor {
-            let m = &self.material;
             return json!({
                 "epoch": self.epoch,
                 "cursor": held.cursor,
                 "current": current,
                 "resync": true,
-                "material": {
-                    "issuer": m.issuer,
-                    "jwt_secret": m.jwt_secret.expose(),
-                    "jwt_secret_previous": m.jwt_secret_previous.as_ref().map(Secret::expose),
-                    "service_secret": m.service_secret.expose(),
-                    "trusted_proxy_hops": m.trusted_proxy_hops,
-                },
+                "material": material_json(&self.material),
             });
         }
         let changes: Vec<&Event> =
@@ -206,7 +199,28 @@ pub async fn session(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, Path
         Some(s) => Some(feed.validator.rate_limits(&s.tenant_id).await),
         None => None,
     };
-    private(json!({ "epoch": feed.epoch, "cursor": cursor, "session": session, "limits": limits }))
+    private(session_answer(&feed.epoch, cursor, session.as_ref(), limits.as_ref()))
+}
+
+/// The material as the filter reads it (edge-wasm/src/state.rs, `Material`).
+pub fn material_json(m: &EdgeMaterial) -> serde_json::Value {
+    json!({
+        "issuer": m.issuer,
+        "jwt_secret": m.jwt_secret.expose(),
+        "jwt_secret_previous": m.jwt_secret_previous.as_ref().map(Secret::expose),
+        "service_secret": m.service_secret.expose(),
+        "trusted_proxy_hops": m.trusted_proxy_hops,
+    })
+}
+
+/// A session lookup's answer as the filter reads it (`SessionAnswer`).
+pub fn session_answer(
+    epoch: &str,
+    cursor: u64,
+    session: Option<&caas_core::validate::EdgeSession>,
+    limits: Option<&caas_rules::quota::Limits>,
+) -> serde_json::Value {
+    json!({ "epoch": epoch, "cursor": cursor, "session": session, "limits": limits })
 }
 
 pub fn router(feed: Arc<EdgeFeed>) -> axum::Router {
