@@ -148,10 +148,15 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
         request_id: request_id.to_string(),
         token_expires_at: None,
     };
-    let buckets = vec![
-        (format!("user:{}:{}", ctx.tenant_id, ctx.user_id), Scope::User, limits.get(Scope::User)),
-        (format!("tenant:{}", ctx.tenant_id), Scope::Tenant, limits.get(Scope::Tenant)),
-    ];
+    // ext-authz quota.rs `buckets`: an end user's, then the tenant's.
+    let buckets = if keys.quotas {
+        vec![
+            (format!("user:{}:{}", ctx.tenant_id, ctx.user_id), Scope::User, limits.get(Scope::User)),
+            (format!("tenant:{}", ctx.tenant_id), Scope::Tenant, limits.get(Scope::Tenant)),
+        ]
+    } else {
+        Vec::new()
+    };
     let (set, remove) = mutations(&keys.signer, &ctx, req, now);
     Ok(Allow { set, remove, buckets, tenant_id: ctx.tenant_id })
 }

@@ -36,6 +36,13 @@ pub struct Material {
     pub jwt_secret_previous: Option<String>,
     pub service_secret: String,
     pub trusted_proxy_hops: usize,
+    /// Whether ext-authz counts quotas (QUOTAS_ENABLED); absent: it does.
+    #[serde(default = "counted")]
+    pub quotas: bool,
+}
+
+fn counted() -> bool {
+    true
 }
 
 /// `GET /edge/v1/changes` as the filter reads it.
@@ -95,6 +102,7 @@ pub struct Keys {
     pub jwt: JwtKeys,
     pub signer: ContextSigner,
     pub trusted_proxy_hops: usize,
+    pub quotas: bool,
 }
 
 #[derive(Default)]
@@ -145,6 +153,7 @@ impl State {
                 ),
                 signer: ContextSigner::new(&Secret::new(m.service_secret)),
                 trusted_proxy_hops: m.trusted_proxy_hops,
+                quotas: m.quotas,
             });
             self.epoch = answer.epoch;
             self.floor = answer.cursor;

@@ -184,6 +184,7 @@ impl crate::Authorizer {
             jwt_secret_previous: config.jwt.jwt_secret_previous.clone(),
             service_secret: config.service.current(),
             trusted_proxy_hops: config.ext_authz.trusted_proxy_hops,
+            quotas: config.ext_authz.quotas_enabled,
         };
         Self::new(
             validator,

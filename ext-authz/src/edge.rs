@@ -47,6 +47,8 @@ pub struct EdgeMaterial {
     pub jwt_secret_previous: Option<Secret>,
     pub service_secret: Secret,
     pub trusted_proxy_hops: usize,
+    /// QUOTAS_ENABLED: the filter counts quotas only where ext-authz does.
+    pub quotas: bool,
 }
 
 /// Credential changes in the order this process received them.
@@ -210,6 +212,7 @@ pub fn material_json(m: &EdgeMaterial) -> serde_json::Value {
         "jwt_secret_previous": m.jwt_secret_previous.as_ref().map(Secret::expose),
         "service_secret": m.service_secret.expose(),
         "trusted_proxy_hops": m.trusted_proxy_hops,
+        "quotas": m.quotas,
     })
 }
 

@@ -33,6 +33,7 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
         jwt_secret_previous: None,
         service_secret: Secret::new(SERVICE),
         trusted_proxy_hops: 0,
+        quotas: true,
     };
     let mut state = State::default();
     let resync = serde_json::json!({
