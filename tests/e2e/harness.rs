@@ -143,13 +143,12 @@ async fn cluster_inner(
     extra: &[&str],
     redis_for: &dyn Fn(usize, &str) -> String,
 ) -> Option<Cluster> {
-    let count = modes.len();
     if envoy_missing() {
         return None;
     }
     let (database_url, schema) = caas_core::testing::postgres_url().await?;
     let mut nodes = Vec::new();
-    for i in 0..count {
+    for (i, &fast_path) in modes.iter().enumerate() {
         let node_redis = redis_for(i, redis_url);
         let echo = start_echo().await.to_string();
         let dir = std::env::temp_dir().join(caas_core::id::new_id("caas-e2e"));
@@ -198,7 +197,7 @@ async fn cluster_inner(
         // `ECHO` stands for this node's echo upstream (which shows what reached it).
         args.extend(extra.iter().map(|s| if *s == "ECHO" { echo.clone() } else { s.to_string() }));
         if !extra.contains(&"--fast-path") {
-            args.extend(fast_path_args(modes[i]));
+            args.extend(fast_path_args(fast_path));
         }
         if !extra.contains(&"--ping-interval") {
             // Pings often enough to be seen in a test, idle close well beyond it.
