@@ -122,7 +122,7 @@ hist() { curl -s http://127.0.0.1:9392/metrics | grep "^gateway_check_duration_s
 for policy in end_user api_key; do
   before=$(hist $policy)
   if [ $policy = end_user ]; then cred=(--token "$TOKEN"); else cred=(--api-key "$API_KEY"); fi
-  ./target/release/caas-bench grpc-load --addr 127.0.0.1:9391 --rate 5000 --seconds 10 --policy $policy "${cred[@]}"
+  EXT_AUTHZ_CALLER_TOKEN=$CALLER_TOKEN ./target/release/caas-bench grpc-load --addr 127.0.0.1:9391 --rate 5000 --seconds 10 --policy $policy "${cred[@]}"
   after=$(hist $policy)
   hist_percentiles "$before" "$after"
 done
