@@ -9,11 +9,21 @@
 #       the context-header contract itself costs Envoy
 #   d   Envoy ext_authz -> caas ext-authz, JWT route (end_user policy)
 #   e   Envoy ext_authz -> caas ext-authz, API-key route (api_key policy)
+#   f   the in-proxy fast path (edge-wasm/) in front of (d)'s ext_authz, JWT
+#       route: the filter decides, ext_authz is skipped (warm)
+#   g   the same Envoy as (f), API-key route: the filter forwards, ext_authz decides
+# ext-authz runs with QUOTAS_ENABLED=false: one bench user would otherwise
+# be held to the per-user quota (50/s), and the fast path counts only where
+# ext-authz does.
 # then ext-authz alone at a fixed 5,000 rps (handler latency).
 #   bench/gateway.sh    env: DURATION (10s), CONNECTIONS (32), ROUNDS (3)
 source "$(dirname "$0")/lib.sh"
 
 cargo build --release -q -p caas-bench -p caas-ext-authz
+cargo build -q -p caas-edge-wasm --target wasm32-wasip1 --profile edge
+WASM=$PWD/${CARGO_TARGET_DIR:-target}/wasm32-wasip1/edge/caas_edge_wasm.wasm
+[ -f "$WASM" ] || WASM=${CARGO_TARGET_DIR:-target}/wasm32-wasip1/edge/caas_edge_wasm.wasm
+CALLER_TOKEN=$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=' | head -c 48)
 JWT_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=' | head -c 48)
 SERVICE_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n')
 DB="sqlite://$WORK/caas.db"
@@ -28,7 +38,8 @@ K=$(python3 -c "import base64,sys; print(base64.urlsafe_b64encode(sys.argv[1].en
 # each on average) and removes `authorization`.
 ./target/release/caas-bench noop-authz --addr 127.0.0.1:9293 --set-headers 6 --header-bytes 21 --remove-headers 1 2>/dev/null & SHAPED=$!; PIDS+=("$SHAPED")
 DATABASE_URL=$DB JWT_SECRET=$JWT_SECRET SERVICE_SECRET=$SERVICE_SECRET EXT_AUTHZ_ADDR=127.0.0.1:9391 \
-  EXT_AUTHZ_OPS_ADDR=127.0.0.1:9392 RUST_LOG=warn ./target/release/ext-authz >/dev/null 2>&1 & AUTHZ=$!; PIDS+=("$AUTHZ")
+  EXT_AUTHZ_OPS_ADDR=127.0.0.1:9392 EXT_AUTHZ_CALLER_TOKEN=$CALLER_TOKEN QUOTAS_ENABLED=false \
+  RUST_LOG=warn ./target/release/ext-authz >/dev/null 2>&1 & AUTHZ=$!; PIDS+=("$AUTHZ")
 for _ in $(seq 100); do curl -sf http://127.0.0.1:9392/health >/dev/null && break; sleep 0.1; done
 
 JWT_FILTER="          - name: envoy.filters.http.jwt_authn
@@ -45,6 +56,8 @@ config b "$JWT_FILTER"
 config c "$(ext_authz_filter)" 9291
 config c2 "$(ext_authz_filter)" 9293
 config d "$(ext_authz_filter)" 9391
+config f "$(edge_filter "$WASM" "$CALLER_TOKEN")
+$(skipped_ext_authz_filter "$CALLER_TOKEN")" 9391
 
 metric() { curl -s http://127.0.0.1:9392/metrics | awk -v m="$1" '$1 ~ "^"m {s += $2} END {print s+0}'; }
 cache_counters() { echo "$(metric auth_db_reads) $(metric auth_cache_hits) $(metric auth_cache_misses)"; }
@@ -65,6 +78,8 @@ for round in $(seq "$ROUNDS"); do
   run c2 c2 /bench/jwt "x-bench: $round" "$SHAPED" >> "$RESULTS"
   run d d /bench/jwt "authorization: Bearer $TOKEN" "$AUTHZ" >> "$RESULTS"
   run e d /bench/key "x-api-key: $API_KEY" "$AUTHZ" >> "$RESULTS"
+  run f f /bench/jwt "authorization: Bearer $TOKEN" "$AUTHZ" >> "$RESULTS"
+  run g f /bench/key "x-api-key: $API_KEY" "$AUTHZ" >> "$RESULTS"
 done
 
 python3 - "$RESULTS" "$TICK" "$CONNECTIONS" "$DURATION" <<'PY'
@@ -77,22 +92,25 @@ for r in rows:
 med = lambda k, i: statistics.median(float(r[i]) for r in by[k])
 names = {"a": "Envoy, no auth", "b": "Envoy jwt_authn (HS256, local JWKS)", "c": "Envoy + do-nothing ext_authz",
          "c2": "Envoy + do-nothing ext_authz returning (d)'s header mutations",
-         "d": "Envoy + caas ext-authz, JWT route", "e": "Envoy + caas ext-authz, API-key route"}
+         "d": "Envoy + caas ext-authz, JWT route", "e": "Envoy + caas ext-authz, API-key route",
+         "f": "fast path (edge-wasm) + caas ext-authz, JWT route", "g": "fast path (edge-wasm) + caas ext-authz, API-key route (forwarded)"}
 print(f"wrk -t1 -c{sys.argv[3]} -d{sys.argv[4]}, Envoy --concurrency 1, median of {len(by['a'])} interleaved rounds\n")
 print("| variant | req/s | vs (a) | vs (c) | vs (c') | p99 | non-2xx | authz server CPU µs/check | Envoy CPU µs/req |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 cpu = lambda k: med(k, 5) / tick / med(k, 2) * 1e6
-for k in ["a", "b", "c", "c2", "d", "e"]:
+for k in ["a", "b", "c", "c2", "d", "e", "f", "g"]:
     rps = med(k, 1)
     authz = "—" if k in "ab" else f"{cpu(k):.1f}"
     label = "c'" if k == "c2" else k
     print(f"| ({label}) {names[k]} | {rps:,.0f} | {rps / med('a', 1):.2f} | {rps / med('c', 1):.2f} | {rps / med('c2', 1):.2f} | {by[k][0][3]} | {int(med(k, 4))} | {authz} | {med(k, 6) / tick / med(k, 2) * 1e6:.1f} |")
-for k in "de":
+for k in "defg":
     reqs = sum(float(r[2]) for r in by[k])
     reads = sum(int(r[10]) - int(r[7]) for r in by[k])
     hits = sum(int(r[11]) - int(r[8]) for r in by[k]); misses = sum(int(r[12]) - int(r[9]) for r in by[k])
     rate = hits / (hits + misses) if hits + misses else 1.0
     print(f"\n({k}) cache hit rate {rate:.4%}; database reads {reads} over {reqs:,.0f} authorized requests ({reads / reqs * 1000:.3f} per 1,000)")
+print(f"\nfast path, JWT route: {med('f', 1) / med('a', 1):.2f}x of no auth, {med('f', 1) / med('d', 1):.2f}x of caas ext-authz (d)")
+print(f"fast path, API-key route (forwarded): {med('g', 1) / med('e', 1):.2f}x of caas ext-authz (e)")
 ours = (cpu("d") + cpu("e")) / 2
 print(f"\next-authz CPU per check / do-nothing server's: {ours / cpu('c'):.2f} vs (c), {ours / cpu('c2'):.2f} vs (c') (d and e averaged)")
 PY
@@ -104,7 +122,7 @@ hist() { curl -s http://127.0.0.1:9392/metrics | grep "^gateway_check_duration_s
 for policy in end_user api_key; do
   before=$(hist $policy)
   if [ $policy = end_user ]; then cred=(--token "$TOKEN"); else cred=(--api-key "$API_KEY"); fi
-  ./target/release/caas-bench grpc-load --addr 127.0.0.1:9391 --rate 5000 --seconds 10 --policy $policy "${cred[@]}"
+  EXT_AUTHZ_CALLER_TOKEN=$CALLER_TOKEN ./target/release/caas-bench grpc-load --addr 127.0.0.1:9391 --rate 5000 --seconds 10 --policy $policy "${cred[@]}"
   after=$(hist $policy)
   hist_percentiles "$before" "$after"
 done

@@ -32,10 +32,51 @@ ext_authz_filter() {
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
               transport_api_version: V3
-              grpc_service: { envoy_grpc: { cluster_name: authz }, timeout: 1s }
+              grpc_service: { envoy_grpc: { cluster_name: authz }, timeout: 1s, initial_metadata: [ { key: x-caas-authz-token, value: "${CALLER_TOKEN:-}" } ] }
               failure_mode_allow: false
               status_on_error: { code: ServiceUnavailable }
               ${1-$ALLOWED_HEADERS}
+YAML
+}
+
+# The fast path's filter ($1 the module, $2 the caller token): its feed is
+# ext-authz's ops listener (cluster `authz_ops`, 127.0.0.1:9392).
+edge_filter() {
+  cat <<YAML
+          - name: caas.edge
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: caas_edge
+                root_id: caas_edge
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{"cluster":"authz_ops","token":"$2"}'
+                vm_config: { vm_id: caas_edge, runtime: envoy.wasm.runtime.v8, code: { local: { filename: "$1" } } }
+YAML
+}
+
+# ext_authz as envoy/envoy.yaml has it: skipped for the fast path's mark only.
+skipped_ext_authz_filter() {
+  cat <<YAML
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher
+              xds_matcher:
+                matcher_list:
+                  matchers:
+                  - predicate: { single_predicate: { input: { name: caas_edge, typed_config: { "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.FilterStateInput, key: wasm.caas_edge } }, value_match: { exact: allow } } }
+                    on_match: { action: { name: skip, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter } } }
+              extension_config:
+                name: envoy.filters.http.ext_authz
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+                  transport_api_version: V3
+                  grpc_service: { envoy_grpc: { cluster_name: authz }, timeout: 1s, initial_metadata: [ { key: x-caas-authz-token, value: "$1" } ] }
+                  failure_mode_allow: false
+                  status_on_error: { code: ServiceUnavailable }
+                  allowed_headers:
+                    patterns: [ { exact: authorization }, { exact: x-api-key }, { exact: origin }, { exact: x-forwarded-for }, { exact: x-request-id }, { exact: traceparent }, { exact: tracestate }, { exact: upgrade }, { exact: sec-websocket-protocol }, { exact: access-control-request-method }, { exact: access-control-request-headers }, { prefix: x-caas- } ]
 YAML
 }
 
@@ -68,6 +109,7 @@ $filter
               domains: ["*"]
               routes:
               - match: { path: /bench/jwt }
+                metadata: { filter_metadata: { caas: { policy: end_user } } }
                 direct_response: { status: 200, body: { inline_string: ok } }
                 typed_per_filter_config:
                   envoy.filters.http.ext_authz:
@@ -91,6 +133,12 @@ $filter
     load_assignment:
       cluster_name: authz
       endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $port } } } } ] } ]
+  - name: authz_ops
+    type: STATIC
+    connect_timeout: 0.25s
+    load_assignment:
+      cluster_name: authz_ops
+      endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 9392 } } } } ] } ]
 YAML
 }
 

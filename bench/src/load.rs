@@ -208,6 +208,9 @@ pub struct GrpcLoadArgs {
     /// Send this W3C `traceparent` with every Check (as Envoy passes a client's on).
     #[arg(long)]
     traceparent: Option<String>,
+    /// EXT_AUTHZ_CALLER_TOKEN, sent as Envoy sends it (metadata `x-caas-authz-token`).
+    #[arg(long, env = "EXT_AUTHZ_CALLER_TOKEN", hide_env_values = true)]
+    caller_token: Option<String>,
 }
 
 fn check_request(policy: &str, token: &str, api_key: &str, traceparent: Option<&str>) -> CheckRequest {
@@ -252,10 +255,19 @@ pub async fn grpc_load(args: GrpcLoadArgs) -> anyhow::Result<()> {
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", args.addr))?.tcp_nodelay(true).connect().await?;
     let client = AuthorizationClient::new(channel);
-    let request = check_request(&args.policy, &args.token, &args.api_key, args.traceparent.as_deref());
+    let check = check_request(&args.policy, &args.token, &args.api_key, args.traceparent.as_deref());
+    let caller: Option<tonic::metadata::AsciiMetadataValue> =
+        args.caller_token.as_deref().filter(|t| !t.is_empty()).map(str::parse).transpose()?;
+    let request = move || {
+        let mut request = tonic::Request::new(check.clone());
+        if let Some(token) = &caller {
+            request.metadata_mut().insert("x-caas-authz-token", token.clone());
+        }
+        request
+    };
     // Warm up the caches and the connection.
     for _ in 0..100 {
-        client.clone().check(request.clone()).await?;
+        client.clone().check(request()).await?;
     }
     let total = args.rate * args.seconds;
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total as usize)));
@@ -270,7 +282,7 @@ pub async fn grpc_load(args: GrpcLoadArgs) -> anyhow::Result<()> {
             tokio::time::sleep_until(due.into()).await;
         }
         max_lag = max_lag.max(Instant::now().saturating_duration_since(due));
-        let (mut client, request) = (client.clone(), request.clone());
+        let (mut client, request) = (client.clone(), request());
         let (latencies, denied, errors) = (latencies.clone(), denied.clone(), errors.clone());
         let sent = Instant::now();
         tasks.push(tokio::spawn(async move {

@@ -52,6 +52,13 @@ pub struct EnvoyConfigArgs {
     /// (give ext-authz the same EXT_AUTHZ_CALLER_TOKEN). Unset: none.
     #[arg(long, env = "EXT_AUTHZ_CALLER_TOKEN", hide_env_values = true)]
     pub caller_token: Option<caas_core::secret::Secret>,
+    /// The in-proxy fast path's module (caas_edge_wasm.wasm, as Envoy will
+    /// see the path): renders the fast path. Unset: ext_authz decides every request.
+    #[arg(long, env = "EDGE_WASM")]
+    pub edge_wasm: Option<std::path::PathBuf>,
+    /// ext-authz's ops listener (its feed), for the fast path.
+    #[arg(long, default_value = "ext-authz:9192")]
+    pub ext_authz_ops: String,
     /// Write the configuration here instead of printing it.
     #[arg(long)]
     pub output: Option<std::path::PathBuf>,

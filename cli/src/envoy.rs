@@ -45,6 +45,87 @@ pub struct Addresses {
     pub access_log_path: String,
     /// EXT_AUTHZ_CALLER_TOKEN, sent with every Check; `None`: an empty value.
     pub caller_token: Option<caas_core::secret::Secret>,
+    /// The in-proxy fast path; `None`: ext_authz decides every request.
+    pub fast_path: Option<FastPath>,
+}
+
+/// The fast path's module and where its feed (ext-authz's ops listener) is.
+#[derive(Debug, Clone)]
+pub struct FastPath {
+    pub wasm: PathBuf,
+    pub ext_authz_ops: (String, u16),
+}
+
+/// The module's file name as cargo builds it (`cargo build -p caas-edge-wasm
+/// --target wasm32-wasip1 --profile edge`).
+pub const EDGE_WASM_FILE: &str = "caas_edge_wasm.wasm";
+
+/// `EDGE_WASM` if given, else the module beside the running binary, else in
+/// the build folder (`$CARGO_TARGET_DIR` or `target`) where the test
+/// command and `scripts/build-edge-wasm.sh` put it.
+pub fn find_edge_wasm(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        if path.is_file() {
+            return Ok(path.to_path_buf());
+        }
+        bail!("EDGE_WASM={} does not exist", path.display());
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        candidates.push(dir.join(EDGE_WASM_FILE));
+        // target/debug/caas (or target/debug/deps/… for tests) → target/wasm32-wasip1/edge/
+        for target in dir.ancestors().skip(1).take(2) {
+            candidates.push(target.join("wasm32-wasip1/edge").join(EDGE_WASM_FILE));
+        }
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    candidates.push(target.join("wasm32-wasip1/edge").join(EDGE_WASM_FILE));
+    candidates.into_iter().find(|p| p.is_file()).with_context(|| {
+        format!(
+            "the fast path's module ({EDGE_WASM_FILE}) was not found; build it with \
+             `cargo build -p caas-edge-wasm --target wasm32-wasip1 --profile edge`, set EDGE_WASM, \
+             or turn the fast path off (FAST_PATH=false)"
+        )
+    })
+}
+
+/// Keeps or drops the `# fast-path: begin` … `# fast-path: end` blocks.
+fn fast_path_blocks(template: &str, on: bool) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(template.len());
+    let mut inside = false;
+    for line in template.lines() {
+        match line.trim() {
+            "# fast-path: begin" => {
+                anyhow::ensure!(!inside, "nested fast-path block in Envoy template");
+                inside = true;
+                continue;
+            }
+            "# fast-path: end" => {
+                anyhow::ensure!(inside, "fast-path block ends without a beginning in Envoy template");
+                inside = false;
+                continue;
+            }
+            _ => {}
+        }
+        if on || !inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    anyhow::ensure!(!inside, "unterminated fast-path block in Envoy template");
+    Ok(out)
+}
+
+/// A path inside a double-quoted YAML string.
+fn quoted_path(path: &Path) -> anyhow::Result<String> {
+    let text = path.to_str().context("the fast path's module path is not UTF-8")?;
+    anyhow::ensure!(
+        !text.contains(['"', '\\', '\n', '$']),
+        "the fast path's module path may not contain quotes, backslashes, $ or newlines"
+    );
+    Ok(text.to_string())
 }
 
 /// The token as it goes inside a double-quoted YAML string: only characters
@@ -61,6 +142,11 @@ fn caller_token(token: Option<&caas_core::secret::Secret>) -> anyhow::Result<Str
 
 /// Fills every `${NAME}` of the template; an unknown name is an error.
 pub fn render(template: &str, addresses: &Addresses) -> anyhow::Result<String> {
+    let template = fast_path_blocks(template, addresses.fast_path.is_some())?;
+    let (wasm, ops) = match &addresses.fast_path {
+        Some(fast) => (quoted_path(&fast.wasm)?, fast.ext_authz_ops.clone()),
+        None => (String::new(), (String::new(), 0)),
+    };
     let values = [
         ("LISTEN_ADDRESS", addresses.listen_address.clone()),
         ("LISTEN_PORT", addresses.listen_port.to_string()),
@@ -76,6 +162,9 @@ pub fn render(template: &str, addresses: &Addresses) -> anyhow::Result<String> {
         ("TRUSTED_PROXY_HOPS", addresses.trusted_proxy_hops.to_string()),
         ("ACCESS_LOG_PATH", addresses.access_log_path.clone()),
         ("EXT_AUTHZ_CALLER_TOKEN", caller_token(addresses.caller_token.as_ref())?),
+        ("EDGE_WASM_PATH", wasm),
+        ("EXT_AUTHZ_OPS_HOST", ops.0),
+        ("EXT_AUTHZ_OPS_PORT", ops.1.to_string()),
     ];
     let mut out = String::with_capacity(template.len());
     for line in template.lines() {

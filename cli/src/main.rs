@@ -104,6 +104,13 @@ fn envoy_config(args: EnvoyConfigArgs) -> anyhow::Result<()> {
         trusted_proxy_hops: args.trusted_proxy_hops,
         access_log_path: args.access_log_path,
         caller_token: args.caller_token.filter(|t| !t.expose().is_empty()),
+        fast_path: match args.edge_wasm {
+            Some(wasm) => Some(caas::envoy::FastPath {
+                wasm,
+                ext_authz_ops: host_port(&args.ext_authz_ops).map_err(anyhow::Error::msg)?,
+            }),
+            None => None,
+        },
     };
     let rendered = caas::envoy::render(caas::envoy::TEMPLATE, &addresses)?;
     match args.output {

@@ -52,6 +52,22 @@ pub struct UpConfig {
     /// Run the services without Envoy.
     #[arg(long)]
     pub no_envoy: bool,
+    /// The in-proxy fast path (edge-wasm/): Envoy allows end users' requests
+    /// itself, as ext-authz would, and calls ext_authz for the rest. Off by
+    /// default until its quotas are shared with ext-authz's: with it on, each
+    /// Envoy counts end users' quotas on its own (docs/DESIGN.md, "The
+    /// in-proxy fast path"). `false`: ext_authz decides every request.
+    #[arg(long, env = "FAST_PATH", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub fast_path: bool,
+    /// The fast path's module (caas_edge_wasm.wasm). Unset: beside the `caas`
+    /// binary, else in the build folder; not found, the gateway runs without
+    /// the fast path and says so.
+    #[arg(long, env = "EDGE_WASM")]
+    pub edge_wasm: Option<PathBuf>,
+    /// Where Envoy reaches ext-authz's feed for the fast path (e.g. through
+    /// a proxy). Unset: ext-authz's ops address.
+    #[arg(long, env = "EDGE_FEED_ADDR")]
+    pub edge_feed_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub chat: ChatArgs,
     #[command(flatten)]
@@ -201,6 +217,8 @@ pub struct Stack {
     pub chat: SocketAddr,
     pub socket: SocketAddr,
     pub envoy: Option<Envoy>,
+    /// Whether Envoy runs the in-proxy fast path.
+    pub fast_path: bool,
     auth_task: JoinHandle<std::io::Result<()>>,
     authz_task: JoinHandle<std::io::Result<()>>,
     chat_task: JoinHandle<std::io::Result<()>>,
@@ -212,6 +230,20 @@ impl Stack {
     /// Starts everything and waits until it is ready. `config` must have
     /// passed `check`.
     pub async fn start(config: &UpConfig, access_log: AccessLog) -> anyhow::Result<Self> {
+        let fast_path = match (config.fast_path && !config.no_envoy, config.edge_wasm.as_deref()) {
+            (false, _) => None,
+            (true, Some(given)) => Some(envoy::find_edge_wasm(Some(given))?),
+            (true, None) => envoy::find_edge_wasm(None)
+                .inspect_err(|e| tracing::warn!("{e:#}; running without the fast path (ext_authz decides everything)"))
+                .ok(),
+        };
+        let mut config = config.clone();
+        // The feed serves only callers with the caller token: one process,
+        // so a fresh one serves ext-authz and Envoy alike.
+        if fast_path.is_some() && config.ext_authz.caller_token().is_none() {
+            config.ext_authz.caller_token = Some(caas_core::secret::generate());
+        }
+        let config = &config;
         let backends = config.storage.connect("caas", true).await.context("storage")?;
         // One validator, so auth-api's changes evict ext-authz's cache directly.
         let validator = backends.validator(&config.jwt, &config.policy);
@@ -248,11 +280,16 @@ impl Stack {
             wait_healthy(name, addr).await?;
         }
 
+        let fast_path_on = fast_path.is_some();
         let envoy = if config.no_envoy {
             None
         } else {
             let upstreams = Upstreams { auth_api, ext_authz, chat: config.chat_upstream.unwrap_or(chat), socket };
-            Some(start_envoy(config, &upstreams, access_log).await?)
+            let fast_path = fast_path.map(|wasm| envoy::FastPath {
+                wasm,
+                ext_authz_ops: host(config.edge_feed_addr.unwrap_or(ext_authz_ops)),
+            });
+            Some(start_envoy(config, &upstreams, access_log, fast_path).await?)
         };
         Ok(Self {
             backends,
@@ -263,6 +300,7 @@ impl Stack {
             chat,
             socket,
             envoy,
+            fast_path: fast_path_on,
             auth_task,
             authz_task,
             chat_task,
@@ -320,9 +358,17 @@ struct Upstreams {
     socket: SocketAddr,
 }
 
-async fn start_envoy(config: &UpConfig, upstreams: &Upstreams, access_log: AccessLog) -> anyhow::Result<Envoy> {
+fn host(addr: SocketAddr) -> (String, u16) {
+    (addr.ip().to_string(), addr.port())
+}
+
+async fn start_envoy(
+    config: &UpConfig,
+    upstreams: &Upstreams,
+    access_log: AccessLog,
+    fast_path: Option<envoy::FastPath>,
+) -> anyhow::Result<Envoy> {
     let binary = envoy::find_binary()?;
-    let host = |addr: SocketAddr| (addr.ip().to_string(), addr.port());
     let addresses = envoy::Addresses {
         listen_address: config.envoy_listen.ip().to_string(),
         listen_port: config.envoy_listen.port(),
@@ -337,6 +383,7 @@ async fn start_envoy(config: &UpConfig, upstreams: &Upstreams, access_log: Acces
             AccessLog::File(path) => path.display().to_string(),
         },
         caller_token: config.ext_authz.caller_token().cloned(),
+        fast_path,
     };
     let rendered = envoy::render(envoy::TEMPLATE, &addresses)?;
     Envoy::start(&binary, &rendered, &config.data_dir, config.envoy_concurrency).await

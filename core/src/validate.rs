@@ -94,6 +94,28 @@ impl SessionEntry {
     fn revoked() -> Self {
         Self { tenant_id: String::new(), subject: String::new(), kind: None, revoked: true }
     }
+
+    fn view(&self) -> caas_rules::session::SessionView<'_> {
+        caas_rules::session::SessionView {
+            tenant_id: &self.tenant_id,
+            subject: &self.subject,
+            audience: self.kind.map(|kind| match kind {
+                SessionKind::Sdk => Audience::Sdk,
+                SessionKind::Dashboard => Audience::Dashboard,
+            }),
+            revoked: self.revoked,
+        }
+    }
+}
+
+/// A session as the in-proxy filter's feed serves it (ext-authz's `/edge/v1/session`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EdgeSession {
+    pub tenant_id: String,
+    pub subject: String,
+    /// The audience whose tokens it backs; `None` for a pinned revocation.
+    pub audience: Option<Audience>,
+    pub revoked: bool,
 }
 
 enum Lookup<V> {
@@ -517,36 +539,45 @@ impl Validator {
         Ok(claims)
     }
 
-    /// The session behind a verified token is live, and is the one the token names.
+    /// The session behind a verified token is live, and is the one the token
+    /// names (judged by caas-rules' `session::check`).
     pub async fn check_session(&self, claims: &Claims, audience: Audience) -> Result<(), Denial> {
-        let session_id = claims.sid.as_str();
-        let entry = self
-            .fetch(
-                &self.sessions,
-                session_id,
-                |entry| {
-                    if entry.is_some() { self.settings.fresh_for } else { self.settings.negative_for }
-                },
-                || async {
-                    self.metrics.db_reads.inc();
-                    Ok(self.store.session(session_id).await?.map(|s| SessionEntry {
-                        revoked: s.revoked_at.is_some(),
-                        tenant_id: s.client_id,
-                        subject: s.subject,
-                        kind: Some(s.kind),
-                    }))
-                },
-            )
-            .await?
-            .ok_or(Denial::SessionRevoked)?;
-        let kind = match audience {
-            Audience::Sdk => SessionKind::Sdk,
-            Audience::Dashboard => SessionKind::Dashboard,
-        };
-        if entry.revoked || entry.tenant_id != claims.tid || entry.subject != claims.sub || entry.kind != Some(kind) {
-            return Err(Denial::SessionRevoked);
-        }
-        Ok(())
+        let entry = self.session(&claims.sid).await?;
+        caas_rules::session::check(claims, audience, entry.as_ref().map(SessionEntry::view).as_ref())
+    }
+
+    /// A session as this validator knows it (through its caches, as a Check
+    /// would see it), for the in-proxy filter's feed: `None` when unknown.
+    pub async fn session_record(&self, session_id: &str) -> Result<Option<EdgeSession>, Denial> {
+        Ok(self.session(session_id).await?.map(|entry| EdgeSession {
+            tenant_id: entry.tenant_id,
+            subject: entry.subject,
+            audience: entry.kind.map(|kind| match kind {
+                SessionKind::Sdk => Audience::Sdk,
+                SessionKind::Dashboard => Audience::Dashboard,
+            }),
+            revoked: entry.revoked,
+        }))
+    }
+
+    async fn session(&self, session_id: &str) -> Result<Option<SessionEntry>, Denial> {
+        self.fetch(
+            &self.sessions,
+            session_id,
+            |entry| {
+                if entry.is_some() { self.settings.fresh_for } else { self.settings.negative_for }
+            },
+            || async {
+                self.metrics.db_reads.inc();
+                Ok(self.store.session(session_id).await?.map(|s| SessionEntry {
+                    revoked: s.revoked_at.is_some(),
+                    tenant_id: s.client_id,
+                    subject: s.subject,
+                    kind: Some(s.kind),
+                }))
+            },
+        )
+        .await
     }
 
     pub async fn check_ip(&self, tenant_id: &str, ip: IpAddr) -> Result<(), Denial> {

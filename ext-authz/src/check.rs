@@ -83,6 +83,8 @@ pub struct Authorizer {
     exporter: Option<SpanExporter>,
     failures: FailureLimiter,
     quotas: Quotas,
+    /// What the in-proxy filter's feed serves (`edge`); `None`: no feed.
+    edge_material: Option<crate::edge::EdgeMaterial>,
 }
 
 impl Authorizer {
@@ -101,7 +103,21 @@ impl Authorizer {
         let shared = (shared.kind() == "redis").then(|| shared.clone());
         let quotas = Quotas::new(crate::quota::DEFAULT_CAPACITY, shared, metrics.quota_shared.clone());
         quotas.reconcile_every(settings.quota_sync_interval);
-        Self { validator, signer, settings, metrics, exporter, failures, quotas }
+        Self { validator, signer, settings, metrics, exporter, failures, quotas, edge_material: None }
+    }
+
+    /// Serves the in-proxy filter's feed with `material` (its secrets).
+    pub fn with_edge_material(self, material: crate::edge::EdgeMaterial) -> Self {
+        Self { edge_material: Some(material), ..self }
+    }
+
+    pub fn edge_material(&self) -> Option<&crate::edge::EdgeMaterial> {
+        self.edge_material.as_ref()
+    }
+
+    /// EXT_AUTHZ_CALLER_TOKEN, when set.
+    pub fn caller_token(&self) -> Option<&caas_core::secret::Secret> {
+        self.settings.caller_token.as_ref()
     }
 
     /// Spans go to `exporter` instead of where the environment says.

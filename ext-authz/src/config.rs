@@ -178,11 +178,20 @@ impl crate::Authorizer {
     /// shared with auth-api when both run in one process. Unit tests that
     /// need settings no flag gives build it from parts with `new`.
     pub fn from_config(config: &Config, validator: Arc<Validator>) -> Self {
+        let material = crate::edge::EdgeMaterial {
+            issuer: config.jwt.jwt_issuer.clone(),
+            jwt_secret: config.jwt.jwt_secret.clone().unwrap_or_else(|| Secret::new("")),
+            jwt_secret_previous: config.jwt.jwt_secret_previous.clone(),
+            service_secret: config.service.current(),
+            trusted_proxy_hops: config.ext_authz.trusted_proxy_hops,
+            quotas: config.ext_authz.quotas_enabled,
+        };
         Self::new(
             validator,
             ContextSigner::new(&config.service.current()),
             config.ext_authz.settings(),
             Arc::new(GatewayMetrics::default()),
         )
+        .with_edge_material(material)
     }
 }

@@ -9,6 +9,7 @@
 pub mod check;
 pub mod config;
 pub mod decision;
+pub mod edge;
 pub mod failures;
 pub mod incoming;
 pub mod metrics;
@@ -85,12 +86,25 @@ pub async fn serve(
     authorizer.validator().metrics().register(&mut registry);
     authorizer.metrics().register(&mut registry);
     backends.register_metrics(&mut registry);
+    // The in-proxy filter's feed: the process's bus, as its validator hears it.
+    let edge = authorizer.edge_material().map(|material| {
+        edge::EdgeFeed::start(
+            material.clone(),
+            authorizer.caller_token().cloned(),
+            authorizer.validator().clone(),
+            &backends.bus,
+            backends.feed.clone(),
+        )
+    });
     let ops_state = OpsState { authorizer: authorizer.clone(), backends, registry: Arc::new(registry) };
-    let ops_app = axum::Router::new()
+    let mut ops_app = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))
         .route("/health", axum::routing::get(health))
         .route("/livez", axum::routing::get(caas_http::live))
         .with_state(ops_state);
+    if let Some(edge) = edge {
+        ops_app = ops_app.merge(edge::router(edge));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;

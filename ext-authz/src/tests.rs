@@ -22,6 +22,7 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, 
 use crate::metrics::GatewayMetrics;
 use crate::{Authorizer, AuthorizerSettings};
 
+mod edge;
 mod quota;
 
 const SERVICE: &str = "service-secret-service-secret-0001";

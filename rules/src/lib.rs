@@ -20,4 +20,5 @@ pub mod quota;
 pub mod refresh_token;
 pub mod request;
 pub mod secret;
+pub mod session;
 pub mod whitelist;

@@ -97,18 +97,58 @@ pub async fn cluster_on(redis_url: &str, count: usize, extra: &[&str]) -> Option
     cluster_via(redis_url, count, extra, |_, redis| redis.to_string()).await
 }
 
+/// Whether the suite runs with the in-proxy fast path (edge-wasm/), as
+/// `caas up` does: off unless `CAAS_E2E_FAST_PATH=true`, which runs every
+/// flow through it (the quota flows then fail: its quotas are per Envoy,
+/// docs/DESIGN.md). tests/e2e/fast_path.rs turns it on for its own nodes.
+pub fn fast_path_default() -> bool {
+    std::env::var("CAAS_E2E_FAST_PATH").as_deref() == Ok("true")
+}
+
+/// The fast path's arguments: the module, which the test command builds
+/// (`--profile edge`); outside CI a missing module runs the node without it.
+pub fn fast_path_args(on: bool) -> Vec<String> {
+    if !on {
+        return vec!["--fast-path".into(), "false".into()];
+    }
+    match caas::envoy::find_edge_wasm(None) {
+        Ok(wasm) => vec!["--fast-path".into(), "true".into(), "--edge-wasm".into(), wasm.display().to_string()],
+        Err(error) => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but {error:#}");
+            eprintln!("WITHOUT THE FAST PATH: {error:#}");
+            vec!["--fast-path".into(), "false".into()]
+        }
+    }
+}
+
+/// As `cluster`, node `i` with the fast path on when `modes[i]` (one node
+/// per entry): the same flows through both paths, on one database.
+pub async fn cluster_modes(modes: &[bool], extra: &[&str]) -> Option<Cluster> {
+    let redis_url = caas_core::testing::redis_url().await?;
+    cluster_inner(&redis_url, modes, extra, &|_, redis| redis.to_string()).await
+}
+
 async fn cluster_via(
     redis_url: &str,
     count: usize,
     extra: &[&str],
     redis_for: impl Fn(usize, &str) -> String,
 ) -> Option<Cluster> {
+    cluster_inner(redis_url, &vec![fast_path_default(); count], extra, &redis_for).await
+}
+
+async fn cluster_inner(
+    redis_url: &str,
+    modes: &[bool],
+    extra: &[&str],
+    redis_for: &dyn Fn(usize, &str) -> String,
+) -> Option<Cluster> {
     if envoy_missing() {
         return None;
     }
     let (database_url, schema) = caas_core::testing::postgres_url().await?;
     let mut nodes = Vec::new();
-    for i in 0..count {
+    for (i, &fast_path) in modes.iter().enumerate() {
         let node_redis = redis_for(i, redis_url);
         let echo = start_echo().await.to_string();
         let dir = std::env::temp_dir().join(caas_core::id::new_id("caas-e2e"));
@@ -148,8 +188,17 @@ async fn cluster_via(
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // An address given in `extra` replaces the default one.
+        if let Some(at) = args.iter().position(|a| a == "--ext-authz-ops-addr")
+            && extra.contains(&"--ext-authz-ops-addr")
+        {
+            args.drain(at..at + 2);
+        }
         // `ECHO` stands for this node's echo upstream (which shows what reached it).
         args.extend(extra.iter().map(|s| if *s == "ECHO" { echo.clone() } else { s.to_string() }));
+        if !extra.contains(&"--fast-path") {
+            args.extend(fast_path_args(fast_path));
+        }
         if !extra.contains(&"--ping-interval") {
             // Pings often enough to be seen in a test, idle close well beyond it.
             args.extend(["--ping-interval", "2s", "--idle-timeout", "20s"].map(String::from));

@@ -13,6 +13,7 @@ mod console;
 mod docs;
 mod end_user;
 mod failure;
+mod fast_path;
 mod lifecycle;
 mod login_abuse;
 mod metrics;

@@ -195,6 +195,7 @@ fn envoy_validates(args: &HashMap<String, String>, place: &str) {
         trusted_proxy_hops: 0,
         access_log_path: "/dev/stdout".into(),
         caller_token: Some(caas_core::secret::Secret::new("t".repeat(40))),
+        fast_path: None,
     };
     let rendered = crate::envoy::render(crate::envoy::TEMPLATE, &addresses).unwrap();
     let Ok(envoy) = crate::envoy::find_binary() else {

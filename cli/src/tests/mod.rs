@@ -14,6 +14,7 @@ pub(super) fn addresses() -> Addresses {
         trusted_proxy_hops: 1,
         access_log_path: "/dev/stdout".into(),
         caller_token: None,
+        fast_path: None,
     }
 }
 
@@ -99,4 +100,26 @@ fn a_dev_secrets_file_others_can_read_is_refused() {
     assert!(error.contains("refusing") && error.contains("chmod 600"), "{error}");
     assert!(!error.contains(&std::fs::read_to_string(&path).unwrap()), "the secrets are not in the error");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn fast_path_blocks_render_only_when_on() {
+    let off = render(TEMPLATE, &addresses()).unwrap();
+    assert!(!off.contains("caas.edge") && !off.contains("ext_authz_ops"));
+    // ext_authz is skipped only for the fast path's own mark.
+    assert!(off.contains("key: wasm.caas_edge") && off.contains("value_match: { exact: allow }"));
+    let mut with = addresses();
+    with.fast_path = Some(crate::envoy::FastPath {
+        wasm: "/opt/caas/caas_edge_wasm.wasm".into(),
+        ext_authz_ops: ("ext-authz".into(), 9192),
+    });
+    let on = render(TEMPLATE, &with).unwrap();
+    assert!(on.contains(r#"filename: "/opt/caas/caas_edge_wasm.wasm""#));
+    assert!(on.contains("address: ext-authz, port_value: 9192"));
+    // The module sits after the header stripping and before ext_authz.
+    let (strip, edge, authz) =
+        (on.find("header_mutation").unwrap(), on.find("name: caas.edge").unwrap(), on.find("ExtAuthz\n").unwrap());
+    assert!(strip < edge && edge < authz);
+    with.fast_path = Some(crate::envoy::FastPath { wasm: "/tmp/a\"b.wasm".into(), ext_authz_ops: ("x".into(), 1) });
+    assert!(render(TEMPLATE, &with).is_err());
 }

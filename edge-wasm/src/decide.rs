@@ -1,0 +1,192 @@
+//! The filter's decision: allow an end user's request exactly as ext-authz
+//! would (ext-authz/src/check.rs, policies.rs, response.rs), or leave it to
+//! ext_authz. It never denies: a request it would refuse, and every request
+//! it cannot judge from what it holds, goes on to ext_authz unchanged, which
+//! answers it as it always has. So a denial is always ext-authz's own, and
+//! the filter can only ever be wrong by allowing; every allow below passes
+//! the same caas-rules checks, in the same order, as a Check's.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use caas_rules::context::{self, AuthType, CONTEXT_HEADERS, REQUEST_ID, RequestContext};
+use caas_rules::jwt::Audience;
+use caas_rules::policy::{self, Policy};
+use caas_rules::quota::{Limits, Scope};
+use caas_rules::request::{self, API_KEY, AUTHORIZATION, TokenSource};
+use caas_rules::session::{self, SessionView};
+
+use crate::state::State;
+
+/// A request as Envoy presents it to the filter. Header names are
+/// lower-case; repeated headers are joined with `,` as Envoy joins them for
+/// ext_authz.
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The route's policy (route metadata `caas.policy`).
+    pub policy: Option<&'a str>,
+    pub headers: &'a HashMap<String, String>,
+    /// The TCP peer.
+    pub peer: Option<IpAddr>,
+}
+
+impl<'a> Request<'a> {
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// Why the filter left a request to ext_authz (the `reason` of its metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// The feed has not confirmed currency within a second.
+    NotCurrent,
+    /// Not an end-user route (or the route declares no policy).
+    Policy,
+    /// Not a request the filter judges: preflight, Origin, upgrade,
+    /// credential in the query, path not canonical, no client address.
+    Unusual,
+    /// Token or session would be refused: ext-authz answers it.
+    Refused,
+    /// The session has not been looked up yet (it is being).
+    Unknown,
+    /// The user's or tenant's quota refused it here: ext-authz decides.
+    Quota,
+}
+
+impl Miss {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Miss::NotCurrent => "not_current",
+            Miss::Policy => "policy",
+            Miss::Unusual => "unusual",
+            Miss::Refused => "refused",
+            Miss::Unknown => "unknown_session",
+            Miss::Quota => "quota",
+        }
+    }
+
+    pub const ALL: [Miss; 6] =
+        [Miss::NotCurrent, Miss::Policy, Miss::Unusual, Miss::Refused, Miss::Unknown, Miss::Quota];
+}
+
+/// What an allow does to the request: ext-authz's OkHttpResponse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allow {
+    pub set: Vec<(&'static str, String)>,
+    pub remove: Vec<String>,
+    /// The quota buckets to count it in, with their limits.
+    pub buckets: Vec<(String, Scope, caas_rules::quota::Limit)>,
+    pub tenant_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow(Allow),
+    Forward(Miss),
+}
+
+/// Decides `req` at `now` (Unix seconds; `now_ms` for currency).
+pub fn decide(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Verdict {
+    match judge(state, req, now, now_ms) {
+        Ok(allow) => Verdict::Allow(allow),
+        Err(miss) => Verdict::Forward(miss),
+    }
+}
+
+fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<Allow, Miss> {
+    if !state.current(now_ms) {
+        return Err(Miss::NotCurrent);
+    }
+    let keys = state.keys.as_ref().ok_or(Miss::NotCurrent)?;
+    if req.policy.and_then(Policy::parse) != Some(Policy::EndUser) {
+        return Err(Miss::Policy);
+    }
+    // ext-authz's order (check.rs `decide`): path, preflight, query, address.
+    if !policy::canonical(request::path_only(req.path))
+        || req.header("origin").is_some()
+        || req.header("upgrade").is_some()
+        || request::credential_in_query(req.path)
+    {
+        return Err(Miss::Unusual);
+    }
+    let peer = req.peer.ok_or(Miss::Unusual)?;
+    // Envoy's id (ext-authz incoming.rs takes it when it is this well-formed).
+    let request_id = req.header(REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 128).ok_or(Miss::Unusual)?;
+    // The address is not in an end user's context, but one that cannot be
+    // told is refused (ext-authz: `client_ip_unknown`).
+    caas_rules::net::client_ip(peer, req.header("x-forwarded-for"), keys.trusted_proxy_hops).ok_or(Miss::Unusual)?;
+    let (token, source) = request::end_user_token(|name| req.header(name), req.path).map_err(|_| Miss::Refused)?;
+    if source != TokenSource::Authorization {
+        return Err(Miss::Unusual);
+    }
+    let claims = keys.jwt.verify(token, Audience::Sdk, now).map_err(|_| Miss::Refused)?;
+    if state.revoked(&claims.sid) {
+        return Err(Miss::Refused);
+    }
+    let Some(known) = state.session(&claims.sid) else {
+        state.want(&claims.sid);
+        return Err(Miss::Unknown);
+    };
+    let view = known.record.as_ref().map(|r| SessionView {
+        tenant_id: &r.tenant_id,
+        subject: &r.subject,
+        audience: r.audience,
+        revoked: r.revoked,
+    });
+    session::check(&claims, Audience::Sdk, view.as_ref()).map_err(|_| Miss::Refused)?;
+    let limits: Limits = known.limits;
+    let ctx = RequestContext {
+        tenant_id: claims.tid,
+        user_id: claims.sub,
+        session_id: claims.sid,
+        auth_type: AuthType::Jwt,
+        key_id: String::new(),
+        // End-user routes do not carry the address (ext-authz policies.rs).
+        client_ip: String::new(),
+        request_id: request_id.to_string(),
+        token_expires_at: None,
+    };
+    // ext-authz quota.rs `buckets`: an end user's, then the tenant's.
+    let buckets = if keys.quotas {
+        vec![
+            (format!("user:{}:{}", ctx.tenant_id, ctx.user_id), Scope::User, limits.get(Scope::User)),
+            (format!("tenant:{}", ctx.tenant_id), Scope::Tenant, limits.get(Scope::Tenant)),
+        ]
+    } else {
+        Vec::new()
+    };
+    let (set, remove) = mutations(&keys.signer, &ctx, req, now);
+    Ok(Allow { set, remove, buckets, tenant_id: ctx.tenant_id })
+}
+
+/// ext-authz's `response::allowed` for a grant without trace or CORS.
+fn mutations(
+    signer: &context::ContextSigner,
+    ctx: &RequestContext,
+    req: &Request<'_>,
+    now: i64,
+) -> (Vec<(&'static str, String)>, Vec<String>) {
+    let present = |name: &str| req.headers.contains_key(name);
+    let mut set = Vec::with_capacity(8);
+    let mut remove = Vec::new();
+    for (name, value) in signer.headers(ctx, req.method, now) {
+        if value.is_empty() {
+            if present(name) {
+                remove.push(name.to_string());
+            }
+        } else if name == REQUEST_ID && req.header(REQUEST_ID) == Some(value.as_str()) {
+            // Envoy's own id, already on the request (and signed).
+        } else {
+            set.push((name, value));
+        }
+    }
+    for name in req.headers.keys() {
+        if name.starts_with("x-caas-") && !remove.contains(name) && !CONTEXT_HEADERS.contains(&name.as_str()) {
+            remove.push(name.clone());
+        }
+    }
+    remove.extend([AUTHORIZATION, API_KEY].into_iter().filter(|h| present(h)).map(String::from));
+    (set, remove)
+}

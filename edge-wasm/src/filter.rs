@@ -1,0 +1,278 @@
+//! The Envoy glue: a root context per worker that polls ext-authz's feed
+//! and looks sessions up on a timer, and an HTTP context per request that
+//! asks `decide` and either applies its allow or lets the request continue,
+//! unmarked, to ext_authz.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, MetricType};
+use serde::Deserialize;
+
+use crate::decide::{Miss, Request, Verdict, decide};
+use crate::state::State;
+
+/// The filter state key (`wasm.` + this) that makes Envoy skip ext_authz
+/// (envoy/envoy.yaml); only a filter can write filter state.
+const MARK: &str = "caas_edge";
+const MARK_VALUE: &[u8] = b"allow";
+const TICK: Duration = Duration::from_millis(100);
+/// A poll or lookup not answered within this is given up (Envoy's callout timeout).
+const CALL_TIMEOUT: Duration = Duration::from_millis(500);
+/// Lookups in flight at once, per worker.
+const MAX_LOOKUPS: usize = 32;
+
+#[allow(unsafe_code)]
+mod entry {
+    // proxy-wasm's entry point is an exported (`#[no_mangle]`) function.
+    proxy_wasm::main! {{
+        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Warn);
+        proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
+            Box::new(super::Root::default())
+        });
+    }}
+}
+
+/// The plugin configuration (JSON, from envoy/envoy.yaml).
+#[derive(Deserialize, Clone)]
+struct Config {
+    /// The Envoy cluster of ext-authz's ops listener.
+    cluster: String,
+    /// EXT_AUTHZ_CALLER_TOKEN: the feed serves only the gateway.
+    token: String,
+}
+
+struct Metrics {
+    allowed: u32,
+    forwarded: Vec<(Miss, u32)>,
+    lag_ms: u32,
+    current: u32,
+}
+
+impl Metrics {
+    fn define() -> Option<Self> {
+        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
+        let gauge = |name: &str| hostcalls::define_metric(MetricType::Gauge, name).ok();
+        let mut forwarded = Vec::new();
+        for miss in Miss::ALL {
+            forwarded.push((miss, counter(&format!("caas_edge.forwarded.{}", miss.as_str()))?));
+        }
+        Some(Self {
+            allowed: counter("caas_edge.allowed")?,
+            forwarded,
+            lag_ms: gauge("caas_edge.feed_lag_ms")?,
+            current: gauge("caas_edge.current")?,
+        })
+    }
+
+    fn forwarded(&self, miss: Miss) {
+        if let Some((_, id)) = self.forwarded.iter().find(|(m, _)| *m == miss) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    }
+}
+
+fn now() -> Duration {
+    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default()
+}
+
+#[derive(Default)]
+struct Root {
+    config: Option<Config>,
+    state: Rc<RefCell<State>>,
+    metrics: Option<Rc<Metrics>>,
+    /// The poll in flight and when it was sent (ms).
+    poll: Option<(u32, u64)>,
+    lookups: HashMap<u32, String>,
+    /// Whether the last poll was answered (for logging changes only).
+    answering: bool,
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let ok = self.get_http_call_response_header(":status").as_deref() == Some("200");
+        let body = if ok { self.get_http_call_response_body(0, body_size).unwrap_or_default() } else { Vec::new() };
+        if let Some((poll, sent)) = self.poll
+            && poll == token
+        {
+            self.poll = None;
+            let answered = ok && self.state.borrow_mut().apply_changes(&body, sent).is_ok();
+            // Once per change, not per poll.
+            if answered != self.answering {
+                self.answering = answered;
+                if answered {
+                    log::warn!("caas_edge: the feed answers; deciding end users' requests");
+                } else {
+                    log::warn!("caas_edge: the feed did not answer; every request goes to ext_authz until it does");
+                }
+            }
+            return;
+        }
+        if let Some(id) = self.lookups.remove(&token)
+            && ok
+        {
+            let _ = self.state.borrow_mut().apply_session(&id, &body);
+        }
+    }
+}
+
+impl Root {
+    fn call(&self, config: &Config, path: &str) -> Option<u32> {
+        self.dispatch_http_call(
+            &config.cluster,
+            vec![
+                (":method", "GET"),
+                (":path", path),
+                (":authority", "ext-authz"),
+                ("x-caas-edge-token", &config.token),
+            ],
+            None,
+            vec![],
+            CALL_TIMEOUT,
+        )
+        .ok()
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let Some(config) = self.get_plugin_configuration().and_then(|c| serde_json::from_slice::<Config>(&c).ok())
+        else {
+            // Without a configuration the filter still loads and decides nothing.
+            log::error!("caas_edge: invalid plugin configuration; every request goes to ext_authz");
+            return true;
+        };
+        self.config = Some(config);
+        self.metrics = Metrics::define().map(Rc::new);
+        self.set_tick_period(TICK);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(config) = self.config.clone() else { return };
+        let now_ms = now().as_millis() as u64;
+        if let Some(metrics) = &self.metrics {
+            let state = self.state.borrow();
+            let lag = state.lag_ms(now_ms).unwrap_or(u64::MAX >> 1);
+            let _ = hostcalls::record_metric(metrics.lag_ms, lag);
+            let _ = hostcalls::record_metric(metrics.current, u64::from(state.current(now_ms)));
+        }
+        if self.poll.is_none() {
+            let query = self.state.borrow().poll_query();
+            if let Some(token) = self.call(&config, &format!("/edge/v1/changes?{query}")) {
+                self.poll = Some((token, now_ms));
+            }
+        }
+        let pending = self.state.borrow_mut().take_pending();
+        for id in pending {
+            if self.lookups.len() >= MAX_LOOKUPS {
+                break;
+            }
+            // Session ids are ours (`ses_…`): nothing to escape; anything else is not looked up.
+            if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                continue;
+            }
+            if let Some(token) = self.call(&config, &format!("/edge/v1/session/{id}")) {
+                self.lookups.insert(token, id);
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Edge { state: self.state.clone(), metrics: self.metrics.clone() }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Edge {
+    state: Rc<RefCell<State>>,
+    metrics: Option<Rc<Metrics>>,
+}
+
+impl Context for Edge {}
+
+impl HttpContext for Edge {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let now = now();
+        let mut headers: HashMap<String, String> = HashMap::new();
+        for (name, value) in self.get_http_request_headers() {
+            headers
+                .entry(name)
+                .and_modify(|joined| {
+                    joined.push(',');
+                    joined.push_str(&value);
+                })
+                .or_insert(value);
+        }
+        let policy = self
+            .get_property(vec!["xds", "route_metadata", "filter_metadata", "caas", "policy"])
+            .and_then(|p| String::from_utf8(p).ok());
+        let peer = self
+            .get_property(vec!["source", "address"])
+            .and_then(|a| String::from_utf8(a).ok())
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.ip());
+        let method = headers.get(":method").cloned().unwrap_or_default();
+        let path = headers.get(":path").cloned().unwrap_or_default();
+        let req = Request { method: &method, path: &path, policy: policy.as_deref(), headers: &headers, peer };
+        let verdict = decide(&mut self.state.borrow_mut(), &req, now.as_secs() as i64, now.as_millis() as u64);
+        let allow = match verdict {
+            Verdict::Allow(allow) if admit(&allow.buckets, now.as_nanos() as u64) => allow,
+            Verdict::Allow(_) => return self.forward(Miss::Quota),
+            Verdict::Forward(miss) => return self.forward(miss),
+        };
+        // The mark first: if it cannot be set, nothing is changed and
+        // ext_authz decides as if the filter were not there.
+        if hostcalls::set_property(vec![MARK], Some(MARK_VALUE)).is_err() {
+            log::error!("caas_edge: cannot set filter state; leaving the request to ext_authz");
+            return self.forward(Miss::Unusual);
+        }
+        for (name, value) in &allow.set {
+            self.set_http_request_header(name, Some(value));
+        }
+        for name in &allow.remove {
+            self.set_http_request_header(name, None);
+        }
+        if let Some(metrics) = &self.metrics {
+            let _ = hostcalls::increment_metric(metrics.allowed, 1);
+        }
+        Action::Continue
+    }
+}
+
+impl Edge {
+    fn forward(&self, miss: Miss) -> Action {
+        if let Some(metrics) = &self.metrics {
+            metrics.forwarded(miss);
+        }
+        Action::Continue
+    }
+}
+
+/// Counts the request in every bucket (this Envoy's, shared by its
+/// workers), or in none if one refuses.
+fn admit(buckets: &[(String, caas_rules::quota::Scope, caas_rules::quota::Limit)], now_ns: u64) -> bool {
+    for _ in 0..3 {
+        let mut next = Vec::with_capacity(buckets.len());
+        for (key, scope, limit) in buckets {
+            let key = format!("caas_edge.q.{key}");
+            let (value, cas) = hostcalls::get_shared_data(&key).unwrap_or((None, None));
+            let tat = value.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map_or(0, u64::from_le_bytes);
+            match caas_rules::quota::admit(tat, *limit, *scope, now_ns) {
+                Ok(admitted) => next.push((key, admitted.tat, cas)),
+                Err(_) => return false,
+            }
+        }
+        if next.iter().all(|(key, tat, cas)| hostcalls::set_shared_data(key, Some(&tat.to_le_bytes()), *cas).is_ok()) {
+            return true;
+        }
+    }
+    false
+}

@@ -1,0 +1,234 @@
+//! The feed of the in-proxy filter (edge-wasm/): what it needs to decide
+//! like a Check, served on the ops listener to the gateway alone.
+//!
+//! - `GET /edge/v1/changes?epoch=E&since=N`: the credential changes this
+//!   process has seen (from the bus and the durable change feed, the same
+//!   messages its validator acts on) after cursor `N` of epoch `E`. A filter
+//!   whose epoch is not this process's, or whose cursor is older than what
+//!   is still held (or older than a resync), gets `resync: true` with the
+//!   verification material (JWT secrets, issuer, the context-signing
+//!   secret, TRUSTED_PROXY_HOPS) and must drop everything it learnt. Every
+//!   answer says whether this process is itself current (`current`: its
+//!   change feed reads the database), so the filter stops deciding when
+//!   ext-authz could not know of a revocation either.
+//! - `GET /edge/v1/session/{id}`: one session as the validator sees it, the
+//!   tenant's quotas, and the cursor taken before it was read (a change
+//!   after that cursor still reaches the filter through the changes).
+//!
+//! Only the gateway may read it: every request must carry the caller token
+//! (EXT_AUTHZ_CALLER_TOKEN, header `x-caas-edge-token`), compared in constant
+//! time. Without a configured token the feed refuses everything, and the
+//! filter, never current, leaves every decision to ext_authz.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use caas_core::bus::BusMessage;
+use caas_core::events::Event;
+use caas_core::feed::ChangeFeed;
+use caas_core::secret::Secret;
+use caas_core::validate::Validator;
+use serde_json::json;
+
+/// The header the filter sends the caller token in.
+pub const TOKEN_HEADER: &str = "x-caas-edge-token";
+/// Changes held for filters that are behind; one further behind resyncs.
+const HELD: usize = 8192;
+
+/// What the filter verifies and signs with: the same secrets ext-authz uses.
+#[derive(Clone)]
+pub struct EdgeMaterial {
+    pub issuer: String,
+    pub jwt_secret: Secret,
+    pub jwt_secret_previous: Option<Secret>,
+    pub service_secret: Secret,
+    pub trusted_proxy_hops: usize,
+    /// QUOTAS_ENABLED: the filter counts quotas only where ext-authz does.
+    pub quotas: bool,
+}
+
+/// Credential changes in the order this process received them.
+pub struct EdgeFeed {
+    /// Names this process's numbering: a filter that knew another restarts.
+    epoch: String,
+    inner: Mutex<Held>,
+    token: Option<Secret>,
+    material: EdgeMaterial,
+    validator: Arc<Validator>,
+    changes: Option<Arc<ChangeFeed>>,
+}
+
+#[derive(Default)]
+struct Held {
+    /// The cursor of the newest change (0: none yet).
+    cursor: u64,
+    /// Cursors at or below this are not all held: a filter there resyncs.
+    floor: u64,
+    changes: VecDeque<(u64, Arc<Event>)>,
+}
+
+impl EdgeFeed {
+    /// Starts following `bus` (the process's, as its validator does). Must be
+    /// called inside a Tokio runtime.
+    pub fn start(
+        material: EdgeMaterial,
+        token: Option<Secret>,
+        validator: Arc<Validator>,
+        bus: &Arc<dyn caas_core::bus::EventBus>,
+        changes: Option<Arc<ChangeFeed>>,
+    ) -> Arc<Self> {
+        let feed = Arc::new(Self {
+            epoch: caas_core::id::new_id("edge"),
+            inner: Mutex::new(Held::default()),
+            token,
+            material,
+            validator,
+            changes,
+        });
+        let mut messages = bus.subscribe();
+        let weak = Arc::downgrade(&feed);
+        tokio::spawn(async move {
+            loop {
+                let message = match messages.recv().await {
+                    Ok(message) => message,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => BusMessage::Resync,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(feed) = weak.upgrade() else { return };
+                feed.record(message);
+            }
+        });
+        feed
+    }
+
+    fn record(&self, message: BusMessage) {
+        let mut held = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        held.cursor += 1;
+        let cursor = held.cursor;
+        match message {
+            // Chat messages are not credential changes.
+            BusMessage::Event(event) if matches!(*event, Event::MessageCreated { .. }) => held.cursor -= 1,
+            BusMessage::Event(event) => {
+                held.changes.push_back((cursor, event));
+                if held.changes.len() > HELD
+                    && let Some((dropped, _)) = held.changes.pop_front()
+                {
+                    held.floor = dropped;
+                }
+            }
+            // Changes may have been missed: every filter starts over.
+            BusMessage::Resync => {
+                held.changes.clear();
+                held.floor = cursor;
+            }
+        }
+    }
+
+    fn cursor(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).cursor
+    }
+
+    /// Whether this process would itself hear of a revocation: its change
+    /// feed reads the database (without one, only the bus carries them).
+    fn current(&self) -> bool {
+        self.changes.as_ref().is_none_or(|feed| feed.metrics.current.get() == 1)
+    }
+
+    fn admits(&self, headers: &HeaderMap) -> bool {
+        let presented = headers.get(TOKEN_HEADER).map(|v| v.as_bytes());
+        matches!((&self.token, presented), (Some(token), Some(presented)) if token.matches(presented))
+    }
+
+    fn changes_since(&self, epoch: Option<&str>, since: u64) -> serde_json::Value {
+        let held = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current();
+        if epoch != Some(self.epoch.as_str()) || since < held.floor || since > held.cursor {
+            return json!({
+                "epoch": self.epoch,
+                "cursor": held.cursor,
+                "current": current,
+                "resync": true,
+                "material": material_json(&self.material),
+            });
+        }
+        let changes: Vec<&Event> =
+            held.changes.iter().filter(|(cursor, _)| *cursor > since).map(|(_, event)| event.as_ref()).collect();
+        json!({ "epoch": self.epoch, "cursor": held.cursor, "current": current, "resync": false, "changes": changes })
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct Since {
+    epoch: Option<String>,
+    #[serde(default)]
+    since: u64,
+}
+
+fn refused() -> Response {
+    (StatusCode::FORBIDDEN, Json(json!({ "error": { "code": "forbidden", "message": "gateway token required" } })))
+        .into_response()
+}
+
+fn private(body: serde_json::Value) -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
+
+pub async fn changes(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, Query(q): Query<Since>) -> Response {
+    if !feed.admits(&headers) {
+        return refused();
+    }
+    private(feed.changes_since(q.epoch.as_deref(), q.since))
+}
+
+pub async fn session(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if !feed.admits(&headers) {
+        return refused();
+    }
+    // Taken before the read: a change after it reaches the filter as a change.
+    let cursor = feed.cursor();
+    let session = match feed.validator.session_record(&id).await {
+        Ok(session) => session,
+        Err(_) => {
+            let body = json!({ "error": { "code": "unavailable", "message": "credential store is unavailable" } });
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        }
+    };
+    let limits = match &session {
+        Some(s) => Some(feed.validator.rate_limits(&s.tenant_id).await),
+        None => None,
+    };
+    private(session_answer(&feed.epoch, cursor, session.as_ref(), limits.as_ref()))
+}
+
+/// The material as the filter reads it (edge-wasm/src/state.rs, `Material`).
+pub fn material_json(m: &EdgeMaterial) -> serde_json::Value {
+    json!({
+        "issuer": m.issuer,
+        "jwt_secret": m.jwt_secret.expose(),
+        "jwt_secret_previous": m.jwt_secret_previous.as_ref().map(Secret::expose),
+        "service_secret": m.service_secret.expose(),
+        "trusted_proxy_hops": m.trusted_proxy_hops,
+        "quotas": m.quotas,
+    })
+}
+
+/// A session lookup's answer as the filter reads it (`SessionAnswer`).
+pub fn session_answer(
+    epoch: &str,
+    cursor: u64,
+    session: Option<&caas_core::validate::EdgeSession>,
+    limits: Option<&caas_rules::quota::Limits>,
+) -> serde_json::Value {
+    json!({ "epoch": epoch, "cursor": cursor, "session": session, "limits": limits })
+}
+
+pub fn router(feed: Arc<EdgeFeed>) -> axum::Router {
+    axum::Router::new()
+        .route("/edge/v1/changes", axum::routing::get(changes))
+        .route("/edge/v1/session/{id}", axum::routing::get(session))
+        .with_state(feed)
+}

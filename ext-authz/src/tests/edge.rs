@@ -1,0 +1,177 @@
+//! The differential test of the in-proxy fast path: a generated corpus of
+//! requests through the filter's decision (edge-wasm/src/decide.rs) and the
+//! Check. Where the filter allows, the Check must allow too, with the same
+//! context headers and the same removals; where the filter forwards, the
+//! Check decides (nothing to compare). The filter's state comes through the
+//! feed's own JSON (crate::edge), so the two ends of the feed are tested
+//! against each other too.
+
+use std::collections::{BTreeSet, HashMap};
+
+use caas_edge_wasm::decide::{Request, Verdict as EdgeVerdict, decide};
+use caas_edge_wasm::state::State;
+
+use super::*;
+use crate::edge::{EdgeMaterial, material_json, session_answer};
+
+fn forge(claims: Claims) -> String {
+    jwt().issue(&claims)
+}
+
+fn claims_of(token: &str) -> Claims {
+    jwt().verify(token, Audience::Sdk, unix_now()).unwrap()
+}
+
+#[tokio::test]
+async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
+    let f = fixture().await;
+    let now = unix_now();
+    let now_ms = now as u64 * 1000;
+    let material = EdgeMaterial {
+        issuer: "caas".into(),
+        jwt_secret: Secret::new("jwt-secret-jwt-secret-jwt-secret-0003"),
+        jwt_secret_previous: None,
+        service_secret: Secret::new(SERVICE),
+        trusted_proxy_hops: 0,
+        quotas: true,
+    };
+    let mut state = State::default();
+    let resync = serde_json::json!({
+        "epoch": "e1", "cursor": 0, "current": true, "resync": true, "material": material_json(&material)
+    });
+    state.apply_changes(resync.to_string().as_bytes(), now_ms).unwrap();
+
+    let valid = claims_of(&f.token);
+    let mut tokens: Vec<(&str, String)> = vec![
+        ("valid", f.token.clone()),
+        ("other tenant", f.other_token.clone()),
+        ("dashboard", f.dashboard_token.clone()),
+        ("expired", forge(Claims { iat: now - 3600, exp: now - 1800, ..valid.clone() })),
+        ("not yet valid", forge(Claims { nbf: Some(now + 600), ..valid.clone() })),
+        ("wrong issuer", {
+            let other = JwtKeys::new("other", &Secret::new("jwt-secret-jwt-secret-jwt-secret-0003"), None);
+            other.issue(&Claims { iss: "other".into(), ..valid.clone() })
+        }),
+        ("another subject", forge(Claims { sub: "user-2".into(), ..valid.clone() })),
+        ("another tenant's claim", forge(Claims { tid: f.other_tenant.clone(), ..valid.clone() })),
+        ("unknown session", forge(Claims { sid: new_id("ses"), ..valid.clone() })),
+        ("foreign key", JwtKeys::new("caas", &Secret::new("x".repeat(40)), None).issue(&valid)),
+    ];
+    let mut tampered = f.token.clone();
+    tampered.pop();
+    tampered.push(if f.token.ends_with('A') { 'B' } else { 'A' });
+    tokens.push(("tampered", tampered));
+
+    // The filter learns each session as the feed would serve it.
+    let unknown = tokens.iter().find(|(n, _)| *n == "unknown session").map(|(_, t)| claims_of(t).sid).unwrap();
+    let dashboard = jwt().verify(&f.dashboard_token, Audience::Dashboard, now).unwrap().sid;
+    for sid in [valid.sid.clone(), claims_of(&f.other_token).sid, dashboard, unknown] {
+        let validator = f.authorizer.validator();
+        let session = validator.session_record(&sid).await.unwrap();
+        let limits = match &session {
+            Some(s) => Some(validator.rate_limits(&s.tenant_id).await),
+            None => None,
+        };
+        let answer = session_answer("e1", 0, session.as_ref(), limits.as_ref());
+        state.apply_session(&sid, answer.to_string().as_bytes()).unwrap();
+    }
+
+    let origins = [None, Some("https://app.a.example"), Some("https://evil.example")];
+    let paths = ["/v1/messages", "/v1/conversations?limit=5", "/v1/messages?token=x", "/v1/../v1/messages"];
+    let policies = [Some("end_user"), Some("dashboard"), Some("api_key"), Some("refresh"), Some("public"), None];
+    let extras: [&[(&str, &str)]; 4] = [
+        &[],
+        &[("x-caas-tenant-id", "cl_forged"), ("x-caas-whatever", "1")],
+        &[("upgrade", "websocket")],
+        &[("x-api-key", "caas_not_a_key")],
+    ];
+    let (mut compared, mut allowed) = (0, 0);
+    for (name, token) in &tokens {
+        for origin in origins {
+            for path in paths {
+                for policy in policies {
+                    for extra in extras {
+                        let authorization = format!("Bearer {token}");
+                        let mut headers: Vec<(&str, &str)> =
+                            vec![("authorization", authorization.as_str()), ("x-request-id", "req-edge-1")];
+                        headers.extend(origin.map(|o| ("origin", o)));
+                        headers.extend(extra.iter().copied());
+                        let map: HashMap<String, String> =
+                            headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                        let req = Request {
+                            method: "GET",
+                            path,
+                            policy,
+                            headers: &map,
+                            peer: Some("127.0.0.1".parse().unwrap()),
+                        };
+                        let edge = decide(&mut state, &req, now, now_ms);
+                        let EdgeVerdict::Allow(edge) = edge else { continue };
+                        allowed += 1;
+                        let check = check(&f, request(policy, "GET", path, &headers, "127.0.0.1")).await;
+                        let case = format!("{name}, origin {origin:?}, {path}, {policy:?}, {extra:?}");
+                        assert_eq!(check.status, 200, "the filter allowed what the Check refuses: {case}: {check:?}");
+                        let mut set: HashMap<String, String> =
+                            edge.set.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+                        // Signed at the same second: the same signature, unless a second passed.
+                        if set.get(context::CONTEXT_TS) != check.set.get(context::CONTEXT_TS) {
+                            set.remove(context::CONTEXT_SIG);
+                            set.remove(context::CONTEXT_TS);
+                            let mut theirs = check.set.clone();
+                            theirs.remove(context::CONTEXT_SIG);
+                            theirs.remove(context::CONTEXT_TS);
+                            assert_eq!(set, theirs, "{case}");
+                        } else {
+                            assert_eq!(set, check.set, "{case}");
+                        }
+                        let removed: BTreeSet<&String> = edge.remove.iter().collect();
+                        assert_eq!(removed, check.removed.iter().collect(), "{case}");
+                        assert!(check.response_headers.is_empty(), "{case}: the filter does not answer CORS");
+                        assert!(check.strip_query.is_empty(), "{case}");
+                        compared += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(allowed > 0 && compared == allowed, "the filter allowed {allowed} requests, {compared} compared");
+    // The common case is the filter's: a valid token, no Origin, an end-user route.
+    let map: HashMap<String, String> = [("authorization", format!("Bearer {}", f.token)), ("x-request-id", "r".into())]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let req = Request {
+        method: "GET",
+        path: "/v1/messages",
+        policy: Some("end_user"),
+        headers: &map,
+        peer: Some("127.0.0.1".parse().unwrap()),
+    };
+    assert!(matches!(decide(&mut state, &req, now, now_ms), EdgeVerdict::Allow(_)));
+    // Without a confirmation within a second, it decides nothing.
+    assert!(matches!(decide(&mut state, &req, now, now_ms + 1_000), EdgeVerdict::Forward(_)));
+    // A revocation from the feed: refused (left to the Check) at once.
+    let sid = claims_of(&f.token).sid;
+    let revoked = serde_json::json!({
+        "epoch": "e1", "cursor": 1, "current": true, "resync": false,
+        "changes": [{ "type": "session_revoked", "tenant_id": f.tenant, "session_id": sid }]
+    });
+    state.apply_changes(revoked.to_string().as_bytes(), now_ms).unwrap();
+    assert!(matches!(decide(&mut state, &req, now, now_ms), EdgeVerdict::Forward(_)));
+    // A lookup read before that revocation does not bring the session back.
+    let stale = session_answer(
+        "e1",
+        0,
+        f.authorizer.validator().session_record(&sid).await.unwrap().as_ref(),
+        Some(&caas_rules::quota::DEFAULT_LIMITS),
+    );
+    state.apply_session(&sid, stale.to_string().as_bytes()).unwrap();
+    assert!(matches!(decide(&mut state, &req, now, now_ms), EdgeVerdict::Forward(_)));
+    // ext-authz saying it is itself behind stops the filter too.
+    let mut other = State::default();
+    let behind = serde_json::json!({
+        "epoch": "e2", "cursor": 0, "current": false, "resync": true, "material": material_json(&material)
+    });
+    other.apply_changes(behind.to_string().as_bytes(), now_ms).unwrap();
+    assert!(matches!(decide(&mut other, &req, now, now_ms), EdgeVerdict::Forward(_)));
+}

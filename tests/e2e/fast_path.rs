@@ -1,0 +1,299 @@
+//! The in-proxy fast path (edge-wasm/): through real Envoy, the same
+//! requests get the same answers with the filter on and off; a revoked
+//! session is refused within a second; with the feed cut, ext_authz decides
+//! everything; and nothing a client sends can skip ext_authz.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use caas_core::jwt::{Audience, Claims, JwtKeys};
+use caas_core::secret::Secret;
+use serde_json::Value;
+
+use crate::harness::*;
+
+/// An Envoy stat of the node (`caas_edge.*` are the filter's own).
+async fn stat(node: &Node, name: &str) -> u64 {
+    let admin = node.stack.envoy.as_ref().unwrap().admin;
+    let body = caas::envoy::http_get(admin, &format!("/stats?filter={name}")).await.unwrap_or_default();
+    caas::envoy::body_of(&body)
+        .lines()
+        .filter_map(|line| line.split_once(": "))
+        .filter(|(key, _)| key.ends_with(name))
+        .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
+        .sum()
+}
+
+async fn allowed_by_filter(node: &Node) -> u64 {
+    stat(node, "caas_edge.allowed").await
+}
+
+/// Waits until the node's filter has confirmed its feed (it decides).
+async fn until_current(node: &Node, token: &str) {
+    let http = client();
+    let took = within(Duration::from_secs(10), || {
+        let (http, url, token) = (http.clone(), node.url("/v1/conversations"), token.to_string());
+        async move {
+            let before = allowed_by_filter(node).await;
+            let r = send(http.get(url).bearer_auth(&token)).await;
+            r.status == 200 && allowed_by_filter(node).await > before
+        }
+    })
+    .await;
+    assert!(took.is_some(), "the fast path never allowed a valid request on {}", node.gateway);
+}
+
+/// What must be alike: status, error code, body (without the request id),
+/// the headers a client sees, and for an allow the context a service got.
+fn answer(r: &Reply) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    out.insert("status".into(), r.status.to_string());
+    let mut body = r.body.clone();
+    if let Some(error) = body.get_mut("error").and_then(Value::as_object_mut) {
+        error.remove("request_id");
+    }
+    if r.status != 200 {
+        out.insert("body".into(), body.to_string());
+    }
+    for name in ["content-type", "www-authenticate", "access-control-allow-origin", "vary", "retry-after"] {
+        out.insert(name.into(), r.header(name).unwrap_or("-").to_string());
+    }
+    if r.status == 200 && r.body["headers"].is_object() {
+        let ctx = r.verified_context();
+        out.insert("context".into(), format!("{} {} {} {}", ctx.tenant_id, ctx.user_id, ctx.session_id, ctx.auth_type));
+        let mut reached: Vec<&String> = r.upstream_headers().keys().filter(|k| k.starts_with("x-caas-")).collect();
+        reached.sort();
+        out.insert("service saw".into(), format!("{reached:?}"));
+        for name in ["authorization", "x-api-key"] {
+            out.insert(format!("service saw {name}"), r.upstream_headers().contains_key(name).to_string());
+        }
+    }
+    out
+}
+
+fn token_with(claims: &Claims) -> String {
+    JwtKeys::new("caas", &Secret::new(JWT_SECRET), None).issue(claims)
+}
+
+#[tokio::test]
+async fn the_fast_path_answers_as_ext_authz_does() {
+    let Some(cluster) = cluster_modes(&[true, false], &ECHO_CHAT).await else { return };
+    let (fast, slow) = (&cluster.nodes[0], &cluster.nodes[1]);
+    if !fast.stack.fast_path {
+        return; // the module is not built (outside CI): nothing to compare
+    }
+    assert!(!slow.stack.fast_path);
+    let tenant = onboard(fast, "edge").await;
+    set_whitelists(fast, &tenant, &["127.0.0.1/32"], &["https://app.edge.example"]).await;
+    let session = sdk_session(fast, &tenant, "user-1").await;
+    let token = session["access_token"].as_str().unwrap().to_string();
+    let revoked = sdk_session(fast, &tenant, "user-2").await;
+    let revoked_token = revoked["access_token"].as_str().unwrap().to_string();
+    until_current(fast, &token).await;
+    until_current(fast, &revoked_token).await;
+    let r = send(client().post(fast.url("/v1/sdk/logout")).bearer_auth(&revoked_token)).await;
+    assert_eq!(r.status, 204, "{r:?}");
+    // Every gateway refuses a revoked session within a second (the fast
+    // path hears of it from the feed; end_user.rs holds ext_authz to the same).
+    let refused = within(Duration::from_secs(1), || async {
+        send(client().get(fast.url("/v1/messages")).bearer_auth(&revoked_token)).await.status == 401
+    })
+    .await;
+    assert!(refused.is_some(), "the fast path still allowed a logged-out session after 1 s");
+
+    let now = caas_core::id::unix_now();
+    let claims: Claims = {
+        let keys = JwtKeys::new("caas", &Secret::new(JWT_SECRET), None);
+        keys.verify(&token, Audience::Sdk, now).unwrap()
+    };
+    let expired = token_with(&Claims { iat: now - 3600, exp: now - 1800, ..claims.clone() });
+    let wrong_aud = token_with(&Claims { aud: Audience::Dashboard.as_str().into(), ..claims.clone() });
+    let other_user = token_with(&Claims { sub: "someone-else".into(), ..claims.clone() });
+    let mut tampered = token.clone();
+    tampered.pop();
+    tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+
+    type Case<'a> = (&'a str, Box<dyn Fn(&reqwest::Client, &Node) -> reqwest::RequestBuilder + 'a>);
+    let bearer = |t: String, path: &'static str| {
+        Box::new(move |http: &reqwest::Client, n: &Node| http.get(n.url(path)).bearer_auth(&t))
+            as Box<dyn Fn(&reqwest::Client, &Node) -> reqwest::RequestBuilder>
+    };
+    let cases: Vec<Case<'_>> = vec![
+        ("valid", bearer(token.clone(), "/v1/messages")),
+        ("valid, conversations", bearer(token.clone(), "/v1/conversations?limit=5")),
+        ("expired", bearer(expired, "/v1/messages")),
+        ("wrong audience", bearer(wrong_aud, "/v1/messages")),
+        ("another subject on the session", bearer(other_user, "/v1/messages")),
+        ("tampered", bearer(tampered, "/v1/messages")),
+        ("revoked session", bearer(revoked_token.clone(), "/v1/messages")),
+        ("dashboard token", bearer(tenant.dashboard.clone(), "/v1/messages")),
+        ("missing token", Box::new(|http, n| http.get(n.url("/v1/messages")))),
+        ("api key instead", Box::new(|http, n| http.get(n.url("/v1/messages")).header("x-api-key", &tenant.key))),
+        (
+            "allowed origin",
+            Box::new(|http, n| {
+                http.get(n.url("/v1/messages")).bearer_auth(&token).header("origin", "https://app.edge.example")
+            }),
+        ),
+        (
+            "refused origin",
+            Box::new(|http, n| {
+                http.get(n.url("/v1/messages")).bearer_auth(&token).header("origin", "https://evil.example")
+            }),
+        ),
+        (
+            "forged context and stray x-caas headers",
+            Box::new(|http, n| {
+                http.get(n.url("/v1/messages"))
+                    .bearer_auth(&token)
+                    .header("x-caas-tenant-id", "cl_other")
+                    .header("x-caas-context-sig", "forged")
+                    .header("x-caas-token-expires-at", "1")
+                    .header("x-caas-whatever", "1")
+            }),
+        ),
+        (
+            "api key route",
+            Box::new(|http, n| {
+                http.post(n.url("/v1/sdk/session"))
+                    .header("x-api-key", &tenant.key)
+                    .json(&serde_json::json!({"user_id": "user-9"}))
+            }),
+        ),
+        ("dashboard route", bearer(tenant.dashboard.clone(), "/v1/client/profile")),
+        ("credential in query", bearer(token.clone(), "/v1/messages?api_key=caas_x")),
+    ];
+    let http = client();
+    let before = allowed_by_filter(fast).await;
+    for (name, request) in &cases {
+        let on = send(request(&http, fast)).await;
+        let off = send(request(&http, slow)).await;
+        if *name == "api key route" {
+            // Each creates a session: compare what a client sees of it.
+            assert_eq!((on.status, off.status), (201, 201), "{name}: {on:?} / {off:?}");
+            continue;
+        }
+        assert_eq!(answer(&on), answer(&off), "{name}: fast path {on:?}\next_authz {off:?}");
+    }
+    // The valid requests were the filter's (ext_authz never saw them), and
+    // with the same context headers as ext_authz's.
+    let decided = allowed_by_filter(fast).await - before;
+    assert!(decided >= 3, "the filter decided {decided} of the requests");
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_revoked_session_is_refused_by_the_fast_path_within_a_second() {
+    let Some(cluster) = cluster_modes(&[true], &[]).await else { return };
+    let node = cluster.node();
+    if !node.stack.fast_path {
+        return;
+    }
+    let tenant = onboard(node, "edge-logout").await;
+    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
+    let session = sdk_session(node, &tenant, "user-1").await;
+    let token = session["access_token"].as_str().unwrap().to_string();
+    until_current(node, &token).await;
+    // Revoked by an operator-like path that does not go through the token:
+    // the tenant's backend bans the user (every session of it).
+    let r = send(client().post(node.url("/v1/sdk/users/user-1/revoke")).header("x-api-key", &tenant.key)).await;
+    assert!(r.status == 200 || r.status == 204, "{r:?}");
+    let http = client();
+    let took = within(Duration::from_secs(1), || {
+        let (http, token, url) = (http.clone(), token.clone(), node.url("/v1/messages"));
+        async move {
+            let r = send(http.get(url).bearer_auth(&token)).await;
+            r.status == 401 && r.code() == "session_revoked"
+        }
+    })
+    .await;
+    assert!(took.is_some(), "the fast path still allowed a revoked session after 1 s");
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_the_feed_cut_ext_authz_decides_everything() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ops = free.local_addr().unwrap();
+    drop(free);
+    let (feed, outage) = Outage::proxy(ops).await;
+    let (ops_arg, feed_arg) = (ops.to_string(), feed.to_string());
+    let extra =
+        ["--ext-authz-ops-addr", ops_arg.as_str(), "--edge-feed-addr", feed_arg.as_str(), ECHO_CHAT[0], ECHO_CHAT[1]];
+    let Some(cluster) = cluster_modes(&[true], &extra).await else { return };
+    let node = cluster.node();
+    if !node.stack.fast_path {
+        return;
+    }
+    let tenant = onboard(node, "edge-cut").await;
+    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
+    let session = sdk_session(node, &tenant, "user-1").await;
+    let token = session["access_token"].as_str().unwrap().to_string();
+    until_current(node, &token).await;
+
+    outage.cut();
+    // Within a second of the last confirmation the filter stops deciding.
+    let http = client();
+    let stale = within(Duration::from_secs(2), || {
+        let (http, token, url) = (http.clone(), token.clone(), node.url("/v1/messages"));
+        async move {
+            let before = stat(node, "caas_edge.forwarded.not_current").await;
+            send(http.get(url).bearer_auth(&token)).await;
+            stat(node, "caas_edge.forwarded.not_current").await > before
+        }
+    })
+    .await;
+    assert!(stale.is_some(), "the filter still decides with its feed cut");
+    let allowed = allowed_by_filter(node).await;
+    let r = send(http.get(node.url("/v1/messages")).bearer_auth(&token)).await;
+    assert_eq!(r.status, 200, "ext_authz still allows a valid token: {r:?}");
+    assert_eq!(r.verified_context().session_id, session["session_id"].as_str().unwrap());
+    assert_eq!(allowed_by_filter(node).await, allowed, "the filter decided with its feed cut");
+    // A logout while the feed is cut: ext_authz refuses it at once.
+    let r = send(http.post(node.url("/v1/sdk/logout")).bearer_auth(&token)).await;
+    assert_eq!(r.status, 204, "{r:?}");
+    let r = send(http.get(node.url("/v1/messages")).bearer_auth(&token)).await;
+    assert_eq!((r.status, r.code()), (401, "session_revoked"), "{r:?}");
+
+    // Back: the filter decides again (a fresh session), and still leaves
+    // the revoked one to ext_authz.
+    outage.restore();
+    let fresh = sdk_session(node, &tenant, "user-2").await;
+    until_current(node, fresh["access_token"].as_str().unwrap()).await;
+    let r = send(http.get(node.url("/v1/messages")).bearer_auth(&token)).await;
+    assert_eq!((r.status, r.code()), (401, "session_revoked"), "{r:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn nothing_a_client_sends_skips_ext_authz() {
+    let Some(cluster) = cluster_modes(&[true], &ECHO_CHAT).await else { return };
+    let node = cluster.node();
+    if !node.stack.fast_path {
+        return;
+    }
+    let tenant = onboard(node, "edge-forge").await;
+    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
+    let session = sdk_session(node, &tenant, "user-1").await;
+    until_current(node, session["access_token"].as_str().unwrap()).await;
+    let http = client();
+    let marks = [
+        ("wasm.caas_edge", "allow"),
+        ("caas-edge", "allow"),
+        ("x-caas-edge", "allow"),
+        ("x-envoy-filter-state", "wasm.caas_edge=allow"),
+        ("x-envoy-dynamic-metadata", "caas_edge=allow"),
+        ("x-caas-auth-type", "jwt"),
+    ];
+    for (name, value) in marks {
+        for (method, path) in [("GET", "/v1/messages"), ("GET", "/v1/client/profile"), ("POST", "/v1/sdk/session")] {
+            let request = http.request(method.parse().unwrap(), node.url(path)).header(name, value);
+            // Refused by ext_authz (401), or by Envoy before any filter (400).
+            let r = send(request.bearer_auth("not-a-token")).await;
+            assert!([400, 401].contains(&r.status), "{name}: {value} on {path}: {r:?}");
+            let r = send(http.request(method.parse().unwrap(), node.url(path)).header(name, value)).await;
+            assert!([400, 401].contains(&r.status), "{name}: {value} on {path} without a credential: {r:?}");
+        }
+    }
+    cluster.shutdown().await;
+}
