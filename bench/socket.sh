@@ -24,8 +24,10 @@ SMALL=${SMALL:-10000}; LARGE=${LARGE:-50000}; SUBSCRIBERS=${SUBSCRIBERS:-1000}; 
 SECTIONS=${*:-memory fanout}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 TARGET=${CARGO_TARGET_DIR:-target}
-cargo build --release -q -p caas-bench -p caas-socket
-BENCH=$TARGET/release/caas-bench
+# PROFILE=dev only to smoke-test this script quickly; figures need release.
+PROFILE=${PROFILE:-release}; OUT=$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+cargo build --profile "$PROFILE" -q -p caas-bench -p caas-socket
+BENCH=$TARGET/$OUT/caas-bench
 SERVICE_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n')
 JWT_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=' | head -c 48)
 DB="sqlite://$WORK/caas.db"
@@ -39,7 +41,7 @@ start_socket() { # port [extra env...]; sets SOCKET_PID
   # Every bench connection is the same end user: lift the per-user cap.
   env DATABASE_URL="$DB" SERVICE_SECRET="$SERVICE_SECRET" SOCKET_ADDR=127.0.0.1:$port RUST_LOG=warn \
     SOCKET_MAX_CONNECTIONS_PER_USER=20000 SOCKET_MAX_CONNECTIONS_PER_TENANT=20000 "$@" \
-    "$TARGET/release/socket" >/dev/null 2>&1 &
+    "$TARGET/$OUT/socket" >/dev/null 2>&1 &
   SOCKET_PID=$!; PIDS+=("$SOCKET_PID")
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
 }
