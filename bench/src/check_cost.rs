@@ -22,10 +22,7 @@ use caas_core::store::{AuditAction, AuditEntry, NewApiKey, Store, WhitelistKind}
 use caas_core::validate::{Validator, ValidatorSettings};
 use caas_ext_authz::metrics::GatewayMetrics;
 use caas_ext_authz::{Authorizer, AuthorizerSettings};
-use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 
 #[derive(clap::Args)]
 pub struct CheckCostArgs {
@@ -98,7 +95,8 @@ pub async fn run(args: CheckCostArgs) -> anyhow::Result<()> {
         anyhow::ensure!(!variants.is_empty(), "no variant {only} (off, local, or shared with --redis-url)");
     }
 
-    let request = check_request(&generated.key);
+    // The API-key route's Check, as Envoy sends it from 127.0.0.1.
+    let request = crate::load::check_request("api_key", "", &generated.key, None);
     for v in &variants {
         let status = code(&v.authorizer.check(request.clone()).await);
         anyhow::ensure!(status == 0, "{}: the key's Check answered {status}, not OK", v.name);
@@ -143,34 +141,4 @@ async fn v_check(authorizer: &Authorizer, request: &CheckRequest) -> i32 {
 
 fn code(response: &envoy_types::pb::envoy::service::auth::v3::CheckResponse) -> i32 {
     response.status.as_ref().map_or(-1, |s| s.code)
-}
-
-/// The API-key route's Check, as Envoy sends it from 127.0.0.1.
-fn check_request(key: &str) -> CheckRequest {
-    let headers = HashMap::from([("x-api-key".to_string(), key.to_string())]);
-    let context_extensions = HashMap::from([("policy".to_string(), "api_key".to_string())]);
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(Address {
-                    address: Some(AddressKind::SocketAddress(SocketAddress {
-                        address: "127.0.0.1".into(),
-                        ..Default::default()
-                    })),
-                }),
-                ..Default::default()
-            }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: "/v1/sdk/session".into(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions,
-            ..Default::default()
-        }),
-    }
 }

@@ -213,7 +213,7 @@ pub struct GrpcLoadArgs {
     caller_token: Option<String>,
 }
 
-fn check_request(policy: &str, token: &str, api_key: &str, traceparent: Option<&str>) -> CheckRequest {
+pub(crate) fn check_request(policy: &str, token: &str, api_key: &str, traceparent: Option<&str>) -> CheckRequest {
     let mut headers = HashMap::new();
     if let Some(traceparent) = traceparent {
         headers.insert("traceparent".to_string(), traceparent.to_string());
