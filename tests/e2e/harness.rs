@@ -449,3 +449,18 @@ pub fn pointed_at(url: &str, addr: SocketAddr) -> String {
     parsed.set_port(Some(addr.port())).unwrap();
     parsed.to_string()
 }
+
+/// True (with a SKIPPED message; a failure under CI=true) when the command
+/// `tool` is not installed; `install` says how to get it.
+pub fn tool_missing(tool: &str, install: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but {tool} is not installed ({install})");
+        eprintln!("SKIPPED: {tool} is not installed ({install})");
+    }
+    !found
+}

@@ -21,23 +21,6 @@ use serde_json::Value;
 
 use crate::harness::{SERVICE_SECRET, client, cluster, onboard, sdk_session, set_whitelists};
 
-/// True (and a message, or a failure in CI) when `tool` is not installed.
-fn tool_missing(tool: &str) -> bool {
-    let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but {tool} is not installed (pip install {tool})"
-        );
-        eprintln!("SKIPPED: {tool} is not installed (pip install {tool})");
-    }
-    !found
-}
-
 async fn run(mut command: Command, what: &str) -> String {
     command.kill_on_drop(true);
     let output = tokio::time::timeout(Duration::from_secs(600), command.output())
@@ -57,7 +40,9 @@ async fn validate(document: &Path) {
 
 #[tokio::test]
 async fn openapi_documents_are_valid_and_the_services_answer_only_what_they_declare() {
-    if tool_missing("openapi-spec-validator") || tool_missing("schemathesis") {
+    if crate::harness::tool_missing("openapi-spec-validator", "pip install openapi-spec-validator")
+        || crate::harness::tool_missing("schemathesis", "pip install schemathesis")
+    {
         return;
     }
     // Login throttles stay out of the way: a fuzzer's wrong passwords would
