@@ -153,9 +153,13 @@ static_resources:
     load_assignment: { cluster_name: sockudo, endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $SOCKUDO_PORT } } } } ] } ] }
 YAML
 
+# The env-bootstrapped app's limits default to 100 (connections, backend
+# events per second, …): lifted, as start_socket lifts CAAS's per-user caps.
 start_sockudo() { # sets SERVER_PID; run from an empty directory so no config/ file is read
   mkdir -p "$WORK/sockudo"
   (cd "$WORK/sockudo" && exec env HOST=127.0.0.1 PORT=$SOCKUDO_PORT SOCKUDO_DEFAULT_APP_ID=bench SOCKUDO_DEFAULT_APP_KEY=bench-key \
+    SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=100000 SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=100000 \
+    SOCKUDO_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SECOND=100000 SOCKUDO_DEFAULT_APP_MAX_READ_REQUESTS_PER_SECOND=100000 \
     SOCKUDO_DEFAULT_APP_SECRET="$APP_SECRET" RATE_LIMITER_ENABLED=false ADAPTER_DRIVER=local CACHE_DRIVER=memory \
     QUEUE_DRIVER=none APP_MANAGER_DRIVER=memory METRICS_ENABLED=false DEBUG=false RUST_LOG=warn \
     "$SOCKUDO" >>"$WORK/sockudo.log" 2>&1) &
