@@ -6,34 +6,68 @@
 //! the filter can only ever be wrong by allowing; every allow below passes
 //! the same caas-rules checks, in the same order, as a Check's.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use caas_rules::context::{self, AuthType, CONTEXT_HEADERS, REQUEST_ID, RequestContext};
 use caas_rules::jwt::Audience;
 use caas_rules::policy::{self, Policy};
-use caas_rules::quota::{Limits, Scope};
 use caas_rules::request::{self, API_KEY, AUTHORIZATION, TokenSource};
 use caas_rules::session::{self, SessionView};
 
 use crate::state::State;
 
-/// A request as Envoy presents it to the filter. Header names are
-/// lower-case; repeated headers are joined with `,` as Envoy joins them for
-/// ext_authz.
+/// A request's headers as Envoy presents them to the filter: names
+/// lower-case, a repeated header joined with `,` as Envoy joins it for
+/// ext_authz. A list, not a map: a request has a dozen headers, and
+/// hashing each name cost more in V8 than scanning them.
+#[derive(Debug, Default, Clone)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| n.as_str())
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        let mut joined: Vec<(String, String)> = Vec::with_capacity(16);
+        for (name, value) in pairs {
+            let (name, value) = (name.into(), value.into());
+            match joined.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, existing)) => {
+                    existing.push(',');
+                    existing.push_str(&value);
+                }
+                None => joined.push((name, value)),
+            }
+        }
+        Headers(joined)
+    }
+}
+
+/// A request as Envoy presents it to the filter.
 pub struct Request<'a> {
     pub method: &'a str,
     pub path: &'a str,
     /// The route's policy (route metadata `caas.policy`).
     pub policy: Option<&'a str>,
-    pub headers: &'a HashMap<String, String>,
+    pub headers: &'a Headers,
     /// The TCP peer.
     pub peer: Option<IpAddr>,
 }
 
 impl<'a> Request<'a> {
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers.get(name).map(String::as_str)
+        self.headers.get(name)
     }
 }
 
@@ -51,7 +85,11 @@ pub enum Miss {
     Refused,
     /// The session has not been looked up yet (it is being).
     Unknown,
-    /// The user's or tenant's quota refused it here: ext-authz decides.
+    /// ext-authz refuses the client's address for failed credentials (or
+    /// refuses too many addresses to list them).
+    Address,
+    /// No leased request of this end user's quota is left here (one is
+    /// being asked for): ext-authz counts it, and refuses it if over.
     Quota,
 }
 
@@ -63,12 +101,13 @@ impl Miss {
             Miss::Unusual => "unusual",
             Miss::Refused => "refused",
             Miss::Unknown => "unknown_session",
+            Miss::Address => "address",
             Miss::Quota => "quota",
         }
     }
 
-    pub const ALL: [Miss; 6] =
-        [Miss::NotCurrent, Miss::Policy, Miss::Unusual, Miss::Refused, Miss::Unknown, Miss::Quota];
+    pub const ALL: [Miss; 7] =
+        [Miss::NotCurrent, Miss::Policy, Miss::Unusual, Miss::Refused, Miss::Unknown, Miss::Address, Miss::Quota];
 }
 
 /// What an allow does to the request: ext-authz's OkHttpResponse.
@@ -76,8 +115,6 @@ impl Miss {
 pub struct Allow {
     pub set: Vec<(&'static str, String)>,
     pub remove: Vec<String>,
-    /// The quota buckets to count it in, with their limits.
-    pub buckets: Vec<(String, Scope, caas_rules::quota::Limit)>,
     pub tenant_id: String,
 }
 
@@ -99,8 +136,14 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
     if !state.current(now_ms) {
         return Err(Miss::NotCurrent);
     }
-    let keys = state.keys.as_ref().ok_or(Miss::NotCurrent)?;
-    if req.policy.and_then(Policy::parse) != Some(Policy::EndUser) {
+    let Some(keys) = state.keys.as_ref() else { return Err(Miss::NotCurrent) };
+    let quotas = keys.quotas;
+    // ext-authz check.rs `policy_of`: the route's, else the table's by path.
+    let policy = match req.policy {
+        Some(name) => Policy::parse(name),
+        None => keys.policy_table.as_ref().and_then(|table| table.lookup(req.path)),
+    };
+    if policy != Some(Policy::EndUser) {
         return Err(Miss::Policy);
     }
     // ext-authz's order (check.rs `decide`): path, preflight, query, address.
@@ -116,12 +159,17 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
     let request_id = req.header(REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 128).ok_or(Miss::Unusual)?;
     // The address is not in an end user's context, but one that cannot be
     // told is refused (ext-authz: `client_ip_unknown`).
-    caas_rules::net::client_ip(peer, req.header("x-forwarded-for"), keys.trusted_proxy_hops).ok_or(Miss::Unusual)?;
+    let client_ip = caas_rules::net::client_ip(peer, req.header("x-forwarded-for"), keys.trusted_proxy_hops)
+        .ok_or(Miss::Unusual)?;
+    // ext-authz refuses such an address before any credential (429 too_many_failures).
+    if state.address_refused(client_ip) {
+        return Err(Miss::Address);
+    }
     let (token, source) = request::end_user_token(|name| req.header(name), req.path).map_err(|_| Miss::Refused)?;
     if source != TokenSource::Authorization {
         return Err(Miss::Unusual);
     }
-    let claims = keys.jwt.verify(token, Audience::Sdk, now).map_err(|_| Miss::Refused)?;
+    let claims = state.verify_sdk(token, now).map_err(|_| Miss::Refused)?;
     if state.revoked(&claims.sid) {
         return Err(Miss::Refused);
     }
@@ -136,7 +184,11 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
         revoked: r.revoked,
     });
     session::check(&claims, Audience::Sdk, view.as_ref()).map_err(|_| Miss::Refused)?;
-    let limits: Limits = known.limits;
+    // Last: a request is counted only once it would be allowed (ext-authz
+    // check.rs counts after the grant, in the user's and the tenant's bucket).
+    if quotas && !state.spend(&claims.tid, &claims.sub, now_ms) {
+        return Err(Miss::Quota);
+    }
     let ctx = RequestContext {
         tenant_id: claims.tid,
         user_id: claims.sub,
@@ -148,17 +200,10 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
         request_id: request_id.to_string(),
         token_expires_at: None,
     };
-    // ext-authz quota.rs `buckets`: an end user's, then the tenant's.
-    let buckets = if keys.quotas {
-        vec![
-            (format!("user:{}:{}", ctx.tenant_id, ctx.user_id), Scope::User, limits.get(Scope::User)),
-            (format!("tenant:{}", ctx.tenant_id), Scope::Tenant, limits.get(Scope::Tenant)),
-        ]
-    } else {
-        Vec::new()
-    };
-    let (set, remove) = mutations(&keys.signer, &ctx, req, now);
-    Ok(Allow { set, remove, buckets, tenant_id: ctx.tenant_id })
+    // Held since the top (`current`); looked up again past the lease's write.
+    let signer = &state.keys.as_ref().ok_or(Miss::NotCurrent)?.signer;
+    let (set, remove) = mutations(signer, &ctx, req, now);
+    Ok(Allow { set, remove, tenant_id: ctx.tenant_id })
 }
 
 /// ext-authz's `response::allowed` for a grant without trace or CORS.
@@ -168,7 +213,7 @@ fn mutations(
     req: &Request<'_>,
     now: i64,
 ) -> (Vec<(&'static str, String)>, Vec<String>) {
-    let present = |name: &str| req.headers.contains_key(name);
+    let present = |name: &str| req.headers.contains(name);
     let mut set = Vec::with_capacity(8);
     let mut remove = Vec::new();
     for (name, value) in signer.headers(ctx, req.method, now) {
@@ -182,9 +227,9 @@ fn mutations(
             set.push((name, value));
         }
     }
-    for name in req.headers.keys() {
-        if name.starts_with("x-caas-") && !remove.contains(name) && !CONTEXT_HEADERS.contains(&name.as_str()) {
-            remove.push(name.clone());
+    for name in req.headers.names() {
+        if name.starts_with("x-caas-") && !remove.iter().any(|r| r == name) && !CONTEXT_HEADERS.contains(&name) {
+            remove.push(name.to_string());
         }
     }
     remove.extend([AUTHORIZATION, API_KEY].into_iter().filter(|h| present(h)).map(String::from));

@@ -3,7 +3,7 @@
 //! asks `decide` and either applies its allow or lets the request continue,
 //! unmarked, to ext_authz.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -13,7 +13,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MetricType};
 use serde::Deserialize;
 
-use crate::decide::{Miss, Request, Verdict, decide};
+use crate::decide::{Headers, Miss, Request, Verdict, decide};
 use crate::state::State;
 
 /// The filter state key (`wasm.` + this) that makes Envoy skip ext_authz
@@ -46,11 +46,21 @@ struct Config {
     token: String,
 }
 
+/// The filter's Envoy stats, defined once per worker. Requests only count
+/// into `counts`; the tick adds them to Envoy's counters (a host call per
+/// request cost more than the counting).
 struct Metrics {
     allowed: u32,
     forwarded: Vec<(Miss, u32)>,
     lag_ms: u32,
     current: u32,
+    counts: Counts,
+}
+
+#[derive(Default)]
+struct Counts {
+    allowed: Cell<u64>,
+    forwarded: [Cell<u64>; Miss::ALL.len()],
 }
 
 impl Metrics {
@@ -66,12 +76,31 @@ impl Metrics {
             forwarded,
             lag_ms: gauge("caas_edge.feed_lag_ms")?,
             current: gauge("caas_edge.current")?,
+            counts: Counts::default(),
         })
     }
 
     fn forwarded(&self, miss: Miss) {
-        if let Some((_, id)) = self.forwarded.iter().find(|(m, _)| *m == miss) {
-            let _ = hostcalls::increment_metric(*id, 1);
+        if let Some(i) = Miss::ALL.iter().position(|m| *m == miss) {
+            self.counts.forwarded[i].set(self.counts.forwarded[i].get() + 1);
+        }
+    }
+
+    fn allowed(&self) {
+        self.counts.allowed.set(self.counts.allowed.get() + 1);
+    }
+
+    /// Adds what was counted since the last flush to Envoy's counters.
+    fn flush(&self) {
+        let add = |id: u32, count: &Cell<u64>| {
+            let n = count.replace(0);
+            if n > 0 {
+                let _ = hostcalls::increment_metric(id, n as i64);
+            }
+        };
+        add(self.allowed, &self.counts.allowed);
+        for ((_, id), count) in self.forwarded.iter().zip(&self.counts.forwarded) {
+            add(*id, count);
         }
     }
 }
@@ -88,6 +117,8 @@ struct Root {
     /// The poll in flight and when it was sent (ms).
     poll: Option<(u32, u64)>,
     lookups: HashMap<u32, String>,
+    /// The lease ask in flight, and the end users it asks for.
+    leasing: Option<(u32, Vec<String>)>,
     /// Whether the last poll was answered (for logging changes only).
     answering: bool,
 }
@@ -110,6 +141,11 @@ impl Context for Root {
                     log::warn!("caas_edge: the feed did not answer; every request goes to ext_authz until it does");
                 }
             }
+            return;
+        }
+        if let Some((_, keys)) = self.leasing.take_if(|(asked, _)| *asked == token) {
+            let now_ms = now().as_millis() as u64;
+            self.state.borrow_mut().apply_leases(&keys, ok.then_some(body.as_slice()), now_ms);
             return;
         }
         if let Some(id) = self.lookups.remove(&token)
@@ -136,6 +172,31 @@ impl Root {
         )
         .ok()
     }
+
+    /// Asks ext-authz for the leases the state wants (one call in flight).
+    fn ask_leases(&mut self, config: &Config, now_ms: u64) {
+        if self.leasing.is_some() {
+            return;
+        }
+        let Some((keys, body)) = self.state.borrow_mut().lease_asks(now_ms) else { return };
+        let sent = self.dispatch_http_call(
+            &config.cluster,
+            vec![
+                (":method", "POST"),
+                (":path", "/edge/v1/lease"),
+                (":authority", "ext-authz"),
+                ("content-type", "application/json"),
+                ("x-caas-edge-token", &config.token),
+            ],
+            Some(&body),
+            vec![],
+            CALL_TIMEOUT,
+        );
+        match sent {
+            Ok(token) => self.leasing = Some((token, keys)),
+            Err(_) => self.state.borrow_mut().apply_leases(&keys, None, now_ms),
+        }
+    }
 }
 
 impl RootContext for Root {
@@ -160,6 +221,7 @@ impl RootContext for Root {
             let lag = state.lag_ms(now_ms).unwrap_or(u64::MAX >> 1);
             let _ = hostcalls::record_metric(metrics.lag_ms, lag);
             let _ = hostcalls::record_metric(metrics.current, u64::from(state.current(now_ms)));
+            metrics.flush();
         }
         if self.poll.is_none() {
             let query = self.state.borrow().poll_query();
@@ -167,6 +229,7 @@ impl RootContext for Root {
                 self.poll = Some((token, now_ms));
             }
         }
+        self.ask_leases(&config, now_ms);
         let pending = self.state.borrow_mut().take_pending();
         for id in pending {
             if self.lookups.len() >= MAX_LOOKUPS {
@@ -201,16 +264,7 @@ impl Context for Edge {}
 impl HttpContext for Edge {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let now = now();
-        let mut headers: HashMap<String, String> = HashMap::new();
-        for (name, value) in self.get_http_request_headers() {
-            headers
-                .entry(name)
-                .and_modify(|joined| {
-                    joined.push(',');
-                    joined.push_str(&value);
-                })
-                .or_insert(value);
-        }
+        let headers: Headers = self.get_http_request_headers().into_iter().collect();
         let policy = self
             .get_property(vec!["xds", "route_metadata", "filter_metadata", "caas", "policy"])
             .and_then(|p| String::from_utf8(p).ok());
@@ -219,13 +273,12 @@ impl HttpContext for Edge {
             .and_then(|a| String::from_utf8(a).ok())
             .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
             .map(|a| a.ip());
-        let method = headers.get(":method").cloned().unwrap_or_default();
-        let path = headers.get(":path").cloned().unwrap_or_default();
-        let req = Request { method: &method, path: &path, policy: policy.as_deref(), headers: &headers, peer };
+        let method = headers.get(":method").unwrap_or_default();
+        let path = headers.get(":path").unwrap_or_default();
+        let req = Request { method, path, policy: policy.as_deref(), headers: &headers, peer };
         let verdict = decide(&mut self.state.borrow_mut(), &req, now.as_secs() as i64, now.as_millis() as u64);
         let allow = match verdict {
-            Verdict::Allow(allow) if admit(&allow.buckets, now.as_nanos() as u64) => allow,
-            Verdict::Allow(_) => return self.forward(Miss::Quota),
+            Verdict::Allow(allow) => allow,
             Verdict::Forward(miss) => return self.forward(miss),
         };
         // The mark first: if it cannot be set, nothing is changed and
@@ -241,7 +294,7 @@ impl HttpContext for Edge {
             self.set_http_request_header(name, None);
         }
         if let Some(metrics) = &self.metrics {
-            let _ = hostcalls::increment_metric(metrics.allowed, 1);
+            metrics.allowed();
         }
         Action::Continue
     }
@@ -254,25 +307,4 @@ impl Edge {
         }
         Action::Continue
     }
-}
-
-/// Counts the request in every bucket (this Envoy's, shared by its
-/// workers), or in none if one refuses.
-fn admit(buckets: &[(String, caas_rules::quota::Scope, caas_rules::quota::Limit)], now_ns: u64) -> bool {
-    for _ in 0..3 {
-        let mut next = Vec::with_capacity(buckets.len());
-        for (key, scope, limit) in buckets {
-            let key = format!("caas_edge.q.{key}");
-            let (value, cas) = hostcalls::get_shared_data(&key).unwrap_or((None, None));
-            let tat = value.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map_or(0, u64::from_le_bytes);
-            match caas_rules::quota::admit(tat, *limit, *scope, now_ns) {
-                Ok(admitted) => next.push((key, admitted.tat, cas)),
-                Err(_) => return false,
-            }
-        }
-        if next.iter().all(|(key, tat, cas)| hostcalls::set_shared_data(key, Some(&tat.to_le_bytes()), *cas).is_ok()) {
-            return true;
-        }
-    }
-    false
 }

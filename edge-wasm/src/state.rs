@@ -11,8 +11,9 @@
 use std::collections::{HashMap, HashSet};
 
 use caas_rules::context::ContextSigner;
-use caas_rules::jwt::{Audience, JwtKeys};
-use caas_rules::quota::{DEFAULT_LIMITS, Limits};
+use caas_rules::jwt::{self, Audience, Claims, JwtKeys, TokenError};
+use caas_rules::policy::PolicyTable;
+use caas_rules::quota::Limits;
 use caas_rules::secret::Secret;
 use serde::Deserialize;
 
@@ -28,6 +29,22 @@ pub const MAX_REVOKED: usize = 100_000;
 /// Session lookups waiting to be sent at once; more are dropped (their
 /// requests still go to ext_authz, and the next one asks again).
 pub const MAX_PENDING: usize = 256;
+/// A lease not spent within this (ms from its grant) is dropped. Long
+/// enough that an end user sending a request every few seconds is still
+/// decided here; what holding it can add to a burst is bounded by the
+/// lease's size (twice a tick's demand), not by its age.
+pub const LEASE_MS: u64 = 10_000;
+/// Requests asked for in one lease, at most and at least.
+pub const MAX_LEASE: u32 = 1_000;
+pub const MIN_LEASE: u32 = 4;
+/// End users with a lease (or waiting for one) held at once; past it the
+/// table is emptied (their requests go to ext_authz until leased again).
+pub const MAX_LEASED: usize = 10_000;
+/// Tokens whose signature, issuer and audience were verified, kept; past
+/// it the table is emptied (each is verified again on its next use).
+pub const MAX_VERIFIED: usize = 10_000;
+/// Leases asked for in one call (ext-authz's bound: edge.rs `MAX_LEASES`).
+pub const LEASES_PER_CALL: usize = 256;
 
 #[derive(Debug, Deserialize)]
 pub struct Material {
@@ -39,6 +56,9 @@ pub struct Material {
     /// Whether ext-authz counts quotas (QUOTAS_ENABLED); absent: it does.
     #[serde(default = "counted")]
     pub quotas: bool,
+    /// ext-authz's POLICY_TABLE, for routes that declare no policy.
+    #[serde(default)]
+    pub policy_table: Option<String>,
 }
 
 fn counted() -> bool {
@@ -56,6 +76,10 @@ pub struct Changes {
     pub material: Option<Material>,
     #[serde(default)]
     pub changes: Vec<Change>,
+    /// Address buckets ext-authz refuses for failed credentials; `None`
+    /// (null or absent): too many to list.
+    #[serde(default)]
+    pub refused: Option<Vec<String>>,
 }
 
 /// The changes the filter acts on; the rest (keys, whitelists) concern
@@ -90,11 +114,32 @@ pub struct SessionRecord {
     pub revoked: bool,
 }
 
-/// A looked-up session and its tenant's quotas.
+/// A looked-up session.
 #[derive(Debug, Clone)]
 pub struct Known {
     pub record: Option<SessionRecord>,
-    pub limits: Limits,
+}
+
+/// An end user's requests counted ahead of time in its quotas by ext-authz
+/// (`POST /edge/v1/lease`), for the filter to spend.
+#[derive(Debug, Default, Clone)]
+pub struct Lease {
+    /// Requests left to allow.
+    pub left: u32,
+    /// Allowed, or wanted and not leased, since the last ask (the demand).
+    pub used: u32,
+    /// When the last grant arrived (ms).
+    pub granted_at: u64,
+    /// A request found nothing left: ask at the next tick.
+    pub wanted: bool,
+    /// An ask is in flight.
+    pub asked: bool,
+}
+
+/// `POST /edge/v1/lease`'s answer as the filter reads it.
+#[derive(Debug, Deserialize)]
+pub struct LeaseAnswer {
+    pub granted: Vec<u32>,
 }
 
 /// The verifier and signer built from the material.
@@ -103,6 +148,9 @@ pub struct Keys {
     pub signer: ContextSigner,
     pub trusted_proxy_hops: usize,
     pub quotas: bool,
+    /// `None`: a route without a policy is not the filter's (ext-authz
+    /// refuses it, or the table could not be read here: ext-authz decides).
+    pub policy_table: Option<PolicyTable>,
 }
 
 #[derive(Default)]
@@ -118,6 +166,23 @@ pub struct State {
     sessions: HashMap<String, Known>,
     revoked: HashSet<String>,
     pending: Vec<String>,
+    /// By end user (`lease_key`).
+    leases: HashMap<String, Lease>,
+    /// Address buckets ext-authz refuses (failed credentials); `None`: too
+    /// many to list, or not said: nothing with an address is decided.
+    refused: Option<HashSet<ipnet::IpNet>>,
+    /// End users' tokens verified under the current material, by the token
+    /// itself: a token is the same bytes each time its holder sends it, and
+    /// verifying it again (base64, HMAC, JSON) is most of a decision's cost
+    /// in V8. Only the signature, issuer and audience are taken from here;
+    /// the times are checked on every use, revocation is the session's.
+    verified: HashMap<String, Claims>,
+}
+
+/// The lease table's key of an end user (ids cannot hold a newline: they
+/// come from a verified token, and the feed refuses such ids).
+fn lease_key(tenant_id: &str, user_id: &str) -> String {
+    format!("{tenant_id}\n{user_id}")
 }
 
 impl State {
@@ -145,6 +210,8 @@ impl State {
             self.sessions.clear();
             self.revoked.clear();
             self.pending.clear();
+            self.leases.clear();
+            self.verified.clear();
             self.keys = answer.material.map(|m| Keys {
                 jwt: JwtKeys::new(
                     m.issuer,
@@ -154,6 +221,7 @@ impl State {
                 signer: ContextSigner::new(&Secret::new(m.service_secret)),
                 trusted_proxy_hops: m.trusted_proxy_hops,
                 quotas: m.quotas,
+                policy_table: m.policy_table.and_then(|text| PolicyTable::parse(&text).ok()),
             });
             self.epoch = answer.epoch;
             self.floor = answer.cursor;
@@ -174,11 +242,18 @@ impl State {
                     self.revoked.insert(session_id);
                 }
                 Change::RateLimitsChanged { tenant_id } => {
-                    self.sessions.retain(|_, k| k.record.as_ref().is_none_or(|r| r.tenant_id != tenant_id))
+                    // Leased under the old limits: not spent under the new.
+                    let prefix = format!("{tenant_id}\n");
+                    self.leases.retain(|key, _| !key.starts_with(&prefix));
                 }
                 Change::Other => {}
             }
         }
+        // Text that is not a bucket makes the list unusable: fail closed.
+        self.refused = answer
+            .refused
+            .map(|list| list.iter().map(|b| b.parse::<ipnet::IpNet>()).collect::<Result<HashSet<_>, _>>())
+            .and_then(Result::ok);
         self.cursor = answer.cursor;
         self.confirmed_at = answer.current.then_some(sent_ms);
         Ok(())
@@ -193,9 +268,84 @@ impl State {
         if self.sessions.len() >= MAX_SESSIONS {
             self.sessions.clear();
         }
-        let limits = answer.limits.unwrap_or(DEFAULT_LIMITS);
-        self.sessions.insert(id.to_string(), Known { record: answer.session, limits });
+        self.sessions.insert(id.to_string(), Known { record: answer.session });
         Ok(())
+    }
+
+    /// Spends one of the end user's leased requests; with none left, notes
+    /// the demand (asked for at the next tick) and says no.
+    pub fn spend(&mut self, tenant_id: &str, user_id: &str, now_ms: u64) -> bool {
+        let key = lease_key(tenant_id, user_id);
+        if !self.leases.contains_key(&key) && self.leases.len() >= MAX_LEASED {
+            self.leases.clear();
+        }
+        let lease = self.leases.entry(key).or_default();
+        if lease.left > 0 && now_ms.saturating_sub(lease.granted_at) >= LEASE_MS {
+            lease.left = 0;
+        }
+        lease.used = lease.used.saturating_add(1);
+        if lease.left == 0 {
+            lease.wanted = true;
+            return false;
+        }
+        lease.left -= 1;
+        true
+    }
+
+    /// The leases to ask for now (the body of `POST /edge/v1/lease`), and
+    /// the keys to hand back to `apply_leases` with its answer: each end
+    /// user that found nothing left, or that would run out before the next
+    /// tick at its last tick's pace, for twice that pace. Forgets end users
+    /// idle for a lease period.
+    pub fn lease_asks(&mut self, now_ms: u64) -> Option<(Vec<String>, Vec<u8>)> {
+        self.leases.retain(|_, l| {
+            l.asked || l.wanted || l.used > 0 || (l.left > 0 && now_ms.saturating_sub(l.granted_at) < LEASE_MS)
+        });
+        let mut keys = Vec::new();
+        let mut asks = Vec::new();
+        for (key, lease) in &mut self.leases {
+            if keys.len() >= LEASES_PER_CALL {
+                break;
+            }
+            let fresh = now_ms.saturating_sub(lease.granted_at) < LEASE_MS;
+            let running_out = lease.used > 0 && (!fresh || lease.left <= lease.used);
+            if lease.asked || !(lease.wanted || running_out) {
+                lease.used = 0;
+                continue;
+            }
+            let want = lease.used.saturating_mul(2).clamp(MIN_LEASE, MAX_LEASE);
+            let Some((tenant_id, user_id)) = key.split_once('\n') else { continue };
+            asks.push(serde_json::json!({ "tenant_id": tenant_id, "user_id": user_id, "want": want }));
+            keys.push(key.clone());
+            lease.asked = true;
+            lease.wanted = false;
+            lease.used = 0;
+        }
+        if keys.is_empty() {
+            return None;
+        }
+        Some((keys, serde_json::json!({ "leases": asks }).to_string().into_bytes()))
+    }
+
+    /// Applies ext-authz's answer to the asks for `keys` (`None`: no
+    /// answer; they are asked again when wanted). What is left of the
+    /// previous grant, if still fresh, joins the new one (an ask is sent
+    /// only when it is about to run out, so little is carried over).
+    pub fn apply_leases(&mut self, keys: &[String], body: Option<&[u8]>, now_ms: u64) {
+        let granted = body.and_then(|b| serde_json::from_slice::<LeaseAnswer>(b).ok()).map(|a| a.granted);
+        for (i, key) in keys.iter().enumerate() {
+            let Some(lease) = self.leases.get_mut(key) else { continue };
+            lease.asked = false;
+            match granted.as_ref().and_then(|g| g.get(i)) {
+                Some(n) => {
+                    let left = if now_ms.saturating_sub(lease.granted_at) < LEASE_MS { lease.left } else { 0 };
+                    lease.left = left.saturating_add(*n);
+                    lease.granted_at = now_ms;
+                }
+                // The demand stands: asked again at the next tick.
+                None => lease.wanted = true,
+            }
+        }
     }
 
     /// The session as known, unless a revocation was heard of since.
@@ -204,6 +354,28 @@ impl State {
             return None;
         }
         self.sessions.get(id)
+    }
+
+    /// An end user's token (audience `caas-sdk`) verified as `JwtKeys::verify`
+    /// does, once per token; its times at every call.
+    pub fn verify_sdk(&mut self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        if let Some(claims) = self.verified.get(token) {
+            jwt::check_time(claims, now)?;
+            return Ok(claims.clone());
+        }
+        let keys = self.keys.as_ref().ok_or(TokenError::BadSignature)?;
+        let claims = keys.jwt.verify(token, Audience::Sdk, now)?;
+        if self.verified.len() >= MAX_VERIFIED {
+            self.verified.clear();
+        }
+        self.verified.insert(token.to_string(), claims.clone());
+        Ok(claims)
+    }
+
+    /// Whether ext-authz refuses `ip` for failed credentials (or may: the
+    /// list was too long or not given).
+    pub fn address_refused(&self, ip: std::net::IpAddr) -> bool {
+        self.refused.as_ref().is_none_or(|refused| refused.contains(&caas_rules::net::address_bucket(ip)))
     }
 
     pub fn revoked(&self, id: &str) -> bool {

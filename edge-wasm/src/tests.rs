@@ -1,24 +1,28 @@
 //! The filter's state against the feed's answers (the decision itself is
 //! held to the Check's in ext-authz/src/tests/edge.rs).
 
-use std::collections::HashMap;
-
 use caas_rules::jwt::{Audience, Claims, JwtKeys};
 use caas_rules::secret::Secret;
 use serde_json::json;
 
-use crate::decide::{Miss, Request, Verdict, decide};
-use crate::state::{CURRENCY_MS, State};
+use crate::decide::{Headers, Miss, Request, Verdict, decide};
+use crate::state::{CURRENCY_MS, LEASE_MS, MIN_LEASE, State};
 
 const JWT: &str = "jwt-secret-jwt-secret-jwt-secret-0001";
 const NOW: i64 = 1_800_000_000;
 const NOW_MS: u64 = NOW as u64 * 1000;
 
+/// A resync whose material says quotas are off (the lease test turns them on).
 fn resync(epoch: &str, cursor: u64, current: bool) -> Vec<u8> {
+    resync_with(epoch, cursor, current, false)
+}
+
+fn resync_with(epoch: &str, cursor: u64, current: bool, quotas: bool) -> Vec<u8> {
     json!({
-        "epoch": epoch, "cursor": cursor, "current": current, "resync": true,
+        "epoch": epoch, "cursor": cursor, "current": current, "resync": true, "refused": [],
         "material": { "issuer": "caas", "jwt_secret": JWT, "jwt_secret_previous": null,
-                      "service_secret": "service-secret-service-secret-0002", "trusted_proxy_hops": 0 }
+                      "service_secret": "service-secret-service-secret-0002", "trusted_proxy_hops": 0,
+                      "quotas": quotas }
     })
     .to_string()
     .into_bytes()
@@ -46,7 +50,7 @@ fn token(sid: &str) -> String {
 }
 
 fn verdict(state: &mut State, sid: &str, now_ms: u64) -> Verdict {
-    let headers: HashMap<String, String> =
+    let headers: Headers =
         [("authorization".to_string(), format!("Bearer {}", token(sid))), ("x-request-id".into(), "r1".into())]
             .into_iter()
             .collect();
@@ -71,7 +75,6 @@ fn a_session_is_looked_up_on_first_sight_then_allowed_while_current() {
     state.apply_session("ses_1", &session("e1", 5, false)).unwrap();
     let Verdict::Allow(allow) = verdict(&mut state, "ses_1", NOW_MS) else { unreachable!("not allowed") };
     assert!(allow.remove.contains(&"authorization".to_string()));
-    assert_eq!(allow.buckets.len(), 2, "the user's and the tenant's quotas");
     // Currency lapses a second after the confirming poll was sent.
     assert!(matches!(verdict(&mut state, "ses_1", NOW_MS + CURRENCY_MS), Verdict::Forward(Miss::NotCurrent)));
 }
@@ -82,7 +85,7 @@ fn revocations_resyncs_and_stale_lookups_never_bring_a_session_back() {
     state.apply_changes(&resync("e1", 5, true), NOW_MS).unwrap();
     state.apply_session("ses_1", &session("e1", 5, false)).unwrap();
     assert!(matches!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Allow(_)));
-    let revoked = json!({ "epoch": "e1", "cursor": 6, "current": true, "resync": false,
+    let revoked = json!({ "epoch": "e1", "cursor": 6, "current": true, "resync": false, "refused": [],
                           "changes": [ { "type": "session_revoked", "tenant_id": "cl_1", "session_id": "ses_1" },
                                        { "type": "api_key_changed", "tenant_id": "cl_1", "key_id": "k", "key_hash": "h" } ] });
     state.apply_changes(revoked.to_string().as_bytes(), NOW_MS).unwrap();
@@ -107,4 +110,116 @@ fn revocations_resyncs_and_stale_lookups_never_bring_a_session_back() {
     // Garbage from the feed changes nothing.
     assert!(state.apply_changes(b"not json", NOW_MS).is_err());
     assert!(state.apply_session("ses_3", b"{").is_err());
+}
+
+#[test]
+fn with_quotas_on_the_filter_allows_only_what_ext_authz_leased_it() {
+    let mut state = State::default();
+    state.apply_changes(&resync_with("e1", 0, true, true), NOW_MS).unwrap();
+    state.apply_session("ses_1", &session("e1", 0, false)).unwrap();
+    // Nothing leased yet: ext-authz counts (and may refuse) this one.
+    assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Quota));
+    let (keys, body) = state.lease_asks(NOW_MS).expect("a lease is asked for");
+    let asked: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(asked, json!({ "leases": [ { "tenant_id": "cl_1", "user_id": "u1", "want": MIN_LEASE } ] }));
+    assert!(state.lease_asks(NOW_MS).is_none(), "one ask in flight per end user");
+    // ext-authz had room for one only: one allowed here, then ext_authz again.
+    state.apply_leases(&keys, Some(br#"{"granted":[1]}"#), NOW_MS);
+    assert!(matches!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Allow(_)));
+    assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Quota));
+    // Asked again for twice the demand since the last ask, at least MIN_LEASE.
+    let (keys, body) = state.lease_asks(NOW_MS).unwrap();
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["leases"][0]["want"], MIN_LEASE);
+    for _ in 0..5 {
+        assert!(verdict(&mut state, "ses_1", NOW_MS) != Verdict::Forward(Miss::NotCurrent));
+    }
+    state.apply_leases(&keys, Some(br#"{"granted":[4]}"#), NOW_MS);
+    let (keys, body) = state.lease_asks(NOW_MS).expect("the demand meanwhile outran the lease");
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["leases"][0]["want"], 10);
+    state.apply_leases(&keys, Some(br#"{"granted":[0]}"#), NOW_MS);
+    for _ in 0..4 {
+        assert!(matches!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Allow(_)));
+    }
+    assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Quota));
+    // A lease not spent within its period is dropped, not spent as a burst later.
+    let (keys, _) = state.lease_asks(NOW_MS).unwrap();
+    state.apply_leases(&keys, Some(br#"{"granted":[8]}"#), NOW_MS);
+    let confirmed = json!({ "epoch": "e1", "cursor": 0, "current": true, "resync": false, "refused": [] });
+    state.apply_changes(confirmed.to_string().as_bytes(), NOW_MS + LEASE_MS).unwrap();
+    assert_eq!(verdict(&mut state, "ses_1", NOW_MS + LEASE_MS), Verdict::Forward(Miss::Quota));
+    // A failed ask is asked again; a garbled answer grants nothing.
+    let (keys, _) = state.lease_asks(NOW_MS + LEASE_MS).unwrap();
+    state.apply_leases(&keys, None, NOW_MS + LEASE_MS);
+    let (keys, _) = state.lease_asks(NOW_MS + LEASE_MS).expect("asked again after a failure");
+    state.apply_leases(&keys, Some(b"{"), NOW_MS + LEASE_MS);
+    assert_eq!(verdict(&mut state, "ses_1", NOW_MS + LEASE_MS), Verdict::Forward(Miss::Quota));
+    // The tenant's limits changed: what was leased under the old ones is dropped.
+    let (keys, _) = state.lease_asks(NOW_MS + LEASE_MS).unwrap();
+    state.apply_leases(&keys, Some(br#"{"granted":[8]}"#), NOW_MS + LEASE_MS);
+    let changed = json!({ "epoch": "e1", "cursor": 1, "current": true, "resync": false, "refused": [],
+                          "changes": [ { "type": "rate_limits_changed", "tenant_id": "cl_1" } ] });
+    state.apply_changes(changed.to_string().as_bytes(), NOW_MS + LEASE_MS).unwrap();
+    assert_eq!(verdict(&mut state, "ses_1", NOW_MS + LEASE_MS), Verdict::Forward(Miss::Quota));
+    // An idle end user is forgotten after a lease period.
+    let _ = state.lease_asks(NOW_MS + LEASE_MS);
+    let _ = state.lease_asks(NOW_MS + 3 * LEASE_MS);
+    assert!(state.lease_asks(NOW_MS + 3 * LEASE_MS).is_none());
+}
+
+#[test]
+fn an_address_ext_authz_refuses_for_failed_credentials_is_left_to_it() {
+    let mut state = State::default();
+    state.apply_changes(&resync("e1", 0, true), NOW_MS).unwrap();
+    state.apply_session("ses_1", &session("e1", 0, false)).unwrap();
+    assert!(matches!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Allow(_)));
+    let poll = |refused: serde_json::Value| {
+        json!({ "epoch": "e1", "cursor": 0, "current": true, "resync": false, "refused": refused }).to_string()
+    };
+    // The peer's bucket (127.0.0.1/32) refused: ext-authz answers its 429.
+    state.apply_changes(poll(json!(["127.0.0.1/32", "2001:db8::/64"])).as_bytes(), NOW_MS).unwrap();
+    assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Address));
+    // Another address refused: this one is decided again.
+    state.apply_changes(poll(json!(["127.0.0.2/32"])).as_bytes(), NOW_MS).unwrap();
+    assert!(matches!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Allow(_)));
+    // Too many to list, or a list the filter cannot read: nothing with an address is decided.
+    for refused in [json!(null), json!(["not a bucket"])] {
+        state.apply_changes(poll(refused).as_bytes(), NOW_MS).unwrap();
+        assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Address));
+    }
+}
+
+#[test]
+fn a_token_verified_once_still_expires_and_a_new_secret_verifies_it_afresh() {
+    use caas_rules::jwt::TokenError;
+    let mut state = State::default();
+    state.apply_changes(&resync("e1", 0, true), NOW_MS).unwrap();
+    let t = token("ses_1");
+    assert_eq!(state.verify_sdk(&t, NOW).unwrap().sid, "ses_1");
+    // Kept, but its times still apply (exp is NOW + 900, with 5 s of leeway).
+    assert!(state.verify_sdk(&t, NOW + 904).is_ok());
+    assert_eq!(state.verify_sdk(&t, NOW + 905), Err(TokenError::Expired));
+    assert_eq!(state.verify_sdk(&t, NOW - 600), Err(TokenError::NotYetValid));
+    // A byte changed is another token: verified, and refused.
+    let mut tampered = t.clone();
+    tampered.pop();
+    tampered.push(if t.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(state.verify_sdk(&tampered, NOW), Err(TokenError::BadSignature));
+    // New material (a secret rotated away): nothing kept is trusted.
+    let rotated = json!({
+        "epoch": "e2", "cursor": 0, "current": true, "resync": true, "refused": [],
+        "material": { "issuer": "caas", "jwt_secret": "another-secret-another-secret-0004", "jwt_secret_previous": null,
+                      "service_secret": "service-secret-service-secret-0002", "trusted_proxy_hops": 0 }
+    });
+    state.apply_changes(rotated.to_string().as_bytes(), NOW_MS).unwrap();
+    assert_eq!(state.verify_sdk(&t, NOW), Err(TokenError::BadSignature));
+}
+
+#[test]
+fn repeated_headers_are_joined_as_envoy_joins_them_for_ext_authz() {
+    let headers: Headers =
+        [("x-forwarded-for", "1.1.1.1"), ("origin", "a"), ("x-forwarded-for", "2.2.2.2")].into_iter().collect();
+    assert_eq!(headers.get("x-forwarded-for"), Some("1.1.1.1,2.2.2.2"));
+    assert_eq!(headers.get("origin"), Some("a"));
+    assert_eq!(headers.get("upgrade"), None);
+    assert_eq!(headers.names().collect::<Vec<_>>(), ["x-forwarded-for", "origin"]);
 }

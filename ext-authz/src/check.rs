@@ -267,6 +267,26 @@ impl Authorizer {
         })
     }
 
+    /// Takes up to `want` of an end user's requests from its quotas (the
+    /// user's bucket and the tenant's, as a Check counts them) for the
+    /// in-proxy filter to spend, and returns how many fitted. With quotas
+    /// off the filter asks for none (its material says so).
+    pub async fn lease(&self, tenant_id: &str, user_id: &str, want: u32) -> u32 {
+        if !self.settings.quotas {
+            return 0;
+        }
+        let limits = self.validator.rate_limits(tenant_id).await;
+        let granted = self.quotas.lease(&crate::quota::end_user_buckets(tenant_id, user_id), &limits, want);
+        self.metrics.edge_leased.inc_by(u64::from(granted));
+        granted
+    }
+
+    /// The address buckets refused for too many failed credentials now
+    /// (`None`: too many to list), for the in-proxy filter.
+    pub fn refusing(&self) -> Option<Vec<ipnet::IpNet>> {
+        self.failures.refusing(Instant::now())
+    }
+
     /// The route's declared policy, else (for meshes) the table's for the path.
     fn policy_of(&self, req: &Incoming<'_>) -> Option<Policy> {
         match req.policy {

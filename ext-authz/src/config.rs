@@ -97,13 +97,17 @@ impl ExtAuthzArgs {
     }
 
     fn table(&self) -> Result<Option<PolicyTable>, String> {
+        let Some(text) = self.table_text()? else { return Ok(None) };
+        let path = self.policy_table.as_deref().unwrap_or_default();
+        PolicyTable::parse(&text).map(Some).map_err(|e| format!("POLICY_TABLE {path}: {e}"))
+    }
+
+    /// The policy table's text (the in-proxy filter parses the same).
+    pub fn table_text(&self) -> Result<Option<String>, String> {
         match self.policy_table.as_deref() {
             None | Some("") => Ok(None),
-            Some("builtin") => Ok(Some(PolicyTable::builtin())),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| format!("POLICY_TABLE {path}: {e}"))?;
-                PolicyTable::parse(&text).map(Some).map_err(|e| format!("POLICY_TABLE {path}: {e}"))
-            }
+            Some("builtin") => Ok(Some(caas_rules::policy::BUILTIN_TABLE.to_string())),
+            Some(path) => std::fs::read_to_string(path).map(Some).map_err(|e| format!("POLICY_TABLE {path}: {e}")),
         }
     }
 
@@ -185,6 +189,8 @@ impl crate::Authorizer {
             service_secret: config.service.current(),
             trusted_proxy_hops: config.ext_authz.trusted_proxy_hops,
             quotas: config.ext_authz.quotas_enabled,
+            // Checked at start (`check`), as the Check's own table is.
+            policy_table: config.ext_authz.table_text().ok().flatten(),
         };
         Self::new(
             validator,

@@ -10,10 +10,19 @@
 //!   secret, TRUSTED_PROXY_HOPS) and must drop everything it learnt. Every
 //!   answer says whether this process is itself current (`current`: its
 //!   change feed reads the database), so the filter stops deciding when
-//!   ext-authz could not know of a revocation either.
+//!   ext-authz could not know of a revocation either; and every answer
+//!   lists the address buckets ext-authz refuses for too many failed
+//!   credentials (`refused`; `null` when too many to list), which the
+//!   filter must not allow either.
 //! - `GET /edge/v1/session/{id}`: one session as the validator sees it, the
 //!   tenant's quotas, and the cursor taken before it was read (a change
 //!   after that cursor still reaches the filter through the changes).
+//! - `POST /edge/v1/lease`: end users' requests counted ahead of time in
+//!   their quotas (the same buckets a Check counts in, shared through Redis
+//!   as ever), for the filter to spend on requests it allows; it asks again
+//!   before they run out, and sends a request it holds no lease for to
+//!   ext_authz, which counts it as always. So the filter never admits more
+//!   than a quota does: unspent leases are lost, not given back.
 //!
 //! Only the gateway may read it: every request must carry the caller token
 //! (EXT_AUTHZ_CALLER_TOKEN, header `x-caas-edge-token`), compared in constant
@@ -31,13 +40,19 @@ use caas_core::bus::BusMessage;
 use caas_core::events::Event;
 use caas_core::feed::ChangeFeed;
 use caas_core::secret::Secret;
-use caas_core::validate::Validator;
 use serde_json::json;
+
+use crate::check::Authorizer;
 
 /// The header the filter sends the caller token in.
 pub const TOKEN_HEADER: &str = "x-caas-edge-token";
 /// Changes held for filters that are behind; one further behind resyncs.
 const HELD: usize = 8192;
+/// Leases asked for in one call, and requests in one lease, at most.
+pub const MAX_LEASES: usize = 256;
+pub const MAX_LEASE: u32 = 1_000;
+/// A lease request's body, at most (256 leases of long ids fit).
+const MAX_LEASE_BODY: usize = 256 * 1024;
 
 /// What the filter verifies and signs with: the same secrets ext-authz uses.
 #[derive(Clone)]
@@ -49,6 +64,9 @@ pub struct EdgeMaterial {
     pub trusted_proxy_hops: usize,
     /// QUOTAS_ENABLED: the filter counts quotas only where ext-authz does.
     pub quotas: bool,
+    /// POLICY_TABLE's text: a route without a declared policy (meshes) gets
+    /// the table's, in the filter as in the Check.
+    pub policy_table: Option<String>,
 }
 
 /// Credential changes in the order this process received them.
@@ -58,7 +76,7 @@ pub struct EdgeFeed {
     inner: Mutex<Held>,
     token: Option<Secret>,
     material: EdgeMaterial,
-    validator: Arc<Validator>,
+    authorizer: Arc<Authorizer>,
     changes: Option<Arc<ChangeFeed>>,
 }
 
@@ -77,7 +95,7 @@ impl EdgeFeed {
     pub fn start(
         material: EdgeMaterial,
         token: Option<Secret>,
-        validator: Arc<Validator>,
+        authorizer: Arc<Authorizer>,
         bus: &Arc<dyn caas_core::bus::EventBus>,
         changes: Option<Arc<ChangeFeed>>,
     ) -> Arc<Self> {
@@ -86,7 +104,7 @@ impl EdgeFeed {
             inner: Mutex::new(Held::default()),
             token,
             material,
-            validator,
+            authorizer,
             changes,
         });
         let mut messages = bus.subscribe();
@@ -138,6 +156,12 @@ impl EdgeFeed {
         self.changes.as_ref().is_none_or(|feed| feed.metrics.current.get() == 1)
     }
 
+    /// The address buckets ext-authz refuses for failed credentials, as
+    /// text (`null`: too many to list; the filter then decides nothing).
+    fn refused(&self) -> Option<Vec<String>> {
+        self.authorizer.refusing().map(|buckets| buckets.iter().map(ToString::to_string).collect())
+    }
+
     fn admits(&self, headers: &HeaderMap) -> bool {
         let presented = headers.get(TOKEN_HEADER).map(|v| v.as_bytes());
         matches!((&self.token, presented), (Some(token), Some(presented)) if token.matches(presented))
@@ -153,11 +177,13 @@ impl EdgeFeed {
                 "current": current,
                 "resync": true,
                 "material": material_json(&self.material),
+                "refused": self.refused(),
             });
         }
         let changes: Vec<&Event> =
             held.changes.iter().filter(|(cursor, _)| *cursor > since).map(|(_, event)| event.as_ref()).collect();
-        json!({ "epoch": self.epoch, "cursor": held.cursor, "current": current, "resync": false, "changes": changes })
+        json!({ "epoch": self.epoch, "cursor": held.cursor, "current": current, "resync": false, "changes": changes,
+                "refused": self.refused() })
     }
 }
 
@@ -190,7 +216,7 @@ pub async fn session(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, Path
     }
     // Taken before the read: a change after it reaches the filter as a change.
     let cursor = feed.cursor();
-    let session = match feed.validator.session_record(&id).await {
+    let session = match feed.authorizer.validator().session_record(&id).await {
         Ok(session) => session,
         Err(_) => {
             let body = json!({ "error": { "code": "unavailable", "message": "credential store is unavailable" } });
@@ -198,10 +224,53 @@ pub async fn session(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, Path
         }
     };
     let limits = match &session {
-        Some(s) => Some(feed.validator.rate_limits(&s.tenant_id).await),
+        Some(s) => Some(feed.authorizer.validator().rate_limits(&s.tenant_id).await),
         None => None,
     };
     private(session_answer(&feed.epoch, cursor, session.as_ref(), limits.as_ref()))
+}
+
+/// One lease asked for: an end user (whose token the filter verified) and
+/// how many of its requests.
+#[derive(serde::Deserialize)]
+pub struct LeaseWanted {
+    pub tenant_id: String,
+    pub user_id: String,
+    pub want: u32,
+}
+
+#[derive(serde::Deserialize)]
+pub struct Leases {
+    pub leases: Vec<LeaseWanted>,
+}
+
+/// Answers `{"granted": [n, …]}` in the order asked; a malformed or
+/// oversized request is refused whole (400), with the field named.
+pub async fn lease(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if !feed.admits(&headers) {
+        return refused();
+    }
+    let bad = |message: String| {
+        (StatusCode::BAD_REQUEST, Json(json!({ "error": { "code": "invalid_request", "message": message } })))
+            .into_response()
+    };
+    let asked: Leases = match serde_json::from_slice(&body) {
+        Ok(asked) => asked,
+        Err(error) => return bad(format!("lease request is not valid JSON of the expected shape: {error}")),
+    };
+    if asked.leases.len() > MAX_LEASES {
+        return bad(format!("leases: at most {MAX_LEASES} at once"));
+    }
+    let mut granted = Vec::with_capacity(asked.leases.len());
+    for wanted in &asked.leases {
+        let sane = |id: &str| !id.is_empty() && id.len() <= 256;
+        if !sane(&wanted.tenant_id) || !sane(&wanted.user_id) {
+            return bad("leases: tenant_id and user_id must be 1 to 256 bytes".into());
+        }
+        let want = wanted.want.min(MAX_LEASE);
+        granted.push(feed.authorizer.lease(&wanted.tenant_id, &wanted.user_id, want).await);
+    }
+    private(json!({ "granted": granted }))
 }
 
 /// The material as the filter reads it (edge-wasm/src/state.rs, `Material`).
@@ -213,6 +282,7 @@ pub fn material_json(m: &EdgeMaterial) -> serde_json::Value {
         "service_secret": m.service_secret.expose(),
         "trusted_proxy_hops": m.trusted_proxy_hops,
         "quotas": m.quotas,
+        "policy_table": m.policy_table,
     })
 }
 
@@ -230,5 +300,6 @@ pub fn router(feed: Arc<EdgeFeed>) -> axum::Router {
     axum::Router::new()
         .route("/edge/v1/changes", axum::routing::get(changes))
         .route("/edge/v1/session/{id}", axum::routing::get(session))
+        .route("/edge/v1/lease", axum::routing::post(lease).layer(axum::extract::DefaultBodyLimit::max(MAX_LEASE_BODY)))
         .with_state(feed)
 }

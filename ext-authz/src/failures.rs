@@ -11,9 +11,10 @@
 //! rate above a few per second (BENCHMARKS.md, "Forged API keys from one
 //! address"). A window that ends under the limit leaves nothing behind.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use caas_rules::net::address_bucket;
@@ -31,14 +32,29 @@ pub struct FailureLimiter {
     window: Duration,
     /// Bounded (TinyLFU): addresses failing often are the ones it keeps.
     buckets: moka::sync::Cache<IpNet, Arc<Window>>,
+    /// The buckets refused now, and until when: what the in-proxy filter
+    /// must not allow either (ext-authz/src/edge.rs). Bounded: past
+    /// `MAX_LISTED`, `refusing` says "too many to list".
+    refusing: Mutex<HashMap<IpNet, Instant>>,
 }
+
+/// Refused buckets listed for the in-proxy filter, at most.
+pub const MAX_LISTED: usize = 1_000;
 
 impl FailureLimiter {
     pub fn new(limit: u32, window: Duration, capacity: u64) -> Self {
         let window = window.max(Duration::from_secs(1));
         // Kept a window beyond its end, so the next one knows it was refused.
         let buckets = moka::sync::Cache::builder().max_capacity(capacity).time_to_live(window * 2).build();
-        Self { limit, window, buckets }
+        Self { limit, window, buckets, refusing: Mutex::new(HashMap::new()) }
+    }
+
+    /// The address buckets refused at `now`; `None` when more than
+    /// `MAX_LISTED` are (the filter then leaves every request to ext_authz).
+    pub fn refusing(&self, now: Instant) -> Option<Vec<IpNet>> {
+        let mut refusing = self.refusing.lock().unwrap_or_else(|e| e.into_inner());
+        refusing.retain(|_, ends| now < *ends);
+        (refusing.len() <= MAX_LISTED).then(|| refusing.keys().copied().collect())
     }
 
     /// Seconds left (at least 1) while `ip`'s bucket is over the limit.
@@ -71,7 +87,15 @@ impl FailureLimiter {
             self.buckets.insert(bucket, window.clone());
         }
         let failures = window.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        (failures == self.limit).then_some(bucket)
+        if failures != self.limit {
+            return None;
+        }
+        let mut refusing = self.refusing.lock().unwrap_or_else(|e| e.into_inner());
+        // One past the bound is enough to say "too many"; more is not kept.
+        if refusing.len() <= MAX_LISTED || refusing.contains_key(&bucket) {
+            refusing.insert(bucket, window.started + self.window);
+        }
+        Some(bucket)
     }
 }
 
@@ -93,6 +117,21 @@ mod tests {
         assert_eq!(limiter.refused_for(ip, start + Duration::from_secs(60)), None);
         // Another address starts afresh.
         assert_eq!(limiter.refused_for("203.0.113.8".parse().unwrap(), start), None);
+        // Listed for the in-proxy filter while refused, then no more.
+        let listed = |at| limiter.refusing(at).unwrap().iter().map(|b| b.to_string()).collect::<Vec<_>>();
+        assert_eq!(listed(start), ["203.0.113.7/32"]);
+        assert!(listed(start + Duration::from_secs(60)).is_empty());
+    }
+
+    #[test]
+    fn too_many_refused_addresses_to_list_say_so() {
+        let limiter = FailureLimiter::new(1, Duration::from_secs(60), 10_000);
+        let now = Instant::now();
+        for i in 0..=MAX_LISTED as u32 {
+            limiter.record(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)), now);
+        }
+        assert_eq!(limiter.refusing(now), None);
+        assert_eq!(limiter.refusing(now + Duration::from_secs(61)), Some(Vec::new()));
     }
 
     #[test]

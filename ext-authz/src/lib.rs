@@ -91,7 +91,7 @@ pub async fn serve(
         edge::EdgeFeed::start(
             material.clone(),
             authorizer.caller_token().cloned(),
-            authorizer.validator().clone(),
+            authorizer.clone(),
             &backends.bus,
             backends.feed.clone(),
         )

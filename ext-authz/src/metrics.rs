@@ -23,6 +23,10 @@ pub struct GatewayMetrics {
     /// without Redis or while it is unreachable (each instance then enforces
     /// its share alone).
     pub quota_shared: Gauge,
+    /// End users' requests counted in their quotas ahead of time for the
+    /// in-proxy filter (ext-authz/src/edge.rs, leases), which allows them
+    /// without a Check.
+    pub edge_leased: Counter,
     /// Time inside `check`, by policy.
     pub check_seconds: Family<Labels, Histogram>,
     /// Per policy (`Policy::ALL` order, then routes without one): the allow
@@ -63,6 +67,7 @@ impl Default for GatewayMetrics {
             rate_limited: Family::default(),
             unknown_callers: Counter::default(),
             quota_shared: Gauge::default(),
+            edge_leased: Counter::default(),
             check_seconds,
             hot,
         }
@@ -104,6 +109,11 @@ impl GatewayMetrics {
             "gateway_quota_shared",
             "1 while quotas are shared through Redis, 0 while this instance enforces its share alone",
             self.quota_shared.clone(),
+        );
+        registry.register(
+            "gateway_edge_leased",
+            "End users' requests counted in their quotas ahead of time for the in-proxy filter to allow",
+            self.edge_leased.clone(),
         );
         registry.register("gateway_check_duration_seconds", "Time to decide one Check", self.check_seconds.clone());
     }

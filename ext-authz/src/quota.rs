@@ -137,12 +137,22 @@ impl Default for Quotas {
 /// carries a key), end users on the end-user routes.
 pub fn buckets(policy: Policy, grant: &Grant) -> Vec<(Scope, String)> {
     let ctx = &grant.context;
-    let first = match (policy, ctx.auth_type) {
-        (Policy::ApiKey | Policy::Refresh, AuthType::ApiKey) => (Scope::Key, format!("key:{}", ctx.key_id)),
-        (Policy::EndUser, AuthType::Jwt) => (Scope::User, format!("user:{}:{}", ctx.tenant_id, ctx.user_id)),
-        _ => return Vec::new(),
-    };
-    vec![first, (Scope::Tenant, format!("tenant:{}", ctx.tenant_id))]
+    match (policy, ctx.auth_type) {
+        (Policy::ApiKey | Policy::Refresh, AuthType::ApiKey) => {
+            vec![(Scope::Key, format!("key:{}", ctx.key_id)), tenant_bucket(&ctx.tenant_id)]
+        }
+        (Policy::EndUser, AuthType::Jwt) => end_user_buckets(&ctx.tenant_id, &ctx.user_id),
+        _ => Vec::new(),
+    }
+}
+
+/// An end user's requests are counted in these: the user's, then the tenant's.
+pub fn end_user_buckets(tenant_id: &str, user_id: &str) -> Vec<(Scope, String)> {
+    vec![(Scope::User, format!("user:{tenant_id}:{user_id}")), tenant_bucket(tenant_id)]
+}
+
+fn tenant_bucket(tenant_id: &str) -> (Scope, String) {
+    (Scope::Tenant, format!("tenant:{tenant_id}"))
 }
 
 /// One instance's part of a limit (at least one request, burst at least rate).
@@ -186,6 +196,19 @@ impl Quotas {
     /// limit (a refused request uses up nothing). Never waits for Redis.
     pub fn admit(&self, counted: &[(Scope, String)], limits: &Limits) -> Result<(), Throttle> {
         self.inner.admit(counted, limits)
+    }
+
+    /// Counts up to `want` requests at once, each as `admit` would, and
+    /// returns how many fitted: the in-proxy filter's lease (ext-authz/src/edge.rs),
+    /// which it spends on requests it then allows without a Check. What it
+    /// does not spend is lost, never given back: a lease can only make the
+    /// quota refuse early, never admit more than the limit.
+    pub fn lease(&self, counted: &[(Scope, String)], limits: &Limits, want: u32) -> u32 {
+        let mut granted = 0;
+        while granted < want && self.inner.admit(counted, limits).is_ok() {
+            granted += 1;
+        }
+        granted
     }
 
     /// One reconcile round (the reconciler's; tests call it directly).

@@ -47,6 +47,20 @@ pub struct Claims {
     pub nbf: Option<i64>,
 }
 
+/// The time rules of a token whose signature, issuer and audience passed
+/// (`JwtKeys::verify`'s last step; also for claims verified earlier and
+/// kept, which must still be within their times when used again).
+pub fn check_time(claims: &Claims, now: i64) -> Result<(), TokenError> {
+    if now >= claims.exp + LEEWAY_SECONDS {
+        return Err(TokenError::Expired);
+    }
+    let not_before = claims.nbf.unwrap_or(claims.iat);
+    if now + LEEWAY_SECONDS < not_before {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(())
+}
+
 /// Why a token was refused. All surface as 401 with the code of `code()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -173,13 +187,7 @@ impl JwtKeys {
                 _ => TokenError::Malformed,
             })?
             .claims;
-        if now >= claims.exp + LEEWAY_SECONDS {
-            return Err(TokenError::Expired);
-        }
-        let not_before = claims.nbf.unwrap_or(claims.iat);
-        if now + LEEWAY_SECONDS < not_before {
-            return Err(TokenError::NotYetValid);
-        }
+        check_time(&claims, now)?;
         Ok(claims)
     }
 

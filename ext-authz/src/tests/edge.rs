@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use caas_edge_wasm::decide::{Request, Verdict as EdgeVerdict, decide};
+use caas_edge_wasm::decide::{Headers, Request, Verdict as EdgeVerdict, decide};
 use caas_edge_wasm::state::State;
 
 use super::*;
@@ -33,11 +33,15 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
         jwt_secret_previous: None,
         service_secret: Secret::new(SERVICE),
         trusted_proxy_hops: 0,
-        quotas: true,
+        // Quotas are held to the Check's in tests/quota.rs (leases); here
+        // the filter allows without a lease so every allow is compared.
+        quotas: false,
+        // As the fixture's Check: no table (see the test below for one).
+        policy_table: None,
     };
     let mut state = State::default();
     let resync = serde_json::json!({
-        "epoch": "e1", "cursor": 0, "current": true, "resync": true, "material": material_json(&material)
+        "epoch": "e1", "cursor": 0, "current": true, "resync": true, "refused": [], "material": material_json(&material)
     });
     state.apply_changes(resync.to_string().as_bytes(), now_ms).unwrap();
 
@@ -96,8 +100,7 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
                             vec![("authorization", authorization.as_str()), ("x-request-id", "req-edge-1")];
                         headers.extend(origin.map(|o| ("origin", o)));
                         headers.extend(extra.iter().copied());
-                        let map: HashMap<String, String> =
-                            headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                        let map: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
                         let req = Request {
                             method: "GET",
                             path,
@@ -136,10 +139,8 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
     }
     assert!(allowed > 0 && compared == allowed, "the filter allowed {allowed} requests, {compared} compared");
     // The common case is the filter's: a valid token, no Origin, an end-user route.
-    let map: HashMap<String, String> = [("authorization", format!("Bearer {}", f.token)), ("x-request-id", "r".into())]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    let map: Headers =
+        [("authorization", format!("Bearer {}", f.token)), ("x-request-id", "r".into())].into_iter().collect();
     let req = Request {
         method: "GET",
         path: "/v1/messages",
@@ -153,7 +154,7 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
     // A revocation from the feed: refused (left to the Check) at once.
     let sid = claims_of(&f.token).sid;
     let revoked = serde_json::json!({
-        "epoch": "e1", "cursor": 1, "current": true, "resync": false,
+        "epoch": "e1", "cursor": 1, "current": true, "resync": false, "refused": [],
         "changes": [{ "type": "session_revoked", "tenant_id": f.tenant, "session_id": sid }]
     });
     state.apply_changes(revoked.to_string().as_bytes(), now_ms).unwrap();
@@ -170,8 +171,116 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
     // ext-authz saying it is itself behind stops the filter too.
     let mut other = State::default();
     let behind = serde_json::json!({
-        "epoch": "e2", "cursor": 0, "current": false, "resync": true, "material": material_json(&material)
+        "epoch": "e2", "cursor": 0, "current": false, "resync": true, "refused": [], "material": material_json(&material)
     });
     other.apply_changes(behind.to_string().as_bytes(), now_ms).unwrap();
     assert!(matches!(decide(&mut other, &req, now, now_ms), EdgeVerdict::Forward(_)));
+}
+
+#[tokio::test]
+async fn the_lease_endpoint_serves_the_gateway_only_and_refuses_what_it_cannot_read() {
+    use axum::extract::State as Extract;
+    use axum::http::HeaderMap;
+
+    let f = fixture().await;
+    let tenant = f.tenant.clone();
+    let authorizer = Arc::new(f.authorizer);
+    let material = EdgeMaterial {
+        issuer: "caas".into(),
+        jwt_secret: Secret::new("jwt-secret-jwt-secret-jwt-secret-0003"),
+        jwt_secret_previous: None,
+        service_secret: Secret::new(SERVICE),
+        trusted_proxy_hops: 0,
+        quotas: true,
+        policy_table: None,
+    };
+    let bus: Arc<dyn caas_core::bus::EventBus> = Arc::new(LocalBus::new());
+    let token = Secret::new("edge-token-edge-token-edge-token-01");
+    let feed = crate::edge::EdgeFeed::start(material, Some(token.clone()), authorizer.clone(), &bus, None);
+    let mut gateway = HeaderMap::new();
+    gateway.insert(crate::edge::TOKEN_HEADER, token.expose().parse().unwrap());
+    let call = |headers: HeaderMap, body: String| {
+        let feed = feed.clone();
+        async move {
+            let response = crate::edge::lease(Extract(feed), headers, body.into()).await;
+            let status = response.status().as_u16();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            (status, serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default())
+        }
+    };
+    let asked = serde_json::json!({ "leases": [ { "tenant_id": tenant, "user_id": "user-1", "want": 3 },
+                                                { "tenant_id": tenant, "user_id": "user-2", "want": 5_000 } ] });
+    // Without the gateway's token: nothing, and nothing counted.
+    let (status, _) = call(HeaderMap::new(), asked.to_string()).await;
+    assert_eq!(status, 403);
+    let mut wrong = HeaderMap::new();
+    wrong.insert(crate::edge::TOKEN_HEADER, "not-the-token".parse().unwrap());
+    assert_eq!(call(wrong, asked.to_string()).await.0, 403);
+    assert_eq!(authorizer.metrics().edge_leased.get(), 0);
+    // The gateway gets what fits, in order; an ask above the bound is cut to it
+    // (then to the default per-user burst, 100).
+    let (status, body) = call(gateway.clone(), asked.to_string()).await;
+    assert_eq!((status, body["granted"].clone()), (200, serde_json::json!([3, 100])));
+    // Malformed, wrongly typed, oversized or empty ids: 400 naming the problem.
+    let too_many: Vec<_> = (0..=crate::edge::MAX_LEASES)
+        .map(|i| serde_json::json!({"tenant_id": "t", "user_id": i.to_string(), "want": 1}))
+        .collect();
+    for (body, says) in [
+        ("not json".to_string(), "not valid JSON"),
+        (r#"{"leases":[{"tenant_id":"t","user_id":"u","want":"1"}]}"#.to_string(), "invalid type"),
+        (r#"{"leases":[{"tenant_id":"","user_id":"u","want":1}]}"#.to_string(), "1 to 256 bytes"),
+        (serde_json::json!({ "leases": too_many }).to_string(), "at most 256"),
+    ] {
+        let (status, answer) = call(gateway.clone(), body.clone()).await;
+        assert_eq!(status, 400, "{body}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{body}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn in_a_mesh_the_filter_takes_the_policy_from_the_same_table_as_the_check() {
+    let settings = AuthorizerSettings {
+        policy_table: Some(caas_rules::policy::PolicyTable::builtin()),
+        ..AuthorizerSettings::default()
+    };
+    let f = fixture_with(settings, Arc::new(MemoryCache::new())).await;
+    let now = unix_now();
+    let now_ms = now as u64 * 1000;
+    let material = EdgeMaterial {
+        issuer: "caas".into(),
+        jwt_secret: Secret::new("jwt-secret-jwt-secret-jwt-secret-0003"),
+        jwt_secret_previous: None,
+        service_secret: Secret::new(SERVICE),
+        trusted_proxy_hops: 0,
+        quotas: false,
+        policy_table: Some(caas_rules::policy::BUILTIN_TABLE.to_string()),
+    };
+    let mut state = State::default();
+    let resync = serde_json::json!({
+        "epoch": "e1", "cursor": 0, "current": true, "resync": true, "refused": [], "material": material_json(&material)
+    });
+    state.apply_changes(resync.to_string().as_bytes(), now_ms).unwrap();
+    let sid = claims_of(&f.token).sid;
+    let session = f.authorizer.validator().session_record(&sid).await.unwrap();
+    state.apply_session(&sid, session_answer("e1", 0, session.as_ref(), None).to_string().as_bytes()).unwrap();
+    let authorization = format!("Bearer {}", f.token);
+    let headers = [("authorization", authorization.as_str()), ("x-request-id", "req-mesh-1")];
+    let map: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
+    // No route policy (Istio, Envoy Gateway): the table decides, in both.
+    for (path, filter_allows) in [
+        ("/v1/messages", true),
+        ("/v1/conversations?limit=1", true),
+        ("/v1/client/profile", false),
+        ("/v1/nowhere", false),
+    ] {
+        let req =
+            Request { method: "GET", path, policy: None, headers: &map, peer: Some("127.0.0.1".parse().unwrap()) };
+        let edge = decide(&mut state, &req, now, now_ms);
+        let check = check(&f, request(None, "GET", path, &headers, "127.0.0.1")).await;
+        assert_eq!(matches!(edge, EdgeVerdict::Allow(_)), filter_allows, "{path}: {edge:?}");
+        if filter_allows {
+            assert_eq!(check.status, 200, "{path}: the filter allowed what the Check refuses: {check:?}");
+        }
+    }
 }

@@ -195,3 +195,31 @@ mod shared {
         assert!(q.admit(&key, &TEN).is_err());
     }
 }
+
+#[tokio::test]
+async fn a_lease_for_the_in_proxy_filter_comes_out_of_the_quota_a_check_counts_in() {
+    let q = quota_fixture().await;
+    let per_user = Limit { rate: 1, burst: 5 };
+    q.set(Limits { per_user, ..DEFAULT_LIMITS }).await;
+    let user = "user-1";
+    // The filter is leased three of the user's five; Checks get the other two.
+    assert_eq!(q.f.authorizer.lease(&q.f.tenant, user, 3).await, 3);
+    assert_eq!(q.as_end_user().await.status, 200);
+    assert_eq!(q.as_end_user().await.status, 200);
+    let refused = q.as_end_user().await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    // Nothing is left to lease either, and a lease never overdraws.
+    assert_eq!(q.f.authorizer.lease(&q.f.tenant, user, 10).await, 0);
+    assert_eq!(q.f.authorizer.metrics().edge_leased.get(), 3);
+    // Another user of the tenant has its own bucket.
+    assert_eq!(q.f.authorizer.lease(&q.f.tenant, "user-2", 2).await, 2);
+}
+
+#[tokio::test]
+async fn with_quotas_off_nothing_is_leased() {
+    let store = caas_core::testing::sqlite_store().await;
+    let (tenant, _, _) = register(&store, "off@example.com").await;
+    let settings = AuthorizerSettings { quotas: false, ..AuthorizerSettings::default() };
+    let authorizer = authorizer_on(store, Arc::new(MemoryCache::new()), settings);
+    assert_eq!(authorizer.lease(&tenant, "user-1", 5).await, 0);
+}
