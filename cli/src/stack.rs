@@ -53,11 +53,10 @@ pub struct UpConfig {
     #[arg(long)]
     pub no_envoy: bool,
     /// The in-proxy fast path (edge-wasm/): Envoy allows end users' requests
-    /// itself, as ext-authz would, and calls ext_authz for the rest. Off by
-    /// default until its quotas are shared with ext-authz's: with it on, each
-    /// Envoy counts end users' quotas on its own (docs/DESIGN.md, "The
+    /// itself, as ext-authz would (quotas leased from ext-authz's own
+    /// buckets), and calls ext_authz for the rest (docs/DESIGN.md, "The
     /// in-proxy fast path"). `false`: ext_authz decides every request.
-    #[arg(long, env = "FAST_PATH", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "FAST_PATH", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub fast_path: bool,
     /// The fast path's module (caas_edge_wasm.wasm). Unset: beside the `caas`
     /// binary, else in the build folder; not found, the gateway runs without

@@ -98,11 +98,11 @@ pub async fn cluster_on(redis_url: &str, count: usize, extra: &[&str]) -> Option
 }
 
 /// Whether the suite runs with the in-proxy fast path (edge-wasm/), as
-/// `caas up` does: off unless `CAAS_E2E_FAST_PATH=true`, which runs every
-/// flow through it (the quota flows then fail: its quotas are per Envoy,
-/// docs/DESIGN.md). tests/e2e/fast_path.rs turns it on for its own nodes.
+/// `caas up` does: on unless `CAAS_E2E_FAST_PATH=false`, so every flow runs
+/// through it; tests/e2e/fast_path.rs runs the same requests with it on and
+/// off side by side.
 pub fn fast_path_default() -> bool {
-    std::env::var("CAAS_E2E_FAST_PATH").as_deref() == Ok("true")
+    std::env::var("CAAS_E2E_FAST_PATH").as_deref() != Ok("false")
 }
 
 /// The fast path's arguments: the module, which the test command builds

@@ -125,14 +125,43 @@ fn registered_metrics() -> std::collections::BTreeSet<String> {
     names
 }
 
-/// The metric names (as exposed) in docs/METRICS.md's service tables.
+/// The metric names (as exposed) in docs/METRICS.md's service tables (the
+/// sections before the in-proxy filter's Envoy stats and the plan's names).
 fn documented_metrics() -> std::collections::BTreeSet<String> {
-    let services = METRICS.split("\n## The plan's names").next().unwrap();
-    services
-        .lines()
+    let services = METRICS.split("\n## Envoy: the in-proxy filter").next().unwrap();
+    let services = services.split("\n## The plan's names").next().unwrap();
+    names_in_tables(services)
+}
+
+fn names_in_tables(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
         .filter_map(|line| line.strip_prefix("| `"))
         .map(|rest| rest[..rest.find('`').unwrap()].to_string())
         .collect()
+}
+
+#[test]
+fn the_in_proxy_filters_envoy_stats_are_listed_as_its_source_defines_them() {
+    let section = METRICS.split("\n## Envoy: the in-proxy filter").nth(1).expect("the filter's section");
+    let section = section.split("\n## ").next().unwrap();
+    let listed = names_in_tables(section);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let filter = std::fs::read_to_string(root.join("edge-wasm/src/filter.rs")).unwrap();
+    let decide = std::fs::read_to_string(root.join("edge-wasm/src/decide.rs")).unwrap();
+    // The fixed names (`counter("caas_edge.…")`, `gauge(…)`), and one
+    // `caas_edge.forwarded.<reason>` per reason `Miss::as_str` names.
+    let mut defined = std::collections::BTreeSet::new();
+    for marker in ["counter(\"", "gauge(\""] {
+        for rest in filter.split(marker).skip(1) {
+            defined.insert(rest[..rest.find('"').unwrap()].to_string());
+        }
+    }
+    let reasons = decide.split("fn as_str(self)").nth(1).unwrap().split("\n    }").next().unwrap();
+    for rest in reasons.split("=> \"").skip(1) {
+        defined.insert(format!("caas_edge.forwarded.{}", &rest[..rest.find('"').unwrap()]));
+    }
+    assert!(defined.len() >= 10, "the source scan found only {defined:?}");
+    assert_eq!(listed, defined, "docs/METRICS.md's filter section against edge-wasm/src");
 }
 
 #[test]
