@@ -13,6 +13,7 @@ const K8S_DATA_STORES: &str = include_str!("../../../deploy/k8s/data-stores.yaml
 const ISTIO_PROVIDER: &str = include_str!("../../../deploy/istio/ext-authz-provider.yaml");
 const ISTIO_POLICY: &str = include_str!("../../../deploy/istio/authorization-policy.yaml");
 const ISTIO_ROUTES: &str = include_str!("../../../deploy/istio/virtual-service.yaml");
+const ISTIO_FAST_PATH: &str = include_str!("../../../deploy/istio/fast-path.yaml");
 const ENVOY_GATEWAY: &str = include_str!("../../../deploy/envoy-gateway/security-policy.yaml");
 
 /// What an operator's .env would hold (see .env.example).
@@ -369,6 +370,67 @@ fn mesh_examples_point_at_ext_authz_and_fail_closed() {
             assert!(table.lookup(path).is_some(), "{path} has no policy in the table");
         }
     }
+}
+
+/// envoy/envoy.yaml's HTTP filter `name`, rendered with the fast path on.
+fn envoy_http_filter(name: &str) -> Value {
+    let mut addresses = super::addresses();
+    addresses.fast_path = Some(crate::envoy::FastPath {
+        wasm: std::path::PathBuf::from("/edge.wasm"),
+        ext_authz_ops: ("127.0.0.1".into(), 9192),
+    });
+    let rendered = crate::envoy::render(crate::envoy::TEMPLATE, &addresses).unwrap();
+    let mut config: Value = serde_norway::from_str(&rendered).unwrap();
+    config.apply_merge().unwrap();
+    let filters =
+        config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+            .as_sequence()
+            .unwrap()
+            .clone();
+    filters.into_iter().find(|f| f["name"] == name).unwrap_or_else(|| panic!("envoy.yaml has no {name}"))
+}
+
+#[test]
+fn the_istio_fast_path_skips_ext_authz_exactly_as_envoy_yaml_does() {
+    let docs = documents(ISTIO_FAST_PATH);
+    let plugin = of_kind(&docs, "WasmPlugin");
+    // Before ext_authz; a module that does not load leaves everything to it.
+    assert_eq!(plugin["spec"]["phase"], "AUTHN");
+    assert_eq!(plugin["spec"]["failStrategy"], "FAIL_OPEN");
+    assert_eq!(plugin["spec"]["type"], "HTTP");
+    // The filter's configuration (edge-wasm/src/filter.rs `Config`): the feed
+    // on ext-authz's ops port, which the gateways may reach (NetworkPolicy).
+    let config = plugin["spec"]["pluginConfig"].as_mapping().unwrap();
+    let keys: Vec<&str> = config.keys().map(|k| k.as_str().unwrap()).collect();
+    assert_eq!(keys, ["cluster", "token"]);
+    assert_eq!(config["cluster"], "outbound|9192||ext-authz.caas.svc.cluster.local");
+    let k8s = k8s_documents();
+    assert!(service_port(&k8s, "ext-authz", 9192));
+    let from_gateways = k8s.iter().find(|d| d["metadata"]["name"] == "ext-authz-from-gateways").unwrap();
+    let gateway_rule = &from_gateways["spec"]["ingress"][0];
+    assert_eq!(gateway_rule["from"][1]["namespaceSelector"]["matchLabels"]["caas.dev/gateway"], "true");
+    assert!(gateway_rule["ports"].as_sequence().unwrap().iter().any(|p| p["port"].as_u64() == Some(9192)));
+
+    let patch = &of_kind(&docs, "EnvoyFilter")["spec"]["configPatches"][0];
+    assert_eq!(patch["patch"]["operation"], "INSERT_BEFORE");
+    assert_eq!(patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"], "envoy.filters.http.router");
+    let ours = &patch["patch"]["value"];
+    let envoy = envoy_http_filter("envoy.filters.http.ext_authz");
+    assert_eq!(ours["name"], envoy["name"]);
+    // The same matcher on the same filter state, the same skip.
+    assert_eq!(ours["typed_config"]["xds_matcher"], envoy["typed_config"]["xds_matcher"]);
+    let (ours, envoy) = (
+        &ours["typed_config"]["extension_config"]["typed_config"],
+        &envoy["typed_config"]["extension_config"]["typed_config"],
+    );
+    for field in ["@type", "transport_api_version", "failure_mode_allow", "status_on_error", "allowed_headers"] {
+        assert_eq!(ours[field], envoy[field], "{field}");
+    }
+    assert_eq!(ours["failure_mode_allow"].as_bool(), Some(false));
+    assert_eq!(ours["grpc_service"]["envoy_grpc"]["cluster_name"], "outbound|9191||ext-authz.caas.svc.cluster.local");
+    assert_eq!(ours["grpc_service"]["initial_metadata"][0]["key"], "x-caas-authz-token");
+    // The wasm filter comes before ext_authz in envoy.yaml too.
+    assert_eq!(envoy_http_filter("caas.edge")["typed_config"]["config"]["root_id"], "caas_edge");
 }
 
 const DOCKERFILE: &str = include_str!("../../../Dockerfile");
