@@ -22,28 +22,39 @@ fn claims_of(token: &str) -> Claims {
     jwt().verify(token, Audience::Sdk, unix_now()).unwrap()
 }
 
-#[tokio::test]
-async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
-    let f = fixture().await;
-    let now = unix_now();
-    let now_ms = now as u64 * 1000;
-    let material = EdgeMaterial {
+/// What ext-authz's feed would hand the filter with these settings.
+fn material(quotas: bool, policy_table: Option<&str>) -> EdgeMaterial {
+    EdgeMaterial {
         issuer: "caas".into(),
         jwt_secret: Secret::new("jwt-secret-jwt-secret-jwt-secret-0003"),
         jwt_secret_previous: None,
         service_secret: Secret::new(SERVICE),
         trusted_proxy_hops: 0,
-        // Quotas are held to the Check's in tests/quota.rs (leases); here
-        // the filter allows without a lease so every allow is compared.
-        quotas: false,
-        // As the fixture's Check: no table (see the test below for one).
-        policy_table: None,
-    };
+        quotas,
+        policy_table: policy_table.map(str::to_string),
+    }
+}
+
+/// A filter that has read `material` from the feed (a resync) at `now_ms`.
+fn filter_with(material: &EdgeMaterial, now_ms: u64) -> State {
     let mut state = State::default();
     let resync = serde_json::json!({
-        "epoch": "e1", "cursor": 0, "current": true, "resync": true, "refused": [], "material": material_json(&material)
+        "epoch": "e1", "cursor": 0, "current": true, "resync": true, "refused": [], "material": material_json(material)
     });
     state.apply_changes(resync.to_string().as_bytes(), now_ms).unwrap();
+    state
+}
+
+#[tokio::test]
+async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
+    let f = fixture().await;
+    let now = unix_now();
+    let now_ms = now as u64 * 1000;
+    // Quotas are held to the Check's in tests/quota.rs (leases): here the
+    // filter allows without a lease, so every allow is compared; no table,
+    // as the fixture's Check (see the mesh test for one).
+    let material = material(false, None);
+    let mut state = filter_with(&material, now_ms);
 
     let valid = claims_of(&f.token);
     let mut tokens: Vec<(&str, String)> = vec![
@@ -185,15 +196,7 @@ async fn the_lease_endpoint_serves_the_gateway_only_and_refuses_what_it_cannot_r
     let f = fixture().await;
     let tenant = f.tenant.clone();
     let authorizer = Arc::new(f.authorizer);
-    let material = EdgeMaterial {
-        issuer: "caas".into(),
-        jwt_secret: Secret::new("jwt-secret-jwt-secret-jwt-secret-0003"),
-        jwt_secret_previous: None,
-        service_secret: Secret::new(SERVICE),
-        trusted_proxy_hops: 0,
-        quotas: true,
-        policy_table: None,
-    };
+    let material = material(true, None);
     let bus: Arc<dyn caas_core::bus::EventBus> = Arc::new(LocalBus::new());
     let token = Secret::new("edge-token-edge-token-edge-token-01");
     let feed = crate::edge::EdgeFeed::start(material, Some(token.clone()), authorizer.clone(), &bus, None);
@@ -247,20 +250,7 @@ async fn in_a_mesh_the_filter_takes_the_policy_from_the_same_table_as_the_check(
     let f = fixture_with(settings, Arc::new(MemoryCache::new())).await;
     let now = unix_now();
     let now_ms = now as u64 * 1000;
-    let material = EdgeMaterial {
-        issuer: "caas".into(),
-        jwt_secret: Secret::new("jwt-secret-jwt-secret-jwt-secret-0003"),
-        jwt_secret_previous: None,
-        service_secret: Secret::new(SERVICE),
-        trusted_proxy_hops: 0,
-        quotas: false,
-        policy_table: Some(caas_rules::policy::BUILTIN_TABLE.to_string()),
-    };
-    let mut state = State::default();
-    let resync = serde_json::json!({
-        "epoch": "e1", "cursor": 0, "current": true, "resync": true, "refused": [], "material": material_json(&material)
-    });
-    state.apply_changes(resync.to_string().as_bytes(), now_ms).unwrap();
+    let mut state = filter_with(&material(false, Some(caas_rules::policy::BUILTIN_TABLE)), now_ms);
     let sid = claims_of(&f.token).sid;
     let session = f.authorizer.validator().session_record(&sid).await.unwrap();
     state.apply_session(&sid, session_answer("e1", 0, session.as_ref(), None).to_string().as_bytes()).unwrap();
