@@ -122,8 +122,8 @@ cargo build -p caas-rules --target wasm32-wasip1 --locked
 # The in-proxy fast path's module (edge-wasm/): linted as the wasm it is, and
 # built where `caas up` and the end-to-end tests find it
 # (target/wasm32-wasip1/edge/caas_edge_wasm.wasm); the e2e suite runs through
-# every e2e flow runs through it (as `caas up` runs by default; CAAS_E2E_FAST_PATH=false
-# runs them through ext_authz alone), and tests/e2e/fast_path.rs compares both paths.
+# tests/e2e/fast_path.rs runs the same requests through it and through ext_authz alone
+# (CAAS_E2E_FAST_PATH=true runs every e2e flow through it).
 cargo clippy -p caas-edge-wasm --target wasm32-wasip1 --locked -- -D warnings
 cargo build -p caas-edge-wasm --target wasm32-wasip1 --profile edge --locked
 # The end-to-end tests also run the `caas` binary itself.
