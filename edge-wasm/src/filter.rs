@@ -118,7 +118,7 @@ struct Root {
     poll: Option<(u32, u64)>,
     lookups: HashMap<u32, String>,
     /// The lease ask in flight, and the end users it asks for.
-    leasing: Option<(u32, Vec<String>)>,
+    leasing: Option<(u32, Vec<crate::state::EndUser>)>,
     /// Whether the last poll was answered (for logging changes only).
     answering: bool,
 }

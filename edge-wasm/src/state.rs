@@ -166,8 +166,9 @@ pub struct State {
     sessions: HashMap<String, Known>,
     revoked: HashSet<String>,
     pending: Vec<String>,
-    /// By end user (`lease_key`).
-    leases: HashMap<String, Lease>,
+    /// By tenant, then end user: looked up by borrowed ids, so spending
+    /// allocates nothing.
+    leases: HashMap<String, HashMap<String, Lease>>,
     /// Address buckets ext-authz refuses (failed credentials); `None`: too
     /// many to list, or not said: nothing with an address is decided.
     refused: Option<HashSet<ipnet::IpNet>>,
@@ -179,11 +180,8 @@ pub struct State {
     verified: HashMap<String, Claims>,
 }
 
-/// The lease table's key of an end user (ids cannot hold a newline: they
-/// come from a verified token, and the feed refuses such ids).
-fn lease_key(tenant_id: &str, user_id: &str) -> String {
-    format!("{tenant_id}\n{user_id}")
-}
+/// An end user, as a lease ask names it (tenant id, user id).
+pub type EndUser = (String, String);
 
 impl State {
     /// Whether the filter may decide at `now_ms`.
@@ -243,8 +241,7 @@ impl State {
                 }
                 Change::RateLimitsChanged { tenant_id } => {
                     // Leased under the old limits: not spent under the new.
-                    let prefix = format!("{tenant_id}\n");
-                    self.leases.retain(|key, _| !key.starts_with(&prefix));
+                    self.leases.remove(&tenant_id);
                 }
                 Change::Other => {}
             }
@@ -275,11 +272,16 @@ impl State {
     /// Spends one of the end user's leased requests; with none left, notes
     /// the demand (asked for at the next tick) and says no.
     pub fn spend(&mut self, tenant_id: &str, user_id: &str, now_ms: u64) -> bool {
-        let key = lease_key(tenant_id, user_id);
-        if !self.leases.contains_key(&key) && self.leases.len() >= MAX_LEASED {
-            self.leases.clear();
-        }
-        let lease = self.leases.entry(key).or_default();
+        let lease = match self.leases.get_mut(tenant_id).and_then(|users| users.get_mut(user_id)) {
+            Some(lease) => lease,
+            None => {
+                if self.leases.values().map(HashMap::len).sum::<usize>() >= MAX_LEASED {
+                    self.leases.clear();
+                }
+                let users = self.leases.entry(tenant_id.to_string()).or_default();
+                users.entry(user_id.to_string()).or_default()
+            }
+        };
         if lease.left > 0 && now_ms.saturating_sub(lease.granted_at) >= LEASE_MS {
             lease.left = 0;
         }
@@ -293,48 +295,54 @@ impl State {
     }
 
     /// The leases to ask for now (the body of `POST /edge/v1/lease`), and
-    /// the keys to hand back to `apply_leases` with its answer: each end
-    /// user that found nothing left, or that would run out before the next
-    /// tick at its last tick's pace, for twice that pace. Forgets end users
-    /// idle for a lease period.
-    pub fn lease_asks(&mut self, now_ms: u64) -> Option<(Vec<String>, Vec<u8>)> {
-        self.leases.retain(|_, l| {
-            l.asked || l.wanted || l.used > 0 || (l.left > 0 && now_ms.saturating_sub(l.granted_at) < LEASE_MS)
-        });
-        let mut keys = Vec::new();
-        let mut asks = Vec::new();
-        for (key, lease) in &mut self.leases {
-            if keys.len() >= LEASES_PER_CALL {
-                break;
-            }
-            let fresh = now_ms.saturating_sub(lease.granted_at) < LEASE_MS;
-            let running_out = lease.used > 0 && (!fresh || lease.left <= lease.used);
-            if lease.asked || !(lease.wanted || running_out) {
-                lease.used = 0;
-                continue;
-            }
-            let want = lease.used.saturating_mul(2).clamp(MIN_LEASE, MAX_LEASE);
-            let Some((tenant_id, user_id)) = key.split_once('\n') else { continue };
-            asks.push(serde_json::json!({ "tenant_id": tenant_id, "user_id": user_id, "want": want }));
-            keys.push(key.clone());
-            lease.asked = true;
-            lease.wanted = false;
-            lease.used = 0;
+    /// the end users to hand back to `apply_leases` with its answer: each
+    /// that found nothing left, or that would run out before the next tick
+    /// at its last tick's pace, for twice that pace. Forgets end users idle
+    /// for a lease period.
+    pub fn lease_asks(&mut self, now_ms: u64) -> Option<(Vec<EndUser>, Vec<u8>)> {
+        for users in self.leases.values_mut() {
+            users.retain(|_, l| {
+                l.asked || l.wanted || l.used > 0 || (l.left > 0 && now_ms.saturating_sub(l.granted_at) < LEASE_MS)
+            });
         }
-        if keys.is_empty() {
+        self.leases.retain(|_, users| !users.is_empty());
+        let mut asked = Vec::new();
+        let mut asks = Vec::new();
+        for (tenant_id, users) in &mut self.leases {
+            for (user_id, lease) in users {
+                if asked.len() >= LEASES_PER_CALL {
+                    break;
+                }
+                let fresh = now_ms.saturating_sub(lease.granted_at) < LEASE_MS;
+                let running_out = lease.used > 0 && (!fresh || lease.left <= lease.used);
+                if lease.asked || !(lease.wanted || running_out) {
+                    lease.used = 0;
+                    continue;
+                }
+                let want = lease.used.saturating_mul(2).clamp(MIN_LEASE, MAX_LEASE);
+                asks.push(serde_json::json!({ "tenant_id": tenant_id, "user_id": user_id, "want": want }));
+                asked.push((tenant_id.clone(), user_id.clone()));
+                lease.asked = true;
+                lease.wanted = false;
+                lease.used = 0;
+            }
+        }
+        if asked.is_empty() {
             return None;
         }
-        Some((keys, serde_json::json!({ "leases": asks }).to_string().into_bytes()))
+        Some((asked, serde_json::json!({ "leases": asks }).to_string().into_bytes()))
     }
 
-    /// Applies ext-authz's answer to the asks for `keys` (`None`: no
+    /// Applies ext-authz's answer to the asks for `asked` (`None`: no
     /// answer; they are asked again when wanted). What is left of the
     /// previous grant, if still fresh, joins the new one (an ask is sent
     /// only when it is about to run out, so little is carried over).
-    pub fn apply_leases(&mut self, keys: &[String], body: Option<&[u8]>, now_ms: u64) {
+    pub fn apply_leases(&mut self, asked: &[EndUser], body: Option<&[u8]>, now_ms: u64) {
         let granted = body.and_then(|b| serde_json::from_slice::<LeaseAnswer>(b).ok()).map(|a| a.granted);
-        for (i, key) in keys.iter().enumerate() {
-            let Some(lease) = self.leases.get_mut(key) else { continue };
+        for (i, (tenant_id, user_id)) in asked.iter().enumerate() {
+            let Some(lease) = self.leases.get_mut(tenant_id).and_then(|users| users.get_mut(user_id)) else {
+                continue;
+            };
             lease.asked = false;
             match granted.as_ref().and_then(|g| g.get(i)) {
                 Some(n) => {

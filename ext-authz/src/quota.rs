@@ -195,7 +195,7 @@ impl Quotas {
     /// Counts one request in every bucket, or in none if any is over its
     /// limit (a refused request uses up nothing). Never waits for Redis.
     pub fn admit(&self, counted: &[(Scope, String)], limits: &Limits) -> Result<(), Throttle> {
-        self.inner.admit(counted, limits)
+        self.inner.admit(counted, limits, 1).map(|_| ())
     }
 
     /// Counts up to `want` requests at once, each as `admit` would, and
@@ -204,11 +204,10 @@ impl Quotas {
     /// does not spend is lost, never given back: a lease can only make the
     /// quota refuse early, never admit more than the limit.
     pub fn lease(&self, counted: &[(Scope, String)], limits: &Limits, want: u32) -> u32 {
-        let mut granted = 0;
-        while granted < want && self.inner.admit(counted, limits).is_ok() {
-            granted += 1;
+        if want == 0 {
+            return 0;
         }
-        granted
+        self.inner.admit(counted, limits, want).unwrap_or(0)
     }
 
     /// One reconcile round (the reconciler's; tests call it directly).
@@ -230,7 +229,10 @@ impl Inner {
         (self.started.elapsed().as_nanos() as u64).saturating_add(NANOS)
     }
 
-    fn admit(&self, counted: &[(Scope, String)], limits: &Limits) -> Result<(), Throttle> {
+    /// Counts up to `want` (at least 1) requests in every bucket, each in
+    /// all of them or in none, under one lock; returns how many fitted, or
+    /// the first bucket's refusal when not even one did.
+    fn admit(&self, counted: &[(Scope, String)], limits: &Limits, want: u32) -> Result<u32, Throttle> {
         let now = self.now();
         let divisor = match &self.sharing {
             Some(s) if s.alone.load(Ordering::Relaxed) => s.instances.load(Ordering::Relaxed),
@@ -242,21 +244,30 @@ impl Inner {
             .map(|(_, key)| self.buckets.get_with_by_ref(key.as_str(), || Arc::new(Bucket::new())))
             .collect();
         let mut tracked = self.counting.lock().unwrap_or_else(|e| e.into_inner());
-        let mut admitted_tats = Vec::with_capacity(counted.len());
-        for ((scope, _), bucket) in counted.iter().zip(&found) {
-            let limit = limits.get(*scope);
-            // Refused by this instance's share: the headers still state the
-            // tenant's limit (the share is an outage measure, not a policy).
-            let admitted = admit(bucket.tat.load(Ordering::Relaxed), share(limit, divisor), *scope, now)
-                .map_err(|t| Throttle { limit, ..t })?;
-            admitted_tats.push(admitted.tat);
+        let mut tats: Vec<u64> = found.iter().map(|b| b.tat.load(Ordering::Relaxed)).collect();
+        let mut next = Vec::with_capacity(tats.len());
+        let mut admitted = 0;
+        'requests: while admitted < want {
+            next.clear();
+            for ((scope, _), tat) in counted.iter().zip(&tats) {
+                let limit = limits.get(*scope);
+                match admit(*tat, share(limit, divisor), *scope, now) {
+                    Ok(fits) => next.push(fits.tat),
+                    Err(_) if admitted > 0 => break 'requests,
+                    // Refused by this instance's share: the headers still state
+                    // the tenant's limit (the share is an outage measure, not a policy).
+                    Err(throttle) => return Err(Throttle { limit, ..throttle }),
+                }
+            }
+            std::mem::swap(&mut tats, &mut next);
+            admitted += 1;
         }
-        for (((scope, key), bucket), tat) in counted.iter().zip(&found).zip(admitted_tats) {
+        for (((scope, key), bucket), tat) in counted.iter().zip(&found).zip(tats) {
             bucket.tat.store(tat, Ordering::Relaxed);
             if self.sharing.is_none() {
                 continue;
             }
-            bucket.pending.fetch_add(1, Ordering::Relaxed);
+            bucket.pending.fetch_add(u64::from(admitted), Ordering::Relaxed);
             bucket.rate.store(limits.get(*scope).rate, Ordering::Relaxed);
             bucket.used.store(now, Ordering::Relaxed);
             if !bucket.tracked.load(Ordering::Relaxed) && tracked.len() < MAX_TRACKED {
@@ -264,7 +275,7 @@ impl Inner {
                 tracked.insert(key.clone(), bucket.clone());
             }
         }
-        Ok(())
+        Ok(admitted)
     }
 
     /// Adds our admissions to the shared counters and charges the local
