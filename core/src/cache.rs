@@ -44,13 +44,14 @@ pub trait Cache: Send + Sync + 'static {
     /// Shared quotas' one round trip: adds each count to its counter (which
     /// then lives `ttl`) and returns the new totals, in order; marks `member`
     /// alive in `group` for `ttl` and returns how many members are alive.
+    /// A count may be negative: requests counted earlier and given back.
     async fn add_counts(
         &self,
         group: &str,
         member: &str,
-        counts: &[(String, u64)],
+        counts: &[(String, i64)],
         ttl: Duration,
-    ) -> Result<(Vec<u64>, u64), CacheError>;
+    ) -> Result<(Vec<i64>, u64), CacheError>;
     async fn ping(&self) -> Result<(), CacheError>;
     /// `redis` or `memory`, for logs and health.
     fn kind(&self) -> &'static str;
@@ -177,14 +178,14 @@ impl Cache for MemoryCache {
         &self,
         group: &str,
         member: &str,
-        counts: &[(String, u64)],
+        counts: &[(String, i64)],
         ttl: Duration,
-    ) -> Result<(Vec<u64>, u64), CacheError> {
+    ) -> Result<(Vec<i64>, u64), CacheError> {
         let totals = self.with(|map, now| {
             counts
                 .iter()
                 .map(|(key, n)| {
-                    let total = live(map.get(key), now).and_then(|(v, _)| v.parse::<u64>().ok()).unwrap_or(0) + n;
+                    let total = live(map.get(key), now).and_then(|(v, _)| v.parse::<i64>().ok()).unwrap_or(0) + n;
                     map.insert(key.clone(), (total.to_string(), now + ttl));
                     total
                 })
@@ -324,9 +325,9 @@ impl Cache for RedisCache {
         &self,
         group: &str,
         member: &str,
-        counts: &[(String, u64)],
+        counts: &[(String, i64)],
         ttl: Duration,
-    ) -> Result<(Vec<u64>, u64), CacheError> {
+    ) -> Result<(Vec<i64>, u64), CacheError> {
         // One pipeline, not a transaction: each INCRBY is atomic on its own,
         // which is all a caller needs to tell its adds from everyone else's.
         let ttl_ms = ttl.as_millis().max(1) as u64;
@@ -349,8 +350,8 @@ impl Cache for RedisCache {
             .arg(group)
             .arg(ttl_ms)
             .ignore();
-        let mut totals: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await?;
-        let alive = totals.pop().ok_or_else(|| CacheError("empty pipeline reply".into()))?;
+        let mut totals: Vec<i64> = pipe.query_async(&mut self.conn.clone()).await?;
+        let alive = totals.pop().ok_or_else(|| CacheError("empty pipeline reply".into()))?.max(0) as u64;
         if totals.len() != counts.len() {
             return Err(CacheError("pipeline reply of the wrong length".into()));
         }

@@ -29,16 +29,19 @@ pub const MAX_REVOKED: usize = 100_000;
 /// Session lookups waiting to be sent at once; more are dropped (their
 /// requests still go to ext_authz, and the next one asks again).
 pub const MAX_PENDING: usize = 256;
-/// A lease not spent within this (ms from its grant) is dropped. Long
-/// enough that an end user sending a request every few seconds is still
-/// decided here; what holding it can add to a burst is bounded by the
-/// lease's size (twice a tick's demand), not by its age.
+/// A lease is spent within this (ms from its grant) or given back: what
+/// holding it can add to a burst is bounded by the lease's size (twice a
+/// tick's demand), not by its age.
 pub const LEASE_MS: u64 = 10_000;
+/// A lease nothing was spent from for this long (ms) is given back, so that
+/// requests a worker holds idle return to the bucket for the others.
+pub const IDLE_MS: u64 = 1_000;
 /// Requests asked for in one lease, at most and at least.
 pub const MAX_LEASE: u32 = 1_000;
 pub const MIN_LEASE: u32 = 4;
 /// End users with a lease (or waiting for one) held at once; past it the
-/// table is emptied (their requests go to ext_authz until leased again).
+/// table is emptied (what they held is given back; their requests go to
+/// ext_authz until leased again).
 pub const MAX_LEASED: usize = 10_000;
 /// Tokens whose signature, issuer and audience were verified, kept; past
 /// it the table is emptied (each is verified again on its next use).
@@ -130,6 +133,8 @@ pub struct Lease {
     pub used: u32,
     /// When the last grant arrived (ms).
     pub granted_at: u64,
+    /// When one was last spent, or the lease granted (ms).
+    pub spent_at: u64,
     /// A request found nothing left: ask at the next tick.
     pub wanted: bool,
     /// An ask is in flight.
@@ -169,6 +174,9 @@ pub struct State {
     /// By tenant, then end user: looked up by borrowed ids, so spending
     /// allocates nothing.
     leases: HashMap<String, HashMap<String, Lease>>,
+    /// Leased requests no longer held (limits changed, resync), to give
+    /// back at the next tick.
+    giving: Vec<(EndUser, u32)>,
     /// Address buckets ext-authz refuses (failed credentials); `None`: too
     /// many to list, or not said: nothing with an address is decided.
     refused: Option<HashSet<ipnet::IpNet>>,
@@ -208,7 +216,7 @@ impl State {
             self.sessions.clear();
             self.revoked.clear();
             self.pending.clear();
-            self.leases.clear();
+            self.release_leases(None);
             self.verified.clear();
             self.keys = answer.material.map(|m| Keys {
                 jwt: JwtKeys::new(
@@ -241,7 +249,7 @@ impl State {
                 }
                 Change::RateLimitsChanged { tenant_id } => {
                     // Leased under the old limits: not spent under the new.
-                    self.leases.remove(&tenant_id);
+                    self.release_leases(Some(&tenant_id));
                 }
                 Change::Other => {}
             }
@@ -276,33 +284,63 @@ impl State {
             Some(lease) => lease,
             None => {
                 if self.leases.values().map(HashMap::len).sum::<usize>() >= MAX_LEASED {
-                    self.leases.clear();
+                    self.release_leases(None);
                 }
                 let users = self.leases.entry(tenant_id.to_string()).or_default();
                 users.entry(user_id.to_string()).or_default()
             }
         };
-        if lease.left > 0 && now_ms.saturating_sub(lease.granted_at) >= LEASE_MS {
-            lease.left = 0;
-        }
         lease.used = lease.used.saturating_add(1);
-        if lease.left == 0 {
+        // A lapsed lease is not spent: the tick gives it back.
+        if lease.left == 0 || now_ms.saturating_sub(lease.granted_at) >= LEASE_MS {
             lease.wanted = true;
             return false;
         }
         lease.left -= 1;
+        lease.spent_at = now_ms;
         true
     }
 
-    /// The leases to ask for now (the body of `POST /edge/v1/lease`), and
-    /// the end users to hand back to `apply_leases` with its answer: each
-    /// that found nothing left, or that would run out before the next tick
-    /// at its last tick's pace, for twice that pace. Forgets end users idle
-    /// for a lease period.
+    /// Stops holding the leases of `tenant_id` (all: `None`): what is left
+    /// of them is given back at the next tick.
+    fn release_leases(&mut self, tenant_id: Option<&str>) {
+        let released: Vec<(String, HashMap<String, Lease>)> = match tenant_id {
+            Some(tenant_id) => self.leases.remove_entry(tenant_id).into_iter().collect(),
+            None => self.leases.drain().collect(),
+        };
+        for (tenant_id, users) in released {
+            for (user_id, lease) in users {
+                if lease.left > 0 {
+                    self.giving.push(((tenant_id.clone(), user_id), lease.left));
+                }
+            }
+        }
+    }
+
+    /// The leases to ask for now and those given back (the body of
+    /// `POST /edge/v1/lease`), and the end users to hand back to
+    /// `apply_leases` with its answer. Asks for each end user that found
+    /// nothing left, or that would run out before the next tick at its last
+    /// tick's pace, twice that pace. Gives back what is left of a lease
+    /// lapsed (`LEASE_MS`) or idle (`IDLE_MS`), and of those released; a
+    /// call that fails loses them (the quota then refuses early, never late).
+    /// Forgets end users with nothing held or wanted.
     pub fn lease_asks(&mut self, now_ms: u64) -> Option<(Vec<EndUser>, Vec<u8>)> {
-        for users in self.leases.values_mut() {
-            users.retain(|_, l| {
-                l.asked || l.wanted || l.used > 0 || (l.left > 0 && now_ms.saturating_sub(l.granted_at) < LEASE_MS)
+        let sending = self.giving.len().min(LEASES_PER_CALL);
+        let mut returned: Vec<serde_json::Value> = self
+            .giving
+            .drain(..sending)
+            .map(|((tenant_id, user_id), n)| serde_json::json!({ "tenant_id": tenant_id, "user_id": user_id, "n": n }))
+            .collect();
+        for (tenant_id, users) in &mut self.leases {
+            users.retain(|user_id, l| {
+                let lapsed = now_ms.saturating_sub(l.granted_at) >= LEASE_MS;
+                let idle = now_ms.saturating_sub(l.spent_at) >= IDLE_MS;
+                if l.left > 0 && !l.asked && (lapsed || idle) && returned.len() < LEASES_PER_CALL {
+                    returned.push(serde_json::json!({ "tenant_id": tenant_id, "user_id": user_id, "n": l.left }));
+                    l.left = 0;
+                }
+                l.asked || l.wanted || l.used > 0 || l.left > 0
             });
         }
         self.leases.retain(|_, users| !users.is_empty());
@@ -327,10 +365,10 @@ impl State {
                 lease.used = 0;
             }
         }
-        if asked.is_empty() {
+        if asked.is_empty() && returned.is_empty() {
             return None;
         }
-        Some((asked, serde_json::json!({ "leases": asks }).to_string().into_bytes()))
+        Some((asked, serde_json::json!({ "leases": asks, "returned": returned }).to_string().into_bytes()))
     }
 
     /// Applies ext-authz's answer to the asks for `asked` (`None`: no
@@ -349,6 +387,7 @@ impl State {
                     let left = if now_ms.saturating_sub(lease.granted_at) < LEASE_MS { lease.left } else { 0 };
                     lease.left = left.saturating_add(*n);
                     lease.granted_at = now_ms;
+                    lease.spent_at = now_ms;
                 }
                 // The demand stands: asked again at the next tick.
                 None => lease.wanted = true,

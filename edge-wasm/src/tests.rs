@@ -6,7 +6,7 @@ use caas_rules::secret::Secret;
 use serde_json::json;
 
 use crate::decide::{Headers, Miss, Request, Verdict, decide};
-use crate::state::{CURRENCY_MS, LEASE_MS, MIN_LEASE, State};
+use crate::state::{CURRENCY_MS, IDLE_MS, LEASE_MS, MIN_LEASE, State};
 
 const JWT: &str = "jwt-secret-jwt-secret-jwt-secret-0001";
 const NOW: i64 = 1_800_000_000;
@@ -121,7 +121,10 @@ fn with_quotas_on_the_filter_allows_only_what_ext_authz_leased_it() {
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Quota));
     let (keys, body) = state.lease_asks(NOW_MS).expect("a lease is asked for");
     let asked: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(asked, json!({ "leases": [ { "tenant_id": "cl_1", "user_id": "u1", "want": MIN_LEASE } ] }));
+    assert_eq!(
+        asked,
+        json!({ "leases": [ { "tenant_id": "cl_1", "user_id": "u1", "want": MIN_LEASE } ], "returned": [] })
+    );
     assert!(state.lease_asks(NOW_MS).is_none(), "one ask in flight per end user");
     // ext-authz had room for one only: one allowed here, then ext_authz again.
     state.apply_leases(&keys, Some(br#"{"granted":[1]}"#), NOW_MS);
@@ -141,24 +144,42 @@ fn with_quotas_on_the_filter_allows_only_what_ext_authz_leased_it() {
         assert!(matches!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Allow(_)));
     }
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Quota));
-    // A lease not spent within its period is dropped, not spent as a burst later.
+    // A lease idle for IDLE_MS gives back what is left of it.
+    let returned = |body: &[u8]| serde_json::from_slice::<serde_json::Value>(body).unwrap()["returned"].clone();
     let (keys, _) = state.lease_asks(NOW_MS).unwrap();
     state.apply_leases(&keys, Some(br#"{"granted":[8]}"#), NOW_MS);
+    assert!(matches!(verdict(&mut state, "ses_1", NOW_MS + 1), Verdict::Allow(_)));
+    assert!(state.lease_asks(NOW_MS + IDLE_MS).is_none(), "spent from within IDLE_MS");
+    let (_, body) = state.lease_asks(NOW_MS + 1 + IDLE_MS).expect("an idle lease is given back");
+    assert_eq!(returned(&body), json!([ { "tenant_id": "cl_1", "user_id": "u1", "n": 7 } ]));
     let confirmed = json!({ "epoch": "e1", "cursor": 0, "current": true, "resync": false, "refused": [] });
+    state.apply_changes(confirmed.to_string().as_bytes(), NOW_MS + 1 + IDLE_MS).unwrap();
+    assert_eq!(verdict(&mut state, "ses_1", NOW_MS + 1 + IDLE_MS), Verdict::Forward(Miss::Quota));
+    // A lease not spent within its period is given back, not spent as a
+    // burst later (however busy it kept).
+    let (keys, _) = state.lease_asks(NOW_MS).unwrap();
+    state.apply_leases(&keys, Some(br#"{"granted":[8]}"#), NOW_MS);
     state.apply_changes(confirmed.to_string().as_bytes(), NOW_MS + LEASE_MS).unwrap();
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS + LEASE_MS), Verdict::Forward(Miss::Quota));
-    // A failed ask is asked again; a garbled answer grants nothing.
+    let (keys, body) = state.lease_asks(NOW_MS + LEASE_MS).unwrap();
+    assert_eq!(returned(&body), json!([ { "tenant_id": "cl_1", "user_id": "u1", "n": 8 } ]));
+    // A failed ask is asked again (what it gave back is lost: the quota
+    // refuses early, never late); a garbled answer grants nothing.
+    state.apply_leases(&keys, None, NOW_MS + LEASE_MS);
     let (keys, _) = state.lease_asks(NOW_MS + LEASE_MS).unwrap();
     state.apply_leases(&keys, None, NOW_MS + LEASE_MS);
     let (keys, _) = state.lease_asks(NOW_MS + LEASE_MS).expect("asked again after a failure");
     state.apply_leases(&keys, Some(b"{"), NOW_MS + LEASE_MS);
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS + LEASE_MS), Verdict::Forward(Miss::Quota));
-    // The tenant's limits changed: what was leased under the old ones is dropped.
+    // The tenant's limits changed: what was leased under the old ones is
+    // not spent under the new, and is given back.
     let (keys, _) = state.lease_asks(NOW_MS + LEASE_MS).unwrap();
     state.apply_leases(&keys, Some(br#"{"granted":[8]}"#), NOW_MS + LEASE_MS);
     let changed = json!({ "epoch": "e1", "cursor": 1, "current": true, "resync": false, "refused": [],
                           "changes": [ { "type": "rate_limits_changed", "tenant_id": "cl_1" } ] });
     state.apply_changes(changed.to_string().as_bytes(), NOW_MS + LEASE_MS).unwrap();
+    let (_, body) = state.lease_asks(NOW_MS + LEASE_MS).expect("the released lease is given back");
+    assert_eq!(returned(&body), json!([ { "tenant_id": "cl_1", "user_id": "u1", "n": 8 } ]));
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS + LEASE_MS), Verdict::Forward(Miss::Quota));
     // An idle end user is forgotten after a lease period.
     let _ = state.lease_asks(NOW_MS + LEASE_MS);

@@ -281,6 +281,16 @@ impl Authorizer {
         granted
     }
 
+    /// Un-counts `n` leased requests the filter gives back unspent.
+    pub async fn give_back(&self, tenant_id: &str, user_id: &str, n: u32) {
+        if !self.settings.quotas || n == 0 {
+            return;
+        }
+        let limits = self.validator.rate_limits(tenant_id).await;
+        self.quotas.give_back(&crate::quota::end_user_buckets(tenant_id, user_id), &limits, n);
+        self.metrics.edge_returned.inc_by(u64::from(n));
+    }
+
     /// The address buckets refused for too many failed credentials now
     /// (`None`: too many to list), for the in-proxy filter.
     pub fn refusing(&self) -> Option<Vec<ipnet::IpNet>> {

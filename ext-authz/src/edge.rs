@@ -22,7 +22,10 @@
 //!   as ever), for the filter to spend on requests it allows; it asks again
 //!   before they run out, and sends a request it holds no lease for to
 //!   ext_authz, which counts it as always. So the filter never admits more
-//!   than a quota does: unspent leases are lost, not given back.
+//!   than a quota does. Leases come from the upper half of each burst
+//!   (ext-authz/src/quota.rs), and what the filter stops holding unspent it
+//!   gives back in the same call (`returned`), un-counted on every instance,
+//!   so that a lease held idle does not make a quota refuse early.
 //!
 //! Only the gateway may read it: every request must carry the caller token
 //! (EXT_AUTHZ_CALLER_TOKEN, header `x-caas-edge-token`), compared in constant
@@ -239,9 +242,20 @@ pub struct LeaseWanted {
     pub want: u32,
 }
 
+/// Leased requests an end user's filter gives back unspent.
+#[derive(serde::Deserialize)]
+pub struct LeaseReturned {
+    pub tenant_id: String,
+    pub user_id: String,
+    pub n: u32,
+}
+
 #[derive(serde::Deserialize)]
 pub struct Leases {
+    #[serde(default)]
     pub leases: Vec<LeaseWanted>,
+    #[serde(default)]
+    pub returned: Vec<LeaseReturned>,
 }
 
 /// Answers `{"granted": [n, …]}` in the order asked; a malformed or
@@ -258,15 +272,23 @@ pub async fn lease(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: 
         Ok(asked) => asked,
         Err(error) => return bad(format!("lease request is not valid JSON of the expected shape: {error}")),
     };
-    if asked.leases.len() > MAX_LEASES {
-        return bad(format!("leases: at most {MAX_LEASES} at once"));
+    if asked.leases.len() > MAX_LEASES || asked.returned.len() > MAX_LEASES {
+        return bad(format!("leases, returned: at most {MAX_LEASES} of each at once"));
+    }
+    let sane = |id: &str| !id.is_empty() && id.len() <= 256;
+    let ids = asked.leases.iter().map(|l| (&l.tenant_id, &l.user_id));
+    if ids.chain(asked.returned.iter().map(|r| (&r.tenant_id, &r.user_id))).any(|(t, u)| !sane(t) || !sane(u)) {
+        return bad("leases, returned: tenant_id and user_id must be 1 to 256 bytes".into());
+    }
+    if asked.returned.iter().any(|r| r.n > MAX_LEASE) {
+        return bad(format!("returned: n is at most {MAX_LEASE} (no lease is larger)"));
+    }
+    // Given back first: what one user returns may be what another asks for.
+    for returned in &asked.returned {
+        feed.authorizer.give_back(&returned.tenant_id, &returned.user_id, returned.n).await;
     }
     let mut granted = Vec::with_capacity(asked.leases.len());
     for wanted in &asked.leases {
-        let sane = |id: &str| !id.is_empty() && id.len() <= 256;
-        if !sane(&wanted.tenant_id) || !sane(&wanted.user_id) {
-            return bad("leases: tenant_id and user_id must be 1 to 256 bytes".into());
-        }
         let want = wanted.want.min(MAX_LEASE);
         granted.push(feed.authorizer.lease(&wanted.tenant_id, &wanted.user_id, want).await);
     }

@@ -27,6 +27,8 @@ pub struct GatewayMetrics {
     /// in-proxy filter (ext-authz/src/edge.rs, leases), which allows them
     /// without a Check.
     pub edge_leased: Counter,
+    /// Of those, given back unspent by the filter (un-counted again).
+    pub edge_returned: Counter,
     /// Time inside `check`, by policy.
     pub check_seconds: Family<Labels, Histogram>,
     /// Per policy (`Policy::ALL` order, then routes without one): the allow
@@ -68,6 +70,7 @@ impl Default for GatewayMetrics {
             unknown_callers: Counter::default(),
             quota_shared: Gauge::default(),
             edge_leased: Counter::default(),
+            edge_returned: Counter::default(),
             check_seconds,
             hot,
         }
@@ -114,6 +117,11 @@ impl GatewayMetrics {
             "gateway_edge_leased",
             "End users' requests counted in their quotas ahead of time for the in-proxy filter to allow",
             self.edge_leased.clone(),
+        );
+        registry.register(
+            "gateway_edge_returned",
+            "Of the leased requests, those the in-proxy filter gave back unspent (un-counted again)",
+            self.edge_returned.clone(),
         );
         registry.register("gateway_check_duration_seconds", "Time to decide one Check", self.check_seconds.clone());
     }

@@ -19,7 +19,7 @@
 //! and says so once on entering and once on leaving that mode.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -92,37 +92,38 @@ struct Bucket {
     tat: AtomicU64,
     /// Its rate at the last admission (what one other admission costs here).
     rate: AtomicU32,
-    /// Admitted here and not yet added to the shared counter.
-    pending: AtomicU64,
+    /// Admitted here, less what was given back here, and not yet added to
+    /// the shared counter.
+    pending: AtomicI64,
     /// The shared counter's total after our last add; `NOT_SEEN` until the
     /// first round (what happened before it is not charged).
-    seen: AtomicU64,
+    seen: AtomicI64,
     /// Last admission here (`now()` nanoseconds).
     used: AtomicU64,
     /// Among the buckets the reconciler tells Redis about.
     tracked: AtomicBool,
 }
 
-const NOT_SEEN: u64 = u64::MAX;
+const NOT_SEEN: i64 = i64::MIN;
 
 impl Bucket {
     fn new() -> Self {
         Self {
             tat: AtomicU64::new(0),
             rate: AtomicU32::new(1),
-            pending: AtomicU64::new(0),
-            seen: AtomicU64::new(NOT_SEEN),
+            pending: AtomicI64::new(0),
+            seen: AtomicI64::new(NOT_SEEN),
             used: AtomicU64::new(0),
             tracked: AtomicBool::new(false),
         }
     }
 }
 
-/// One bucket's part of a reconcile round: what this instance admitted
-/// since the last round.
+/// One bucket's part of a reconcile round: what this instance admitted,
+/// less what was given back, since the last round.
 struct Sent {
     bucket: Arc<Bucket>,
-    admitted: u64,
+    admitted: i64,
 }
 
 impl Default for Quotas {
@@ -153,6 +154,14 @@ pub fn end_user_buckets(tenant_id: &str, user_id: &str) -> Vec<(Scope, String)> 
 
 fn tenant_bucket(tenant_id: &str) -> (Scope, String) {
     (Scope::Tenant, format!("tenant:{tenant_id}"))
+}
+
+/// The limits a lease is counted against: each burst halved, so that what
+/// a lease takes leaves at least half the burst to Checks (a burst of 1
+/// halves to 0: such a bucket is never leased).
+fn lease_limits(limits: &Limits) -> Limits {
+    let half = |limit: Limit| Limit { rate: limit.rate, burst: limit.burst / 2 };
+    Limits { per_key: half(limits.per_key), per_user: half(limits.per_user), per_tenant: half(limits.per_tenant) }
 }
 
 /// One instance's part of a limit (at least one request, burst at least rate).
@@ -200,14 +209,28 @@ impl Quotas {
 
     /// Counts up to `want` requests at once, each as `admit` would, and
     /// returns how many fitted: the in-proxy filter's lease (ext-authz/src/edge.rs),
-    /// which it spends on requests it then allows without a Check. What it
-    /// does not spend is lost, never given back: a lease can only make the
-    /// quota refuse early, never admit more than the limit.
+    /// which it spends on requests it then allows without a Check. A lease
+    /// can only make the quota refuse early, never admit more than the
+    /// limit; so that it does not make it refuse early either, leases come
+    /// only from the upper half of each burst (`lease_limits`): the last
+    /// half of a bucket is always counted by Checks, one request at a time,
+    /// and a lease held unspent somewhere cannot leave a bucket empty.
     pub fn lease(&self, counted: &[(Scope, String)], limits: &Limits, want: u32) -> u32 {
-        if want == 0 {
+        let limits = lease_limits(limits);
+        if want == 0 || counted.iter().any(|(scope, _)| limits.get(*scope).burst == 0) {
             return 0;
         }
-        self.inner.admit(counted, limits, want).unwrap_or(0)
+        self.inner.admit(counted, &limits, want).unwrap_or(0)
+    }
+
+    /// Un-counts `n` requests leased and not spent (the filter gives back
+    /// what it stops holding): each bucket gets them back, here and, through
+    /// the shared counter, on every instance. A bucket no longer held here
+    /// (evicted: it started full again) has nothing to give back to.
+    pub fn give_back(&self, counted: &[(Scope, String)], limits: &Limits, n: u32) {
+        if n > 0 {
+            self.inner.refund(counted, limits, n);
+        }
     }
 
     /// One reconcile round (the reconciler's; tests call it directly).
@@ -234,10 +257,7 @@ impl Inner {
     /// the first bucket's refusal when not even one did.
     fn admit(&self, counted: &[(Scope, String)], limits: &Limits, want: u32) -> Result<u32, Throttle> {
         let now = self.now();
-        let divisor = match &self.sharing {
-            Some(s) if s.alone.load(Ordering::Relaxed) => s.instances.load(Ordering::Relaxed),
-            _ => 1,
-        };
+        let divisor = self.divisor();
         // Found (or made) before the lock: one cache read per bucket.
         let found: Vec<Arc<Bucket>> = counted
             .iter()
@@ -267,7 +287,7 @@ impl Inner {
             if self.sharing.is_none() {
                 continue;
             }
-            bucket.pending.fetch_add(u64::from(admitted), Ordering::Relaxed);
+            bucket.pending.fetch_add(i64::from(admitted), Ordering::Relaxed);
             bucket.rate.store(limits.get(*scope).rate, Ordering::Relaxed);
             bucket.used.store(now, Ordering::Relaxed);
             if !bucket.tracked.load(Ordering::Relaxed) && tracked.len() < MAX_TRACKED {
@@ -278,15 +298,47 @@ impl Inner {
         Ok(admitted)
     }
 
+    /// Moves each bucket's time back by `n` requests (never past full), under
+    /// the counting lock; with sharing on, the others hear of it as a
+    /// negative add.
+    fn refund(&self, counted: &[(Scope, String)], limits: &Limits, n: u32) {
+        let divisor = self.divisor();
+        let found: Vec<Arc<Bucket>> =
+            counted.iter().map(|(_, key)| self.buckets.get(key.as_str())).collect::<Option<_>>().unwrap_or_default();
+        let mut tracked = self.counting.lock().unwrap_or_else(|e| e.into_inner());
+        for ((scope, key), bucket) in counted.iter().zip(&found) {
+            let limit = share(limits.get(*scope), divisor);
+            let back = u64::from(n).saturating_mul(NANOS / u64::from(limit.rate.max(1)));
+            let _ = bucket.tat.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| Some(tat.saturating_sub(back)));
+            if self.sharing.is_none() {
+                continue;
+            }
+            bucket.pending.fetch_sub(i64::from(n), Ordering::Relaxed);
+            if !bucket.tracked.load(Ordering::Relaxed) && tracked.len() < MAX_TRACKED {
+                bucket.tracked.store(true, Ordering::Relaxed);
+                tracked.insert(key.clone(), bucket.clone());
+            }
+        }
+    }
+
+    /// What each limit is divided by now: the live instances while Redis is
+    /// unreachable, else 1.
+    fn divisor(&self) -> u64 {
+        match &self.sharing {
+            Some(s) if s.alone.load(Ordering::Relaxed) => s.instances.load(Ordering::Relaxed),
+            _ => 1,
+        }
+    }
+
     /// Adds our admissions to the shared counters and charges the local
     /// buckets with everyone else's; on failure, counts alone.
     async fn round(&self) {
         let Some(sharing) = &self.sharing else { return };
         let now = self.now();
-        let (batch, counters): (Vec<Sent>, Vec<(String, u64)>) = {
+        let (batch, counters): (Vec<Sent>, Vec<(String, i64)>) = {
             let mut tracked = self.counting.lock().unwrap_or_else(|e| e.into_inner());
             tracked.retain(|_, b| {
-                let keep = b.pending.load(Ordering::Relaxed) > 0
+                let keep = b.pending.load(Ordering::Relaxed) != 0
                     || now.saturating_sub(b.used.load(Ordering::Relaxed)) < TRACKED_FOR;
                 if !keep {
                     b.tracked.store(false, Ordering::Relaxed);
@@ -328,19 +380,25 @@ impl Inner {
     }
 
     /// Charges each bucket with what the other instances admitted since
-    /// our previous add (the counter's growth beyond our own adds).
-    fn charge(&self, batch: &[Sent], totals: &[u64]) {
+    /// our previous add (the counter's growth beyond our own adds), or
+    /// credits it with what they gave back (its fall).
+    fn charge(&self, batch: &[Sent], totals: &[i64]) {
         let now = self.now();
         let _counting = self.counting.lock().unwrap_or_else(|e| e.into_inner());
         for (sent, total) in batch.iter().zip(totals) {
             let bucket = &sent.bucket;
-            // A counter that restarted (expired) has nothing to charge.
+            // A counter restarts only if Redis lost it (one a tracked bucket
+            // uses is refreshed every round): it then reads as a fall, and
+            // the bucket starts full, as an evicted bucket does.
             let seen = bucket.seen.swap(*total, Ordering::Relaxed);
             let others = if seen == NOT_SEEN { 0 } else { total.saturating_sub(seen.saturating_add(sent.admitted)) };
+            let interval = NANOS / u64::from(bucket.rate.load(Ordering::Relaxed).max(1));
+            let moved = others.unsigned_abs().saturating_mul(interval);
+            let tat = bucket.tat.load(Ordering::Relaxed);
             if others > 0 {
-                let interval = NANOS / u64::from(bucket.rate.load(Ordering::Relaxed).max(1));
-                let tat = bucket.tat.load(Ordering::Relaxed).max(now).saturating_add(others.saturating_mul(interval));
-                bucket.tat.store(tat, Ordering::Relaxed);
+                bucket.tat.store(tat.max(now).saturating_add(moved), Ordering::Relaxed);
+            } else if others < 0 {
+                bucket.tat.store(tat.saturating_sub(moved), Ordering::Relaxed);
             }
         }
     }

@@ -62,6 +62,9 @@ pub(super) async fn cache_conformance(cache: Arc<dyn Cache>) {
     let (totals, alive) = cache.add_counts(&group, "b", &[(one.clone(), 2)], ttl).await.unwrap();
     assert_eq!((totals, alive), (vec![5], 2));
     assert_eq!(cache.add_counts(&group, "a", &[], ttl).await.unwrap(), (vec![], 2));
+    // Requests given back subtract.
+    let (totals, _) = cache.add_counts(&group, "a", &[(one.clone(), -4)], ttl).await.unwrap();
+    assert_eq!(totals, vec![1]);
     let short = unique("test:group");
     cache.add_counts(&short, "gone", &[], Duration::from_millis(100)).await.unwrap();
     let alone = || async { cache.add_counts(&short, "here", &[], ttl).await.unwrap().1 == 1 };

@@ -221,9 +221,16 @@ async fn the_lease_endpoint_serves_the_gateway_only_and_refuses_what_it_cannot_r
     assert_eq!(call(wrong, asked.to_string()).await.0, 403);
     assert_eq!(authorizer.metrics().edge_leased.get(), 0);
     // The gateway gets what fits, in order; an ask above the bound is cut to it
-    // (then to the default per-user burst, 100).
+    // (then to the upper half of the default per-user burst of 100: 50).
     let (status, body) = call(gateway.clone(), asked.to_string()).await;
-    assert_eq!((status, body["granted"].clone()), (200, serde_json::json!([3, 100])));
+    assert_eq!((status, body["granted"].clone()), (200, serde_json::json!([3, 50])));
+    let again = serde_json::json!({ "leases": [ { "tenant_id": tenant, "user_id": "user-2", "want": 50 } ] });
+    assert_eq!(call(gateway.clone(), again.to_string()).await.1["granted"], serde_json::json!([0]));
+    // What is given back unspent can be leased again (given back first, in the same call).
+    let returned = serde_json::json!({ "returned": [ { "tenant_id": tenant, "user_id": "user-2", "n": 20 } ],
+                                       "leases": again["leases"] });
+    assert_eq!(call(gateway.clone(), returned.to_string()).await.1["granted"], serde_json::json!([20]));
+    assert_eq!(authorizer.metrics().edge_returned.get(), 20);
     // Malformed, wrongly typed, oversized or empty ids: 400 naming the problem.
     let too_many: Vec<_> = (0..=crate::edge::MAX_LEASES)
         .map(|i| serde_json::json!({"tenant_id": "t", "user_id": i.to_string(), "want": 1}))
@@ -233,6 +240,9 @@ async fn the_lease_endpoint_serves_the_gateway_only_and_refuses_what_it_cannot_r
         (r#"{"leases":[{"tenant_id":"t","user_id":"u","want":"1"}]}"#.to_string(), "invalid type"),
         (r#"{"leases":[{"tenant_id":"","user_id":"u","want":1}]}"#.to_string(), "1 to 256 bytes"),
         (serde_json::json!({ "leases": too_many }).to_string(), "at most 256"),
+        (r#"{"returned":[{"tenant_id":"t","user_id":"u","n":1001}]}"#.to_string(), "at most 1000"),
+        (r#"{"returned":[{"tenant_id":"t","user_id":"","n":1}]}"#.to_string(), "1 to 256 bytes"),
+        (r#"{"returned":[{"tenant_id":"t","user_id":"u","n":-1}]}"#.to_string(), "invalid value"),
     ] {
         let (status, answer) = call(gateway.clone(), body.clone()).await;
         assert_eq!(status, 400, "{body}");

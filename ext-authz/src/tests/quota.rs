@@ -181,6 +181,36 @@ mod shared {
     }
 
     #[tokio::test]
+    async fn what_a_filter_gives_back_to_one_instance_every_instance_gets_back() {
+        let cache: Arc<dyn Cache> = Arc::new(MemoryCache::new());
+        let ((a, _), (b, _)) = (instance(&cache), instance(&cache));
+        let key = bucket();
+        assert_eq!((admitted(&a, &key, 1), admitted(&b, &key, 1)), (1, 1));
+        for q in [&a, &b, &a, &b] {
+            q.reconcile_once().await;
+        }
+        // A leases 3 (8 left: 3 above the lower half of 5), B hears of it.
+        assert_eq!(a.lease(&key, &TEN, 10), 3);
+        a.reconcile_once().await;
+        b.reconcile_once().await;
+        // Two come back unspent to A; B hears of that too and admits them.
+        a.give_back(&key, &TEN, 2);
+        a.reconcile_once().await;
+        b.reconcile_once().await;
+        // (B's first round charged nothing of A's first request: the bound
+        // the test above shows.)
+        assert_eq!(admitted(&b, &key, 20), 8, "10 - 1 used - 3 leased + 2 given back");
+        // A heard of B's seven: nothing is left there either.
+        b.reconcile_once().await;
+        a.reconcile_once().await;
+        assert_eq!(admitted(&a, &key, 20), 0);
+        // Giving back to a bucket that is full changes nothing.
+        let fresh = bucket();
+        a.give_back(&fresh, &TEN, 5);
+        assert_eq!(admitted(&a, &fresh, 20), 10);
+    }
+
+    #[tokio::test]
     async fn with_the_shared_cache_unreachable_each_instance_enforces_alone_and_says_so() {
         let down: Arc<dyn Cache> = Arc::new(RedisCache::new("redis://127.0.0.1:1").unwrap());
         let (q, gauge) = instance(&down);
@@ -199,20 +229,36 @@ mod shared {
 #[tokio::test]
 async fn a_lease_for_the_in_proxy_filter_comes_out_of_the_quota_a_check_counts_in() {
     let q = quota_fixture().await;
-    let per_user = Limit { rate: 1, burst: 5 };
+    let per_user = Limit { rate: 1, burst: 6 };
     q.set(Limits { per_user, ..DEFAULT_LIMITS }).await;
     let user = "user-1";
-    // The filter is leased three of the user's five; Checks get the other two.
-    assert_eq!(q.f.authorizer.lease(&q.f.tenant, user, 3).await, 3);
-    assert_eq!(q.as_end_user().await.status, 200);
-    assert_eq!(q.as_end_user().await.status, 200);
+    // The filter asks for five of the user's six and is leased the upper
+    // half of the burst, three; Checks get the other three.
+    assert_eq!(q.f.authorizer.lease(&q.f.tenant, user, 5).await, 3);
+    for _ in 0..3 {
+        assert_eq!(q.as_end_user().await.status, 200);
+    }
     let refused = q.as_end_user().await;
     assert_eq!(refused.status, 429, "{refused:?}");
     // Nothing is left to lease either, and a lease never overdraws.
     assert_eq!(q.f.authorizer.lease(&q.f.tenant, user, 10).await, 0);
     assert_eq!(q.f.authorizer.metrics().edge_leased.get(), 3);
-    // Another user of the tenant has its own bucket.
-    assert_eq!(q.f.authorizer.lease(&q.f.tenant, "user-2", 2).await, 2);
+    // Leases in turn never take the lower half either: another user's six
+    // give three in all, however they are asked for.
+    assert_eq!(q.f.authorizer.lease(&q.f.tenant, "user-2", 1).await, 1);
+    assert_eq!(q.f.authorizer.lease(&q.f.tenant, "user-2", 10).await, 2);
+    assert_eq!(q.f.authorizer.lease(&q.f.tenant, "user-2", 1).await, 0);
+    // What the filter gives back unspent, Checks can use.
+    assert_eq!(q.f.authorizer.lease(&q.f.tenant, "user-1", 0).await, 0);
+    q.f.authorizer.give_back(&q.f.tenant, user, 2).await;
+    for _ in 0..2 {
+        assert_eq!(q.as_end_user().await.status, 200);
+    }
+    assert_eq!(q.as_end_user().await.status, 429);
+    assert_eq!(q.f.authorizer.metrics().edge_returned.get(), 2);
+    // A burst of one is never leased: its only request is a Check's.
+    q.set(Limits { per_user: Limit { rate: 1, burst: 1 }, ..DEFAULT_LIMITS }).await;
+    assert_eq!(q.f.authorizer.lease(&q.f.tenant, "user-3", 1).await, 0);
 }
 
 #[tokio::test]
