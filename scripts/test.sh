@@ -121,11 +121,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build -p caas-rules --target wasm32-wasip1 --locked
 # The in-proxy fast path's module (edge-wasm/): linted as the wasm it is, and
 # built where `caas up` and the end-to-end tests find it
-# (target/wasm32-wasip1/edge/caas_edge_wasm.wasm); the e2e suite runs through
-# tests/e2e/fast_path.rs runs the same requests through it and through ext_authz alone
-# (CAAS_E2E_FAST_PATH=true runs every e2e flow through it).
+# (target/wasm32-wasip1/edge/caas_edge_wasm.wasm). Every e2e flow runs
+# through it (as `caas up` runs by default), then once more through
+# ext_authz alone (CAAS_E2E_FAST_PATH=false, below); tests/e2e/fast_path.rs
+# compares the two paths request by request.
 cargo clippy -p caas-edge-wasm --target wasm32-wasip1 --locked -- -D warnings
 cargo build -p caas-edge-wasm --target wasm32-wasip1 --profile edge --locked
 # The end-to-end tests also run the `caas` binary itself.
 cargo build -p caas --locked
 cargo test --workspace --locked
+# Every attack and flow again, each request decided by ext_authz alone.
+CAAS_E2E_FAST_PATH=false cargo test -p caas-e2e --test e2e --locked

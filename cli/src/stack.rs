@@ -55,10 +55,8 @@ pub struct UpConfig {
     /// The in-proxy fast path (edge-wasm/): Envoy allows end users' requests
     /// itself, as ext-authz would (quotas leased from ext-authz's own
     /// buckets), and calls ext_authz for the rest (docs/DESIGN.md, "The
-    /// in-proxy fast path"). Off by default: a lease a worker holds unspent
-    /// can make a quota refuse a request ext_authz alone would admit.
-    /// `false`: ext_authz decides every request.
-    #[arg(long, env = "FAST_PATH", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    /// in-proxy fast path"). `false`: ext_authz decides every request.
+    #[arg(long, env = "FAST_PATH", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub fast_path: bool,
     /// The fast path's module (caas_edge_wasm.wasm). Unset: beside the `caas`
     /// binary, else in the build folder; not found, the gateway runs without
