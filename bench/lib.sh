@@ -116,6 +116,7 @@ $filter
                     "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
                     check_settings: { context_extensions: { policy: end_user } }
               - match: { path: /bench/key }
+                metadata: { filter_metadata: { caas: { policy: api_key } } }
                 direct_response: { status: 200, body: { inline_string: ok } }
                 typed_per_filter_config:
                   envoy.filters.http.ext_authz:

@@ -118,6 +118,16 @@ pub struct EdgeSession {
     pub revoked: bool,
 }
 
+/// An API key's record as the in-proxy filter's feed serves it
+/// (ext-authz's `/edge/v1/keys`), with what its tenant's IP whitelist holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EdgeKey {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub expires_at: Option<i64>,
+    pub revoked: bool,
+}
+
 enum Lookup<V> {
     Fresh(V),
     Stale(V, Duration),
@@ -466,25 +476,7 @@ impl Validator {
 
     async fn api_key_inner(&self, presented: &str, ip: IpAddr, now: i64) -> Result<KeyIdentity, Rejection> {
         let hash = api_key::parse(presented).map_err(|_| Denial::InvalidApiKey)?;
-        let entry = self
-            .fetch(
-                &self.keys,
-                &hash,
-                |entry| {
-                    if entry.is_some() { self.settings.fresh_for } else { self.settings.negative_for }
-                },
-                || async {
-                    self.metrics.db_reads.inc();
-                    Ok(self.store.api_key_by_hash(&hash).await?.map(|record| KeyEntry {
-                        revoked: record.revoked_at.is_some(),
-                        id: record.id,
-                        tenant_id: record.client_id,
-                        expires_at: record.expires_at,
-                    }))
-                },
-            )
-            .await?
-            .ok_or(Denial::InvalidApiKey)?;
+        let entry = self.key_entry(&hash).await?.ok_or(Denial::InvalidApiKey)?;
         if entry.revoked {
             return Err(Denial::ApiKeyRevoked.for_tenant(&entry.tenant_id));
         }
@@ -560,6 +552,60 @@ impl Validator {
         }))
     }
 
+    /// The key stored under `hash`, through the caches (as a Check sees it).
+    async fn key_entry(&self, hash: &str) -> Result<Option<KeyEntry>, Denial> {
+        self.fetch(
+            &self.keys,
+            hash,
+            |entry| {
+                if entry.is_some() { self.settings.fresh_for } else { self.settings.negative_for }
+            },
+            || async {
+                self.metrics.db_reads.inc();
+                Ok(self.store.api_key_by_hash(hash).await?.map(|record| KeyEntry {
+                    revoked: record.revoked_at.is_some(),
+                    id: record.id,
+                    tenant_id: record.client_id,
+                    expires_at: record.expires_at,
+                }))
+            },
+        )
+        .await
+    }
+
+    /// A key as a Check would find it now, for the in-proxy filter's feed,
+    /// from the cache only: `None` unless a Check read it recently (the
+    /// filter asks after forwarding the key's first request, whose Check
+    /// reads it), `Some(None)` when no key has this hash. So the filter's
+    /// lookups never read the database: a flood of made-up keys costs what
+    /// it costs without the fast path.
+    pub fn key_record_cached(&self, hash: &str) -> Option<Option<EdgeKey>> {
+        let Lookup::Fresh(entry) = self.keys.lookup(hash, Instant::now(), self.bus.is_connected()) else {
+            return None;
+        };
+        Some(entry.map(|entry| EdgeKey {
+            key_id: entry.id,
+            tenant_id: entry.tenant_id,
+            expires_at: entry.expires_at,
+            revoked: entry.revoked,
+        }))
+    }
+
+    /// The entries of a tenant's IP whitelist as a Check applies them, for
+    /// the in-proxy filter; `None` when IP whitelists are not enforced.
+    pub async fn ip_whitelist_entries(&self, tenant_id: &str) -> Result<Option<Vec<String>>, Denial> {
+        if !self.settings.ip_whitelist_enabled {
+            return Ok(None);
+        }
+        Ok(Some(self.ip_whitelist(tenant_id).await?.entries()))
+    }
+
+    /// Records that a key was used (at most once a minute per key): the
+    /// filter's leases say so for the requests it allows.
+    pub fn key_used(&self, key_id: &str, now: i64) {
+        self.touch(key_id, now);
+    }
+
     async fn session(&self, session_id: &str) -> Result<Option<SessionEntry>, Denial> {
         self.fetch(
             &self.sessions,
@@ -584,10 +630,12 @@ impl Validator {
         if !self.settings.ip_whitelist_enabled {
             return Ok(());
         }
-        let list = self
-            .whitelist(&self.ip_lists, WhitelistKind::Ip, tenant_id, |e| IpWhitelist::parse(e).ok().map(Arc::new))
-            .await?;
+        let list = self.ip_whitelist(tenant_id).await?;
         if list.contains(ip) { Ok(()) } else { Err(Denial::IpNotAllowed) }
+    }
+
+    async fn ip_whitelist(&self, tenant_id: &str) -> Result<Arc<IpWhitelist>, Denial> {
+        self.whitelist(&self.ip_lists, WhitelistKind::Ip, tenant_id, |e| IpWhitelist::parse(e).ok().map(Arc::new)).await
     }
 
     pub async fn check_origin(&self, tenant_id: &str, origin: &str) -> Result<(), Denial> {

@@ -1,6 +1,6 @@
-//! The filter's decision: allow an end user's request exactly as ext-authz
-//! would (ext-authz/src/check.rs, policies.rs, response.rs), or leave it to
-//! ext_authz. It never denies: a request it would refuse, and every request
+//! The filter's decision: allow an end user's or an API key's request
+//! exactly as ext-authz would (ext-authz/src/check.rs, policies.rs,
+//! response.rs), or leave it to ext_authz. It never denies: a request it would refuse, and every request
 //! it cannot judge from what it holds, goes on to ext_authz unchanged, which
 //! answers it as it always has. So a denial is always ext-authz's own, and
 //! the filter can only ever be wrong by allowing; every allow below passes
@@ -13,7 +13,10 @@ use caas_rules::jwt::Audience;
 use caas_rules::policy::{self, Policy};
 use caas_rules::request::{self, API_KEY, AUTHORIZATION, TokenSource};
 use caas_rules::session::{self, SessionView};
+use caas_rules::{api_key, whitelist};
 
+use crate::api_keys::KeyMiss;
+use crate::lease::Kind;
 use crate::state::State;
 
 /// A request's headers as Envoy presents them to the filter: names
@@ -85,10 +88,13 @@ pub enum Miss {
     Refused,
     /// The session has not been looked up yet (it is being).
     Unknown,
+    /// The API key or its tenant's IP whitelist has not been looked up yet
+    /// (it is being), or changed within the last two seconds.
+    UnknownKey,
     /// ext-authz refuses the client's address for failed credentials (or
     /// refuses too many addresses to list them).
     Address,
-    /// No leased request of this end user's quota is left here (one is
+    /// No leased request of this end user's or key's quota is left here (one is
     /// being asked for): ext-authz counts it, and refuses it if over.
     Quota,
 }
@@ -101,13 +107,22 @@ impl Miss {
             Miss::Unusual => "unusual",
             Miss::Refused => "refused",
             Miss::Unknown => "unknown_session",
+            Miss::UnknownKey => "unknown_key",
             Miss::Address => "address",
             Miss::Quota => "quota",
         }
     }
 
-    pub const ALL: [Miss; 7] =
-        [Miss::NotCurrent, Miss::Policy, Miss::Unusual, Miss::Refused, Miss::Unknown, Miss::Address, Miss::Quota];
+    pub const ALL: [Miss; 8] = [
+        Miss::NotCurrent,
+        Miss::Policy,
+        Miss::Unusual,
+        Miss::Refused,
+        Miss::Unknown,
+        Miss::UnknownKey,
+        Miss::Address,
+        Miss::Quota,
+    ];
 }
 
 /// What an allow does to the request: ext-authz's OkHttpResponse.
@@ -137,15 +152,12 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
         return Err(Miss::NotCurrent);
     }
     let Some(keys) = state.keys.as_ref() else { return Err(Miss::NotCurrent) };
-    let quotas = keys.quotas;
     // ext-authz check.rs `policy_of`: the route's, else the table's by path.
     let policy = match req.policy {
         Some(name) => Policy::parse(name),
         None => keys.policy_table.as_ref().and_then(|table| table.lookup(req.path)),
     };
-    if policy != Some(Policy::EndUser) {
-        return Err(Miss::Policy);
-    }
+    let policy = policy.filter(|p| matches!(p, Policy::EndUser | Policy::ApiKey)).ok_or(Miss::Policy)?;
     // ext-authz's order (check.rs `decide`): path, preflight, query, address.
     if !policy::canonical(request::path_only(req.path))
         || req.header("origin").is_some()
@@ -157,14 +169,26 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
     let peer = req.peer.ok_or(Miss::Unusual)?;
     // Envoy's id (ext-authz incoming.rs takes it when it is this well-formed).
     let request_id = req.header(REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 128).ok_or(Miss::Unusual)?;
-    // The address is not in an end user's context, but one that cannot be
-    // told is refused (ext-authz: `client_ip_unknown`).
+    // An address that cannot be told is refused (ext-authz: `client_ip_unknown`).
     let client_ip = caas_rules::net::client_ip(peer, req.header("x-forwarded-for"), keys.trusted_proxy_hops)
         .ok_or(Miss::Unusual)?;
     // ext-authz refuses such an address before any credential (429 too_many_failures).
     if state.address_refused(client_ip) {
         return Err(Miss::Address);
     }
+    let ctx = match policy {
+        Policy::ApiKey => with_api_key(state, req, client_ip, now, now_ms)?,
+        _ => as_end_user(state, req, now, now_ms)?,
+    };
+    let ctx = RequestContext { request_id: request_id.to_string(), ..ctx };
+    // Held since the top (`current`); looked up again past the lease's write.
+    let signer = &state.keys.as_ref().ok_or(Miss::NotCurrent)?.signer;
+    let (set, remove) = mutations(signer, &ctx, req, now);
+    Ok(Allow { set, remove, tenant_id: ctx.tenant_id })
+}
+
+/// ext-authz policies.rs `end_user`, for a token in `authorization`.
+fn as_end_user(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<RequestContext, Miss> {
     let (token, source) = request::end_user_token(|name| req.header(name), req.path).map_err(|_| Miss::Refused)?;
     if source != TokenSource::Authorization {
         return Err(Miss::Unusual);
@@ -186,10 +210,10 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
     session::check(&claims, Audience::Sdk, view.as_ref()).map_err(|_| Miss::Refused)?;
     // Last: a request is counted only once it would be allowed (ext-authz
     // check.rs counts after the grant, in the user's and the tenant's bucket).
-    if quotas && !state.spend(&claims.tid, &claims.sub, now_ms) {
+    if quotas_on(state) && !state.leases.spend(Kind::User, &claims.tid, &claims.sub, now_ms) {
         return Err(Miss::Quota);
     }
-    let ctx = RequestContext {
+    Ok(RequestContext {
         tenant_id: claims.tid,
         user_id: claims.sub,
         session_id: claims.sid,
@@ -197,13 +221,52 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
         key_id: String::new(),
         // End-user routes do not carry the address (ext-authz policies.rs).
         client_ip: String::new(),
-        request_id: request_id.to_string(),
+        request_id: String::new(),
         token_expires_at: None,
-    };
-    // Held since the top (`current`); looked up again past the lease's write.
-    let signer = &state.keys.as_ref().ok_or(Miss::NotCurrent)?.signer;
-    let (set, remove) = mutations(signer, &ctx, req, now);
-    Ok(Allow { set, remove, tenant_id: ctx.tenant_id })
+    })
+}
+
+/// ext-authz policies.rs `api_key` (core validate.rs `validate_api_key`):
+/// the key by its hash, revoked, expired, then the address against the
+/// tenant's IP whitelist.
+fn with_api_key(
+    state: &mut State,
+    req: &Request<'_>,
+    client_ip: IpAddr,
+    now: i64,
+    now_ms: u64,
+) -> Result<RequestContext, Miss> {
+    let presented = req.header(API_KEY).ok_or(Miss::Refused)?;
+    let hash = api_key::parse(presented).map_err(|_| Miss::Refused)?;
+    let (record, ip_list) = state.api_keys.lookup(&hash, now_ms).map_err(|miss| match miss {
+        KeyMiss::Unknown => Miss::UnknownKey,
+        KeyMiss::Refused => Miss::Refused,
+    })?;
+    if record.revoked || record.expires_at.is_some_and(|at| at <= now) {
+        return Err(Miss::Refused);
+    }
+    if ip_list.is_some_and(|list| !list.contains(client_ip)) {
+        return Err(Miss::Refused);
+    }
+    let (tenant_id, key_id) = (record.tenant_id.clone(), record.key_id.clone());
+    if quotas_on(state) && !state.leases.spend(Kind::Key, &tenant_id, &key_id, now_ms) {
+        return Err(Miss::Quota);
+    }
+    state.leases.key_used(&key_id, now_ms);
+    Ok(RequestContext {
+        tenant_id,
+        user_id: String::new(),
+        session_id: String::new(),
+        auth_type: AuthType::ApiKey,
+        key_id,
+        client_ip: whitelist::canonical_ip(client_ip).to_string(),
+        request_id: String::new(),
+        token_expires_at: None,
+    })
+}
+
+fn quotas_on(state: &State) -> bool {
+    state.keys.as_ref().is_some_and(|keys| keys.quotas)
 }
 
 /// ext-authz's `response::allowed` for a grant without trace or CORS.

@@ -117,8 +117,10 @@ struct Root {
     /// The poll in flight and when it was sent (ms).
     poll: Option<(u32, u64)>,
     lookups: HashMap<u32, String>,
-    /// The lease ask in flight, and the end users it asks for.
-    leasing: Option<(u32, Vec<crate::state::EndUser>)>,
+    /// The lease ask in flight, and the holders it asks for.
+    leasing: Option<(u32, Vec<crate::lease::Holder>)>,
+    /// The key lookup in flight.
+    key_lookup: Option<u32>,
     /// Whether the last poll was answered (for logging changes only).
     answering: bool,
 }
@@ -136,16 +138,22 @@ impl Context for Root {
             if answered != self.answering {
                 self.answering = answered;
                 if answered {
-                    log::warn!("caas_edge: the feed answers; deciding end users' requests");
+                    log::warn!("caas_edge: the feed answers; deciding requests");
                 } else {
                     log::warn!("caas_edge: the feed did not answer; every request goes to ext_authz until it does");
                 }
             }
             return;
         }
-        if let Some((_, keys)) = self.leasing.take_if(|(asked, _)| *asked == token) {
+        if let Some((_, holders)) = self.leasing.take_if(|(asked, _)| *asked == token) {
             let now_ms = now().as_millis() as u64;
-            self.state.borrow_mut().apply_leases(&keys, ok.then_some(body.as_slice()), now_ms);
+            self.state.borrow_mut().leases.apply(&holders, ok.then_some(body.as_slice()), now_ms);
+            return;
+        }
+        if self.key_lookup.take_if(|asked| *asked == token).is_some() {
+            if ok {
+                let _ = self.state.borrow_mut().apply_keys(&body);
+            }
             return;
         }
         if let Some(id) = self.lookups.remove(&token)
@@ -173,29 +181,42 @@ impl Root {
         .ok()
     }
 
+    fn post(&self, config: &Config, path: &str, body: &[u8]) -> Option<u32> {
+        self.dispatch_http_call(
+            &config.cluster,
+            vec![
+                (":method", "POST"),
+                (":path", path),
+                (":authority", "ext-authz"),
+                ("content-type", "application/json"),
+                ("x-caas-edge-token", &config.token),
+            ],
+            Some(body),
+            vec![],
+            CALL_TIMEOUT,
+        )
+        .ok()
+    }
+
     /// Asks ext-authz for the leases the state wants (one call in flight).
     fn ask_leases(&mut self, config: &Config, now_ms: u64) {
         if self.leasing.is_some() {
             return;
         }
-        let Some((keys, body)) = self.state.borrow_mut().lease_asks(now_ms) else { return };
-        let sent = self.dispatch_http_call(
-            &config.cluster,
-            vec![
-                (":method", "POST"),
-                (":path", "/edge/v1/lease"),
-                (":authority", "ext-authz"),
-                ("content-type", "application/json"),
-                ("x-caas-edge-token", &config.token),
-            ],
-            Some(&body),
-            vec![],
-            CALL_TIMEOUT,
-        );
-        match sent {
-            Ok(token) => self.leasing = Some((token, keys)),
-            Err(_) => self.state.borrow_mut().apply_leases(&keys, None, now_ms),
+        let Some((holders, body)) = self.state.borrow_mut().leases.asks(now_ms) else { return };
+        match self.post(config, "/edge/v1/lease", &body) {
+            Some(token) => self.leasing = Some((token, holders)),
+            None => self.state.borrow_mut().leases.apply(&holders, None, now_ms),
         }
+    }
+
+    /// Looks up the keys the state wants (one call in flight).
+    fn look_keys_up(&mut self, config: &Config) {
+        if self.key_lookup.is_some() {
+            return;
+        }
+        let Some(body) = self.state.borrow_mut().api_keys.lookups() else { return };
+        self.key_lookup = self.post(config, "/edge/v1/keys", &body);
     }
 }
 
@@ -230,6 +251,7 @@ impl RootContext for Root {
             }
         }
         self.ask_leases(&config, now_ms);
+        self.look_keys_up(&config);
         let pending = self.state.borrow_mut().take_pending();
         for id in pending {
             if self.lookups.len() >= MAX_LOOKUPS {

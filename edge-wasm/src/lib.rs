@@ -1,18 +1,22 @@
 //! caas-edge-wasm: the in-proxy fast path. A proxy-wasm HTTP filter that
 //! Envoy runs after stripping client-sent context headers and before
-//! ext_authz. It allows an end user's request (route policy `end_user`) the
-//! way ext-authz would, with caas-rules' code: the token's signature, issuer,
-//! audience, times and `kid`; its session, looked up from ext-authz and
-//! revoked through ext-authz's feed; the signed context headers. When it
-//! allows, it marks the request with filter state (`wasm.caas_edge`), which
-//! only a filter can write, and the ext_authz filter, wrapped in a matcher on
-//! that state, is skipped. Everything else, denials included, goes on to
-//! ext_authz unchanged (docs/DESIGN.md, "The in-proxy fast path").
+//! ext_authz. It allows an end user's request (route policy `end_user`) and
+//! an API key's (`api_key`) the way ext-authz would, with caas-rules' code:
+//! the token's signature, issuer, audience, times and `kid`, and its
+//! session; the key's hash, record and its tenant's IP whitelist; each
+//! looked up from ext-authz and kept current through ext-authz's feed; the
+//! quotas, leased from ext-authz's buckets; the signed context headers. When
+//! it allows, it marks the request with filter state (`wasm.caas_edge`),
+//! which only a filter can write, and the ext_authz filter, wrapped in a
+//! matcher on that state, is skipped. Everything else, denials included,
+//! goes on to ext_authz unchanged (docs/DESIGN.md, "The in-proxy fast path").
 //!
-//! `state` and `decide` are pure and tested on the host; `filter` is the
+//! `state`, `api_keys`, `lease` and `decide` are pure and tested on the host; `filter` is the
 //! Envoy glue, built for wasm32-wasip1 only.
 
+pub mod api_keys;
 pub mod decide;
+pub mod lease;
 pub mod state;
 
 #[cfg(target_arch = "wasm32")]

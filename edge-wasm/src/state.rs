@@ -17,6 +17,9 @@ use caas_rules::quota::Limits;
 use caas_rules::secret::Secret;
 use serde::Deserialize;
 
+use crate::api_keys::{ApiKeys, KeysAnswer};
+use crate::lease::Leases;
+
 /// Past this since the last confirmed poll was sent, the filter decides
 /// nothing (milliseconds).
 pub const CURRENCY_MS: u64 = 1_000;
@@ -29,26 +32,9 @@ pub const MAX_REVOKED: usize = 100_000;
 /// Session lookups waiting to be sent at once; more are dropped (their
 /// requests still go to ext_authz, and the next one asks again).
 pub const MAX_PENDING: usize = 256;
-/// A lease is spent within this (ms from its grant) or given back: what
-/// holding it can add to a burst is bounded by the lease's size (twice a
-/// tick's demand), not by its age.
-pub const LEASE_MS: u64 = 10_000;
-/// A lease nothing was spent from for this long (ms) is given back, so that
-/// requests a worker holds idle return to the bucket for the others.
-pub const IDLE_MS: u64 = 1_000;
-/// Requests asked for in one lease, at most and at least.
-pub const MAX_LEASE: u32 = 1_000;
-pub const MIN_LEASE: u32 = 4;
-/// End users with a lease (or waiting for one) held at once; past it the
-/// table is emptied (what they held is given back; their requests go to
-/// ext_authz until leased again).
-pub const MAX_LEASED: usize = 10_000;
 /// Tokens whose signature, issuer and audience were verified, kept; past
 /// it the table is emptied (each is verified again on its next use).
 pub const MAX_VERIFIED: usize = 10_000;
-/// Leases asked for in one call (ext-authz's bound: edge.rs `MAX_LEASES`).
-pub const LEASES_PER_CALL: usize = 256;
-
 #[derive(Debug, Deserialize)]
 pub struct Material {
     pub issuer: String,
@@ -85,7 +71,7 @@ pub struct Changes {
     pub refused: Option<Vec<String>>,
 }
 
-/// The changes the filter acts on; the rest (keys, whitelists) concern
+/// The changes the filter acts on; the rest (Origin whitelists) concern
 /// requests it leaves to ext_authz.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -94,6 +80,12 @@ pub enum Change {
         session_id: String,
     },
     RateLimitsChanged {
+        tenant_id: String,
+    },
+    ApiKeyChanged {
+        key_hash: String,
+    },
+    IpWhitelistChanged {
         tenant_id: String,
     },
     #[serde(other)]
@@ -123,30 +115,6 @@ pub struct Known {
     pub record: Option<SessionRecord>,
 }
 
-/// An end user's requests counted ahead of time in its quotas by ext-authz
-/// (`POST /edge/v1/lease`), for the filter to spend.
-#[derive(Debug, Default, Clone)]
-pub struct Lease {
-    /// Requests left to allow.
-    pub left: u32,
-    /// Allowed, or wanted and not leased, since the last ask (the demand).
-    pub used: u32,
-    /// When the last grant arrived (ms).
-    pub granted_at: u64,
-    /// When one was last spent, or the lease granted (ms).
-    pub spent_at: u64,
-    /// A request found nothing left: ask at the next tick.
-    pub wanted: bool,
-    /// An ask is in flight.
-    pub asked: bool,
-}
-
-/// `POST /edge/v1/lease`'s answer as the filter reads it.
-#[derive(Debug, Deserialize)]
-pub struct LeaseAnswer {
-    pub granted: Vec<u32>,
-}
-
 /// The verifier and signer built from the material.
 pub struct Keys {
     pub jwt: JwtKeys,
@@ -171,12 +139,10 @@ pub struct State {
     sessions: HashMap<String, Known>,
     revoked: HashSet<String>,
     pending: Vec<String>,
-    /// By tenant, then end user: looked up by borrowed ids, so spending
-    /// allocates nothing.
-    leases: HashMap<String, HashMap<String, Lease>>,
-    /// Leased requests no longer held (limits changed, resync), to give
-    /// back at the next tick.
-    giving: Vec<(EndUser, u32)>,
+    /// Quotas leased from ext-authz, by end user and by key.
+    pub leases: Leases,
+    /// API keys looked up by hash, and their tenants' IP whitelists.
+    pub api_keys: ApiKeys,
     /// Address buckets ext-authz refuses (failed credentials); `None`: too
     /// many to list, or not said: nothing with an address is decided.
     refused: Option<HashSet<ipnet::IpNet>>,
@@ -187,9 +153,6 @@ pub struct State {
     /// the times are checked on every use, revocation is the session's.
     verified: HashMap<String, Claims>,
 }
-
-/// An end user, as a lease ask names it (tenant id, user id).
-pub type EndUser = (String, String);
 
 impl State {
     /// Whether the filter may decide at `now_ms`.
@@ -216,8 +179,9 @@ impl State {
             self.sessions.clear();
             self.revoked.clear();
             self.pending.clear();
-            self.release_leases(None);
+            self.leases.release(None);
             self.verified.clear();
+            self.api_keys.clear();
             self.keys = answer.material.map(|m| Keys {
                 jwt: JwtKeys::new(
                     m.issuer,
@@ -249,7 +213,11 @@ impl State {
                 }
                 Change::RateLimitsChanged { tenant_id } => {
                     // Leased under the old limits: not spent under the new.
-                    self.release_leases(Some(&tenant_id));
+                    self.leases.release(Some(&tenant_id));
+                }
+                Change::ApiKeyChanged { key_hash } => self.api_keys.key_changed(key_hash, answer.cursor, sent_ms),
+                Change::IpWhitelistChanged { tenant_id } => {
+                    self.api_keys.list_changed(tenant_id, answer.cursor, sent_ms)
                 }
                 Change::Other => {}
             }
@@ -277,122 +245,13 @@ impl State {
         Ok(())
     }
 
-    /// Spends one of the end user's leased requests; with none left, notes
-    /// the demand (asked for at the next tick) and says no.
-    pub fn spend(&mut self, tenant_id: &str, user_id: &str, now_ms: u64) -> bool {
-        let lease = match self.leases.get_mut(tenant_id).and_then(|users| users.get_mut(user_id)) {
-            Some(lease) => lease,
-            None => {
-                if self.leases.values().map(HashMap::len).sum::<usize>() >= MAX_LEASED {
-                    self.release_leases(None);
-                }
-                let users = self.leases.entry(tenant_id.to_string()).or_default();
-                users.entry(user_id.to_string()).or_default()
-            }
-        };
-        lease.used = lease.used.saturating_add(1);
-        // A lapsed lease is not spent: the tick gives it back.
-        if lease.left == 0 || now_ms.saturating_sub(lease.granted_at) >= LEASE_MS {
-            lease.wanted = true;
-            return false;
+    /// Applies a key lookup's answer.
+    pub fn apply_keys(&mut self, body: &[u8]) -> Result<(), serde_json::Error> {
+        let answer: KeysAnswer = serde_json::from_slice(body)?;
+        if answer.epoch == self.epoch {
+            self.api_keys.apply(answer, self.floor);
         }
-        lease.left -= 1;
-        lease.spent_at = now_ms;
-        true
-    }
-
-    /// Stops holding the leases of `tenant_id` (all: `None`): what is left
-    /// of them is given back at the next tick.
-    fn release_leases(&mut self, tenant_id: Option<&str>) {
-        let released: Vec<(String, HashMap<String, Lease>)> = match tenant_id {
-            Some(tenant_id) => self.leases.remove_entry(tenant_id).into_iter().collect(),
-            None => self.leases.drain().collect(),
-        };
-        for (tenant_id, users) in released {
-            for (user_id, lease) in users {
-                if lease.left > 0 {
-                    self.giving.push(((tenant_id.clone(), user_id), lease.left));
-                }
-            }
-        }
-    }
-
-    /// The leases to ask for now and those given back (the body of
-    /// `POST /edge/v1/lease`), and the end users to hand back to
-    /// `apply_leases` with its answer. Asks for each end user that found
-    /// nothing left, or that would run out before the next tick at its last
-    /// tick's pace, twice that pace. Gives back what is left of a lease
-    /// lapsed (`LEASE_MS`) or idle (`IDLE_MS`), and of those released; a
-    /// call that fails loses them (the quota then refuses early, never late).
-    /// Forgets end users with nothing held or wanted.
-    pub fn lease_asks(&mut self, now_ms: u64) -> Option<(Vec<EndUser>, Vec<u8>)> {
-        let sending = self.giving.len().min(LEASES_PER_CALL);
-        let mut returned: Vec<serde_json::Value> = self
-            .giving
-            .drain(..sending)
-            .map(|((tenant_id, user_id), n)| serde_json::json!({ "tenant_id": tenant_id, "user_id": user_id, "n": n }))
-            .collect();
-        for (tenant_id, users) in &mut self.leases {
-            users.retain(|user_id, l| {
-                let lapsed = now_ms.saturating_sub(l.granted_at) >= LEASE_MS;
-                let idle = now_ms.saturating_sub(l.spent_at) >= IDLE_MS;
-                if l.left > 0 && !l.asked && (lapsed || idle) && returned.len() < LEASES_PER_CALL {
-                    returned.push(serde_json::json!({ "tenant_id": tenant_id, "user_id": user_id, "n": l.left }));
-                    l.left = 0;
-                }
-                l.asked || l.wanted || l.used > 0 || l.left > 0
-            });
-        }
-        self.leases.retain(|_, users| !users.is_empty());
-        let mut asked = Vec::new();
-        let mut asks = Vec::new();
-        for (tenant_id, users) in &mut self.leases {
-            for (user_id, lease) in users {
-                if asked.len() >= LEASES_PER_CALL {
-                    break;
-                }
-                let fresh = now_ms.saturating_sub(lease.granted_at) < LEASE_MS;
-                let running_out = lease.used > 0 && (!fresh || lease.left <= lease.used);
-                if lease.asked || !(lease.wanted || running_out) {
-                    lease.used = 0;
-                    continue;
-                }
-                let want = lease.used.saturating_mul(2).clamp(MIN_LEASE, MAX_LEASE);
-                asks.push(serde_json::json!({ "tenant_id": tenant_id, "user_id": user_id, "want": want }));
-                asked.push((tenant_id.clone(), user_id.clone()));
-                lease.asked = true;
-                lease.wanted = false;
-                lease.used = 0;
-            }
-        }
-        if asked.is_empty() && returned.is_empty() {
-            return None;
-        }
-        Some((asked, serde_json::json!({ "leases": asks, "returned": returned }).to_string().into_bytes()))
-    }
-
-    /// Applies ext-authz's answer to the asks for `asked` (`None`: no
-    /// answer; they are asked again when wanted). What is left of the
-    /// previous grant, if still fresh, joins the new one (an ask is sent
-    /// only when it is about to run out, so little is carried over).
-    pub fn apply_leases(&mut self, asked: &[EndUser], body: Option<&[u8]>, now_ms: u64) {
-        let granted = body.and_then(|b| serde_json::from_slice::<LeaseAnswer>(b).ok()).map(|a| a.granted);
-        for (i, (tenant_id, user_id)) in asked.iter().enumerate() {
-            let Some(lease) = self.leases.get_mut(tenant_id).and_then(|users| users.get_mut(user_id)) else {
-                continue;
-            };
-            lease.asked = false;
-            match granted.as_ref().and_then(|g| g.get(i)) {
-                Some(n) => {
-                    let left = if now_ms.saturating_sub(lease.granted_at) < LEASE_MS { lease.left } else { 0 };
-                    lease.left = left.saturating_add(*n);
-                    lease.granted_at = now_ms;
-                    lease.spent_at = now_ms;
-                }
-                // The demand stands: asked again at the next tick.
-                None => lease.wanted = true,
-            }
-        }
+        Ok(())
     }
 
     /// The session as known, unless a revocation was heard of since.

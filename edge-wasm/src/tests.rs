@@ -6,7 +6,8 @@ use caas_rules::secret::Secret;
 use serde_json::json;
 
 use crate::decide::{Headers, Miss, Request, Verdict, decide};
-use crate::state::{CURRENCY_MS, IDLE_MS, LEASE_MS, MIN_LEASE, State};
+use crate::lease::{IDLE_MS, LEASE_MS, MIN_LEASE};
+use crate::state::{CURRENCY_MS, State};
 
 const JWT: &str = "jwt-secret-jwt-secret-jwt-secret-0001";
 const NOW: i64 = 1_800_000_000;
@@ -119,72 +120,72 @@ fn with_quotas_on_the_filter_allows_only_what_ext_authz_leased_it() {
     state.apply_session("ses_1", &session("e1", 0, false)).unwrap();
     // Nothing leased yet: ext-authz counts (and may refuse) this one.
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Quota));
-    let (keys, body) = state.lease_asks(NOW_MS).expect("a lease is asked for");
+    let (keys, body) = state.leases.asks(NOW_MS).expect("a lease is asked for");
     let asked: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(
         asked,
-        json!({ "leases": [ { "tenant_id": "cl_1", "user_id": "u1", "want": MIN_LEASE } ], "returned": [] })
+        json!({ "leases": [ { "tenant_id": "cl_1", "user_id": "u1", "want": MIN_LEASE } ], "returned": [], "used": [] })
     );
-    assert!(state.lease_asks(NOW_MS).is_none(), "one ask in flight per end user");
+    assert!(state.leases.asks(NOW_MS).is_none(), "one ask in flight per end user");
     // ext-authz had room for one only: one allowed here, then ext_authz again.
-    state.apply_leases(&keys, Some(br#"{"granted":[1]}"#), NOW_MS);
+    state.leases.apply(&keys, Some(br#"{"granted":[1]}"#), NOW_MS);
     assert!(matches!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Allow(_)));
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Quota));
     // Asked again for twice the demand since the last ask, at least MIN_LEASE.
-    let (keys, body) = state.lease_asks(NOW_MS).unwrap();
+    let (keys, body) = state.leases.asks(NOW_MS).unwrap();
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["leases"][0]["want"], MIN_LEASE);
     for _ in 0..5 {
         assert!(verdict(&mut state, "ses_1", NOW_MS) != Verdict::Forward(Miss::NotCurrent));
     }
-    state.apply_leases(&keys, Some(br#"{"granted":[4]}"#), NOW_MS);
-    let (keys, body) = state.lease_asks(NOW_MS).expect("the demand meanwhile outran the lease");
+    state.leases.apply(&keys, Some(br#"{"granted":[4]}"#), NOW_MS);
+    let (keys, body) = state.leases.asks(NOW_MS).expect("the demand meanwhile outran the lease");
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["leases"][0]["want"], 10);
-    state.apply_leases(&keys, Some(br#"{"granted":[0]}"#), NOW_MS);
+    state.leases.apply(&keys, Some(br#"{"granted":[0]}"#), NOW_MS);
     for _ in 0..4 {
         assert!(matches!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Allow(_)));
     }
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Quota));
     // A lease idle for IDLE_MS gives back what is left of it.
     let returned = |body: &[u8]| serde_json::from_slice::<serde_json::Value>(body).unwrap()["returned"].clone();
-    let (keys, _) = state.lease_asks(NOW_MS).unwrap();
-    state.apply_leases(&keys, Some(br#"{"granted":[8]}"#), NOW_MS);
+    let (keys, _) = state.leases.asks(NOW_MS).unwrap();
+    state.leases.apply(&keys, Some(br#"{"granted":[8]}"#), NOW_MS);
     assert!(matches!(verdict(&mut state, "ses_1", NOW_MS + 1), Verdict::Allow(_)));
-    assert!(state.lease_asks(NOW_MS + IDLE_MS).is_none(), "spent from within IDLE_MS");
-    let (_, body) = state.lease_asks(NOW_MS + 1 + IDLE_MS).expect("an idle lease is given back");
+    assert!(state.leases.asks(NOW_MS + IDLE_MS).is_none(), "spent from within IDLE_MS");
+    let (_, body) = state.leases.asks(NOW_MS + 1 + IDLE_MS).expect("an idle lease is given back");
     assert_eq!(returned(&body), json!([ { "tenant_id": "cl_1", "user_id": "u1", "n": 7 } ]));
     let confirmed = json!({ "epoch": "e1", "cursor": 0, "current": true, "resync": false, "refused": [] });
     state.apply_changes(confirmed.to_string().as_bytes(), NOW_MS + 1 + IDLE_MS).unwrap();
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS + 1 + IDLE_MS), Verdict::Forward(Miss::Quota));
     // A lease not spent within its period is given back, not spent as a
     // burst later (however busy it kept).
-    let (keys, _) = state.lease_asks(NOW_MS).unwrap();
-    state.apply_leases(&keys, Some(br#"{"granted":[8]}"#), NOW_MS);
+    let (keys, _) = state.leases.asks(NOW_MS).unwrap();
+    state.leases.apply(&keys, Some(br#"{"granted":[8]}"#), NOW_MS);
     state.apply_changes(confirmed.to_string().as_bytes(), NOW_MS + LEASE_MS).unwrap();
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS + LEASE_MS), Verdict::Forward(Miss::Quota));
-    let (keys, body) = state.lease_asks(NOW_MS + LEASE_MS).unwrap();
+    let (keys, body) = state.leases.asks(NOW_MS + LEASE_MS).unwrap();
     assert_eq!(returned(&body), json!([ { "tenant_id": "cl_1", "user_id": "u1", "n": 8 } ]));
     // A failed ask is asked again (what it gave back is lost: the quota
     // refuses early, never late); a garbled answer grants nothing.
-    state.apply_leases(&keys, None, NOW_MS + LEASE_MS);
-    let (keys, _) = state.lease_asks(NOW_MS + LEASE_MS).unwrap();
-    state.apply_leases(&keys, None, NOW_MS + LEASE_MS);
-    let (keys, _) = state.lease_asks(NOW_MS + LEASE_MS).expect("asked again after a failure");
-    state.apply_leases(&keys, Some(b"{"), NOW_MS + LEASE_MS);
+    state.leases.apply(&keys, None, NOW_MS + LEASE_MS);
+    let (keys, _) = state.leases.asks(NOW_MS + LEASE_MS).unwrap();
+    state.leases.apply(&keys, None, NOW_MS + LEASE_MS);
+    let (keys, _) = state.leases.asks(NOW_MS + LEASE_MS).expect("asked again after a failure");
+    state.leases.apply(&keys, Some(b"{"), NOW_MS + LEASE_MS);
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS + LEASE_MS), Verdict::Forward(Miss::Quota));
     // The tenant's limits changed: what was leased under the old ones is
     // not spent under the new, and is given back.
-    let (keys, _) = state.lease_asks(NOW_MS + LEASE_MS).unwrap();
-    state.apply_leases(&keys, Some(br#"{"granted":[8]}"#), NOW_MS + LEASE_MS);
+    let (keys, _) = state.leases.asks(NOW_MS + LEASE_MS).unwrap();
+    state.leases.apply(&keys, Some(br#"{"granted":[8]}"#), NOW_MS + LEASE_MS);
     let changed = json!({ "epoch": "e1", "cursor": 1, "current": true, "resync": false, "refused": [],
                           "changes": [ { "type": "rate_limits_changed", "tenant_id": "cl_1" } ] });
     state.apply_changes(changed.to_string().as_bytes(), NOW_MS + LEASE_MS).unwrap();
-    let (_, body) = state.lease_asks(NOW_MS + LEASE_MS).expect("the released lease is given back");
+    let (_, body) = state.leases.asks(NOW_MS + LEASE_MS).expect("the released lease is given back");
     assert_eq!(returned(&body), json!([ { "tenant_id": "cl_1", "user_id": "u1", "n": 8 } ]));
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS + LEASE_MS), Verdict::Forward(Miss::Quota));
     // An idle end user is forgotten after a lease period.
-    let _ = state.lease_asks(NOW_MS + LEASE_MS);
-    let _ = state.lease_asks(NOW_MS + 3 * LEASE_MS);
-    assert!(state.lease_asks(NOW_MS + 3 * LEASE_MS).is_none());
+    let _ = state.leases.asks(NOW_MS + LEASE_MS);
+    let _ = state.leases.asks(NOW_MS + 3 * LEASE_MS);
+    assert!(state.leases.asks(NOW_MS + 3 * LEASE_MS).is_none());
 }
 
 #[test]
@@ -243,4 +244,110 @@ fn repeated_headers_are_joined_as_envoy_joins_them_for_ext_authz() {
     assert_eq!(headers.get("origin"), Some("a"));
     assert_eq!(headers.get("upgrade"), None);
     assert_eq!(headers.names().collect::<Vec<_>>(), ["x-forwarded-for", "origin"]);
+}
+
+/// A well-formed key (its checksum is right), stored nowhere.
+const KEY: &str = "caas_0123456789abcdefghijklmnopqrstuv2CRUDD";
+
+fn with_key(state: &mut State, peer: &str, now_ms: u64) -> Verdict {
+    let headers: Headers = [("x-api-key", KEY), ("x-request-id", "r1")].into_iter().collect();
+    let req = Request {
+        method: "POST",
+        path: "/v1/sdk/session",
+        policy: Some("api_key"),
+        headers: &headers,
+        peer: Some(peer.parse().unwrap()),
+    };
+    decide(state, &req, NOW, now_ms)
+}
+
+fn key_answer(cursor: u64, revoked: bool, cidrs: &[&str]) -> Vec<u8> {
+    let hash = caas_rules::api_key::parse(KEY).unwrap();
+    json!({ "epoch": "e1", "cursor": cursor, "keys": [ {
+        "hash": hash,
+        "key": { "key_id": "key_1", "tenant_id": "cl_1", "expires_at": null, "revoked": revoked },
+        "ip_whitelist": { "enforced": true, "entries": cidrs } } ] })
+    .to_string()
+    .into_bytes()
+}
+
+fn poll(cursor: u64, changes: serde_json::Value) -> Vec<u8> {
+    json!({ "epoch": "e1", "cursor": cursor, "current": true, "resync": false, "refused": [], "changes": changes })
+        .to_string()
+        .into_bytes()
+}
+
+#[test]
+fn an_api_key_is_looked_up_by_hash_and_a_change_to_it_or_its_whitelist_is_never_decided_stale() {
+    let mut state = State::default();
+    state.apply_changes(&resync("e1", 0, true), NOW_MS).unwrap();
+    let hash = caas_rules::api_key::parse(KEY).unwrap();
+    // Unknown: left to ext_authz and looked up by its hash, never the key.
+    assert_eq!(with_key(&mut state, "127.0.0.1", NOW_MS), Verdict::Forward(Miss::UnknownKey));
+    let asked = state.api_keys.lookups().expect("a lookup");
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&asked).unwrap(), json!({ "hashes": [hash] }));
+    assert!(!String::from_utf8(asked).unwrap().contains(KEY));
+    state.apply_keys(&key_answer(0, false, &["127.0.0.1/32"])).unwrap();
+    assert!(matches!(with_key(&mut state, "127.0.0.1", NOW_MS), Verdict::Allow(_)));
+    assert_eq!(with_key(&mut state, "10.0.0.1", NOW_MS), Verdict::Forward(Miss::Refused));
+    // The key changes (here: revoked): forwarded at once, and for HOLD_MS.
+    state
+        .apply_changes(
+            &poll(
+                3,
+                json!([{ "type": "api_key_changed", "tenant_id": "cl_1", "key_id": "key_1",
+                                          "key_hash": hash }]),
+            ),
+            NOW_MS,
+        )
+        .unwrap();
+    assert_eq!(with_key(&mut state, "127.0.0.1", NOW_MS), Verdict::Forward(Miss::UnknownKey));
+    // A lookup read before the change does not bring it back, after the hold either.
+    state.apply_keys(&key_answer(2, false, &["127.0.0.1/32"])).unwrap();
+    let later = NOW_MS + crate::api_keys::HOLD_MS;
+    state.apply_changes(&poll(3, json!([])), later).unwrap();
+    assert_eq!(with_key(&mut state, "127.0.0.1", later), Verdict::Forward(Miss::UnknownKey));
+    state.apply_keys(&key_answer(3, true, &["127.0.0.1/32"])).unwrap();
+    assert_eq!(with_key(&mut state, "127.0.0.1", later), Verdict::Forward(Miss::Refused));
+    // Unrevoked again (say, a restore), then the tenant's whitelist changes.
+    state.apply_keys(&key_answer(4, false, &["127.0.0.1/32"])).unwrap();
+    assert!(matches!(with_key(&mut state, "127.0.0.1", later), Verdict::Allow(_)));
+    state
+        .apply_changes(&poll(5, json!([{ "type": "ip_whitelist_changed", "tenant_id": "cl_1", "version": 2 }])), later)
+        .unwrap();
+    assert_eq!(with_key(&mut state, "127.0.0.1", later), Verdict::Forward(Miss::UnknownKey));
+    let after = later + crate::api_keys::HOLD_MS;
+    state.apply_changes(&poll(5, json!([])), after).unwrap();
+    state.apply_keys(&key_answer(4, false, &["127.0.0.1/32"])).unwrap();
+    assert_eq!(with_key(&mut state, "127.0.0.1", after), Verdict::Forward(Miss::UnknownKey), "a stale whitelist");
+    state.apply_keys(&key_answer(5, false, &["10.0.0.0/8"])).unwrap();
+    assert_eq!(with_key(&mut state, "127.0.0.1", after), Verdict::Forward(Miss::Refused));
+    assert!(matches!(with_key(&mut state, "10.0.0.1", after), Verdict::Allow(_)));
+    // A whitelist ext-authz would not parse is not applied here either.
+    state.apply_changes(&poll(6, json!([{ "type": "ip_whitelist_changed", "tenant_id": "cl_1" }])), after).unwrap();
+    let last = after + crate::api_keys::HOLD_MS;
+    state.apply_changes(&poll(6, json!([])), last).unwrap();
+    state.apply_keys(&key_answer(6, false, &["not a network"])).unwrap();
+    assert_eq!(with_key(&mut state, "10.0.0.1", last), Verdict::Forward(Miss::UnknownKey));
+    // A resync forgets every key.
+    state.apply_changes(&resync("e2", 0, true), last).unwrap();
+    assert_eq!(with_key(&mut state, "10.0.0.1", last), Verdict::Forward(Miss::UnknownKey));
+}
+
+#[test]
+fn a_key_ext_authz_has_not_read_lately_stays_unknown_and_is_asked_for_again() {
+    let mut state = State::default();
+    state.apply_changes(&resync("e1", 0, true), NOW_MS).unwrap();
+    let hash = caas_rules::api_key::parse(KEY).unwrap();
+    assert_eq!(with_key(&mut state, "127.0.0.1", NOW_MS), Verdict::Forward(Miss::UnknownKey));
+    state.api_keys.lookups().expect("a lookup");
+    let pending = json!({ "epoch": "e1", "cursor": 0, "keys": [ { "hash": hash, "pending": true } ] });
+    state.apply_keys(pending.to_string().as_bytes()).unwrap();
+    assert_eq!(with_key(&mut state, "127.0.0.1", NOW_MS), Verdict::Forward(Miss::UnknownKey));
+    assert!(state.api_keys.lookups().is_some(), "asked again");
+    // No such key: refused (by ext_authz), and not asked for again.
+    let none = json!({ "epoch": "e1", "cursor": 0, "keys": [ { "hash": hash, "key": null } ] });
+    state.apply_keys(none.to_string().as_bytes()).unwrap();
+    assert_eq!(with_key(&mut state, "127.0.0.1", NOW_MS), Verdict::Forward(Miss::Refused));
+    assert!(state.api_keys.lookups().is_none());
 }

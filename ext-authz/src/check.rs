@@ -24,7 +24,7 @@ use crate::failures::FailureLimiter;
 pub use crate::incoming::Incoming;
 use crate::metrics::{GatewayMetrics, policy_label};
 use crate::policies::Attempt;
-use crate::quota::Quotas;
+use crate::quota::{Holder, Quotas, holder_buckets};
 use crate::trace::Traced;
 pub use crate::trace::UpstreamTrace;
 use crate::{response, shadow};
@@ -267,27 +267,27 @@ impl Authorizer {
         })
     }
 
-    /// Takes up to `want` of an end user's requests from its quotas (the
-    /// user's bucket and the tenant's, as a Check counts them) for the
-    /// in-proxy filter to spend, and returns how many fitted. With quotas
-    /// off the filter asks for none (its material says so).
-    pub async fn lease(&self, tenant_id: &str, user_id: &str, want: u32) -> u32 {
+    /// Takes up to `want` of an end user's or a key's requests from its
+    /// quotas (its own bucket and the tenant's, as a Check counts them) for
+    /// the in-proxy filter to spend, and returns how many fitted. With
+    /// quotas off the filter asks for none (its material says so).
+    pub async fn lease(&self, tenant_id: &str, holder: Holder<'_>, want: u32) -> u32 {
         if !self.settings.quotas {
             return 0;
         }
         let limits = self.validator.rate_limits(tenant_id).await;
-        let granted = self.quotas.lease(&crate::quota::end_user_buckets(tenant_id, user_id), &limits, want);
+        let granted = self.quotas.lease(&holder_buckets(tenant_id, holder), &limits, want);
         self.metrics.edge_leased.inc_by(u64::from(granted));
         granted
     }
 
     /// Un-counts `n` leased requests the filter gives back unspent.
-    pub async fn give_back(&self, tenant_id: &str, user_id: &str, n: u32) {
+    pub async fn give_back(&self, tenant_id: &str, holder: Holder<'_>, n: u32) {
         if !self.settings.quotas || n == 0 {
             return;
         }
         let limits = self.validator.rate_limits(tenant_id).await;
-        self.quotas.give_back(&crate::quota::end_user_buckets(tenant_id, user_id), &limits, n);
+        self.quotas.give_back(&holder_buckets(tenant_id, holder), &limits, n);
         self.metrics.edge_returned.inc_by(u64::from(n));
     }
 

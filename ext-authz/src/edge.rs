@@ -17,7 +17,10 @@
 //! - `GET /edge/v1/session/{id}`: one session as the validator sees it, the
 //!   tenant's quotas, and the cursor taken before it was read (a change
 //!   after that cursor still reaches the filter through the changes).
-//! - `POST /edge/v1/lease`: end users' requests counted ahead of time in
+//! - `POST /edge/v1/keys`: API keys by the hashes the filter computed (at
+//!   most 32 a call), each with its tenant's IP whitelist, as a Check finds
+//!   them, and the cursor taken before the reads.
+//! - `POST /edge/v1/lease`: end users' and keys' requests counted ahead of time in
 //!   their quotas (the same buckets a Check counts in, shared through Redis
 //!   as ever), for the filter to spend on requests it allows; it asks again
 //!   before they run out, and sends a request it holds no lease for to
@@ -46,6 +49,7 @@ use caas_core::secret::Secret;
 use serde_json::json;
 
 use crate::check::Authorizer;
+use crate::quota::Holder;
 
 /// The header the filter sends the caller token in.
 pub const TOKEN_HEADER: &str = "x-caas-edge-token";
@@ -56,6 +60,9 @@ pub const MAX_LEASES: usize = 256;
 pub const MAX_LEASE: u32 = 1_000;
 /// A lease request's body, at most (256 leases of long ids fit).
 const MAX_LEASE_BODY: usize = 256 * 1024;
+/// Keys looked up in one call, at most.
+pub const MAX_KEY_LOOKUPS: usize = 32;
+const MAX_KEYS_BODY: usize = 16 * 1024;
 
 /// What the filter verifies and signs with: the same secrets ext-authz uses.
 #[derive(Clone)]
@@ -221,10 +228,7 @@ pub async fn session(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, Path
     let cursor = feed.cursor();
     let session = match feed.authorizer.validator().session_record(&id).await {
         Ok(session) => session,
-        Err(_) => {
-            let body = json!({ "error": { "code": "unavailable", "message": "credential store is unavailable" } });
-            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-        }
+        Err(_) => return unavailable(),
     };
     let limits = match &session {
         Some(s) => Some(feed.authorizer.validator().rate_limits(&s.tenant_id).await),
@@ -233,20 +237,46 @@ pub async fn session(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, Path
     private(session_answer(&feed.epoch, cursor, session.as_ref(), limits.as_ref()))
 }
 
-/// One lease asked for: an end user (whose token the filter verified) and
-/// how many of its requests.
+/// Whose requests a lease or a give-back is for: an end user (whose token
+/// the filter verified) or an API key (whose record it holds); exactly one.
+#[derive(serde::Deserialize)]
+pub struct LeaseHolder {
+    pub tenant_id: String,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub key_id: Option<String>,
+}
+
+impl LeaseHolder {
+    fn holder(&self) -> Result<Holder<'_>, String> {
+        let sane = |id: &str| !id.is_empty() && id.len() <= 256;
+        let holder = match (&self.user_id, &self.key_id) {
+            (Some(user_id), None) => Holder::User(user_id),
+            (None, Some(key_id)) => Holder::Key(key_id),
+            _ => return Err("exactly one of user_id and key_id".into()),
+        };
+        let (Holder::User(id) | Holder::Key(id)) = holder;
+        if !sane(&self.tenant_id) || !sane(id) {
+            return Err("tenant_id, user_id and key_id must be 1 to 256 bytes".into());
+        }
+        Ok(holder)
+    }
+}
+
+/// One lease asked for: whose, and how many of its requests.
 #[derive(serde::Deserialize)]
 pub struct LeaseWanted {
-    pub tenant_id: String,
-    pub user_id: String,
+    #[serde(flatten)]
+    pub holder: LeaseHolder,
     pub want: u32,
 }
 
-/// Leased requests an end user's filter gives back unspent.
+/// Leased requests the filter gives back unspent.
 #[derive(serde::Deserialize)]
 pub struct LeaseReturned {
-    pub tenant_id: String,
-    pub user_id: String,
+    #[serde(flatten)]
+    pub holder: LeaseHolder,
     pub n: u32,
 }
 
@@ -256,6 +286,10 @@ pub struct Leases {
     pub leases: Vec<LeaseWanted>,
     #[serde(default)]
     pub returned: Vec<LeaseReturned>,
+    /// Keys the filter allowed requests with since it last said so (their
+    /// last use is recorded as a Check records it).
+    #[serde(default)]
+    pub used: Vec<String>,
 }
 
 /// Answers `{"granted": [n, …]}` in the order asked; a malformed or
@@ -264,35 +298,115 @@ pub async fn lease(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: 
     if !feed.admits(&headers) {
         return refused();
     }
-    let bad = |message: String| {
-        (StatusCode::BAD_REQUEST, Json(json!({ "error": { "code": "invalid_request", "message": message } })))
-            .into_response()
-    };
     let asked: Leases = match serde_json::from_slice(&body) {
         Ok(asked) => asked,
         Err(error) => return bad(format!("lease request is not valid JSON of the expected shape: {error}")),
     };
-    if asked.leases.len() > MAX_LEASES || asked.returned.len() > MAX_LEASES {
-        return bad(format!("leases, returned: at most {MAX_LEASES} of each at once"));
+    if asked.leases.len() > MAX_LEASES || asked.returned.len() > MAX_LEASES || asked.used.len() > MAX_LEASES {
+        return bad(format!("leases, returned, used: at most {MAX_LEASES} of each at once"));
     }
-    let sane = |id: &str| !id.is_empty() && id.len() <= 256;
-    let ids = asked.leases.iter().map(|l| (&l.tenant_id, &l.user_id));
-    if ids.chain(asked.returned.iter().map(|r| (&r.tenant_id, &r.user_id))).any(|(t, u)| !sane(t) || !sane(u)) {
-        return bad("leases, returned: tenant_id and user_id must be 1 to 256 bytes".into());
-    }
+    let holders: Result<Vec<Holder<'_>>, String> = asked.leases.iter().map(|l| l.holder.holder()).collect();
+    let leases = match holders {
+        Ok(holders) => holders,
+        Err(problem) => return bad(format!("leases: {problem}")),
+    };
+    let holders: Result<Vec<Holder<'_>>, String> = asked.returned.iter().map(|r| r.holder.holder()).collect();
+    let returned = match holders {
+        Ok(holders) => holders,
+        Err(problem) => return bad(format!("returned: {problem}")),
+    };
     if asked.returned.iter().any(|r| r.n > MAX_LEASE) {
         return bad(format!("returned: n is at most {MAX_LEASE} (no lease is larger)"));
     }
-    // Given back first: what one user returns may be what another asks for.
-    for returned in &asked.returned {
-        feed.authorizer.give_back(&returned.tenant_id, &returned.user_id, returned.n).await;
+    if asked.used.iter().any(|id| id.is_empty() || id.len() > 256) {
+        return bad("used: key ids must be 1 to 256 bytes".into());
     }
-    let mut granted = Vec::with_capacity(asked.leases.len());
-    for wanted in &asked.leases {
-        let want = wanted.want.min(MAX_LEASE);
-        granted.push(feed.authorizer.lease(&wanted.tenant_id, &wanted.user_id, want).await);
+    let now = caas_core::id::unix_now();
+    for key_id in &asked.used {
+        feed.authorizer.validator().key_used(key_id, now);
+    }
+    // Given back first: what one returns may be what another asks for.
+    for (given, holder) in asked.returned.iter().zip(returned) {
+        feed.authorizer.give_back(&given.holder.tenant_id, holder, given.n).await;
+    }
+    let mut granted = Vec::with_capacity(leases.len());
+    for (wanted, holder) in asked.leases.iter().zip(leases) {
+        granted.push(feed.authorizer.lease(&wanted.holder.tenant_id, holder, wanted.want.min(MAX_LEASE)).await);
     }
     private(json!({ "granted": granted }))
+}
+
+#[derive(serde::Deserialize)]
+pub struct KeyLookups {
+    pub hashes: Vec<String>,
+}
+
+/// Answers each key as a Check would find it, by the hash the filter
+/// computed from the presented key (never the key itself): its record
+/// (`null`: no such key) and its tenant's IP whitelist, with the cursor
+/// taken before the reads (a change after it reaches the filter as a
+/// change). Keys come from the validator's cache only (`pending: true` when
+/// no Check read one lately): the filter's lookups never read the database
+/// for a key. A store that cannot be read fails the call (503): the filter
+/// then leaves those keys to ext_authz.
+pub async fn keys(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if !feed.admits(&headers) {
+        return refused();
+    }
+    let asked: KeyLookups = match serde_json::from_slice(&body) {
+        Ok(asked) => asked,
+        Err(error) => return bad(format!("key lookup is not valid JSON of the expected shape: {error}")),
+    };
+    if asked.hashes.len() > MAX_KEY_LOOKUPS {
+        return bad(format!("hashes: at most {MAX_KEY_LOOKUPS} at once"));
+    }
+    if asked.hashes.iter().any(|h| h.is_empty() || h.len() > 128 || !h.bytes().all(|b| b.is_ascii_alphanumeric())) {
+        return bad("hashes: each is 1 to 128 letters and digits".into());
+    }
+    let cursor = feed.cursor();
+    match key_answers(feed.authorizer.validator(), &feed.epoch, cursor, &asked.hashes).await {
+        Ok(answer) => private(answer),
+        Err(_) => unavailable(),
+    }
+}
+
+/// The keys under `hashes` as the filter reads them (edge-wasm/src/api_keys.rs,
+/// `KeysAnswer`), at `cursor` of `epoch`.
+pub async fn key_answers(
+    validator: &caas_core::validate::Validator,
+    epoch: &str,
+    cursor: u64,
+    hashes: &[String],
+) -> Result<serde_json::Value, caas_core::validate::Denial> {
+    let mut answers = Vec::with_capacity(hashes.len());
+    for hash in hashes {
+        let key = match validator.key_record_cached(hash) {
+            // Not read by a Check lately: the filter asks again later.
+            None => {
+                answers.push(json!({ "hash": hash, "pending": true }));
+                continue;
+            }
+            Some(None) => {
+                answers.push(json!({ "hash": hash, "key": null }));
+                continue;
+            }
+            Some(Some(key)) => key,
+        };
+        let list = validator.ip_whitelist_entries(&key.tenant_id).await?;
+        let ip_whitelist = json!({ "enforced": list.is_some(), "entries": list.unwrap_or_default() });
+        answers.push(json!({ "hash": hash, "key": key, "ip_whitelist": ip_whitelist }));
+    }
+    Ok(json!({ "epoch": epoch, "cursor": cursor, "keys": answers }))
+}
+
+fn bad(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": { "code": "invalid_request", "message": message } })))
+        .into_response()
+}
+
+fn unavailable() -> Response {
+    let body = json!({ "error": { "code": "unavailable", "message": "credential store is unavailable" } });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 /// The material as the filter reads it (edge-wasm/src/state.rs, `Material`).
@@ -323,5 +437,6 @@ pub fn router(feed: Arc<EdgeFeed>) -> axum::Router {
         .route("/edge/v1/changes", axum::routing::get(changes))
         .route("/edge/v1/session/{id}", axum::routing::get(session))
         .route("/edge/v1/lease", axum::routing::post(lease).layer(axum::extract::DefaultBodyLimit::max(MAX_LEASE_BODY)))
+        .route("/edge/v1/keys", axum::routing::post(keys).layer(axum::extract::DefaultBodyLimit::max(MAX_KEYS_BODY)))
         .with_state(feed)
 }

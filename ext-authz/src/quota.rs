@@ -140,16 +140,28 @@ pub fn buckets(policy: Policy, grant: &Grant) -> Vec<(Scope, String)> {
     let ctx = &grant.context;
     match (policy, ctx.auth_type) {
         (Policy::ApiKey | Policy::Refresh, AuthType::ApiKey) => {
-            vec![(Scope::Key, format!("key:{}", ctx.key_id)), tenant_bucket(&ctx.tenant_id)]
+            holder_buckets(&ctx.tenant_id, Holder::Key(&ctx.key_id))
         }
-        (Policy::EndUser, AuthType::Jwt) => end_user_buckets(&ctx.tenant_id, &ctx.user_id),
+        (Policy::EndUser, AuthType::Jwt) => holder_buckets(&ctx.tenant_id, Holder::User(&ctx.user_id)),
         _ => Vec::new(),
     }
 }
 
-/// An end user's requests are counted in these: the user's, then the tenant's.
-pub fn end_user_buckets(tenant_id: &str, user_id: &str) -> Vec<(Scope, String)> {
-    vec![(Scope::User, format!("user:{tenant_id}:{user_id}")), tenant_bucket(tenant_id)]
+/// Whose requests are counted: an end user's or an API key's (a lease for
+/// the in-proxy filter names one of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder<'a> {
+    User(&'a str),
+    Key(&'a str),
+}
+
+/// The buckets a holder's requests are counted in: its own, then the tenant's.
+pub fn holder_buckets(tenant_id: &str, holder: Holder<'_>) -> Vec<(Scope, String)> {
+    let own = match holder {
+        Holder::User(user_id) => (Scope::User, format!("user:{tenant_id}:{user_id}")),
+        Holder::Key(key_id) => (Scope::Key, format!("key:{key_id}")),
+    };
+    vec![own, tenant_bucket(tenant_id)]
 }
 
 fn tenant_bucket(tenant_id: &str) -> (Scope, String) {

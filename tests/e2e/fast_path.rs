@@ -1,6 +1,7 @@
 //! The in-proxy fast path (edge-wasm/): through real Envoy, the same
 //! requests get the same answers with the filter on and off; a revoked
-//! session is refused within a second; with the feed cut, ext_authz decides
+//! session, a revoked key and a whitelist change are refused within a
+//! second; with the feed cut, ext_authz decides
 //! everything; and nothing a client sends can skip ext_authz.
 
 use std::collections::BTreeMap;
@@ -373,5 +374,62 @@ async fn through_the_fast_path_a_quota_admits_what_it_admits_without_it() {
     // Another user of the tenant has its own bucket, through the filter too.
     let r = send(http.get(fast.url("/v1/conversations")).bearer_auth(&tokens[1])).await;
     assert_eq!(r.status, 200, "{r:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_api_key_is_decided_in_the_proxy_and_a_whitelist_change_or_its_revocation_applies_within_a_second() {
+    let Some(cluster) = cluster_modes(&[true], &ECHO_CHAT).await else { return };
+    let node = cluster.node();
+    if !node.stack.fast_path {
+        return;
+    }
+    let tenant = onboard(node, "edge-keys").await;
+    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
+    let http = client();
+    let with_key = |user: &'static str| {
+        let (http, url, key) = (http.clone(), node.url("/v1/sdk/session"), tenant.key.clone());
+        async move { send(http.post(url).header("x-api-key", key).json(&serde_json::json!({ "user_id": user }))).await }
+    };
+    // The filter learns the key (its hash and the tenant's whitelist) from
+    // the first requests, which ext_authz decides, then decides it itself;
+    // auth-api takes the context it signed (201: a session for the user).
+    let decided = within(Duration::from_secs(10), || async {
+        let before = allowed_by_filter(node).await;
+        let r = with_key("user-1").await;
+        assert_eq!(r.status, 201, "{r:?}");
+        allowed_by_filter(node).await > before
+    })
+    .await;
+    assert!(decided.is_some(), "the fast path never allowed the API key");
+
+    // The tenant whitelists another network: refused within a second, and
+    // from then on, as ext_authz refuses it (403 ip_not_allowed).
+    set_whitelists(node, &tenant, &["10.0.0.0/8"], &[]).await;
+    let took = within(Duration::from_secs(1), || async { with_key("user-2").await.code() == "ip_not_allowed" }).await;
+    assert!(took.is_some(), "a whitelist change took more than a second through the fast path");
+    for _ in 0..5 {
+        let r = with_key("user-2").await;
+        assert_eq!((r.status, r.code()), (403, "ip_not_allowed"), "{r:?}");
+    }
+
+    // Whitelisted again and decided by the filter again, then revoked.
+    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
+    let decided = within(Duration::from_secs(10), || async {
+        let before = allowed_by_filter(node).await;
+        with_key("user-3").await.status == 201 && allowed_by_filter(node).await > before
+    })
+    .await;
+    assert!(decided.is_some(), "the fast path never allowed the API key again");
+    let r =
+        send(http.delete(node.url(&format!("/v1/client/api-keys/{}", tenant.key_id))).bearer_auth(&tenant.dashboard))
+            .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    let took = within(Duration::from_secs(1), || async { with_key("user-4").await.code() == "api_key_revoked" }).await;
+    assert!(took.is_some(), "a revoked key was still allowed after a second through the fast path");
+    for _ in 0..5 {
+        let r = with_key("user-4").await;
+        assert_eq!((r.status, r.code()), (401, "api_key_revoked"), "{r:?}");
+    }
     cluster.shutdown().await;
 }

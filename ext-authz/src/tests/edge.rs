@@ -45,6 +45,28 @@ fn filter_with(material: &EdgeMaterial, now_ms: u64) -> State {
     state
 }
 
+/// The Check allowed what the filter allowed, with the same context
+/// headers and the same removals, and nothing the filter does not do.
+fn assert_same_allow(edge: &caas_edge_wasm::decide::Allow, check: &Verdict, case: &str) {
+    assert_eq!(check.status, 200, "the filter allowed what the Check refuses: {case}: {check:?}");
+    let mut set: HashMap<String, String> = edge.set.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    // Signed at the same second: the same signature, unless a second passed.
+    if set.get(context::CONTEXT_TS) != check.set.get(context::CONTEXT_TS) {
+        set.remove(context::CONTEXT_SIG);
+        set.remove(context::CONTEXT_TS);
+        let mut theirs = check.set.clone();
+        theirs.remove(context::CONTEXT_SIG);
+        theirs.remove(context::CONTEXT_TS);
+        assert_eq!(set, theirs, "{case}");
+    } else {
+        assert_eq!(set, check.set, "{case}");
+    }
+    let removed: BTreeSet<&String> = edge.remove.iter().collect();
+    assert_eq!(removed, check.removed.iter().collect(), "{case}");
+    assert!(check.response_headers.is_empty(), "{case}: the filter does not answer CORS");
+    assert!(check.strip_query.is_empty(), "{case}");
+}
+
 #[tokio::test]
 async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
     let f = fixture().await;
@@ -124,24 +146,7 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
                         allowed += 1;
                         let check = check(&f, request(policy, "GET", path, &headers, "127.0.0.1")).await;
                         let case = format!("{name}, origin {origin:?}, {path}, {policy:?}, {extra:?}");
-                        assert_eq!(check.status, 200, "the filter allowed what the Check refuses: {case}: {check:?}");
-                        let mut set: HashMap<String, String> =
-                            edge.set.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-                        // Signed at the same second: the same signature, unless a second passed.
-                        if set.get(context::CONTEXT_TS) != check.set.get(context::CONTEXT_TS) {
-                            set.remove(context::CONTEXT_SIG);
-                            set.remove(context::CONTEXT_TS);
-                            let mut theirs = check.set.clone();
-                            theirs.remove(context::CONTEXT_SIG);
-                            theirs.remove(context::CONTEXT_TS);
-                            assert_eq!(set, theirs, "{case}");
-                        } else {
-                            assert_eq!(set, check.set, "{case}");
-                        }
-                        let removed: BTreeSet<&String> = edge.remove.iter().collect();
-                        assert_eq!(removed, check.removed.iter().collect(), "{case}");
-                        assert!(check.response_headers.is_empty(), "{case}: the filter does not answer CORS");
-                        assert!(check.strip_query.is_empty(), "{case}");
+                        assert_same_allow(&edge, &check, &case);
                         compared += 1;
                     }
                 }
@@ -283,4 +288,103 @@ async fn in_a_mesh_the_filter_takes_the_policy_from_the_same_table_as_the_check(
             assert_eq!(check.status, 200, "{path}: the filter allowed what the Check refuses: {check:?}");
         }
     }
+}
+
+/// The keys of the API-key corpus: one valid, one rotated out and expired,
+/// one revoked, another tenant's (whose whitelist is empty), one unknown,
+/// malformed ones.
+async fn key_corpus() -> (Fixture, Vec<(&'static str, String)>) {
+    let store = caas_core::testing::sqlite_store().await;
+    let (tenant, first, _) = register(&store, "keys@example.com").await;
+    let (_, other_tenant_key, _) = register(&store, "other-keys@example.com").await;
+    let audit = AuditEntry::new(caas_core::store::AuditAction::IpWhitelistUpdated);
+    let now = unix_now();
+    store.replace_whitelist(WhitelistKind::Ip, &tenant, &["127.0.0.1/32".into()], &audit, now).await.unwrap();
+    // Rotated twice: the first key revoked, the second expired (no grace), a third primary.
+    let rotate = async |grace: i64| {
+        let generated = caas_core::api_key::generate();
+        let key = NewApiKey { id: new_id("key"), hash: generated.hash, prefix: generated.display_prefix };
+        let audit = AuditEntry::new(caas_core::store::AuditAction::ApiKeyRotated);
+        store.rotate_api_key(&tenant, &key, grace, &audit, now - 10).await.unwrap();
+        generated.key
+    };
+    let second = rotate(3600).await;
+    let valid = rotate(0).await;
+    let keys = vec![
+        ("valid", valid),
+        ("rotated out, expired", second),
+        ("revoked", first),
+        ("another tenant's, no whitelisted address", other_tenant_key),
+        ("unknown", caas_core::api_key::generate().key),
+        ("malformed", "caas_not_a_key".into()),
+        ("not ours", "sk_live_0123456789".into()),
+        ("two keys", "caas_a,caas_b".into()),
+    ];
+    let authorizer = authorizer_on(store, Arc::new(MemoryCache::new()), AuthorizerSettings::default());
+    let f = Fixture {
+        authorizer,
+        tenant,
+        other_tenant: String::new(),
+        key: String::new(),
+        key_id: String::new(),
+        token: String::new(),
+        other_token: String::new(),
+        dashboard_token: String::new(),
+    };
+    (f, keys)
+}
+
+#[tokio::test]
+async fn for_api_keys_too_the_filter_allows_only_what_the_check_allows() {
+    let (f, keys) = key_corpus().await;
+    let now = unix_now();
+    let now_ms = now as u64 * 1000;
+    let mut state = filter_with(&material(false, None), now_ms);
+    // The feed answers keys a Check read lately, from the cache only: none yet.
+    let hashes: Vec<String> = keys.iter().filter_map(|(_, k)| caas_core::api_key::parse(k).ok()).collect();
+    let answer = crate::edge::key_answers(f.authorizer.validator(), "e1", 0, &hashes).await.unwrap();
+    assert!(answer["keys"].as_array().unwrap().iter().all(|k| k["pending"] == true), "{answer}");
+    // Each key's first request is the Check's, as through Envoy; then the
+    // filter learns every key it can hash, as the feed serves it.
+    for (_, key) in &keys {
+        check(&f, request(Some("api_key"), "POST", "/v1/sdk/session", &[("x-api-key", key)], "127.0.0.1")).await;
+    }
+    let answer = crate::edge::key_answers(f.authorizer.validator(), "e1", 0, &hashes).await.unwrap();
+    state.apply_keys(answer.to_string().as_bytes()).unwrap();
+
+    let peers = ["127.0.0.1", "10.1.2.3", "::ffff:127.0.0.1"];
+    let paths = ["/v1/sdk/session", "/v1/sdk/session?api_key=x", "/v1/../v1/sdk/session"];
+    let policies = [Some("api_key"), Some("end_user"), Some("refresh"), Some("public"), None];
+    let extras: [&[(&str, &str)]; 4] = [
+        &[],
+        &[("x-forwarded-for", "127.0.0.1")],
+        &[("x-caas-key-id", "key_forged"), ("x-caas-whatever", "1")],
+        &[("origin", "https://app.a.example")],
+    ];
+    let (mut compared, mut valid_allowed) = (0, 0);
+    for (name, key) in &keys {
+        for peer in peers {
+            for path in paths {
+                for policy in policies {
+                    for extra in extras {
+                        let mut headers: Vec<(&str, &str)> = vec![("x-api-key", key), ("x-request-id", "req-key-1")];
+                        headers.extend(extra.iter().copied());
+                        let map: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
+                        let req =
+                            Request { method: "POST", path, policy, headers: &map, peer: Some(peer.parse().unwrap()) };
+                        let EdgeVerdict::Allow(edge) = decide(&mut state, &req, now, now_ms) else { continue };
+                        let check = check(&f, request(policy, "POST", path, &headers, peer)).await;
+                        let case = format!("{name}, from {peer}, {path}, {policy:?}, {extra:?}");
+                        assert_same_allow(&edge, &check, &case);
+                        compared += 1;
+                        valid_allowed += usize::from(*name == "valid");
+                    }
+                }
+            }
+        }
+    }
+    // The valid key from the whitelisted address, on the API-key route, in
+    // the canonical path, with or without stray headers (3 peers spellings
+    // of which 2 are 127.0.0.1, 3 of the 4 extras).
+    assert_eq!((compared, valid_allowed), (6, 6), "the filter allowed {compared} requests");
 }

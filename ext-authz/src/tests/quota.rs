@@ -2,6 +2,7 @@
 //! 429 and the rate-limit headers, per key, per end user and per tenant.
 
 use super::*;
+use crate::quota::Holder;
 use caas_core::context::RequestContext;
 use caas_core::quotas::{DEFAULT_LIMITS, Limit, Limits, set_rate_limits};
 
@@ -234,23 +235,23 @@ async fn a_lease_for_the_in_proxy_filter_comes_out_of_the_quota_a_check_counts_i
     let user = "user-1";
     // The filter asks for five of the user's six and is leased the upper
     // half of the burst, three; Checks get the other three.
-    assert_eq!(q.f.authorizer.lease(&q.f.tenant, user, 5).await, 3);
+    assert_eq!(q.f.authorizer.lease(&q.f.tenant, Holder::User(user), 5).await, 3);
     for _ in 0..3 {
         assert_eq!(q.as_end_user().await.status, 200);
     }
     let refused = q.as_end_user().await;
     assert_eq!(refused.status, 429, "{refused:?}");
     // Nothing is left to lease either, and a lease never overdraws.
-    assert_eq!(q.f.authorizer.lease(&q.f.tenant, user, 10).await, 0);
+    assert_eq!(q.f.authorizer.lease(&q.f.tenant, Holder::User(user), 10).await, 0);
     assert_eq!(q.f.authorizer.metrics().edge_leased.get(), 3);
     // Leases in turn never take the lower half either: another user's six
     // give three in all, however they are asked for.
-    assert_eq!(q.f.authorizer.lease(&q.f.tenant, "user-2", 1).await, 1);
-    assert_eq!(q.f.authorizer.lease(&q.f.tenant, "user-2", 10).await, 2);
-    assert_eq!(q.f.authorizer.lease(&q.f.tenant, "user-2", 1).await, 0);
+    assert_eq!(q.f.authorizer.lease(&q.f.tenant, Holder::User("user-2"), 1).await, 1);
+    assert_eq!(q.f.authorizer.lease(&q.f.tenant, Holder::User("user-2"), 10).await, 2);
+    assert_eq!(q.f.authorizer.lease(&q.f.tenant, Holder::User("user-2"), 1).await, 0);
     // What the filter gives back unspent, Checks can use.
-    assert_eq!(q.f.authorizer.lease(&q.f.tenant, "user-1", 0).await, 0);
-    q.f.authorizer.give_back(&q.f.tenant, user, 2).await;
+    assert_eq!(q.f.authorizer.lease(&q.f.tenant, Holder::User("user-1"), 0).await, 0);
+    q.f.authorizer.give_back(&q.f.tenant, Holder::User(user), 2).await;
     for _ in 0..2 {
         assert_eq!(q.as_end_user().await.status, 200);
     }
@@ -258,7 +259,7 @@ async fn a_lease_for_the_in_proxy_filter_comes_out_of_the_quota_a_check_counts_i
     assert_eq!(q.f.authorizer.metrics().edge_returned.get(), 2);
     // A burst of one is never leased: its only request is a Check's.
     q.set(Limits { per_user: Limit { rate: 1, burst: 1 }, ..DEFAULT_LIMITS }).await;
-    assert_eq!(q.f.authorizer.lease(&q.f.tenant, "user-3", 1).await, 0);
+    assert_eq!(q.f.authorizer.lease(&q.f.tenant, Holder::User("user-3"), 1).await, 0);
 }
 
 #[tokio::test]
@@ -267,5 +268,5 @@ async fn with_quotas_off_nothing_is_leased() {
     let (tenant, _, _) = register(&store, "off@example.com").await;
     let settings = AuthorizerSettings { quotas: false, ..AuthorizerSettings::default() };
     let authorizer = authorizer_on(store, Arc::new(MemoryCache::new()), settings);
-    assert_eq!(authorizer.lease(&tenant, "user-1", 5).await, 0);
+    assert_eq!(authorizer.lease(&tenant, Holder::User("user-1"), 5).await, 0);
 }

@@ -1,0 +1,195 @@
+//! API keys in the filter: the records it has looked up by hash
+//! (`POST /edge/v1/keys`, ext-authz/src/edge.rs) and their tenants' IP
+//! whitelists, kept current by the feed's changes.
+//!
+//! Staleness fails closed, as for sessions: a key or whitelist change drops
+//! what the filter held, and for `HOLD_MS` after it the filter leaves that
+//! key (or the tenant's keys) to ext_authz and takes no lookup answered
+//! before the change; a resync drops everything.
+
+use std::collections::HashMap;
+
+use caas_rules::whitelist::IpWhitelist;
+use serde::Deserialize;
+
+/// Keys (by hash) and tenants' whitelists held; past it the table is
+/// emptied (each miss goes to ext_authz and is looked up again).
+pub const MAX_KEYS: usize = 100_000;
+/// Changes remembered; past it every key and whitelist is dropped.
+pub const MAX_CHANGED: usize = 100_000;
+/// After a change, how long (ms) the key or the tenant's keys are left to
+/// ext_authz: ext-authz's own caches hear of the change on the same bus as
+/// its feed, and a lookup in between could read the old record.
+pub const HOLD_MS: u64 = 2_000;
+/// Key lookups waiting to be sent; more are dropped (their requests still
+/// go to ext_authz, and the next one asks again).
+pub const MAX_PENDING: usize = 256;
+/// Hashes asked for in one call (ext-authz's bound: edge.rs `MAX_KEY_LOOKUPS`).
+pub const PER_CALL: usize = 32;
+
+/// `POST /edge/v1/keys` as the filter reads it.
+#[derive(Debug, Deserialize)]
+pub struct KeysAnswer {
+    pub epoch: String,
+    pub cursor: u64,
+    pub keys: Vec<KeyAnswer>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KeyAnswer {
+    pub hash: String,
+    /// ext-authz has not read this key lately (it reads keys only for
+    /// Checks): nothing is known, the next request asks again.
+    #[serde(default)]
+    pub pending: bool,
+    /// `None`: no key has this hash.
+    #[serde(default)]
+    pub key: Option<KeyRecord>,
+    /// The key's tenant's IP whitelist; absent for an unknown key.
+    #[serde(default)]
+    pub ip_whitelist: Option<WhitelistAnswer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct KeyRecord {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub expires_at: Option<i64>,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WhitelistAnswer {
+    /// IP_WHITELIST_ENABLED: `false` lets every address through.
+    pub enforced: bool,
+    pub entries: Vec<String>,
+}
+
+/// Why a key is not the filter's to allow now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyMiss {
+    /// Not looked up yet (it is being), or changed moments ago.
+    Unknown,
+    /// No such key: ext-authz refuses it.
+    Refused,
+}
+
+/// What a change is remembered by: the feed's cursor and when it was heard.
+#[derive(Debug, Clone, Copy)]
+struct Changed {
+    cursor: u64,
+    at_ms: u64,
+}
+
+#[derive(Default)]
+pub struct ApiKeys {
+    /// By hash; `None`: no such key.
+    records: HashMap<String, Option<KeyRecord>>,
+    /// By tenant; `None`: whitelists are not enforced.
+    ip_lists: HashMap<String, Option<IpWhitelist>>,
+    keys_changed: HashMap<String, Changed>,
+    lists_changed: HashMap<String, Changed>,
+    pending: Vec<String>,
+}
+
+impl ApiKeys {
+    pub fn clear(&mut self) {
+        *self = ApiKeys::default();
+    }
+
+    /// A key was created, demoted or revoked (`ApiKeyChanged`).
+    pub fn key_changed(&mut self, hash: String, cursor: u64, now_ms: u64) {
+        self.records.remove(&hash);
+        if self.keys_changed.len() >= MAX_CHANGED {
+            self.clear();
+        }
+        self.keys_changed.insert(hash, Changed { cursor, at_ms: now_ms });
+    }
+
+    /// A tenant's IP whitelist changed (`IpWhitelistChanged`).
+    pub fn list_changed(&mut self, tenant_id: String, cursor: u64, now_ms: u64) {
+        self.ip_lists.remove(&tenant_id);
+        if self.lists_changed.len() >= MAX_CHANGED {
+            self.clear();
+        }
+        self.lists_changed.insert(tenant_id, Changed { cursor, at_ms: now_ms });
+    }
+
+    /// Takes a lookup's answer, unless it was read before a change the
+    /// filter has heard of (`floor`: before a resync).
+    pub fn apply(&mut self, answer: KeysAnswer, floor: u64) {
+        if answer.cursor < floor {
+            return;
+        }
+        let before = |changed: Option<&Changed>| changed.is_some_and(|c| answer.cursor < c.cursor);
+        for key in answer.keys {
+            if key.pending || before(self.keys_changed.get(&key.hash)) {
+                continue;
+            }
+            if let (Some(record), Some(list)) = (&key.key, key.ip_whitelist)
+                && !before(self.lists_changed.get(&record.tenant_id))
+            {
+                let parsed = match list.enforced {
+                    true => match IpWhitelist::parse(&list.entries) {
+                        Ok(parsed) => Some(parsed),
+                        // Not what ext-authz applies: its keys stay unknown here.
+                        Err(_) => continue,
+                    },
+                    false => None,
+                };
+                if self.ip_lists.len() >= MAX_KEYS {
+                    self.ip_lists.clear();
+                }
+                self.ip_lists.insert(record.tenant_id.clone(), parsed);
+            }
+            if self.records.len() >= MAX_KEYS {
+                self.records.clear();
+            }
+            self.records.insert(key.hash, key.key);
+        }
+    }
+
+    /// The key stored under `hash` and its tenant's whitelist (`None`: not
+    /// enforced), if both are known and neither changed within `HOLD_MS`.
+    /// What is not known is asked for at the next tick.
+    pub fn lookup(&mut self, hash: &str, now_ms: u64) -> Result<(&KeyRecord, Option<&IpWhitelist>), KeyMiss> {
+        let held = |changed: Option<&Changed>| changed.is_some_and(|c| now_ms.saturating_sub(c.at_ms) < HOLD_MS);
+        if held(self.keys_changed.get(hash)) {
+            return Err(KeyMiss::Unknown);
+        }
+        let tenant_id = match self.records.get(hash) {
+            None => {
+                self.want(hash);
+                return Err(KeyMiss::Unknown);
+            }
+            Some(None) => return Err(KeyMiss::Refused),
+            Some(Some(record)) => &record.tenant_id,
+        };
+        if held(self.lists_changed.get(tenant_id)) {
+            return Err(KeyMiss::Unknown);
+        }
+        if !self.ip_lists.contains_key(tenant_id) {
+            self.want(hash);
+            return Err(KeyMiss::Unknown);
+        }
+        let record = self.records.get(hash).and_then(Option::as_ref).ok_or(KeyMiss::Unknown)?;
+        let list = self.ip_lists.get(&record.tenant_id).ok_or(KeyMiss::Unknown)?;
+        Ok((record, list.as_ref()))
+    }
+
+    fn want(&mut self, hash: &str) {
+        if self.pending.len() < MAX_PENDING && !self.pending.iter().any(|p| p == hash) {
+            self.pending.push(hash.to_string());
+        }
+    }
+
+    /// The body of the next `POST /edge/v1/keys`, if any key is wanted.
+    pub fn lookups(&mut self) -> Option<Vec<u8>> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let sending = self.pending.len().min(PER_CALL);
+        let hashes: Vec<String> = self.pending.drain(..sending).collect();
+        Some(serde_json::json!({ "hashes": hashes }).to_string().into_bytes())
+    }
+}
