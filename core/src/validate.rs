@@ -642,12 +642,24 @@ impl Validator {
         if !self.settings.origin_validation_enabled {
             return Ok(());
         }
-        let list = self
-            .whitelist(&self.origin_lists, WhitelistKind::Origin, tenant_id, |e| {
-                OriginWhitelist::parse(e).ok().map(Arc::new)
-            })
-            .await?;
+        let list = self.origin_whitelist(tenant_id).await?;
         if list.allows(origin) { Ok(()) } else { Err(Denial::OriginNotAllowed) }
+    }
+
+    async fn origin_whitelist(&self, tenant_id: &str) -> Result<Arc<OriginWhitelist>, Denial> {
+        self.whitelist(&self.origin_lists, WhitelistKind::Origin, tenant_id, |e| {
+            OriginWhitelist::parse(e).ok().map(Arc::new)
+        })
+        .await
+    }
+
+    /// The entries of a tenant's Origin whitelist as a Check applies them,
+    /// for the in-proxy filter; `None` when Origins are not checked.
+    pub async fn origin_whitelist_entries(&self, tenant_id: &str) -> Result<Option<Vec<String>>, Denial> {
+        if !self.settings.origin_validation_enabled {
+            return Ok(None);
+        }
+        Ok(Some(self.origin_whitelist(tenant_id).await?.entries().to_vec()))
     }
 
     async fn whitelist<V: Send + Sync + 'static>(

@@ -5,22 +5,20 @@
 //! Staleness fails closed, as for sessions: a key or whitelist change drops
 //! what the filter held, and for `HOLD_MS` after it the filter leaves that
 //! key (or the tenant's keys) to ext_authz and takes no lookup answered
-//! before the change; a resync drops everything.
+//! before the change (lists.rs); a resync drops everything.
 
 use std::collections::HashMap;
 
 use caas_rules::whitelist::IpWhitelist;
 use serde::Deserialize;
 
-/// Keys (by hash) and tenants' whitelists held; past it the table is
-/// emptied (each miss goes to ext_authz and is looked up again).
+use crate::lists::{Changed, ListMiss, TenantLists, WhitelistAnswer};
+
+/// Keys (by hash) held; past it the table is emptied (each miss goes to
+/// ext_authz and is looked up again).
 pub const MAX_KEYS: usize = 100_000;
-/// Changes remembered; past it every key and whitelist is dropped.
+/// Key changes remembered; past it every key is dropped.
 pub const MAX_CHANGED: usize = 100_000;
-/// After a change, how long (ms) the key or the tenant's keys are left to
-/// ext_authz: ext-authz's own caches hear of the change on the same bus as
-/// its feed, and a lookup in between could read the old record.
-pub const HOLD_MS: u64 = 2_000;
 /// Key lookups waiting to be sent; more are dropped (their requests still
 /// go to ext_authz, and the next one asks again).
 pub const MAX_PENDING: usize = 256;
@@ -58,13 +56,6 @@ pub struct KeyRecord {
     pub revoked: bool,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct WhitelistAnswer {
-    /// IP_WHITELIST_ENABLED: `false` lets every address through.
-    pub enforced: bool,
-    pub entries: Vec<String>,
-}
-
 /// Why a key is not the filter's to allow now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyMiss {
@@ -74,21 +65,12 @@ pub enum KeyMiss {
     Refused,
 }
 
-/// What a change is remembered by: the feed's cursor and when it was heard.
-#[derive(Debug, Clone, Copy)]
-struct Changed {
-    cursor: u64,
-    at_ms: u64,
-}
-
 #[derive(Default)]
 pub struct ApiKeys {
     /// By hash; `None`: no such key.
     records: HashMap<String, Option<KeyRecord>>,
-    /// By tenant; `None`: whitelists are not enforced.
-    ip_lists: HashMap<String, Option<IpWhitelist>>,
+    ip_lists: TenantLists<IpWhitelist>,
     keys_changed: HashMap<String, Changed>,
-    lists_changed: HashMap<String, Changed>,
     pending: Vec<String>,
 }
 
@@ -108,39 +90,21 @@ impl ApiKeys {
 
     /// A tenant's IP whitelist changed (`IpWhitelistChanged`).
     pub fn list_changed(&mut self, tenant_id: String, cursor: u64, now_ms: u64) {
-        self.ip_lists.remove(&tenant_id);
-        if self.lists_changed.len() >= MAX_CHANGED {
-            self.clear();
-        }
-        self.lists_changed.insert(tenant_id, Changed { cursor, at_ms: now_ms });
+        self.ip_lists.changed(tenant_id, cursor, now_ms);
     }
 
-    /// Takes a lookup's answer, unless it was read before a change the
-    /// filter has heard of (`floor`: before a resync).
-    pub fn apply(&mut self, answer: KeysAnswer, floor: u64) {
+    /// Takes a lookup's answer arriving at `now_ms`, unless it may predate
+    /// a change the filter has heard of (`floor`: a resync).
+    pub fn apply(&mut self, answer: KeysAnswer, floor: u64, now_ms: u64) {
         if answer.cursor < floor {
             return;
         }
-        let before = |changed: Option<&Changed>| changed.is_some_and(|c| answer.cursor < c.cursor);
         for key in answer.keys {
-            if key.pending || before(self.keys_changed.get(&key.hash)) {
+            if key.pending || Changed::stale(self.keys_changed.get(&key.hash), answer.cursor, now_ms) {
                 continue;
             }
-            if let (Some(record), Some(list)) = (&key.key, key.ip_whitelist)
-                && !before(self.lists_changed.get(&record.tenant_id))
-            {
-                let parsed = match list.enforced {
-                    true => match IpWhitelist::parse(&list.entries) {
-                        Ok(parsed) => Some(parsed),
-                        // Not what ext-authz applies: its keys stay unknown here.
-                        Err(_) => continue,
-                    },
-                    false => None,
-                };
-                if self.ip_lists.len() >= MAX_KEYS {
-                    self.ip_lists.clear();
-                }
-                self.ip_lists.insert(record.tenant_id.clone(), parsed);
+            if let (Some(record), Some(list)) = (&key.key, key.ip_whitelist) {
+                self.ip_lists.apply(&record.tenant_id, (answer.cursor, now_ms), list, IpWhitelist::parse);
             }
             if self.records.len() >= MAX_KEYS {
                 self.records.clear();
@@ -153,28 +117,26 @@ impl ApiKeys {
     /// enforced), if both are known and neither changed within `HOLD_MS`.
     /// What is not known is asked for at the next tick.
     pub fn lookup(&mut self, hash: &str, now_ms: u64) -> Result<(&KeyRecord, Option<&IpWhitelist>), KeyMiss> {
-        let held = |changed: Option<&Changed>| changed.is_some_and(|c| now_ms.saturating_sub(c.at_ms) < HOLD_MS);
-        if held(self.keys_changed.get(hash)) {
+        if Changed::holds(self.keys_changed.get(hash), now_ms) {
             return Err(KeyMiss::Unknown);
         }
-        let tenant_id = match self.records.get(hash) {
-            None => {
-                self.want(hash);
-                return Err(KeyMiss::Unknown);
-            }
+        let known = match self.records.get(hash) {
+            None => false,
             Some(None) => return Err(KeyMiss::Refused),
-            Some(Some(record)) => &record.tenant_id,
+            Some(Some(record)) => match self.ip_lists.get(&record.tenant_id, now_ms) {
+                Ok(_) => true,
+                // Changed moments ago: looked up once the hold is over.
+                Err(ListMiss::Held) => return Err(KeyMiss::Unknown),
+                Err(ListMiss::Unknown) => false,
+            },
         };
-        if held(self.lists_changed.get(tenant_id)) {
-            return Err(KeyMiss::Unknown);
-        }
-        if !self.ip_lists.contains_key(tenant_id) {
+        if !known {
             self.want(hash);
             return Err(KeyMiss::Unknown);
         }
         let record = self.records.get(hash).and_then(Option::as_ref).ok_or(KeyMiss::Unknown)?;
-        let list = self.ip_lists.get(&record.tenant_id).ok_or(KeyMiss::Unknown)?;
-        Ok((record, list.as_ref()))
+        let list = self.ip_lists.get(&record.tenant_id, now_ms).map_err(|_| KeyMiss::Unknown)?;
+        Ok((record, list))
     }
 
     fn want(&mut self, hash: &str) {

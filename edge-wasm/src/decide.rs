@@ -1,10 +1,11 @@
 //! The filter's decision: allow an end user's or an API key's request
 //! exactly as ext-authz would (ext-authz/src/check.rs, policies.rs,
-//! response.rs), or leave it to ext_authz. It never denies: a request it would refuse, and every request
-//! it cannot judge from what it holds, goes on to ext_authz unchanged, which
-//! answers it as it always has. So a denial is always ext-authz's own, and
-//! the filter can only ever be wrong by allowing; every allow below passes
-//! the same caas-rules checks, in the same order, as a Check's.
+//! response.rs), or leave it to ext_authz. It never denies: a request it
+//! would refuse, and every request it cannot judge from what it holds, goes
+//! on to ext_authz unchanged, which answers it as it always has. So a
+//! denial is always ext-authz's own, and the filter can only ever be wrong
+//! by allowing; every allow below passes the same caas-rules checks, in the
+//! same order, as a Check's.
 
 use std::net::IpAddr;
 
@@ -17,6 +18,7 @@ use caas_rules::{api_key, whitelist};
 
 use crate::api_keys::KeyMiss;
 use crate::lease::Kind;
+use crate::lists::ListMiss;
 use crate::state::State;
 
 /// A request's headers as Envoy presents them to the filter: names
@@ -81,12 +83,14 @@ pub enum Miss {
     NotCurrent,
     /// Not an end-user route (or the route declares no policy).
     Policy,
-    /// Not a request the filter judges: preflight, Origin, upgrade,
+    /// Not a request the filter judges: OPTIONS (preflights), upgrade,
     /// credential in the query, path not canonical, no client address.
     Unusual,
     /// Token or session would be refused: ext-authz answers it.
     Refused,
-    /// The session has not been looked up yet (it is being).
+    /// The session, or its tenant's Origin whitelist for a request with an
+    /// Origin, has not been looked up yet (it is being), or the whitelist
+    /// changed within the last two seconds.
     Unknown,
     /// The API key or its tenant's IP whitelist has not been looked up yet
     /// (it is being), or changed within the last two seconds.
@@ -94,8 +98,8 @@ pub enum Miss {
     /// ext-authz refuses the client's address for failed credentials (or
     /// refuses too many addresses to list them).
     Address,
-    /// No leased request of this end user's or key's quota is left here (one is
-    /// being asked for): ext-authz counts it, and refuses it if over.
+    /// No leased request of this end user's or key's quota is left here
+    /// (one is being asked for): ext-authz counts it, and refuses it if over.
     Quota,
 }
 
@@ -130,6 +134,9 @@ impl Miss {
 pub struct Allow {
     pub set: Vec<(&'static str, String)>,
     pub remove: Vec<String>,
+    /// Set on the response (ext-authz's `response_headers_to_add`, which
+    /// overwrite): CORS for an allowed Origin.
+    pub response: Vec<(&'static str, String)>,
     pub tenant_id: String,
 }
 
@@ -159,8 +166,10 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
     };
     let policy = policy.filter(|p| matches!(p, Policy::EndUser | Policy::ApiKey)).ok_or(Miss::Policy)?;
     // ext-authz's order (check.rs `decide`): path, preflight, query, address.
+    // Every OPTIONS is left to it (a preflight is answered there), and so is
+    // an upgrade (a socket's context carries its token's expiry).
     if !policy::canonical(request::path_only(req.path))
-        || req.header("origin").is_some()
+        || req.method == "OPTIONS"
         || req.header("upgrade").is_some()
         || request::credential_in_query(req.path)
     {
@@ -176,24 +185,73 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
     if state.address_refused(client_ip) {
         return Err(Miss::Address);
     }
-    let ctx = match policy {
-        Policy::ApiKey => with_api_key(state, req, client_ip, now, now_ms)?,
+    let (ctx, cors_origin) = match policy {
+        Policy::ApiKey => (with_api_key(state, req, client_ip, now, now_ms)?, None),
         _ => as_end_user(state, req, now, now_ms)?,
     };
     let ctx = RequestContext { request_id: request_id.to_string(), ..ctx };
     // Held since the top (`current`); looked up again past the lease's write.
     let signer = &state.keys.as_ref().ok_or(Miss::NotCurrent)?.signer;
     let (set, remove) = mutations(signer, &ctx, req, now);
-    Ok(Allow { set, remove, tenant_id: ctx.tenant_id })
+    let response = match cors_origin {
+        Some(origin) => vec![("access-control-allow-origin", origin.to_string()), ("vary", "Origin".to_string())],
+        None => Vec::new(),
+    };
+    Ok(Allow { set, remove, response, tenant_id: ctx.tenant_id })
 }
 
-/// ext-authz policies.rs `end_user`, for a token in `authorization`.
-fn as_end_user(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<RequestContext, Miss> {
+/// ext-authz policies.rs `end_user`, for a token in `authorization`: the
+/// context, and the Origin to answer CORS for (core validate.rs
+/// `validate_token`: the Origin, when sent, against the tenant's whitelist).
+fn as_end_user<'r>(
+    state: &mut State,
+    req: &Request<'r>,
+    now: i64,
+    now_ms: u64,
+) -> Result<(RequestContext, Option<&'r str>), Miss> {
     let (token, source) = request::end_user_token(|name| req.header(name), req.path).map_err(|_| Miss::Refused)?;
     if source != TokenSource::Authorization {
         return Err(Miss::Unusual);
     }
-    let claims = state.verify_sdk(token, now).map_err(|_| Miss::Refused)?;
+    let claims = state.verify(token, Audience::Sdk, now).map_err(|_| Miss::Refused)?;
+    check_session(state, &claims, Audience::Sdk)?;
+    let origin = req.header("origin");
+    if let Some(origin) = origin {
+        match state.origins(&claims.tid, now_ms) {
+            Ok(Some(list)) if !list.allows(origin) => return Err(Miss::Refused),
+            Ok(_) => {}
+            // Changed moments ago: looked up again once the hold is over.
+            Err(ListMiss::Held) => return Err(Miss::Unknown),
+            // Not known here (a session looked up before Origins were
+            // served): the session is looked up again, and brings it.
+            Err(ListMiss::Unknown) => {
+                state.want(&claims.sid);
+                return Err(Miss::Unknown);
+            }
+        }
+    }
+    // Last: a request is counted only once it would be allowed (ext-authz
+    // check.rs counts after the grant, in the user's and the tenant's bucket).
+    if quotas_on(state) && !state.leases.spend(Kind::User, &claims.tid, &claims.sub, now_ms) {
+        return Err(Miss::Quota);
+    }
+    let ctx = RequestContext {
+        tenant_id: claims.tid,
+        user_id: claims.sub,
+        session_id: claims.sid,
+        auth_type: AuthType::Jwt,
+        key_id: String::new(),
+        // End-user routes do not carry the address (ext-authz policies.rs).
+        client_ip: String::new(),
+        request_id: String::new(),
+        token_expires_at: None,
+    };
+    Ok((ctx, origin))
+}
+
+/// The session behind a verified token, as ext-authz's validator judges it
+/// (`caas_rules::session::check`); one not looked up yet is asked for.
+fn check_session(state: &mut State, claims: &caas_rules::jwt::Claims, audience: Audience) -> Result<(), Miss> {
     if state.revoked(&claims.sid) {
         return Err(Miss::Refused);
     }
@@ -207,23 +265,7 @@ fn as_end_user(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> R
         audience: r.audience,
         revoked: r.revoked,
     });
-    session::check(&claims, Audience::Sdk, view.as_ref()).map_err(|_| Miss::Refused)?;
-    // Last: a request is counted only once it would be allowed (ext-authz
-    // check.rs counts after the grant, in the user's and the tenant's bucket).
-    if quotas_on(state) && !state.leases.spend(Kind::User, &claims.tid, &claims.sub, now_ms) {
-        return Err(Miss::Quota);
-    }
-    Ok(RequestContext {
-        tenant_id: claims.tid,
-        user_id: claims.sub,
-        session_id: claims.sid,
-        auth_type: AuthType::Jwt,
-        key_id: String::new(),
-        // End-user routes do not carry the address (ext-authz policies.rs).
-        client_ip: String::new(),
-        request_id: String::new(),
-        token_expires_at: None,
-    })
+    session::check(claims, audience, view.as_ref()).map_err(|_| Miss::Refused)
 }
 
 /// ext-authz policies.rs `api_key` (core validate.rs `validate_api_key`):

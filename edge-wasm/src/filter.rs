@@ -152,14 +152,14 @@ impl Context for Root {
         }
         if self.key_lookup.take_if(|asked| *asked == token).is_some() {
             if ok {
-                let _ = self.state.borrow_mut().apply_keys(&body);
+                let _ = self.state.borrow_mut().apply_keys(&body, now().as_millis() as u64);
             }
             return;
         }
         if let Some(id) = self.lookups.remove(&token)
             && ok
         {
-            let _ = self.state.borrow_mut().apply_session(&id, &body);
+            let _ = self.state.borrow_mut().apply_session(&id, &body, now().as_millis() as u64);
         }
     }
 }
@@ -268,7 +268,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Edge { state: self.state.clone(), metrics: self.metrics.clone() }))
+        Some(Box::new(Edge { state: self.state.clone(), metrics: self.metrics.clone(), response: Vec::new() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -279,11 +279,21 @@ impl RootContext for Root {
 struct Edge {
     state: Rc<RefCell<State>>,
     metrics: Option<Rc<Metrics>>,
+    /// An allow's response headers (CORS), set when the response comes.
+    response: Vec<(&'static str, String)>,
 }
 
 impl Context for Edge {}
 
 impl HttpContext for Edge {
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        // As ext_authz's `response_headers_to_add` (OverwriteIfExistsOrAdd).
+        for (name, value) in std::mem::take(&mut self.response) {
+            self.set_http_response_header(name, Some(&value));
+        }
+        Action::Continue
+    }
+
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let now = now();
         let headers: Headers = self.get_http_request_headers().into_iter().collect();
@@ -315,6 +325,7 @@ impl HttpContext for Edge {
         for name in &allow.remove {
             self.set_http_request_header(name, None);
         }
+        self.response = allow.response;
         if let Some(metrics) = &self.metrics {
             metrics.allowed();
         }

@@ -2,8 +2,8 @@
 //! Envoy runs after stripping client-sent context headers and before
 //! ext_authz. It allows an end user's request (route policy `end_user`) and
 //! an API key's (`api_key`) the way ext-authz would, with caas-rules' code:
-//! the token's signature, issuer, audience, times and `kid`, and its
-//! session; the key's hash, record and its tenant's IP whitelist; each
+//! the token's signature, issuer, audience, times and `kid`, its session,
+//! and the Origin; the key's hash, record and its tenant's IP whitelist; each
 //! looked up from ext-authz and kept current through ext-authz's feed; the
 //! quotas, leased from ext-authz's buckets; the signed context headers. When
 //! it allows, it marks the request with filter state (`wasm.caas_edge`),
@@ -17,6 +17,7 @@
 pub mod api_keys;
 pub mod decide;
 pub mod lease;
+pub mod lists;
 pub mod state;
 
 #[cfg(target_arch = "wasm32")]

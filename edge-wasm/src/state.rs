@@ -15,10 +15,12 @@ use caas_rules::jwt::{self, Audience, Claims, JwtKeys, TokenError};
 use caas_rules::policy::PolicyTable;
 use caas_rules::quota::Limits;
 use caas_rules::secret::Secret;
+use caas_rules::whitelist::OriginWhitelist;
 use serde::Deserialize;
 
 use crate::api_keys::{ApiKeys, KeysAnswer};
 use crate::lease::Leases;
+use crate::lists::{ListMiss, TenantLists, WhitelistAnswer};
 
 /// Past this since the last confirmed poll was sent, the filter decides
 /// nothing (milliseconds).
@@ -71,8 +73,7 @@ pub struct Changes {
     pub refused: Option<Vec<String>>,
 }
 
-/// The changes the filter acts on; the rest (Origin whitelists) concern
-/// requests it leaves to ext_authz.
+/// The changes the filter acts on.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Change {
@@ -88,6 +89,9 @@ pub enum Change {
     IpWhitelistChanged {
         tenant_id: String,
     },
+    OriginWhitelistChanged {
+        tenant_id: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -99,6 +103,9 @@ pub struct SessionAnswer {
     pub cursor: u64,
     pub session: Option<SessionRecord>,
     pub limits: Option<Limits>,
+    /// The session's tenant's Origin whitelist.
+    #[serde(default)]
+    pub origin_whitelist: Option<WhitelistAnswer>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +150,8 @@ pub struct State {
     pub leases: Leases,
     /// API keys looked up by hash, and their tenants' IP whitelists.
     pub api_keys: ApiKeys,
+    /// Tenants' Origin whitelists, from session lookups.
+    origins: TenantLists<OriginWhitelist>,
     /// Address buckets ext-authz refuses (failed credentials); `None`: too
     /// many to list, or not said: nothing with an address is decided.
     refused: Option<HashSet<ipnet::IpNet>>,
@@ -151,7 +160,7 @@ pub struct State {
     /// verifying it again (base64, HMAC, JSON) is most of a decision's cost
     /// in V8. Only the signature, issuer and audience are taken from here;
     /// the times are checked on every use, revocation is the session's.
-    verified: HashMap<String, Claims>,
+    verified: HashMap<String, (Audience, Claims)>,
 }
 
 impl State {
@@ -182,6 +191,7 @@ impl State {
             self.leases.release(None);
             self.verified.clear();
             self.api_keys.clear();
+            self.origins.clear();
             self.keys = answer.material.map(|m| Keys {
                 jwt: JwtKeys::new(
                     m.issuer,
@@ -219,6 +229,7 @@ impl State {
                 Change::IpWhitelistChanged { tenant_id } => {
                     self.api_keys.list_changed(tenant_id, answer.cursor, sent_ms)
                 }
+                Change::OriginWhitelistChanged { tenant_id } => self.origins.changed(tenant_id, answer.cursor, sent_ms),
                 Change::Other => {}
             }
         }
@@ -232,11 +243,14 @@ impl State {
         Ok(())
     }
 
-    /// Applies a session lookup's answer.
-    pub fn apply_session(&mut self, id: &str, body: &[u8]) -> Result<(), serde_json::Error> {
+    /// Applies a session lookup's answer arriving at `now_ms`.
+    pub fn apply_session(&mut self, id: &str, body: &[u8], now_ms: u64) -> Result<(), serde_json::Error> {
         let answer: SessionAnswer = serde_json::from_slice(body)?;
         if answer.epoch != self.epoch || answer.cursor < self.floor {
             return Ok(());
+        }
+        if let (Some(session), Some(list)) = (&answer.session, answer.origin_whitelist) {
+            self.origins.apply(&session.tenant_id, (answer.cursor, now_ms), list, OriginWhitelist::parse);
         }
         if self.sessions.len() >= MAX_SESSIONS {
             self.sessions.clear();
@@ -245,13 +259,18 @@ impl State {
         Ok(())
     }
 
-    /// Applies a key lookup's answer.
-    pub fn apply_keys(&mut self, body: &[u8]) -> Result<(), serde_json::Error> {
+    /// Applies a key lookup's answer arriving at `now_ms`.
+    pub fn apply_keys(&mut self, body: &[u8], now_ms: u64) -> Result<(), serde_json::Error> {
         let answer: KeysAnswer = serde_json::from_slice(body)?;
         if answer.epoch == self.epoch {
-            self.api_keys.apply(answer, self.floor);
+            self.api_keys.apply(answer, self.floor, now_ms);
         }
         Ok(())
+    }
+
+    /// The tenant's Origin whitelist (`Ok(None)`: Origins are not checked).
+    pub fn origins(&self, tenant_id: &str, now_ms: u64) -> Result<Option<&OriginWhitelist>, ListMiss> {
+        self.origins.get(tenant_id, now_ms)
     }
 
     /// The session as known, unless a revocation was heard of since.
@@ -262,19 +281,22 @@ impl State {
         self.sessions.get(id)
     }
 
-    /// An end user's token (audience `caas-sdk`) verified as `JwtKeys::verify`
-    /// does, once per token; its times at every call.
-    pub fn verify_sdk(&mut self, token: &str, now: i64) -> Result<Claims, TokenError> {
-        if let Some(claims) = self.verified.get(token) {
+    /// A token for `audience` verified as `JwtKeys::verify` does, once per
+    /// token; its times at every call. A token kept for one audience is
+    /// verified in full for another (and refused there).
+    pub fn verify(&mut self, token: &str, audience: Audience, now: i64) -> Result<Claims, TokenError> {
+        if let Some((kept, claims)) = self.verified.get(token)
+            && *kept == audience
+        {
             jwt::check_time(claims, now)?;
             return Ok(claims.clone());
         }
         let keys = self.keys.as_ref().ok_or(TokenError::BadSignature)?;
-        let claims = keys.jwt.verify(token, Audience::Sdk, now)?;
+        let claims = keys.jwt.verify(token, audience, now)?;
         if self.verified.len() >= MAX_VERIFIED {
             self.verified.clear();
         }
-        self.verified.insert(token.to_string(), claims.clone());
+        self.verified.insert(token.to_string(), (audience, claims.clone()));
         Ok(claims)
     }
 

@@ -51,10 +51,14 @@ fn token(sid: &str) -> String {
 }
 
 fn verdict(state: &mut State, sid: &str, now_ms: u64) -> Verdict {
-    let headers: Headers =
-        [("authorization".to_string(), format!("Bearer {}", token(sid))), ("x-request-id".into(), "r1".into())]
-            .into_iter()
-            .collect();
+    verdict_from(state, sid, None, now_ms)
+}
+
+fn verdict_from(state: &mut State, sid: &str, origin: Option<&str>, now_ms: u64) -> Verdict {
+    let mut headers =
+        vec![("authorization".to_string(), format!("Bearer {}", token(sid))), ("x-request-id".into(), "r1".into())];
+    headers.extend(origin.map(|o| ("origin".to_string(), o.to_string())));
+    let headers: Headers = headers.into_iter().collect();
     let req = Request {
         method: "GET",
         path: "/v1/messages",
@@ -73,7 +77,7 @@ fn a_session_is_looked_up_on_first_sight_then_allowed_while_current() {
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Unknown));
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Unknown));
     assert_eq!(state.take_pending(), vec!["ses_1".to_string()], "asked for once");
-    state.apply_session("ses_1", &session("e1", 5, false)).unwrap();
+    state.apply_session("ses_1", &session("e1", 5, false), NOW_MS).unwrap();
     let Verdict::Allow(allow) = verdict(&mut state, "ses_1", NOW_MS) else { unreachable!("not allowed") };
     assert!(allow.remove.contains(&"authorization".to_string()));
     // Currency lapses a second after the confirming poll was sent.
@@ -84,7 +88,7 @@ fn a_session_is_looked_up_on_first_sight_then_allowed_while_current() {
 fn revocations_resyncs_and_stale_lookups_never_bring_a_session_back() {
     let mut state = State::default();
     state.apply_changes(&resync("e1", 5, true), NOW_MS).unwrap();
-    state.apply_session("ses_1", &session("e1", 5, false)).unwrap();
+    state.apply_session("ses_1", &session("e1", 5, false), NOW_MS).unwrap();
     assert!(matches!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Allow(_)));
     let revoked = json!({ "epoch": "e1", "cursor": 6, "current": true, "resync": false, "refused": [],
                           "changes": [ { "type": "session_revoked", "tenant_id": "cl_1", "session_id": "ses_1" },
@@ -92,32 +96,32 @@ fn revocations_resyncs_and_stale_lookups_never_bring_a_session_back() {
     state.apply_changes(revoked.to_string().as_bytes(), NOW_MS).unwrap();
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Refused));
     // A lookup read before the revocation does not undo it.
-    state.apply_session("ses_1", &session("e1", 5, false)).unwrap();
+    state.apply_session("ses_1", &session("e1", 5, false), NOW_MS).unwrap();
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Refused));
     // A live session known, then a resync (ext-authz restarted): forgotten,
     // and a lookup from before the resync is dropped.
-    state.apply_session("ses_2", &session("e1", 6, false)).unwrap();
+    state.apply_session("ses_2", &session("e1", 6, false), NOW_MS).unwrap();
     state.apply_changes(&resync("e2", 0, true), NOW_MS).unwrap();
-    state.apply_session("ses_2", &session("e1", 6, false)).unwrap();
+    state.apply_session("ses_2", &session("e1", 6, false), NOW_MS).unwrap();
     assert_eq!(verdict(&mut state, "ses_2", NOW_MS), Verdict::Forward(Miss::Unknown));
     // ext-authz behind its own change feed: the filter decides nothing.
     state.apply_changes(&resync("e3", 0, false), NOW_MS).unwrap();
-    state.apply_session("ses_2", &session("e3", 0, false)).unwrap();
+    state.apply_session("ses_2", &session("e3", 0, false), NOW_MS).unwrap();
     assert_eq!(verdict(&mut state, "ses_2", NOW_MS), Verdict::Forward(Miss::NotCurrent));
     // A revoked or unknown session is ext-authz's to refuse.
     state.apply_changes(&resync("e4", 0, true), NOW_MS).unwrap();
-    state.apply_session("ses_3", &session("e4", 0, true)).unwrap();
+    state.apply_session("ses_3", &session("e4", 0, true), NOW_MS).unwrap();
     assert_eq!(verdict(&mut state, "ses_3", NOW_MS), Verdict::Forward(Miss::Refused));
     // Garbage from the feed changes nothing.
     assert!(state.apply_changes(b"not json", NOW_MS).is_err());
-    assert!(state.apply_session("ses_3", b"{").is_err());
+    assert!(state.apply_session("ses_3", b"{", NOW_MS).is_err());
 }
 
 #[test]
 fn with_quotas_on_the_filter_allows_only_what_ext_authz_leased_it() {
     let mut state = State::default();
     state.apply_changes(&resync_with("e1", 0, true, true), NOW_MS).unwrap();
-    state.apply_session("ses_1", &session("e1", 0, false)).unwrap();
+    state.apply_session("ses_1", &session("e1", 0, false), NOW_MS).unwrap();
     // Nothing leased yet: ext-authz counts (and may refuse) this one.
     assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Quota));
     let (keys, body) = state.leases.asks(NOW_MS).expect("a lease is asked for");
@@ -192,7 +196,7 @@ fn with_quotas_on_the_filter_allows_only_what_ext_authz_leased_it() {
 fn an_address_ext_authz_refuses_for_failed_credentials_is_left_to_it() {
     let mut state = State::default();
     state.apply_changes(&resync("e1", 0, true), NOW_MS).unwrap();
-    state.apply_session("ses_1", &session("e1", 0, false)).unwrap();
+    state.apply_session("ses_1", &session("e1", 0, false), NOW_MS).unwrap();
     assert!(matches!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Allow(_)));
     let poll = |refused: serde_json::Value| {
         json!({ "epoch": "e1", "cursor": 0, "current": true, "resync": false, "refused": refused }).to_string()
@@ -216,16 +220,18 @@ fn a_token_verified_once_still_expires_and_a_new_secret_verifies_it_afresh() {
     let mut state = State::default();
     state.apply_changes(&resync("e1", 0, true), NOW_MS).unwrap();
     let t = token("ses_1");
-    assert_eq!(state.verify_sdk(&t, NOW).unwrap().sid, "ses_1");
+    assert_eq!(state.verify(&t, Audience::Sdk, NOW).unwrap().sid, "ses_1");
+    // Kept as an end user's: on a dashboard route it is verified afresh, and refused.
+    assert!(state.verify(&t, Audience::Dashboard, NOW).is_err());
     // Kept, but its times still apply (exp is NOW + 900, with 5 s of leeway).
-    assert!(state.verify_sdk(&t, NOW + 904).is_ok());
-    assert_eq!(state.verify_sdk(&t, NOW + 905), Err(TokenError::Expired));
-    assert_eq!(state.verify_sdk(&t, NOW - 600), Err(TokenError::NotYetValid));
+    assert!(state.verify(&t, Audience::Sdk, NOW + 904).is_ok());
+    assert_eq!(state.verify(&t, Audience::Sdk, NOW + 905), Err(TokenError::Expired));
+    assert_eq!(state.verify(&t, Audience::Sdk, NOW - 600), Err(TokenError::NotYetValid));
     // A byte changed is another token: verified, and refused.
     let mut tampered = t.clone();
     tampered.pop();
     tampered.push(if t.ends_with('A') { 'B' } else { 'A' });
-    assert_eq!(state.verify_sdk(&tampered, NOW), Err(TokenError::BadSignature));
+    assert_eq!(state.verify(&tampered, Audience::Sdk, NOW), Err(TokenError::BadSignature));
     // New material (a secret rotated away): nothing kept is trusted.
     let rotated = json!({
         "epoch": "e2", "cursor": 0, "current": true, "resync": true, "refused": [],
@@ -233,7 +239,7 @@ fn a_token_verified_once_still_expires_and_a_new_secret_verifies_it_afresh() {
                       "service_secret": "service-secret-service-secret-0002", "trusted_proxy_hops": 0 }
     });
     state.apply_changes(rotated.to_string().as_bytes(), NOW_MS).unwrap();
-    assert_eq!(state.verify_sdk(&t, NOW), Err(TokenError::BadSignature));
+    assert_eq!(state.verify(&t, Audience::Sdk, NOW), Err(TokenError::BadSignature));
 }
 
 #[test]
@@ -287,7 +293,7 @@ fn an_api_key_is_looked_up_by_hash_and_a_change_to_it_or_its_whitelist_is_never_
     let asked = state.api_keys.lookups().expect("a lookup");
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&asked).unwrap(), json!({ "hashes": [hash] }));
     assert!(!String::from_utf8(asked).unwrap().contains(KEY));
-    state.apply_keys(&key_answer(0, false, &["127.0.0.1/32"])).unwrap();
+    state.apply_keys(&key_answer(0, false, &["127.0.0.1/32"]), NOW_MS).unwrap();
     assert!(matches!(with_key(&mut state, "127.0.0.1", NOW_MS), Verdict::Allow(_)));
     assert_eq!(with_key(&mut state, "10.0.0.1", NOW_MS), Verdict::Forward(Miss::Refused));
     // The key changes (here: revoked): forwarded at once, and for HOLD_MS.
@@ -302,32 +308,35 @@ fn an_api_key_is_looked_up_by_hash_and_a_change_to_it_or_its_whitelist_is_never_
         )
         .unwrap();
     assert_eq!(with_key(&mut state, "127.0.0.1", NOW_MS), Verdict::Forward(Miss::UnknownKey));
-    // A lookup read before the change does not bring it back, after the hold either.
-    state.apply_keys(&key_answer(2, false, &["127.0.0.1/32"])).unwrap();
-    let later = NOW_MS + crate::api_keys::HOLD_MS;
+    // A lookup read before the change does not bring it back, after the hold
+    // either; nor does one answered within the hold (ext-authz's caches may
+    // not have heard of the change yet).
+    state.apply_keys(&key_answer(2, false, &["127.0.0.1/32"]), NOW_MS).unwrap();
+    state.apply_keys(&key_answer(3, false, &["127.0.0.1/32"]), NOW_MS + 100).unwrap();
+    let later = NOW_MS + crate::lists::HOLD_MS;
     state.apply_changes(&poll(3, json!([])), later).unwrap();
     assert_eq!(with_key(&mut state, "127.0.0.1", later), Verdict::Forward(Miss::UnknownKey));
-    state.apply_keys(&key_answer(3, true, &["127.0.0.1/32"])).unwrap();
+    state.apply_keys(&key_answer(3, true, &["127.0.0.1/32"]), later).unwrap();
     assert_eq!(with_key(&mut state, "127.0.0.1", later), Verdict::Forward(Miss::Refused));
     // Unrevoked again (say, a restore), then the tenant's whitelist changes.
-    state.apply_keys(&key_answer(4, false, &["127.0.0.1/32"])).unwrap();
+    state.apply_keys(&key_answer(4, false, &["127.0.0.1/32"]), later).unwrap();
     assert!(matches!(with_key(&mut state, "127.0.0.1", later), Verdict::Allow(_)));
     state
         .apply_changes(&poll(5, json!([{ "type": "ip_whitelist_changed", "tenant_id": "cl_1", "version": 2 }])), later)
         .unwrap();
     assert_eq!(with_key(&mut state, "127.0.0.1", later), Verdict::Forward(Miss::UnknownKey));
-    let after = later + crate::api_keys::HOLD_MS;
+    let after = later + crate::lists::HOLD_MS;
     state.apply_changes(&poll(5, json!([])), after).unwrap();
-    state.apply_keys(&key_answer(4, false, &["127.0.0.1/32"])).unwrap();
+    state.apply_keys(&key_answer(4, false, &["127.0.0.1/32"]), after).unwrap();
     assert_eq!(with_key(&mut state, "127.0.0.1", after), Verdict::Forward(Miss::UnknownKey), "a stale whitelist");
-    state.apply_keys(&key_answer(5, false, &["10.0.0.0/8"])).unwrap();
+    state.apply_keys(&key_answer(5, false, &["10.0.0.0/8"]), after).unwrap();
     assert_eq!(with_key(&mut state, "127.0.0.1", after), Verdict::Forward(Miss::Refused));
     assert!(matches!(with_key(&mut state, "10.0.0.1", after), Verdict::Allow(_)));
     // A whitelist ext-authz would not parse is not applied here either.
     state.apply_changes(&poll(6, json!([{ "type": "ip_whitelist_changed", "tenant_id": "cl_1" }])), after).unwrap();
-    let last = after + crate::api_keys::HOLD_MS;
+    let last = after + crate::lists::HOLD_MS;
     state.apply_changes(&poll(6, json!([])), last).unwrap();
-    state.apply_keys(&key_answer(6, false, &["not a network"])).unwrap();
+    state.apply_keys(&key_answer(6, false, &["not a network"]), last).unwrap();
     assert_eq!(with_key(&mut state, "10.0.0.1", last), Verdict::Forward(Miss::UnknownKey));
     // A resync forgets every key.
     state.apply_changes(&resync("e2", 0, true), last).unwrap();
@@ -342,12 +351,68 @@ fn a_key_ext_authz_has_not_read_lately_stays_unknown_and_is_asked_for_again() {
     assert_eq!(with_key(&mut state, "127.0.0.1", NOW_MS), Verdict::Forward(Miss::UnknownKey));
     state.api_keys.lookups().expect("a lookup");
     let pending = json!({ "epoch": "e1", "cursor": 0, "keys": [ { "hash": hash, "pending": true } ] });
-    state.apply_keys(pending.to_string().as_bytes()).unwrap();
+    state.apply_keys(pending.to_string().as_bytes(), NOW_MS).unwrap();
     assert_eq!(with_key(&mut state, "127.0.0.1", NOW_MS), Verdict::Forward(Miss::UnknownKey));
     assert!(state.api_keys.lookups().is_some(), "asked again");
     // No such key: refused (by ext_authz), and not asked for again.
     let none = json!({ "epoch": "e1", "cursor": 0, "keys": [ { "hash": hash, "key": null } ] });
-    state.apply_keys(none.to_string().as_bytes()).unwrap();
+    state.apply_keys(none.to_string().as_bytes(), NOW_MS).unwrap();
     assert_eq!(with_key(&mut state, "127.0.0.1", NOW_MS), Verdict::Forward(Miss::Refused));
     assert!(state.api_keys.lookups().is_none());
+}
+
+fn session_with_origins(cursor: u64, origins: Option<&[&str]>) -> Vec<u8> {
+    let list = origins.map(|entries| json!({ "enforced": true, "entries": entries }));
+    json!({ "epoch": "e1", "cursor": cursor, "limits": null, "origin_whitelist": list,
+            "session": { "tenant_id": "cl_1", "subject": "u1", "audience": "caas-sdk", "revoked": false } })
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn an_origin_is_allowed_against_the_tenants_whitelist_with_cors_and_a_change_is_never_decided_stale() {
+    let app = Some("https://app.example");
+    let mut state = State::default();
+    state.apply_changes(&resync("e1", 0, true), NOW_MS).unwrap();
+    // A session answer without the whitelist (an older ext-authz): the
+    // request with an Origin is left to ext_authz and the session asked again.
+    state.apply_session("ses_1", &session("e1", 0, false), NOW_MS).unwrap();
+    assert!(matches!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Allow(_)));
+    assert_eq!(verdict_from(&mut state, "ses_1", app, NOW_MS), Verdict::Forward(Miss::Unknown));
+    assert_eq!(state.take_pending(), vec!["ses_1".to_string()]);
+    state.apply_session("ses_1", &session_with_origins(0, Some(&["https://app.example"])), NOW_MS).unwrap();
+    let Verdict::Allow(allow) = verdict_from(&mut state, "ses_1", app, NOW_MS) else { panic!("allowed") };
+    assert_eq!(
+        allow.response,
+        [("access-control-allow-origin", "https://app.example".into()), ("vary", "Origin".into())]
+    );
+    let Verdict::Allow(allow) = verdict(&mut state, "ses_1", NOW_MS) else { panic!("allowed") };
+    assert!(allow.response.is_empty(), "no Origin, no CORS");
+    assert_eq!(
+        verdict_from(&mut state, "ses_1", Some("https://evil.example"), NOW_MS),
+        Verdict::Forward(Miss::Refused)
+    );
+    // The whitelist changes: Origins are left to ext_authz for the hold, and
+    // no answer read before it or arriving within it is taken.
+    let changed = poll(4, json!([{ "type": "origin_whitelist_changed", "tenant_id": "cl_1", "version": 3 }]));
+    state.apply_changes(&changed, NOW_MS).unwrap();
+    assert_eq!(verdict_from(&mut state, "ses_1", app, NOW_MS), Verdict::Forward(Miss::Unknown));
+    assert!(matches!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Allow(_)), "without an Origin, unaffected");
+    state.apply_session("ses_1", &session_with_origins(4, Some(&["https://app.example"])), NOW_MS + 100).unwrap();
+    let later = NOW_MS + crate::lists::HOLD_MS;
+    state.apply_changes(&poll(4, json!([])), later).unwrap();
+    assert_eq!(verdict_from(&mut state, "ses_1", app, later), Verdict::Forward(Miss::Unknown));
+    state.apply_session("ses_1", &session_with_origins(3, Some(&["https://app.example"])), later).unwrap();
+    assert_eq!(
+        verdict_from(&mut state, "ses_1", app, later),
+        Verdict::Forward(Miss::Unknown),
+        "read before the change"
+    );
+    state.apply_session("ses_1", &session_with_origins(4, Some(&["https://other.example"])), later).unwrap();
+    assert_eq!(verdict_from(&mut state, "ses_1", app, later), Verdict::Forward(Miss::Refused));
+    // Origins not checked (ORIGIN_VALIDATION_ENABLED=false): any is allowed, with CORS.
+    let off = json!({ "epoch": "e1", "cursor": 5, "limits": null, "origin_whitelist": { "enforced": false, "entries": [] },
+                      "session": { "tenant_id": "cl_1", "subject": "u1", "audience": "caas-sdk", "revoked": false } });
+    state.apply_session("ses_1", off.to_string().as_bytes(), later).unwrap();
+    assert!(matches!(verdict_from(&mut state, "ses_1", Some("https://evil.example"), later), Verdict::Allow(_)));
 }

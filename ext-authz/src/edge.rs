@@ -15,19 +15,21 @@
 //!   credentials (`refused`; `null` when too many to list), which the
 //!   filter must not allow either.
 //! - `GET /edge/v1/session/{id}`: one session as the validator sees it, the
-//!   tenant's quotas, and the cursor taken before it was read (a change
-//!   after that cursor still reaches the filter through the changes).
+//!   tenant's quotas and Origin whitelist, and the cursor taken before it
+//!   was read (a change after that cursor still reaches the filter through
+//!   the changes).
 //! - `POST /edge/v1/keys`: API keys by the hashes the filter computed (at
 //!   most 32 a call), each with its tenant's IP whitelist, as a Check finds
 //!   them, and the cursor taken before the reads.
-//! - `POST /edge/v1/lease`: end users' and keys' requests counted ahead of time in
-//!   their quotas (the same buckets a Check counts in, shared through Redis
-//!   as ever), for the filter to spend on requests it allows; it asks again
-//!   before they run out, and sends a request it holds no lease for to
-//!   ext_authz, which counts it as always. So the filter never admits more
-//!   than a quota does. Leases come from the upper half of each burst
-//!   (ext-authz/src/quota.rs), and what the filter stops holding unspent it
-//!   gives back in the same call (`returned`), un-counted on every instance,
+//! - `POST /edge/v1/lease`: end users' and keys' requests counted ahead of
+//!   time in their quotas (the same buckets a Check counts in, shared
+//!   through Redis as ever), for the filter to spend on requests it allows;
+//!   it asks again before they run out, and sends a request it holds no
+//!   lease for to ext_authz, which counts it as always. So the filter never
+//!   admits more than a quota does. Leases come from the upper half of each
+//!   burst (ext-authz/src/quota.rs), and what the filter stops holding
+//!   unspent it gives back in the same call (`returned`), un-counted on
+//!   every instance,
 //!   so that a lease held idle does not make a quota refuse early.
 //!
 //! Only the gateway may read it: every request must carry the caller token
@@ -88,6 +90,8 @@ pub struct EdgeFeed {
     material: EdgeMaterial,
     authorizer: Arc<Authorizer>,
     changes: Option<Arc<ChangeFeed>>,
+    /// The bus the validator hears revocations on.
+    bus: Arc<dyn caas_core::bus::EventBus>,
 }
 
 #[derive(Default)]
@@ -116,6 +120,7 @@ impl EdgeFeed {
             material,
             authorizer,
             changes,
+            bus: bus.clone(),
         });
         let mut messages = bus.subscribe();
         let weak = Arc::downgrade(&feed);
@@ -160,10 +165,14 @@ impl EdgeFeed {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).cursor
     }
 
-    /// Whether this process would itself hear of a revocation: its change
-    /// feed reads the database (without one, only the bus carries them).
+    /// Whether this process would itself hear of a revocation at once: its
+    /// change feed reads the database (without one, only the bus carries
+    /// them) and its bus is connected. With the bus down the validator stops
+    /// trusting its caches and reads the database on every Check (core
+    /// validate.rs); the filter, whose tables are such a cache, decides
+    /// nothing meanwhile.
     fn current(&self) -> bool {
-        self.changes.as_ref().is_none_or(|feed| feed.metrics.current.get() == 1)
+        self.bus.is_connected() && self.changes.as_ref().is_none_or(|feed| feed.metrics.current.get() == 1)
     }
 
     /// The address buckets ext-authz refuses for failed credentials, as
@@ -177,7 +186,7 @@ impl EdgeFeed {
         matches!((&self.token, presented), (Some(token), Some(presented)) if token.matches(presented))
     }
 
-    fn changes_since(&self, epoch: Option<&str>, since: u64) -> serde_json::Value {
+    pub(crate) fn changes_since(&self, epoch: Option<&str>, since: u64) -> serde_json::Value {
         let held = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.current();
         if epoch != Some(self.epoch.as_str()) || since < held.floor || since > held.cursor {
@@ -230,11 +239,17 @@ pub async fn session(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, Path
         Ok(session) => session,
         Err(_) => return unavailable(),
     };
-    let limits = match &session {
-        Some(s) => Some(feed.authorizer.validator().rate_limits(&s.tenant_id).await),
-        None => None,
+    let (limits, origins) = match &session {
+        Some(s) => {
+            let validator = feed.authorizer.validator();
+            match validator.origin_whitelist_entries(&s.tenant_id).await {
+                Ok(origins) => (Some(validator.rate_limits(&s.tenant_id).await), Some(origins)),
+                Err(_) => return unavailable(),
+            }
+        }
+        None => (None, None),
     };
-    private(session_answer(&feed.epoch, cursor, session.as_ref(), limits.as_ref()))
+    private(session_answer(&feed.epoch, cursor, session.as_ref(), limits.as_ref(), origins))
 }
 
 /// Whose requests a lease or a give-back is for: an end user (whose token
@@ -422,14 +437,20 @@ pub fn material_json(m: &EdgeMaterial) -> serde_json::Value {
     })
 }
 
-/// A session lookup's answer as the filter reads it (`SessionAnswer`).
+/// A session lookup's answer as the filter reads it (`SessionAnswer`):
+/// `origins` is its tenant's Origin whitelist (`Some(None)`: Origins are
+/// not checked).
 pub fn session_answer(
     epoch: &str,
     cursor: u64,
     session: Option<&caas_core::validate::EdgeSession>,
     limits: Option<&caas_rules::quota::Limits>,
+    origins: Option<Option<Vec<String>>>,
 ) -> serde_json::Value {
-    json!({ "epoch": epoch, "cursor": cursor, "session": session, "limits": limits })
+    let origin_whitelist =
+        origins.map(|list| json!({ "enforced": list.is_some(), "entries": list.unwrap_or_default() }));
+    json!({ "epoch": epoch, "cursor": cursor, "session": session, "limits": limits,
+            "origin_whitelist": origin_whitelist })
 }
 
 pub fn router(feed: Arc<EdgeFeed>) -> axum::Router {

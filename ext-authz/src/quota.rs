@@ -315,10 +315,10 @@ impl Inner {
     /// negative add.
     fn refund(&self, counted: &[(Scope, String)], limits: &Limits, n: u32) {
         let divisor = self.divisor();
-        let found: Vec<Arc<Bucket>> =
-            counted.iter().map(|(_, key)| self.buckets.get(key.as_str())).collect::<Option<_>>().unwrap_or_default();
+        let found: Vec<Option<Arc<Bucket>>> = counted.iter().map(|(_, key)| self.buckets.get(key.as_str())).collect();
         let mut tracked = self.counting.lock().unwrap_or_else(|e| e.into_inner());
         for ((scope, key), bucket) in counted.iter().zip(&found) {
+            let Some(bucket) = bucket else { continue };
             let limit = share(limits.get(*scope), divisor);
             let back = u64::from(n).saturating_mul(NANOS / u64::from(limit.rate.max(1)));
             let _ = bucket.tat.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| Some(tat.saturating_sub(back)));

@@ -1,8 +1,8 @@
 //! The in-proxy fast path (edge-wasm/): through real Envoy, the same
 //! requests get the same answers with the filter on and off; a revoked
-//! session, a revoked key and a whitelist change are refused within a
-//! second; with the feed cut, ext_authz decides
-//! everything; and nothing a client sends can skip ext_authz.
+//! session, a revoked key and IP and Origin whitelist changes are refused
+//! within a second; with the feed cut, ext_authz decides everything; and
+//! nothing a client sends can skip ext_authz.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -431,5 +431,54 @@ async fn an_api_key_is_decided_in_the_proxy_and_a_whitelist_change_or_its_revoca
         let r = with_key("user-4").await;
         assert_eq!((r.status, r.code()), (401, "api_key_revoked"), "{r:?}");
     }
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_browsers_origin_is_decided_in_the_proxy_with_cors_and_a_whitelist_change_applies_within_a_second() {
+    let Some(cluster) = cluster_modes(&[true], &ECHO_CHAT).await else { return };
+    let node = cluster.node();
+    if !node.stack.fast_path {
+        return;
+    }
+    let tenant = onboard(node, "edge-origin").await;
+    set_whitelists(node, &tenant, &["127.0.0.1/32"], &["https://app.edge.example"]).await;
+    let session = sdk_session(node, &tenant, "user-1").await;
+    let token = session["access_token"].as_str().unwrap().to_string();
+    let http = client();
+    let from = |origin: &'static str| {
+        let (http, url, token) = (http.clone(), node.url("/v1/messages"), token.clone());
+        async move { send(http.get(url).bearer_auth(token).header("origin", origin)).await }
+    };
+    let decided = within(Duration::from_secs(10), || async {
+        let before = allowed_by_filter(node).await;
+        let r = from("https://app.edge.example").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        // CORS as ext_authz answers it.
+        assert_eq!(r.header("access-control-allow-origin"), Some("https://app.edge.example"), "{r:?}");
+        assert_eq!(r.header("vary"), Some("Origin"), "{r:?}");
+        allowed_by_filter(node).await > before
+    })
+    .await;
+    assert!(decided.is_some(), "the fast path never allowed a request with an Origin");
+    let r = from("https://evil.example").await;
+    assert_eq!((r.status, r.code()), (403, "origin_not_allowed"), "{r:?}");
+    // The tenant moves its app: the old Origin is refused within a second.
+    set_whitelists(node, &tenant, &["127.0.0.1/32"], &["https://new.edge.example"]).await;
+    let took = within(Duration::from_secs(1), || async {
+        from("https://app.edge.example").await.code() == "origin_not_allowed"
+    })
+    .await;
+    assert!(took.is_some(), "an Origin whitelist change took more than a second through the fast path");
+    for _ in 0..5 {
+        let r = from("https://app.edge.example").await;
+        assert_eq!((r.status, r.code()), (403, "origin_not_allowed"), "{r:?}");
+    }
+    let decided = within(Duration::from_secs(10), || async {
+        let before = allowed_by_filter(node).await;
+        from("https://new.edge.example").await.status == 200 && allowed_by_filter(node).await > before
+    })
+    .await;
+    assert!(decided.is_some(), "the fast path never allowed the new Origin");
     cluster.shutdown().await;
 }

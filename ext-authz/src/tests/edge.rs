@@ -63,7 +63,8 @@ fn assert_same_allow(edge: &caas_edge_wasm::decide::Allow, check: &Verdict, case
     }
     let removed: BTreeSet<&String> = edge.remove.iter().collect();
     assert_eq!(removed, check.removed.iter().collect(), "{case}");
-    assert!(check.response_headers.is_empty(), "{case}: the filter does not answer CORS");
+    let response: HashMap<String, String> = edge.response.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    assert_eq!(response, check.response_headers, "{case}: CORS");
     assert!(check.strip_query.is_empty(), "{case}");
 }
 
@@ -105,12 +106,15 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
     for sid in [valid.sid.clone(), claims_of(&f.other_token).sid, dashboard, unknown] {
         let validator = f.authorizer.validator();
         let session = validator.session_record(&sid).await.unwrap();
-        let limits = match &session {
-            Some(s) => Some(validator.rate_limits(&s.tenant_id).await),
-            None => None,
+        let (limits, origins) = match &session {
+            Some(s) => (
+                Some(validator.rate_limits(&s.tenant_id).await),
+                Some(validator.origin_whitelist_entries(&s.tenant_id).await.unwrap()),
+            ),
+            None => (None, None),
         };
-        let answer = session_answer("e1", 0, session.as_ref(), limits.as_ref());
-        state.apply_session(&sid, answer.to_string().as_bytes()).unwrap();
+        let answer = session_answer("e1", 0, session.as_ref(), limits.as_ref(), origins);
+        state.apply_session(&sid, answer.to_string().as_bytes(), now_ms).unwrap();
     }
 
     let origins = [None, Some("https://app.a.example"), Some("https://evil.example")];
@@ -122,7 +126,7 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
         &[("upgrade", "websocket")],
         &[("x-api-key", "caas_not_a_key")],
     ];
-    let (mut compared, mut allowed) = (0, 0);
+    let (mut compared, mut allowed, mut with_origin) = (0, 0, 0);
     for (name, token) in &tokens {
         for origin in origins {
             for path in paths {
@@ -148,12 +152,14 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
                         let case = format!("{name}, origin {origin:?}, {path}, {policy:?}, {extra:?}");
                         assert_same_allow(&edge, &check, &case);
                         compared += 1;
+                        with_origin += usize::from(origin.is_some());
                     }
                 }
             }
         }
     }
     assert!(allowed > 0 && compared == allowed, "the filter allowed {allowed} requests, {compared} compared");
+    assert!(with_origin > 0, "the filter allowed no request with an Origin: CORS was not compared");
     // The common case is the filter's: a valid token, no Origin, an end-user route.
     let map: Headers =
         [("authorization", format!("Bearer {}", f.token)), ("x-request-id", "r".into())].into_iter().collect();
@@ -181,8 +187,9 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
         0,
         f.authorizer.validator().session_record(&sid).await.unwrap().as_ref(),
         Some(&caas_rules::quota::DEFAULT_LIMITS),
+        None,
     );
-    state.apply_session(&sid, stale.to_string().as_bytes()).unwrap();
+    state.apply_session(&sid, stale.to_string().as_bytes(), now_ms).unwrap();
     assert!(matches!(decide(&mut state, &req, now, now_ms), EdgeVerdict::Forward(_)));
     // ext-authz saying it is itself behind stops the filter too.
     let mut other = State::default();
@@ -193,29 +200,89 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
     assert!(matches!(decide(&mut other, &req, now, now_ms), EdgeVerdict::Forward(_)));
 }
 
+/// A feed over `authorizer` whose gateway token the returned headers carry.
+fn gateway_feed(authorizer: &Arc<Authorizer>) -> (Arc<crate::edge::EdgeFeed>, axum::http::HeaderMap) {
+    let bus: Arc<dyn caas_core::bus::EventBus> = Arc::new(LocalBus::new());
+    let token = Secret::new("edge-token-edge-token-edge-token-01");
+    let feed = crate::edge::EdgeFeed::start(material(true, None), Some(token.clone()), authorizer.clone(), &bus, None);
+    let mut gateway = axum::http::HeaderMap::new();
+    gateway.insert(crate::edge::TOKEN_HEADER, token.expose().parse().unwrap());
+    (feed, gateway)
+}
+
+/// One POST to a feed handler: its status and JSON body.
+async fn post<F, Fut>(
+    handler: F,
+    feed: Arc<crate::edge::EdgeFeed>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> (u16, serde_json::Value)
+where
+    F: Fn(axum::extract::State<Arc<crate::edge::EdgeFeed>>, axum::http::HeaderMap, axum::body::Bytes) -> Fut,
+    Fut: std::future::Future<Output = axum::response::Response>,
+{
+    let response = handler(axum::extract::State(feed), headers, body.into()).await;
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_keys_endpoint_answers_by_hash_from_the_cache_only_and_serves_the_gateway_only() {
+    let f = fixture().await;
+    let authorizer = Arc::new(f.authorizer);
+    let (feed, gateway) = gateway_feed(&authorizer);
+    let call = |headers: axum::http::HeaderMap, body: String| post(crate::edge::keys, feed.clone(), headers, body);
+    let hash = caas_core::api_key::parse(&f.key).unwrap();
+    let unknown = caas_core::api_key::generate().hash;
+    let asked = serde_json::json!({ "hashes": [hash, unknown] }).to_string();
+    assert_eq!(call(axum::http::HeaderMap::new(), asked.clone()).await.0, 403);
+    // Nothing read by a Check yet: pending, and not a database read.
+    let reads = authorizer.validator().metrics().db_reads.get();
+    let (status, body) = call(gateway.clone(), asked.clone()).await;
+    assert_eq!(
+        (status, body["keys"][0]["pending"].clone(), body["keys"][1]["pending"].clone()),
+        (200, true.into(), true.into())
+    );
+    assert_eq!(authorizer.validator().metrics().db_reads.get(), reads);
+    // After Checks of both, their records as the Check found them.
+    for key in [f.key.as_str(), &caas_core::api_key::generate().key] {
+        authorizer.check(request(Some("api_key"), "POST", "/v1/sdk/session", &[("x-api-key", key)], "127.0.0.1")).await;
+    }
+    let asked = serde_json::json!({ "hashes": [hash] }).to_string();
+    let (status, body) = call(gateway.clone(), asked).await;
+    assert_eq!(status, 200);
+    let key = &body["keys"][0];
+    assert_eq!(
+        (key["key"]["key_id"].as_str(), key["key"]["revoked"].as_bool()),
+        (Some(f.key_id.as_str()), Some(false))
+    );
+    assert_eq!(key["ip_whitelist"], serde_json::json!({ "enforced": true, "entries": ["127.0.0.1/32"] }));
+    assert!(!body.to_string().contains(&f.key), "the key itself never leaves ext-authz");
+    // Malformed or oversized: 400 naming the problem.
+    let many: Vec<String> = (0..=crate::edge::MAX_KEY_LOOKUPS).map(|i| format!("{i:064}")).collect();
+    for (body, says) in [
+        ("{}".to_string(), "missing field"),
+        (r#"{"hashes":["../x"]}"#.to_string(), "letters and digits"),
+        (r#"{"hashes":[""]}"#.to_string(), "letters and digits"),
+        (serde_json::json!({ "hashes": many }).to_string(), "at most 32"),
+    ] {
+        let (status, answer) = call(gateway.clone(), body.clone()).await;
+        assert_eq!(status, 400, "{body}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{body}: {message}");
+    }
+}
+
 #[tokio::test]
 async fn the_lease_endpoint_serves_the_gateway_only_and_refuses_what_it_cannot_read() {
-    use axum::extract::State as Extract;
     use axum::http::HeaderMap;
 
     let f = fixture().await;
     let tenant = f.tenant.clone();
     let authorizer = Arc::new(f.authorizer);
-    let material = material(true, None);
-    let bus: Arc<dyn caas_core::bus::EventBus> = Arc::new(LocalBus::new());
-    let token = Secret::new("edge-token-edge-token-edge-token-01");
-    let feed = crate::edge::EdgeFeed::start(material, Some(token.clone()), authorizer.clone(), &bus, None);
-    let mut gateway = HeaderMap::new();
-    gateway.insert(crate::edge::TOKEN_HEADER, token.expose().parse().unwrap());
-    let call = |headers: HeaderMap, body: String| {
-        let feed = feed.clone();
-        async move {
-            let response = crate::edge::lease(Extract(feed), headers, body.into()).await;
-            let status = response.status().as_u16();
-            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-            (status, serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default())
-        }
-    };
+    let (feed, gateway) = gateway_feed(&authorizer);
+    let call = |headers: HeaderMap, body: String| post(crate::edge::lease, feed.clone(), headers, body);
     let asked = serde_json::json!({ "leases": [ { "tenant_id": tenant, "user_id": "user-1", "want": 3 },
                                                 { "tenant_id": tenant, "user_id": "user-2", "want": 5_000 } ] });
     // Without the gateway's token: nothing, and nothing counted.
@@ -236,6 +303,14 @@ async fn the_lease_endpoint_serves_the_gateway_only_and_refuses_what_it_cannot_r
                                        "leases": again["leases"] });
     assert_eq!(call(gateway.clone(), returned.to_string()).await.1["granted"], serde_json::json!([20]));
     assert_eq!(authorizer.metrics().edge_returned.get(), 20);
+    // A key's requests are leased from the key's bucket (the default per-key
+    // burst of 2,000, upper half 1,000) and given back the same way.
+    let key = serde_json::json!({ "leases": [ { "tenant_id": tenant, "key_id": f.key_id, "want": 5_000 } ],
+                                  "used": [f.key_id] });
+    assert_eq!(call(gateway.clone(), key.to_string()).await.1["granted"], serde_json::json!([1000]));
+    let back = serde_json::json!({ "returned": [ { "tenant_id": tenant, "key_id": f.key_id, "n": 1000 } ],
+                                   "leases": key["leases"] });
+    assert_eq!(call(gateway.clone(), back.to_string()).await.1["granted"], serde_json::json!([1000]));
     // Malformed, wrongly typed, oversized or empty ids: 400 naming the problem.
     let too_many: Vec<_> = (0..=crate::edge::MAX_LEASES)
         .map(|i| serde_json::json!({"tenant_id": "t", "user_id": i.to_string(), "want": 1}))
@@ -248,6 +323,10 @@ async fn the_lease_endpoint_serves_the_gateway_only_and_refuses_what_it_cannot_r
         (r#"{"returned":[{"tenant_id":"t","user_id":"u","n":1001}]}"#.to_string(), "at most 1000"),
         (r#"{"returned":[{"tenant_id":"t","user_id":"","n":1}]}"#.to_string(), "1 to 256 bytes"),
         (r#"{"returned":[{"tenant_id":"t","user_id":"u","n":-1}]}"#.to_string(), "invalid value"),
+        (r#"{"leases":[{"tenant_id":"t","user_id":"u","key_id":"k","want":1}]}"#.to_string(), "exactly one"),
+        (r#"{"leases":[{"tenant_id":"t","want":1}]}"#.to_string(), "exactly one"),
+        (serde_json::json!({ "used": vec!["key_1"; 257] }).to_string(), "at most 256"),
+        (r#"{"used":[""]}"#.to_string(), "1 to 256 bytes"),
     ] {
         let (status, answer) = call(gateway.clone(), body.clone()).await;
         assert_eq!(status, 400, "{body}");
@@ -268,7 +347,9 @@ async fn in_a_mesh_the_filter_takes_the_policy_from_the_same_table_as_the_check(
     let mut state = filter_with(&material(false, Some(caas_rules::policy::BUILTIN_TABLE)), now_ms);
     let sid = claims_of(&f.token).sid;
     let session = f.authorizer.validator().session_record(&sid).await.unwrap();
-    state.apply_session(&sid, session_answer("e1", 0, session.as_ref(), None).to_string().as_bytes()).unwrap();
+    state
+        .apply_session(&sid, session_answer("e1", 0, session.as_ref(), None, None).to_string().as_bytes(), now_ms)
+        .unwrap();
     let authorization = format!("Bearer {}", f.token);
     let headers = [("authorization", authorization.as_str()), ("x-request-id", "req-mesh-1")];
     let map: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
@@ -350,7 +431,7 @@ async fn for_api_keys_too_the_filter_allows_only_what_the_check_allows() {
         check(&f, request(Some("api_key"), "POST", "/v1/sdk/session", &[("x-api-key", key)], "127.0.0.1")).await;
     }
     let answer = crate::edge::key_answers(f.authorizer.validator(), "e1", 0, &hashes).await.unwrap();
-    state.apply_keys(answer.to_string().as_bytes()).unwrap();
+    state.apply_keys(answer.to_string().as_bytes(), now_ms).unwrap();
 
     let peers = ["127.0.0.1", "10.1.2.3", "::ffff:127.0.0.1"];
     let paths = ["/v1/sdk/session", "/v1/sdk/session?api_key=x", "/v1/../v1/sdk/session"];
@@ -383,8 +464,28 @@ async fn for_api_keys_too_the_filter_allows_only_what_the_check_allows() {
             }
         }
     }
-    // The valid key from the whitelisted address, on the API-key route, in
-    // the canonical path, with or without stray headers (3 peers spellings
-    // of which 2 are 127.0.0.1, 3 of the 4 extras).
-    assert_eq!((compared, valid_allowed), (6, 6), "the filter allowed {compared} requests");
+    // The valid key from the whitelisted address (two spellings of
+    // 127.0.0.1), on the API-key route, in the canonical path, with any of
+    // the extras: an Origin changes nothing for a key (no CORS), and the
+    // forwarded-for header is not believed from an untrusted peer.
+    assert_eq!((compared, valid_allowed), (8, 8), "the filter allowed {compared} requests");
+}
+
+#[tokio::test]
+async fn with_its_bus_down_ext_authz_tells_the_filter_it_is_not_current() {
+    let f = fixture().await;
+    let authorizer = Arc::new(f.authorizer);
+    let token = Some(Secret::new("edge-token-edge-token-edge-token-01"));
+    let up: Arc<dyn caas_core::bus::EventBus> = Arc::new(LocalBus::new());
+    let feed = crate::edge::EdgeFeed::start(material(true, None), token.clone(), authorizer.clone(), &up, None);
+    assert_eq!(feed.changes_since(None, 0)["current"], true);
+    // Revocations from other processes would not arrive: the validator
+    // trusts no cache, and the filter must not decide from its tables.
+    let down: Arc<dyn caas_core::bus::EventBus> =
+        Arc::new(caas_core::bus::RedisBus::start("redis://127.0.0.1:1").unwrap());
+    let feed = crate::edge::EdgeFeed::start(material(true, None), token, authorizer, &down, None);
+    assert_eq!(feed.changes_since(None, 0)["current"], false);
+    let mut state = State::default();
+    state.apply_changes(feed.changes_since(None, 0).to_string().as_bytes(), unix_now() as u64 * 1000).unwrap();
+    assert!(!state.current(unix_now() as u64 * 1000));
 }
