@@ -120,28 +120,16 @@ impl ApiKeys {
         if Changed::holds(self.keys_changed.get(hash), now_ms) {
             return Err(KeyMiss::Unknown);
         }
-        let known = match self.records.get(hash) {
-            None => false,
-            Some(None) => return Err(KeyMiss::Refused),
+        // One lookup per table (the fields are borrowed apart).
+        match self.records.get(hash) {
+            Some(None) => Err(KeyMiss::Refused),
             Some(Some(record)) => match self.ip_lists.get(&record.tenant_id, now_ms) {
-                Ok(_) => true,
+                Ok(list) => Ok((record, list)),
                 // Changed moments ago: looked up once the hold is over.
-                Err(ListMiss::Held) => return Err(KeyMiss::Unknown),
-                Err(ListMiss::Unknown) => false,
+                Err(ListMiss::Held) => Err(KeyMiss::Unknown),
+                Err(ListMiss::Unknown) => Err(want(&mut self.pending, hash)),
             },
-        };
-        if !known {
-            self.want(hash);
-            return Err(KeyMiss::Unknown);
-        }
-        let record = self.records.get(hash).and_then(Option::as_ref).ok_or(KeyMiss::Unknown)?;
-        let list = self.ip_lists.get(&record.tenant_id, now_ms).map_err(|_| KeyMiss::Unknown)?;
-        Ok((record, list))
-    }
-
-    fn want(&mut self, hash: &str) {
-        if self.pending.len() < MAX_PENDING && !self.pending.iter().any(|p| p == hash) {
-            self.pending.push(hash.to_string());
+            None => Err(want(&mut self.pending, hash)),
         }
     }
 
@@ -154,4 +142,12 @@ impl ApiKeys {
         let hashes: Vec<String> = self.pending.drain(..sending).collect();
         Some(serde_json::json!({ "hashes": hashes }).to_string().into_bytes())
     }
+}
+
+/// Asks for `hash` at the next tick (once); says it is not known yet.
+fn want(pending: &mut Vec<String>, hash: &str) -> KeyMiss {
+    if pending.len() < MAX_PENDING && !pending.iter().any(|p| p == hash) {
+        pending.push(hash.to_string());
+    }
+    KeyMiss::Unknown
 }
