@@ -552,14 +552,18 @@ impl Validator {
         }))
     }
 
+    /// How long a looked-up record stays fresh: `negative_for` when there
+    /// was none.
+    fn record_ttl<T>(&self, entry: &Option<T>) -> Duration {
+        if entry.is_some() { self.settings.fresh_for } else { self.settings.negative_for }
+    }
+
     /// The key stored under `hash`, through the caches (as a Check sees it).
     async fn key_entry(&self, hash: &str) -> Result<Option<KeyEntry>, Denial> {
         self.fetch(
             &self.keys,
             hash,
-            |entry| {
-                if entry.is_some() { self.settings.fresh_for } else { self.settings.negative_for }
-            },
+            |entry| self.record_ttl(entry),
             || async {
                 self.metrics.db_reads.inc();
                 Ok(self.store.api_key_by_hash(hash).await?.map(|record| KeyEntry {
@@ -610,9 +614,7 @@ impl Validator {
         self.fetch(
             &self.sessions,
             session_id,
-            |entry| {
-                if entry.is_some() { self.settings.fresh_for } else { self.settings.negative_for }
-            },
+            |entry| self.record_ttl(entry),
             || async {
                 self.metrics.db_reads.inc();
                 Ok(self.store.session(session_id).await?.map(|s| SessionEntry {

@@ -310,12 +310,9 @@ pub struct Leases {
 /// Answers `{"granted": [n, …]}` in the order asked; a malformed or
 /// oversized request is refused whole (400), with the field named.
 pub async fn lease(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if !feed.admits(&headers) {
-        return refused();
-    }
-    let asked: Leases = match serde_json::from_slice(&body) {
+    let asked: Leases = match gateway_json(&feed, &headers, &body, "lease request") {
         Ok(asked) => asked,
-        Err(error) => return bad(format!("lease request is not valid JSON of the expected shape: {error}")),
+        Err(refusal) => return *refusal,
     };
     if asked.leases.len() > MAX_LEASES || asked.returned.len() > MAX_LEASES || asked.used.len() > MAX_LEASES {
         return bad(format!("leases, returned, used: at most {MAX_LEASES} of each at once"));
@@ -365,12 +362,9 @@ pub struct KeyLookups {
 /// for a key. A store that cannot be read fails the call (503): the filter
 /// then leaves those keys to ext_authz.
 pub async fn keys(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if !feed.admits(&headers) {
-        return refused();
-    }
-    let asked: KeyLookups = match serde_json::from_slice(&body) {
+    let asked: KeyLookups = match gateway_json(&feed, &headers, &body, "key lookup") {
         Ok(asked) => asked,
-        Err(error) => return bad(format!("key lookup is not valid JSON of the expected shape: {error}")),
+        Err(refusal) => return *refusal,
     };
     if asked.hashes.len() > MAX_KEY_LOOKUPS {
         return bad(format!("hashes: at most {MAX_KEY_LOOKUPS} at once"));
@@ -412,6 +406,21 @@ pub async fn key_answers(
         answers.push(json!({ "hash": hash, "key": key, "ip_whitelist": ip_whitelist }));
     }
     Ok(json!({ "epoch": epoch, "cursor": cursor, "keys": answers }))
+}
+
+/// A POST body from the gateway: 403 without its token, 400 naming the
+/// problem when it is not the JSON expected.
+fn gateway_json<T: serde::de::DeserializeOwned>(
+    feed: &EdgeFeed,
+    headers: &HeaderMap,
+    body: &[u8],
+    what: &str,
+) -> Result<T, Box<Response>> {
+    if !feed.admits(headers) {
+        return Err(Box::new(refused()));
+    }
+    serde_json::from_slice(body)
+        .map_err(|error| Box::new(bad(format!("{what} is not valid JSON of the expected shape: {error}"))))
 }
 
 fn bad(message: String) -> Response {
