@@ -84,7 +84,7 @@ pub struct Authorizer {
     failures: FailureLimiter,
     quotas: Quotas,
     /// What the in-proxy filter's feed serves (`edge`); `None`: no feed.
-    edge_material: Option<crate::edge::EdgeMaterial>,
+    edge_material: Option<crate::material::EdgeMaterial>,
 }
 
 impl Authorizer {
@@ -107,11 +107,11 @@ impl Authorizer {
     }
 
     /// Serves the in-proxy filter's feed with `material` (its secrets).
-    pub fn with_edge_material(self, material: crate::edge::EdgeMaterial) -> Self {
+    pub fn with_edge_material(self, material: crate::material::EdgeMaterial) -> Self {
         Self { edge_material: Some(material), ..self }
     }
 
-    pub fn edge_material(&self) -> Option<&crate::edge::EdgeMaterial> {
+    pub fn edge_material(&self) -> Option<&crate::material::EdgeMaterial> {
         self.edge_material.as_ref()
     }
 

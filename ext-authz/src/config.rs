@@ -182,7 +182,7 @@ impl crate::Authorizer {
     /// shared with auth-api when both run in one process. Unit tests that
     /// need settings no flag gives build it from parts with `new`.
     pub fn from_config(config: &Config, validator: Arc<Validator>) -> Self {
-        let material = crate::edge::EdgeMaterial {
+        let material = crate::material::EdgeMaterial {
             issuer: config.jwt.jwt_issuer.clone(),
             jwt_secret: config.jwt.jwt_secret.clone().unwrap_or_else(|| Secret::new("")),
             jwt_secret_previous: config.jwt.jwt_secret_previous.clone(),

@@ -66,20 +66,7 @@ const MAX_LEASE_BODY: usize = 256 * 1024;
 pub const MAX_KEY_LOOKUPS: usize = 32;
 const MAX_KEYS_BODY: usize = 16 * 1024;
 
-/// What the filter verifies and signs with: the same secrets ext-authz uses.
-#[derive(Clone)]
-pub struct EdgeMaterial {
-    pub issuer: String,
-    pub jwt_secret: Secret,
-    pub jwt_secret_previous: Option<Secret>,
-    pub service_secret: Secret,
-    pub trusted_proxy_hops: usize,
-    /// QUOTAS_ENABLED: the filter counts quotas only where ext-authz does.
-    pub quotas: bool,
-    /// POLICY_TABLE's text: a route without a declared policy (meshes) gets
-    /// the table's, in the filter as in the Check.
-    pub policy_table: Option<String>,
-}
+pub use crate::material::EdgeMaterial;
 
 /// Credential changes in the order this process received them.
 pub struct EdgeFeed {

@@ -12,6 +12,7 @@ pub mod decision;
 pub mod edge;
 pub mod failures;
 pub mod incoming;
+pub mod material;
 pub mod metrics;
 mod policies;
 mod quota;
