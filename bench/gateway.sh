@@ -13,6 +13,9 @@
 #       route: the filter decides, ext_authz is skipped (warm)
 #   g   the same Envoy as (f), API-key route: the filter decides (the key's
 #       hash looked up once, its tenant's IP whitelist), ext_authz is skipped (warm)
+#   e'  (e) with OPTIONS requests (no Origin: not a preflight, the Check allows)
+#   h   (g) with OPTIONS requests, which the filter leaves to ext_authz: the
+#       miss path (what a request the filter cannot decide costs), against (e')
 # ext-authz runs with QUOTAS_ENABLED=false: one bench user would otherwise
 # be held to the per-user quota (50/s), and the fast path counts only where
 # ext-authz does.
@@ -81,6 +84,8 @@ for round in $(seq "$ROUNDS"); do
   run e d /bench/key "x-api-key: $API_KEY" "$AUTHZ" >> "$RESULTS"
   run f f /bench/jwt "authorization: Bearer $TOKEN" "$AUTHZ" >> "$RESULTS"
   run g f /bench/key "x-api-key: $API_KEY" "$AUTHZ" >> "$RESULTS"
+  METHOD=OPTIONS run e2 d /bench/key "x-api-key: $API_KEY" "$AUTHZ" >> "$RESULTS"
+  METHOD=OPTIONS run h f /bench/key "x-api-key: $API_KEY" "$AUTHZ" >> "$RESULTS"
 done
 
 python3 - "$RESULTS" "$TICK" "$CONNECTIONS" "$DURATION" <<'PY'
@@ -94,15 +99,16 @@ med = lambda k, i: statistics.median(float(r[i]) for r in by[k])
 names = {"a": "Envoy, no auth", "b": "Envoy jwt_authn (HS256, local JWKS)", "c": "Envoy + do-nothing ext_authz",
          "c2": "Envoy + do-nothing ext_authz returning (d)'s header mutations",
          "d": "Envoy + caas ext-authz, JWT route", "e": "Envoy + caas ext-authz, API-key route",
-         "f": "fast path (edge-wasm) + caas ext-authz, JWT route", "g": "fast path (edge-wasm) + caas ext-authz, API-key route"}
+         "f": "fast path (edge-wasm) + caas ext-authz, JWT route", "g": "fast path (edge-wasm) + caas ext-authz, API-key route",
+         "e2": "(e) with OPTIONS requests", "h": "(g) with OPTIONS requests: the filter forwards (miss path)"}
 print(f"wrk -t1 -c{sys.argv[3]} -d{sys.argv[4]}, Envoy --concurrency 1, median of {len(by['a'])} interleaved rounds\n")
 print("| variant | req/s | vs (a) | vs (c) | vs (c') | p99 | non-2xx | authz server CPU µs/check | Envoy CPU µs/req |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 cpu = lambda k: med(k, 5) / tick / med(k, 2) * 1e6
-for k in ["a", "b", "c", "c2", "d", "e", "f", "g"]:
+for k in ["a", "b", "c", "c2", "d", "e", "f", "g", "e2", "h"]:
     rps = med(k, 1)
     authz = "—" if k in "ab" else f"{cpu(k):.1f}"
-    label = "c'" if k == "c2" else k
+    label = {"c2": "c'", "e2": "e'"}.get(k, k)
     print(f"| ({label}) {names[k]} | {rps:,.0f} | {rps / med('a', 1):.2f} | {rps / med('c', 1):.2f} | {rps / med('c2', 1):.2f} | {by[k][0][3]} | {int(med(k, 4))} | {authz} | {med(k, 6) / tick / med(k, 2) * 1e6:.1f} |")
 for k in "defg":
     reqs = sum(float(r[2]) for r in by[k])
@@ -112,6 +118,7 @@ for k in "defg":
     print(f"\n({k}) cache hit rate {rate:.4%}; database reads {reads} over {reqs:,.0f} authorized requests ({reads / reqs * 1000:.3f} per 1,000)")
 print(f"\nfast path, JWT route: {med('f', 1) / med('a', 1):.2f}x of no auth, {med('f', 1) / med('d', 1):.2f}x of caas ext-authz (d)")
 print(f"fast path, API-key route: {med('g', 1) / med('a', 1):.2f}x of no auth, {med('g', 1) / med('e', 1):.2f}x of caas ext-authz (e)")
+print(f"fast path, miss path (h): {med('h', 1) / med('e2', 1):.2f}x of caas ext-authz with the same requests (e')")
 ours = (cpu("d") + cpu("e")) / 2
 print(f"\next-authz CPU per check / do-nothing server's: {ours / cpu('c'):.2f} vs (c), {ours / cpu('c2'):.2f} vs (c') (d and e averaged)")
 PY
