@@ -12,13 +12,11 @@ use std::collections::HashMap;
 use caas_rules::whitelist::IpWhitelist;
 use serde::Deserialize;
 
-use crate::lists::{Changed, ListMiss, TenantLists, WhitelistAnswer};
+use crate::lists::{Changes, ListMiss, TenantLists, WhitelistAnswer, ask_once};
 
 /// Keys (by hash) held; past it the table is emptied (each miss goes to
 /// ext_authz and is looked up again).
 pub const MAX_KEYS: usize = 100_000;
-/// Key changes remembered; past it every key is dropped.
-pub const MAX_CHANGED: usize = 100_000;
 /// Key lookups waiting to be sent; more are dropped (their requests still
 /// go to ext_authz, and the next one asks again).
 pub const MAX_PENDING: usize = 256;
@@ -70,7 +68,7 @@ pub struct ApiKeys {
     /// By hash; `None`: no such key.
     records: HashMap<String, Option<KeyRecord>>,
     ip_lists: TenantLists<IpWhitelist>,
-    keys_changed: HashMap<String, Changed>,
+    keys_changed: Changes,
     pending: Vec<String>,
 }
 
@@ -82,10 +80,9 @@ impl ApiKeys {
     /// A key was created, demoted or revoked (`ApiKeyChanged`).
     pub fn key_changed(&mut self, hash: String, cursor: u64, now_ms: u64) {
         self.records.remove(&hash);
-        if self.keys_changed.len() >= MAX_CHANGED {
-            self.clear();
+        if !self.keys_changed.record(hash, cursor, now_ms) {
+            self.records.clear();
         }
-        self.keys_changed.insert(hash, Changed { cursor, at_ms: now_ms });
     }
 
     /// A tenant's IP whitelist changed (`IpWhitelistChanged`).
@@ -100,7 +97,7 @@ impl ApiKeys {
             return;
         }
         for key in answer.keys {
-            if key.pending || Changed::stale(self.keys_changed.get(&key.hash), answer.cursor, now_ms) {
+            if key.pending || self.keys_changed.stale(&key.hash, answer.cursor, now_ms) {
                 continue;
             }
             if let (Some(record), Some(list)) = (&key.key, key.ip_whitelist) {
@@ -117,7 +114,7 @@ impl ApiKeys {
     /// enforced), if both are known and neither changed within `HOLD_MS`.
     /// What is not known is asked for at the next tick.
     pub fn lookup(&mut self, hash: &str, now_ms: u64) -> Result<(&KeyRecord, Option<&IpWhitelist>), KeyMiss> {
-        if Changed::holds(self.keys_changed.get(hash), now_ms) {
+        if self.keys_changed.holds(hash, now_ms) {
             return Err(KeyMiss::Unknown);
         }
         // One lookup per table (the fields are borrowed apart).
@@ -144,10 +141,8 @@ impl ApiKeys {
     }
 }
 
-/// Asks for `hash` at the next tick (once); says it is not known yet.
+/// Asks for `hash` at the next tick; says it is not known yet.
 fn want(pending: &mut Vec<String>, hash: &str) -> KeyMiss {
-    if pending.len() < MAX_PENDING && !pending.iter().any(|p| p == hash) {
-        pending.push(hash.to_string());
-    }
+    ask_once(pending, hash, MAX_PENDING);
     KeyMiss::Unknown
 }

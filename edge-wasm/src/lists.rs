@@ -13,8 +13,10 @@ use serde::Deserialize;
 
 /// After a change, how long (ms) what it concerns is left to ext_authz.
 pub const HOLD_MS: u64 = 2_000;
-/// Lists held, and changes remembered; past either, all are dropped.
+/// Lists held; past it, all are dropped.
 pub const MAX_TENANTS: usize = 100_000;
+/// Changes remembered; past it, they are forgotten with what they protect.
+pub const MAX_CHANGES: usize = 100_000;
 
 /// A whitelist in a lookup answer.
 #[derive(Debug, Deserialize)]
@@ -27,22 +29,50 @@ pub struct WhitelistAnswer {
 
 /// What a change is remembered by: the feed's cursor and when it was heard.
 #[derive(Debug, Clone, Copy)]
-pub struct Changed {
-    pub cursor: u64,
-    pub at_ms: u64,
+struct Changed {
+    cursor: u64,
+    at_ms: u64,
 }
 
-impl Changed {
-    /// Whether what it concerns is still left to ext_authz at `now_ms`.
-    pub fn holds(changed: Option<&Changed>, now_ms: u64) -> bool {
-        changed.is_some_and(|c| now_ms.saturating_sub(c.at_ms) < HOLD_MS)
+/// The changes heard of, by what they concern (a key's hash, a tenant).
+#[derive(Default)]
+pub struct Changes(HashMap<String, Changed>);
+
+impl Changes {
+    /// Remembers a change; `false` when too many were remembered and all
+    /// were forgotten: the caller then drops everything they protected.
+    pub fn record(&mut self, id: String, cursor: u64, now_ms: u64) -> bool {
+        let kept = self.0.len() < MAX_CHANGES;
+        if !kept {
+            self.0.clear();
+        }
+        self.0.insert(id, Changed { cursor, at_ms: now_ms });
+        kept
     }
 
-    /// Whether an answer read at `cursor` and arriving at `now_ms` may
-    /// predate it: read before it, or answered while ext-authz's caches may
-    /// not have heard of it yet (within the hold).
-    pub fn stale(changed: Option<&Changed>, cursor: u64, now_ms: u64) -> bool {
-        changed.is_some_and(|c| cursor < c.cursor) || Changed::holds(changed, now_ms)
+    /// Whether what `id` concerns is still left to ext_authz at `now_ms`.
+    pub fn holds(&self, id: &str, now_ms: u64) -> bool {
+        self.0.get(id).is_some_and(|c| now_ms.saturating_sub(c.at_ms) < HOLD_MS)
+    }
+
+    /// Whether an answer about `id` read at `cursor` and arriving at
+    /// `now_ms` may predate its change: read before it, or answered while
+    /// ext-authz's caches may not have heard of it yet (within the hold).
+    pub fn stale(&self, id: &str, cursor: u64, now_ms: u64) -> bool {
+        self.0.get(id).is_some_and(|c| cursor < c.cursor) || self.holds(id, now_ms)
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Asks for `id` at the next tick: at most once, and while fewer than `max`
+/// are waiting (more are dropped; their requests still go to ext_authz, and
+/// the next one asks again).
+pub fn ask_once(pending: &mut Vec<String>, id: &str, max: usize) {
+    if pending.len() < max && !pending.iter().any(|p| p == id) {
+        pending.push(id.to_string());
     }
 }
 
@@ -58,12 +88,12 @@ pub enum ListMiss {
 /// By tenant: `Some(list)` enforced, `None` not enforced.
 pub struct TenantLists<T> {
     lists: HashMap<String, Option<T>>,
-    changed: HashMap<String, Changed>,
+    changed: Changes,
 }
 
 impl<T> Default for TenantLists<T> {
     fn default() -> Self {
-        Self { lists: HashMap::new(), changed: HashMap::new() }
+        Self { lists: HashMap::new(), changed: Changes::default() }
     }
 }
 
@@ -76,10 +106,9 @@ impl<T> TenantLists<T> {
     /// The tenant's list changed (the feed's `…_whitelist_changed`).
     pub fn changed(&mut self, tenant_id: String, cursor: u64, now_ms: u64) {
         self.lists.remove(&tenant_id);
-        if self.changed.len() >= MAX_TENANTS {
-            self.clear();
+        if !self.changed.record(tenant_id, cursor, now_ms) {
+            self.lists.clear();
         }
-        self.changed.insert(tenant_id, Changed { cursor, at_ms: now_ms });
     }
 
     /// Takes a lookup's list read at `cursor`, parsed by `parse`, arriving
@@ -93,7 +122,7 @@ impl<T> TenantLists<T> {
         answer: WhitelistAnswer,
         parse: impl FnOnce(&[String]) -> Result<T, E>,
     ) {
-        if Changed::stale(self.changed.get(tenant_id), cursor, now_ms) {
+        if self.changed.stale(tenant_id, cursor, now_ms) {
             return;
         }
         let list = match answer.enforced {
@@ -111,7 +140,7 @@ impl<T> TenantLists<T> {
 
     /// The tenant's list (`Ok(None)`: not enforced).
     pub fn get(&self, tenant_id: &str, now_ms: u64) -> Result<Option<&T>, ListMiss> {
-        if Changed::holds(self.changed.get(tenant_id), now_ms) {
+        if self.changed.holds(tenant_id, now_ms) {
             return Err(ListMiss::Held);
         }
         self.lists.get(tenant_id).map(Option::as_ref).ok_or(ListMiss::Unknown)

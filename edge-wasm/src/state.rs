@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use crate::api_keys::{ApiKeys, KeysAnswer};
 use crate::lease::Leases;
-use crate::lists::{ListMiss, TenantLists, WhitelistAnswer};
+use crate::lists::{ListMiss, TenantLists, WhitelistAnswer, ask_once};
 
 /// Past this since the last confirmed poll was sent, the filter decides
 /// nothing (milliseconds).
@@ -312,9 +312,7 @@ impl State {
 
     /// Asks for `id` at the next tick.
     pub fn want(&mut self, id: &str) {
-        if self.pending.len() < MAX_PENDING && !self.pending.iter().any(|p| p == id) {
-            self.pending.push(id.to_string());
-        }
+        ask_once(&mut self.pending, id, MAX_PENDING);
     }
 
     pub fn take_pending(&mut self) -> Vec<String> {

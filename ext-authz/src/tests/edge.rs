@@ -227,6 +227,13 @@ where
     (status, serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default())
 }
 
+/// A 400 whose message names the problem (`says`).
+fn assert_bad_request((status, answer): (u16, serde_json::Value), body: &str, says: &str) {
+    assert_eq!(status, 400, "{body}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(says), "{body}: {message}");
+}
+
 #[tokio::test]
 async fn the_keys_endpoint_answers_by_hash_from_the_cache_only_and_serves_the_gateway_only() {
     let f = fixture().await;
@@ -267,10 +274,7 @@ async fn the_keys_endpoint_answers_by_hash_from_the_cache_only_and_serves_the_ga
         (r#"{"hashes":[""]}"#.to_string(), "letters and digits"),
         (serde_json::json!({ "hashes": many }).to_string(), "at most 32"),
     ] {
-        let (status, answer) = call(gateway.clone(), body.clone()).await;
-        assert_eq!(status, 400, "{body}");
-        let message = answer["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains(says), "{body}: {message}");
+        assert_bad_request(call(gateway.clone(), body.clone()).await, &body, says);
     }
 }
 
@@ -328,10 +332,7 @@ async fn the_lease_endpoint_serves_the_gateway_only_and_refuses_what_it_cannot_r
         (serde_json::json!({ "used": vec!["key_1"; 257] }).to_string(), "at most 256"),
         (r#"{"used":[""]}"#.to_string(), "1 to 256 bytes"),
     ] {
-        let (status, answer) = call(gateway.clone(), body.clone()).await;
-        assert_eq!(status, 400, "{body}");
-        let message = answer["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains(says), "{body}: {message}");
+        assert_bad_request(call(gateway.clone(), body.clone()).await, &body, says);
     }
 }
 
