@@ -27,6 +27,12 @@ pub enum BusMessage {
     /// Events may have been missed (the shared bus reconnected, or this
     /// subscriber lagged): drop every cached credential decision.
     Resync,
+    /// The shared bus lost its subscription: events from other processes
+    /// stop arriving until it is back (and a `Resync` follows). Sent once,
+    /// when `is_connected` turns false, so that a subscriber which tells
+    /// others what it knows (ext-authz's feed, ext-authz/src/edge.rs) can
+    /// say at once that it no longer knows.
+    Disconnected,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +241,7 @@ async fn subscribe_loop(client: redis::Client, deliveries: Deliveries, node: Str
             }
         }
         if connected.swap(false, Ordering::SeqCst) {
+            let _ = deliveries.tx.send(BusMessage::Disconnected);
             backoff = Duration::from_millis(100);
         }
         tokio::time::sleep(backoff).await;

@@ -424,6 +424,8 @@ impl Validator {
     /// Applies one bus message to the caches.
     pub fn apply(&self, message: &BusMessage) {
         match message {
+            // `is_connected` is false from now on: no cached entry is fresh.
+            BusMessage::Disconnected => {}
             BusMessage::Resync => {
                 self.keys.mark_all_stale();
                 self.sessions.mark_all_stale();

@@ -21,6 +21,10 @@ use crate::state::State;
 const MARK: &str = "caas_edge";
 const MARK_VALUE: &[u8] = b"allow";
 const TICK: Duration = Duration::from_millis(100);
+/// How long ext-authz may hold a poll with nothing new (ms): it answers the
+/// moment there is (ext-authz/src/edge.rs), and the filter polls again at
+/// once, so a revocation arrives about as soon as ext-authz hears of it.
+const WAIT_MS: u64 = 100;
 /// A poll or lookup not answered within this is given up (Envoy's callout timeout).
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 /// Lookups in flight at once, per worker.
@@ -133,7 +137,15 @@ impl Context for Root {
             && poll == token
         {
             self.poll = None;
+            let asked = self.state.borrow().poll_query();
             let answered = ok && self.state.borrow_mut().apply_changes(&body, sent).is_ok();
+            // Again at once after news, or after an answer that was held
+            // (a feed that answers at once, an older ext-authz or one that
+            // fails, is asked again only at the next tick).
+            let now_ms = now().as_millis() as u64;
+            if answered && (self.state.borrow().poll_query() != asked || now_ms.saturating_sub(sent) >= WAIT_MS / 2) {
+                self.send_poll(now_ms);
+            }
             // Once per change, not per poll.
             if answered != self.answering {
                 self.answering = answered;
@@ -198,6 +210,18 @@ impl Root {
         .ok()
     }
 
+    /// Asks the feed for what changed (one poll in flight).
+    fn send_poll(&mut self, now_ms: u64) {
+        let Some(config) = &self.config else { return };
+        if self.poll.is_some() {
+            return;
+        }
+        let query = self.state.borrow().poll_query();
+        if let Some(token) = self.call(config, &format!("/edge/v1/changes?{query}&wait={WAIT_MS}")) {
+            self.poll = Some((token, now_ms));
+        }
+    }
+
     /// Asks ext-authz for the leases the state wants (one call in flight).
     fn ask_leases(&mut self, config: &Config, now_ms: u64) {
         if self.leasing.is_some() {
@@ -244,12 +268,7 @@ impl RootContext for Root {
             let _ = hostcalls::record_metric(metrics.current, u64::from(state.current(now_ms)));
             metrics.flush();
         }
-        if self.poll.is_none() {
-            let query = self.state.borrow().poll_query();
-            if let Some(token) = self.call(&config, &format!("/edge/v1/changes?{query}")) {
-                self.poll = Some((token, now_ms));
-            }
-        }
+        self.send_poll(now_ms);
         self.ask_leases(&config, now_ms);
         self.look_keys_up(&config);
         let pending = self.state.borrow_mut().take_pending();

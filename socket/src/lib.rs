@@ -241,6 +241,8 @@ fn spawn_fanout(state: SocketState) -> tokio::task::JoinHandle<()> {
                     }
                     _ => {}
                 },
+                // A `Resync` follows the reconnection.
+                BusMessage::Disconnected => {}
                 // Revocations may have been missed: ask the database.
                 BusMessage::Resync => {
                     tokio::spawn(recheck_sessions(state.clone()));

@@ -202,7 +202,14 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
 
 /// A feed over `authorizer` whose gateway token the returned headers carry.
 fn gateway_feed(authorizer: &Arc<Authorizer>) -> (Arc<crate::edge::EdgeFeed>, axum::http::HeaderMap) {
-    let bus: Arc<dyn caas_core::bus::EventBus> = Arc::new(LocalBus::new());
+    gateway_feed_on(authorizer, Arc::new(LocalBus::new()))
+}
+
+/// The same, following `bus`.
+fn gateway_feed_on(
+    authorizer: &Arc<Authorizer>,
+    bus: Arc<dyn caas_core::bus::EventBus>,
+) -> (Arc<crate::edge::EdgeFeed>, axum::http::HeaderMap) {
     let token = Secret::new("edge-token-edge-token-edge-token-01");
     let feed = crate::edge::EdgeFeed::start(material(true, None), Some(token.clone()), authorizer.clone(), &bus, None);
     let mut gateway = axum::http::HeaderMap::new();
@@ -489,4 +496,118 @@ async fn with_its_bus_down_ext_authz_tells_the_filter_it_is_not_current() {
     let mut state = State::default();
     state.apply_changes(feed.changes_since(None, 0).to_string().as_bytes(), unix_now() as u64 * 1000).unwrap();
     assert!(!state.current(unix_now() as u64 * 1000));
+}
+
+/// One `GET /edge/v1/changes` from the gateway: its answer, and how long it
+/// took to come.
+async fn poll(
+    feed: &Arc<crate::edge::EdgeFeed>,
+    gateway: &axum::http::HeaderMap,
+    query: &str,
+) -> (serde_json::Value, Duration) {
+    let started = std::time::Instant::now();
+    let query = axum::extract::Query::try_from_uri(&format!("/edge/v1/changes?{query}").parse().unwrap()).unwrap();
+    let response = crate::edge::changes(axum::extract::State(feed.clone()), gateway.clone(), query).await;
+    assert_eq!(response.status(), 200);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    (serde_json::from_slice(&bytes).unwrap(), started.elapsed())
+}
+
+#[tokio::test]
+async fn a_held_poll_is_answered_the_moment_a_revocation_arrives() {
+    let f = fixture().await;
+    let authorizer = Arc::new(f.authorizer);
+    let bus = Arc::new(LocalBus::new());
+    let (feed, gateway) = gateway_feed_on(&authorizer, bus.clone());
+    let (first, _) = poll(&feed, &gateway, "since=0").await;
+    let position = format!("epoch={}&since={}", first["epoch"].as_str().unwrap(), first["cursor"]);
+    // Nothing new: held for the whole wait, then answered as current.
+    let (quiet, took) = poll(&feed, &gateway, &format!("{position}&wait=200")).await;
+    assert!(took >= Duration::from_millis(200), "answered after {took:?}");
+    assert_eq!((quiet["resync"].clone(), quiet["changes"].clone()), (serde_json::json!(false), serde_json::json!([])));
+    // Without `wait`, at once (an older filter's poll).
+    let (_, took) = poll(&feed, &gateway, &position).await;
+    assert!(took < Duration::from_millis(1_000), "{took:?}");
+    // A logout during the wait ends it with the revocation, not a poll later.
+    let publisher = bus.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        caas_core::bus::EventBus::publish(publisher.as_ref(), caas_core::events::Event::session_revoked("t1", "ses_1"))
+            .await
+            .unwrap();
+    });
+    let (news, took) = poll(&feed, &gateway, &format!("{position}&wait=5000")).await;
+    assert_eq!(news["changes"][0]["session_id"], "ses_1", "{news}");
+    assert!(took < Duration::from_millis(2_500), "the revocation waited {took:?} for the end of the hold");
+    // With news already there, and with a wait past the bound: at once.
+    let (again, took) = poll(&feed, &gateway, &format!("{position}&wait=99999999")).await;
+    assert_eq!(again["changes"].as_array().map(Vec::len), Some(1));
+    assert!(took < Duration::from_millis(1_000), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_held_poll_is_answered_not_current_the_moment_the_bus_drops() {
+    let Some(redis_url) = caas_core::testing::redis_url().await else { return };
+    // Redis behind a proxy this test can cut, as a network failure would.
+    let target = redis_address(&redis_url);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let links: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+    let accepting = {
+        let links = links.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                links.lock().unwrap().push(link.abort_handle());
+            }
+        })
+    };
+    let bus = caas_core::bus::RedisBus::start(&format!("redis://{proxy}")).unwrap();
+    assert!(bus.wait_connected(Duration::from_secs(5)).await, "the bus did not connect through the proxy");
+    let f = fixture().await;
+    let authorizer = Arc::new(f.authorizer);
+    let (feed, gateway) = gateway_feed_on(&authorizer, Arc::new(bus));
+    let (first, _) = poll(&feed, &gateway, "since=0").await;
+    assert_eq!(first["current"], true);
+    let epoch = first["epoch"].as_str().unwrap().to_string();
+    let cut = Arc::new(std::sync::OnceLock::new());
+    {
+        let cut = cut.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            accepting.abort();
+            for link in links.lock().unwrap().drain(..) {
+                link.abort();
+            }
+            let _ = cut.set(std::time::Instant::now());
+        });
+    }
+    // Other tests' changes on the shared Redis may end a hold first: poll
+    // on, as the filter does, until the answer says not current.
+    let mut since = first["cursor"].clone();
+    loop {
+        let (answer, _) = poll(&feed, &gateway, &format!("epoch={epoch}&since={since}&wait=5000")).await;
+        if answer["current"] == false {
+            let heard = cut.get().expect("not current before the cut").elapsed();
+            assert!(
+                heard < Duration::from_millis(2_500),
+                "the filter heard of it only at the end of the hold: {heard:?}"
+            );
+            break;
+        }
+        since = answer["cursor"].clone();
+    }
+}
+
+/// Where a `redis://host:port/…` URL points.
+fn redis_address(url: &str) -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs as _;
+    let rest = url.split("://").nth(1).unwrap();
+    let authority = rest.split('/').next().unwrap();
+    let host_port = authority.rsplit('@').next().unwrap();
+    host_port.to_socket_addrs().unwrap().next().unwrap()
 }
