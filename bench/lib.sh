@@ -53,6 +53,7 @@ edge_filter() {
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: '{"cluster":"authz_ops","token":"$2"}'
                 vm_config: { vm_id: caas_edge, runtime: envoy.wasm.runtime.v8, code: { local: { filename: "$1" } } }
+                failure_policy: FAIL_OPEN
 YAML
 }
 

@@ -84,7 +84,8 @@ pub enum Miss {
     /// Not an end-user route (or the route declares no policy).
     Policy,
     /// Not a request the filter judges: OPTIONS (preflights), upgrade,
-    /// credential in the query, path not canonical, no client address.
+    /// credential in the query, path not canonical, no client address, a
+    /// header value that is not UTF-8.
     Unusual,
     /// Token or session would be refused: ext-authz answers it.
     Refused,

@@ -315,7 +315,17 @@ impl HttpContext for Edge {
 
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let now = now();
-        let headers: Headers = self.get_http_request_headers().into_iter().collect();
+        // As bytes: a value that is not UTF-8 (HTTP allows any byte from
+        // 0x80 up) would make the SDK's text reader panic, and a panic stops
+        // the module on this worker. Such a request is ext_authz's.
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for (name, value) in self.get_http_request_headers_bytes() {
+            match String::from_utf8(value) {
+                Ok(value) => pairs.push((name, value)),
+                Err(_) => return self.forward(Miss::Unusual),
+            }
+        }
+        let headers: Headers = pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         let policy = self
             .get_property(vec!["xds", "route_metadata", "filter_metadata", "caas", "policy"])
             .and_then(|p| String::from_utf8(p).ok());

@@ -307,6 +307,44 @@ async fn nothing_a_client_sends_skips_ext_authz() {
 }
 
 #[tokio::test]
+async fn a_header_value_that_is_not_utf8_goes_to_ext_authz_and_the_filter_keeps_deciding() {
+    let Some(cluster) = cluster_modes(&[true], &ECHO_CHAT).await else { return };
+    let node = cluster.node();
+    if !node.stack.fast_path {
+        return;
+    }
+    let tenant = onboard(node, "edge-bytes").await;
+    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
+    let session = sdk_session(node, &tenant, "user-1").await;
+    let token = session["access_token"].as_str().unwrap().to_string();
+    until_current(node, &token).await;
+    let http = client();
+    // HTTP lets a header value carry any byte from 0x80 up (Latin-1 text, or
+    // an attacker's): once, this stopped the module on its worker and every
+    // later request there was answered 503.
+    let latin1 = reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap();
+    let unusual = stat(node, "caas_edge.forwarded.unusual").await;
+    for _ in 0..5 {
+        let r = send(http.get(node.url("/v1/messages")).bearer_auth(&token).header("x-note", latin1.clone())).await;
+        assert_eq!(r.status, 200, "ext_authz decides it as any other: {r:?}");
+        assert_eq!(r.verified_context().session_id, session["session_id"].as_str().unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(
+        stat(node, "caas_edge.forwarded.unusual").await >= unusual + 5,
+        "the filter did not leave them to ext_authz"
+    );
+    // And the filter still runs, and decides.
+    let before = allowed_by_filter(node).await;
+    for _ in 0..5 {
+        let r = send(http.get(node.url("/v1/messages")).bearer_auth(&token)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert!(allowed_by_filter(node).await > before, "the filter stopped deciding after a header it could not read");
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
 async fn through_the_fast_path_a_quota_admits_what_it_admits_without_it() {
     let Some(cluster) = cluster_modes(&[true, false], &ECHO_CHAT).await else { return };
     let (fast, slow) = (&cluster.nodes[0], &cluster.nodes[1]);
