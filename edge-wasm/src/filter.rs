@@ -348,12 +348,19 @@ impl HttpContext for Edge {
             log::error!("caas_edge: cannot set filter state; leaving the request to ext_authz");
             return self.forward(Miss::Unusual);
         }
-        for (name, value) in &allow.set {
-            self.set_http_request_header(name, Some(value));
+        // One host call for every change, not one per header (each is a
+        // trip through V8, and each clears Envoy's route cache): the
+        // request's headers as they came, each repeated value kept, less
+        // what is removed or replaced, plus what is set.
+        let mut rewritten: Vec<(&str, &str)> = Vec::with_capacity(pairs.len() + allow.set.len());
+        for (name, value) in &pairs {
+            let replaced = allow.set.iter().any(|(set, _)| set == name);
+            if !replaced && !allow.remove.iter().any(|removed| removed == name) {
+                rewritten.push((name, value));
+            }
         }
-        for name in &allow.remove {
-            self.set_http_request_header(name, None);
-        }
+        rewritten.extend(allow.set.iter().map(|(name, value)| (*name, value.as_str())));
+        self.set_http_request_headers(rewritten);
         self.response = allow.response;
         if let Some(metrics) = &self.metrics {
             metrics.allowed();
