@@ -130,6 +130,15 @@ impl ApiKeys {
         }
     }
 
+    /// Whether `tenant_id`'s IP whitelist, as `lookup` just found it,
+    /// admits `ip` (no list: every address); a list not held admits none.
+    pub fn admits(&self, tenant_id: &str, ip: std::net::IpAddr, now_ms: u64) -> bool {
+        match self.ip_lists.get(tenant_id, now_ms) {
+            Ok(list) => list.is_none_or(|list| list.contains(ip)),
+            Err(_) => false,
+        }
+    }
+
     /// The body of the next `POST /edge/v1/keys`, if any key is wanted.
     pub fn lookups(&mut self) -> Option<Vec<u8>> {
         if self.pending.is_empty() {

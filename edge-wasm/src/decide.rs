@@ -66,8 +66,10 @@ pub struct Request<'a> {
     /// The route's policy (route metadata `caas.policy`).
     pub policy: Option<&'a str>,
     pub headers: &'a Headers,
-    /// The TCP peer.
-    pub peer: Option<IpAddr>,
+    /// The TCP peer, asked for only when a decision needs it (in Envoy
+    /// each read is a property lookup through V8, which a request the
+    /// filter leaves to ext_authz anyway should not pay).
+    pub peer: &'a dyn Fn() -> Option<IpAddr>,
 }
 
 impl<'a> Request<'a> {
@@ -156,9 +158,7 @@ pub fn decide(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Ve
 }
 
 fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<Allow, Miss> {
-    if !state.current(now_ms) {
-        return Err(Miss::NotCurrent);
-    }
+    screen(state, req.method, req.path, req.headers, now_ms)?;
     let Some(keys) = state.keys.as_ref() else { return Err(Miss::NotCurrent) };
     // ext-authz check.rs `policy_of`: the route's, else the table's by path.
     let policy = match req.policy {
@@ -166,28 +166,14 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
         None => keys.policy_table.as_ref().and_then(|table| table.lookup(req.path)),
     };
     let policy = policy.filter(|p| matches!(p, Policy::EndUser | Policy::ApiKey)).ok_or(Miss::Policy)?;
-    // ext-authz's order (check.rs `decide`): path, preflight, query, address.
-    // Every OPTIONS is left to it (a preflight is answered there), and so is
-    // an upgrade (a socket's context carries its token's expiry).
-    if !policy::canonical(request::path_only(req.path))
-        || req.method == "OPTIONS"
-        || req.header("upgrade").is_some()
-        || request::credential_in_query(req.path)
-    {
-        return Err(Miss::Unusual);
-    }
-    let peer = req.peer.ok_or(Miss::Unusual)?;
     // Envoy's id (ext-authz incoming.rs takes it when it is this well-formed).
     let request_id = req.header(REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 128).ok_or(Miss::Unusual)?;
-    // An address that cannot be told is refused (ext-authz: `client_ip_unknown`).
-    let client_ip = caas_rules::net::client_ip(peer, req.header("x-forwarded-for"), keys.trusted_proxy_hops)
-        .ok_or(Miss::Unusual)?;
-    // ext-authz refuses such an address before any credential (429 too_many_failures).
-    if state.address_refused(client_ip) {
-        return Err(Miss::Address);
-    }
+    // The checks run in ext-authz's order where it matters to what is
+    // allowed; the filter never refuses, so which failure comes first only
+    // names the metric. The client's address is told last, before a lease
+    // is spent (`client`).
     let (ctx, cors_origin) = match policy {
-        Policy::ApiKey => (with_api_key(state, req, client_ip, now, now_ms)?, None),
+        Policy::ApiKey => (with_api_key(state, req, now, now_ms)?, None),
         _ => as_end_user(state, req, now, now_ms)?,
     };
     let ctx = RequestContext { request_id: request_id.to_string(), ..ctx };
@@ -199,6 +185,40 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
         None => Vec::new(),
     };
     Ok(Allow { set, remove, response, tenant_id: ctx.tenant_id })
+}
+
+/// What the filter can tell from the headers alone, before it reads any
+/// property: whether it may decide at all (`current`), and ext-authz's
+/// requests it never judges (check.rs `decide`: path, preflight, query).
+/// Every OPTIONS is left to ext-authz (a preflight is answered there), and
+/// so is an upgrade (a socket's context carries its token's expiry).
+pub fn screen(state: &State, method: &str, path: &str, headers: &Headers, now_ms: u64) -> Result<(), Miss> {
+    if !state.current(now_ms) {
+        return Err(Miss::NotCurrent);
+    }
+    if !policy::canonical(request::path_only(path))
+        || method == "OPTIONS"
+        || headers.contains("upgrade")
+        || request::credential_in_query(path)
+    {
+        return Err(Miss::Unusual);
+    }
+    Ok(())
+}
+
+/// The client's address as ext-authz tells it (`TRUSTED_PROXY_HOPS`), and
+/// not one ext-authz refuses for failed credentials (its 429
+/// `too_many_failures`, which it answers before any credential).
+fn client(state: &State, req: &Request<'_>) -> Result<IpAddr, Miss> {
+    let keys = state.keys.as_ref().ok_or(Miss::NotCurrent)?;
+    let peer = (req.peer)().ok_or(Miss::Unusual)?;
+    // An address that cannot be told is refused (ext-authz: `client_ip_unknown`).
+    let ip = caas_rules::net::client_ip(peer, req.header("x-forwarded-for"), keys.trusted_proxy_hops)
+        .ok_or(Miss::Unusual)?;
+    if state.address_refused(ip) {
+        return Err(Miss::Address);
+    }
+    Ok(ip)
 }
 
 /// ext-authz policies.rs `end_user`, for a token in `authorization`: the
@@ -231,6 +251,7 @@ fn as_end_user<'r>(
             }
         }
     }
+    client(state, req)?;
     // Last: a request is counted only once it would be allowed (ext-authz
     // check.rs counts after the grant, in the user's and the tenant's bucket).
     if quotas_on(state) && !state.leases.spend(Kind::User, &claims.tid, &claims.sub, now_ms) {
@@ -272,26 +293,23 @@ fn check_session(state: &mut State, claims: &caas_rules::jwt::Claims, audience: 
 /// ext-authz policies.rs `api_key` (core validate.rs `validate_api_key`):
 /// the key by its hash, revoked, expired, then the address against the
 /// tenant's IP whitelist.
-fn with_api_key(
-    state: &mut State,
-    req: &Request<'_>,
-    client_ip: IpAddr,
-    now: i64,
-    now_ms: u64,
-) -> Result<RequestContext, Miss> {
+fn with_api_key(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<RequestContext, Miss> {
     let presented = req.header(API_KEY).ok_or(Miss::Refused)?;
     let hash = api_key::parse(presented).map_err(|_| Miss::Refused)?;
-    let (record, ip_list) = state.api_keys.lookup(&hash, now_ms).map_err(|miss| match miss {
-        KeyMiss::Unknown => Miss::UnknownKey,
-        KeyMiss::Refused => Miss::Refused,
-    })?;
-    if record.revoked || record.expires_at.is_some_and(|at| at <= now) {
+    let (tenant_id, key_id) = {
+        let (record, _) = state.api_keys.lookup(&hash, now_ms).map_err(|miss| match miss {
+            KeyMiss::Unknown => Miss::UnknownKey,
+            KeyMiss::Refused => Miss::Refused,
+        })?;
+        if record.revoked || record.expires_at.is_some_and(|at| at <= now) {
+            return Err(Miss::Refused);
+        }
+        (record.tenant_id.clone(), record.key_id.clone())
+    };
+    let client_ip = client(state, req)?;
+    if !state.api_keys.admits(&tenant_id, client_ip, now_ms) {
         return Err(Miss::Refused);
     }
-    if ip_list.is_some_and(|list| !list.contains(client_ip)) {
-        return Err(Miss::Refused);
-    }
-    let (tenant_id, key_id) = (record.tenant_id.clone(), record.key_id.clone());
     if quotas_on(state) && !state.leases.spend(Kind::Key, &tenant_id, &key_id, now_ms) {
         return Err(Miss::Quota);
     }

@@ -326,17 +326,22 @@ impl HttpContext for Edge {
             }
         }
         let headers: Headers = pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let method = headers.get(":method").unwrap_or_default();
+        let path = headers.get(":path").unwrap_or_default();
+        // What the headers alone tell is told before any property is read.
+        if let Err(miss) = crate::decide::screen(&self.state.borrow(), method, path, &headers, now.as_millis() as u64) {
+            return self.forward(miss);
+        }
         let policy = self
             .get_property(vec!["xds", "route_metadata", "filter_metadata", "caas", "policy"])
             .and_then(|p| String::from_utf8(p).ok());
-        let peer = self
-            .get_property(vec!["source", "address"])
-            .and_then(|a| String::from_utf8(a).ok())
-            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-            .map(|a| a.ip());
-        let method = headers.get(":method").unwrap_or_default();
-        let path = headers.get(":path").unwrap_or_default();
-        let req = Request { method, path, policy: policy.as_deref(), headers: &headers, peer };
+        let peer = || {
+            self.get_property(vec!["source", "address"])
+                .and_then(|a| String::from_utf8(a).ok())
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+                .map(|a| a.ip())
+        };
+        let req = Request { method, path, policy: policy.as_deref(), headers: &headers, peer: &peer };
         let verdict = decide(&mut self.state.borrow_mut(), &req, now.as_secs() as i64, now.as_millis() as u64);
         let allow = match verdict {
             Verdict::Allow(allow) => allow,

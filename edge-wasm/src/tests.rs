@@ -64,7 +64,7 @@ fn verdict_from(state: &mut State, sid: &str, origin: Option<&str>, now_ms: u64)
         path: "/v1/messages",
         policy: Some("end_user"),
         headers: &headers,
-        peer: Some("127.0.0.1".parse().unwrap()),
+        peer: &|| Some("127.0.0.1".parse().unwrap()),
     };
     decide(state, &req, NOW, now_ms)
 }
@@ -262,7 +262,7 @@ fn with_key(state: &mut State, peer: &str, now_ms: u64) -> Verdict {
         path: "/v1/sdk/session",
         policy: Some("api_key"),
         headers: &headers,
-        peer: Some(peer.parse().unwrap()),
+        peer: &|| Some(peer.parse().unwrap()),
     };
     decide(state, &req, NOW, now_ms)
 }
@@ -415,4 +415,28 @@ fn an_origin_is_allowed_against_the_tenants_whitelist_with_cors_and_a_change_is_
                       "session": { "tenant_id": "cl_1", "subject": "u1", "audience": "caas-sdk", "revoked": false } });
     state.apply_session("ses_1", off.to_string().as_bytes(), later).unwrap();
     assert!(matches!(verdict_from(&mut state, "ses_1", Some("https://evil.example"), later), Verdict::Allow(_)));
+}
+
+#[test]
+fn the_peer_is_read_only_for_a_request_the_filter_could_allow() {
+    let mut state = State::default();
+    state.apply_changes(&resync("e1", 0, true), NOW_MS).unwrap();
+    let reads = std::cell::Cell::new(0);
+    let peer = || {
+        reads.set(reads.get() + 1);
+        Some("127.0.0.1".parse().unwrap())
+    };
+    let headers: Headers = [("x-api-key", KEY), ("x-request-id", "r1")].into_iter().collect();
+    let ask = |state: &mut State, method| {
+        let req = Request { method, path: "/v1/sdk/session", policy: Some("api_key"), headers: &headers, peer: &peer };
+        decide(state, &req, NOW, NOW_MS)
+    };
+    // A key not looked up yet, and a preflight: left to ext_authz unread
+    // (in Envoy, each read is a property lookup through V8).
+    assert_eq!(ask(&mut state, "POST"), Verdict::Forward(Miss::UnknownKey));
+    assert_eq!(ask(&mut state, "OPTIONS"), Verdict::Forward(Miss::Unusual));
+    assert_eq!(reads.get(), 0);
+    state.apply_keys(&key_answer(0, false, &["127.0.0.1/32"]), NOW_MS).unwrap();
+    assert!(matches!(ask(&mut state, "POST"), Verdict::Allow(_)));
+    assert_eq!(reads.get(), 1, "read once, for the whitelist");
 }

@@ -143,7 +143,7 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
                             path,
                             policy,
                             headers: &map,
-                            peer: Some("127.0.0.1".parse().unwrap()),
+                            peer: &|| Some("127.0.0.1".parse().unwrap()),
                         };
                         let edge = decide(&mut state, &req, now, now_ms);
                         let EdgeVerdict::Allow(edge) = edge else { continue };
@@ -168,7 +168,7 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
         path: "/v1/messages",
         policy: Some("end_user"),
         headers: &map,
-        peer: Some("127.0.0.1".parse().unwrap()),
+        peer: &|| Some("127.0.0.1".parse().unwrap()),
     };
     assert!(matches!(decide(&mut state, &req, now, now_ms), EdgeVerdict::Allow(_)));
     // Without a confirmation within a second, it decides nothing.
@@ -369,7 +369,7 @@ async fn in_a_mesh_the_filter_takes_the_policy_from_the_same_table_as_the_check(
         ("/v1/nowhere", false),
     ] {
         let req =
-            Request { method: "GET", path, policy: None, headers: &map, peer: Some("127.0.0.1".parse().unwrap()) };
+            Request { method: "GET", path, policy: None, headers: &map, peer: &|| Some("127.0.0.1".parse().unwrap()) };
         let edge = decide(&mut state, &req, now, now_ms);
         let check = check(&f, request(None, "GET", path, &headers, "127.0.0.1")).await;
         assert_eq!(matches!(edge, EdgeVerdict::Allow(_)), filter_allows, "{path}: {edge:?}");
@@ -459,8 +459,13 @@ async fn for_api_keys_too_the_filter_allows_only_what_the_check_allows() {
                         let mut headers: Vec<(&str, &str)> = vec![("x-api-key", key), ("x-request-id", "req-key-1")];
                         headers.extend(extra.iter().copied());
                         let map: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
-                        let req =
-                            Request { method: "POST", path, policy, headers: &map, peer: Some(peer.parse().unwrap()) };
+                        let req = Request {
+                            method: "POST",
+                            path,
+                            policy,
+                            headers: &map,
+                            peer: &|| Some(peer.parse().unwrap()),
+                        };
                         let EdgeVerdict::Allow(edge) = decide(&mut state, &req, now, now_ms) else { continue };
                         let check = check(&f, request(policy, "POST", path, &headers, peer)).await;
                         let case = format!("{name}, from {peer}, {path}, {policy:?}, {extra:?}");
