@@ -27,6 +27,24 @@ pub struct Up {
     pub auth_api: String,
     pub ext_authz_ops: String,
     pub chat: String,
+    _group: KillGroupOnPanic,
+}
+
+/// `caas up` runs in a process group of its own (with the Envoy it starts):
+/// a test that panics takes the whole group down with it. `kill_on_drop`
+/// alone reached `caas` but left its Envoy running, still polling a feed
+/// that was gone.
+struct KillGroupOnPanic(u32);
+
+impl Drop for KillGroupOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // bash's own kill: procps-ng's `kill -KILL -PGID` took the
+            // negative id for something else and killed this test run.
+            let group = self.0.to_string();
+            let _ = std::process::Command::new("bash").args(["-c", "kill -KILL -- -\"$0\"", &group]).status();
+        }
+    }
 }
 
 /// Starts `caas up` in `dir` on free ports, on the embedded default unless
@@ -47,9 +65,11 @@ pub async fn start(dir: &std::path::Path, configure: impl FnOnce(&mut Command)) 
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     configure(&mut command);
     let mut child = command.spawn().unwrap();
+    let group = KillGroupOnPanic(child.id().unwrap());
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     // "  gateway    http://G   (Envoy admin http://A)" and
     // "  auth-api   http://H   ext-authz grpc X, metrics http://O/metrics", then chat.
@@ -78,7 +98,7 @@ pub async fn start(dir: &std::path::Path, configure: impl FnOnce(&mut Command)) 
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let [gateway, envoy_admin] = <[String; 2]>::try_from(gateway).expect("gateway line");
     let [auth_api, ext_authz_ops] = <[String; 2]>::try_from(auth).expect("auth-api line");
-    Up { child, gateway, envoy_admin, auth_api, ext_authz_ops, chat: chat[0].clone() }
+    Up { child, gateway, envoy_admin, auth_api, ext_authz_ops, chat: chat[0].clone(), _group: group }
 }
 
 async fn caas_up(dir: &std::path::Path) -> (Child, String) {
