@@ -440,3 +440,120 @@ fn the_peer_is_read_only_for_a_request_the_filter_could_allow() {
     assert!(matches!(ask(&mut state, "POST"), Verdict::Allow(_)));
     assert_eq!(reads.get(), 1, "read once, for the whitelist");
 }
+
+/// A small deterministic generator (xorshift): the same corpus every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len())]
+    }
+
+    /// `text` with a few characters replaced, inserted or cut.
+    fn mangle(&mut self, text: &str) -> String {
+        const ODD: [&str; 12] = [".", "=", "%", "/", "\\", " ", "é", "🦀", "\u{0}", "..", "A", "_"];
+        let mut chars: Vec<String> = text.chars().map(String::from).collect();
+        for _ in 0..=self.below(3) {
+            let at = self.below(chars.len() + 1);
+            match self.below(3) {
+                0 if at < chars.len() => chars[at] = self.pick(&ODD).to_string(),
+                1 => chars.insert(at, self.pick(&ODD).to_string()),
+                _ => chars.truncate(at),
+            }
+        }
+        chars.concat()
+    }
+}
+
+#[test]
+fn hostile_requests_never_panic_and_only_the_real_credential_is_allowed() {
+    // Quotas off: a lease would only add `quota` forwards (tests above).
+    let mut state = State::default();
+    state.apply_changes(&resync("e1", 0, true), NOW_MS).unwrap();
+    state.apply_session("ses_1", &session_with_origins(0, Some(&["https://app.example"])), NOW_MS).unwrap();
+    state.apply_keys(&key_answer(0, false, &["127.0.0.1/32", "::1/128"]), NOW_MS).unwrap();
+    let good = token("ses_1");
+    let paths = [
+        "/v1/messages",
+        "/v1/sdk/session",
+        "/v1/messages/../client",
+        "/v1/%2e%2e/x",
+        "//v1/messages",
+        "/v1/messages?access_token=x",
+        "/v1/messages#x",
+        "",
+        "*",
+        "/v1/mess%00ages",
+        "/v1/messages/é",
+    ];
+    let methods = ["GET", "POST", "OPTIONS", "get", "", "CONNECT", "G\u{0}ET"];
+    let peers = ["127.0.0.1", "::1", "::ffff:127.0.0.1", "10.0.0.1", "fe80::1"];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut allowed, mut runs) = (0, 0);
+    for _ in 0..20_000 {
+        let authorization = match rng.below(4) {
+            0 => format!("Bearer {good}"),
+            1 => format!("Bearer {}", rng.mangle(&good)),
+            2 => rng.mangle(&format!("Bearer {good}")),
+            _ => format!("Bearer {}.{}", rng.mangle("eyJhbGciOiJub25lIn0"), rng.mangle(&good)),
+        };
+        let key = if rng.below(2) == 0 { KEY.to_string() } else { rng.mangle(KEY) };
+        let id = "r".repeat(1 + rng.below(200));
+        let mut headers = vec![
+            ("x-request-id".to_string(), rng.mangle(&id)),
+            ("x-forwarded-for".to_string(), rng.mangle("1.2.3.4, 127.0.0.1")),
+        ];
+        match rng.below(3) {
+            0 => headers.push(("authorization".into(), authorization.clone())),
+            1 => headers.push(("x-api-key".into(), key.clone())),
+            _ => {
+                headers.push(("authorization".into(), authorization.clone()));
+                headers.push(("x-api-key".into(), key.clone()));
+            }
+        }
+        for (name, value) in [("origin", "https://app.example"), ("upgrade", "websocket"), ("x-caas-user-id", "root")] {
+            if rng.below(4) == 0 {
+                headers.push((name.into(), if rng.below(2) == 0 { value.to_string() } else { rng.mangle(value) }));
+            }
+        }
+        let headers: Headers = headers.into_iter().collect();
+        let path = rng.pick(&paths);
+        let path = if rng.below(3) == 0 { rng.mangle(path) } else { path.to_string() };
+        let peer: std::net::IpAddr = rng.pick(&peers).parse().unwrap();
+        let req = Request {
+            method: rng.pick(&methods),
+            path: &path,
+            policy: Some(rng.pick(&["end_user", "api_key", "dashboard", "", "end_user\u{0}"])),
+            headers: &headers,
+            peer: &|| Some(peer),
+        };
+        runs += 1;
+        if let Verdict::Allow(_) = decide(&mut state, &req, NOW, NOW_MS) {
+            allowed += 1;
+            let (token, presented) = (headers.get("authorization"), headers.get("x-api-key"));
+            let ours = match req.policy {
+                Some("end_user") => token == Some(format!("Bearer {good}").as_str()),
+                Some("api_key") => presented == Some(KEY),
+                _ => false,
+            };
+            assert!(
+                ours,
+                "allowed what only the real credential may be: {req_path:?} {headers:?}",
+                req_path = req.path
+            );
+        }
+    }
+    // The corpus reaches the allows too, not only the refusals.
+    assert!(allowed > 100, "{allowed} of {runs} allowed");
+}
