@@ -20,10 +20,16 @@ use crate::state::State;
 /// (envoy/envoy.yaml); only a filter can write filter state.
 const MARK: &str = "caas_edge";
 const MARK_VALUE: &[u8] = b"allow";
-const TICK: Duration = Duration::from_millis(100);
+/// The timer: the next poll goes out on a tick; lookups, leases and the
+/// stats every `CHORES_EVERY` ticks (100 ms).
+const TICK: Duration = Duration::from_millis(10);
+const CHORES_EVERY: u32 = 10;
 /// How long ext-authz may hold a poll with nothing new (ms): it answers the
-/// moment there is (ext-authz/src/edge.rs), and the filter polls again at
-/// once, so a revocation arrives about as soon as ext-authz hears of it.
+/// moment there is (ext-authz/src/edge.rs), so a revocation reaches the
+/// filter about as soon as ext-authz hears of it; the next poll goes out
+/// on the next tick. A feed that answered at once with nothing new (an
+/// older ext-authz, one failing) is asked again only this much later, and
+/// a stream of changes is fetched at most once a tick, never in a loop.
 const WAIT_MS: u64 = 100;
 /// A poll or lookup not answered within this is given up (Envoy's callout timeout).
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
@@ -127,6 +133,9 @@ struct Root {
     key_lookup: Option<u32>,
     /// Whether the last poll was answered (for logging changes only).
     answering: bool,
+    /// No poll before this (ms).
+    poll_after: u64,
+    ticks: u32,
 }
 
 impl Context for Root {
@@ -139,13 +148,10 @@ impl Context for Root {
             self.poll = None;
             let asked = self.state.borrow().poll_query();
             let answered = ok && self.state.borrow_mut().apply_changes(&body, sent).is_ok();
-            // Again at once after news, or after an answer that was held
-            // (a feed that answers at once, an older ext-authz or one that
-            // fails, is asked again only at the next tick).
-            let now_ms = now().as_millis() as u64;
-            if answered && (self.state.borrow().poll_query() != asked || now_ms.saturating_sub(sent) >= WAIT_MS / 2) {
-                self.send_poll(now_ms);
-            }
+            // Next tick after news or an answer that was held; else later.
+            let held = now().as_millis() as u64 >= sent + WAIT_MS / 2;
+            let news = self.state.borrow().poll_query() != asked;
+            self.poll_after = if answered && (news || held) { 0 } else { sent + WAIT_MS };
             // Once per change, not per poll.
             if answered != self.answering {
                 self.answering = answered;
@@ -261,6 +267,13 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         let Some(config) = self.config.clone() else { return };
         let now_ms = now().as_millis() as u64;
+        if now_ms >= self.poll_after {
+            self.send_poll(now_ms);
+        }
+        self.ticks = self.ticks.wrapping_add(1);
+        if !self.ticks.is_multiple_of(CHORES_EVERY) {
+            return;
+        }
         if let Some(metrics) = &self.metrics {
             let state = self.state.borrow();
             let lag = state.lag_ms(now_ms).unwrap_or(u64::MAX >> 1);
@@ -268,7 +281,6 @@ impl RootContext for Root {
             let _ = hostcalls::record_metric(metrics.current, u64::from(state.current(now_ms)));
             metrics.flush();
         }
-        self.send_poll(now_ms);
         self.ask_leases(&config, now_ms);
         self.look_keys_up(&config);
         let pending = self.state.borrow_mut().take_pending();
