@@ -189,6 +189,14 @@ impl EdgeFeed {
         matches!((&self.token, presented), (Some(token), Some(presented)) if token.matches(presented))
     }
 
+    /// Whether a filter at cursor `since` of `epoch` has anything to hear:
+    /// a change after it, or a resync (another epoch, or a cursor this
+    /// process never gave out). Only `since` equal to the newest cursor of
+    /// this epoch is up to date.
+    fn has_news(&self, epoch: Option<&str>, since: u64) -> bool {
+        epoch != Some(self.epoch.as_str()) || since != self.cursor()
+    }
+
     pub(crate) fn changes_since(&self, epoch: Option<&str>, since: u64) -> serde_json::Value {
         let held = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.current();
@@ -219,11 +227,6 @@ pub struct Since {
     wait: u64,
 }
 
-/// An answer with no change and no resync: worth holding for news.
-fn nothing_new(answer: &serde_json::Value) -> bool {
-    answer["resync"] == false && answer["changes"].as_array().is_some_and(Vec::is_empty)
-}
-
 fn refused() -> Response {
     (StatusCode::FORBIDDEN, Json(json!({ "error": { "code": "forbidden", "message": "gateway token required" } })))
         .into_response()
@@ -237,14 +240,12 @@ pub async fn changes(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, Quer
     if !feed.admits(&headers) {
         return refused();
     }
-    // Subscribed before the first look: news after it wakes the wait.
+    // Subscribed before the look: news after it wakes the wait.
     let mut news = feed.news.subscribe();
-    let answer = feed.changes_since(q.epoch.as_deref(), q.since);
-    if q.wait == 0 || !nothing_new(&answer) {
-        return private(answer);
+    if q.wait > 0 && !feed.has_news(q.epoch.as_deref(), q.since) {
+        let wait = std::time::Duration::from_millis(q.wait.min(MAX_WAIT_MS));
+        let _ = tokio::time::timeout(wait, news.changed()).await;
     }
-    let wait = std::time::Duration::from_millis(q.wait.min(MAX_WAIT_MS));
-    let _ = tokio::time::timeout(wait, news.changed()).await;
     private(feed.changes_since(q.epoch.as_deref(), q.since))
 }
 
