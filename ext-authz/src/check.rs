@@ -101,7 +101,11 @@ impl Authorizer {
         // Shared only through Redis: an in-process cache means one process.
         let shared = validator.shared_cache();
         let shared = (shared.kind() == "redis").then(|| shared.clone());
-        let quotas = Quotas::new(crate::quota::DEFAULT_CAPACITY, shared, metrics.quota_shared.clone());
+        let gauges = crate::quota::QuotaGauges {
+            shared: metrics.quota_shared.clone(),
+            instances: metrics.quota_instances.clone(),
+        };
+        let quotas = Quotas::new(crate::quota::DEFAULT_CAPACITY, shared, gauges);
         quotas.reconcile_every(settings.quota_sync_interval);
         Self { validator, signer, settings, metrics, exporter, failures, quotas, edge_material: None }
     }

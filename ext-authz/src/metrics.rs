@@ -23,6 +23,9 @@ pub struct GatewayMetrics {
     /// without Redis or while it is unreachable (each instance then enforces
     /// its share alone).
     pub quota_shared: Gauge,
+    /// The instances sharing each quota as of the last round that reached
+    /// Redis (what each limit is divided by while Redis is unreachable).
+    pub quota_instances: Gauge,
     /// End users' requests counted in their quotas ahead of time for the
     /// in-proxy filter (ext-authz/src/edge.rs, leases), which allows them
     /// without a Check.
@@ -69,6 +72,7 @@ impl Default for GatewayMetrics {
             rate_limited: Family::default(),
             unknown_callers: Counter::default(),
             quota_shared: Gauge::default(),
+            quota_instances: Gauge::default(),
             edge_leased: Counter::default(),
             edge_returned: Counter::default(),
             check_seconds,
@@ -112,6 +116,11 @@ impl GatewayMetrics {
             "gateway_quota_shared",
             "1 while quotas are shared through Redis, 0 while this instance enforces its share alone",
             self.quota_shared.clone(),
+        );
+        registry.register(
+            "gateway_quota_instances",
+            "Instances sharing each quota as of the last round that reached Redis (each one's share is 1/this while Redis is down)",
+            self.quota_instances.clone(),
         );
         registry.register(
             "gateway_edge_leased",

@@ -81,7 +81,17 @@ struct Sharing {
     instances: AtomicU64,
     /// When this instance last said it is alive (`now()` nanoseconds).
     last_round: AtomicU64,
-    shared_gauge: Gauge,
+    gauges: QuotaGauges,
+}
+
+/// What the quotas tell operators (ext-authz/src/metrics.rs).
+#[derive(Clone, Default)]
+pub struct QuotaGauges {
+    /// 1 while shared through Redis, 0 while this instance counts alone.
+    pub shared: Gauge,
+    /// The instances sharing each limit, as of the last round that reached
+    /// Redis: while Redis is unreachable, each limit is divided by it.
+    pub instances: Gauge,
 }
 
 /// One bucket: its GCRA state and, with sharing on, its bookkeeping with
@@ -128,7 +138,7 @@ struct Sent {
 
 impl Default for Quotas {
     fn default() -> Self {
-        Self::new(DEFAULT_CAPACITY, None, Gauge::default())
+        Self::new(DEFAULT_CAPACITY, None, QuotaGauges::default())
     }
 }
 
@@ -185,14 +195,14 @@ fn share(limit: Limit, instances: u64) -> Limit {
 impl Quotas {
     /// `shared`: the cache the instances share (Redis); `None` counts in this
     /// process only. Call `reconcile_every` to start sharing.
-    pub fn new(capacity: u64, shared: Option<Arc<dyn Cache>>, shared_gauge: Gauge) -> Self {
+    pub fn new(capacity: u64, shared: Option<Arc<dyn Cache>>, gauges: QuotaGauges) -> Self {
         let sharing = shared.map(|cache| Sharing {
             cache,
             member: caas_core::id::new_id("authz"),
             alone: AtomicBool::new(false),
             instances: AtomicU64::new(1),
             last_round: AtomicU64::new(0),
-            shared_gauge,
+            gauges,
         });
         let inner = Inner {
             buckets: moka::sync::Cache::new(capacity.max(1)),
@@ -381,10 +391,11 @@ impl Inner {
                 // Ourselves at least, though an expired entry may say less.
                 let instances = alive.max(1);
                 sharing.instances.store(instances, Ordering::Relaxed);
+                sharing.gauges.instances.set(instances as i64);
                 if sharing.alone.swap(false, Ordering::Relaxed) {
                     tracing::warn!(instances, "Redis reachable again: quotas are shared between instances again");
                 }
-                sharing.shared_gauge.set(1);
+                sharing.gauges.shared.set(1);
             }
             Ok(_) => self.count_alone(sharing, "Redis answered a quota round with the wrong number of totals"),
             Err(error) => self.count_alone(sharing, &error),
@@ -423,7 +434,7 @@ impl Inner {
             bucket.seen.store(NOT_SEEN, Ordering::Relaxed);
         }
         drop(tracked);
-        sharing.shared_gauge.set(0);
+        sharing.gauges.shared.set(0);
         if !sharing.alone.swap(true, Ordering::Relaxed) {
             let instances = sharing.instances.load(Ordering::Relaxed);
             tracing::warn!(

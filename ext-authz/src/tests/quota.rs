@@ -133,9 +133,8 @@ mod shared {
 
     use caas_core::cache::{Cache, MemoryCache, RedisCache};
     use caas_rules::quota::{Limit, Limits, Scope};
-    use prometheus_client::metrics::gauge::Gauge;
 
-    use crate::quota::Quotas;
+    use crate::quota::{QuotaGauges, Quotas};
 
     /// A burst of 10 that refills slowly (1/s), so a test's own time barely shows.
     const TEN: Limits = Limits {
@@ -144,9 +143,9 @@ mod shared {
         per_tenant: Limit { rate: 1_000, burst: 1_000 },
     };
 
-    fn instance(cache: &Arc<dyn Cache>) -> (Quotas, Gauge) {
-        let gauge = Gauge::default();
-        (Quotas::new(100, Some(cache.clone()), gauge.clone()), gauge)
+    fn instance(cache: &Arc<dyn Cache>) -> (Quotas, QuotaGauges) {
+        let gauges = QuotaGauges::default();
+        (Quotas::new(100, Some(cache.clone()), gauges.clone()), gauges)
     }
 
     fn bucket() -> Vec<(Scope, String)> {
@@ -160,14 +159,14 @@ mod shared {
     #[tokio::test]
     async fn what_one_instance_admits_is_charged_to_the_other_at_the_next_round() {
         let cache: Arc<dyn Cache> = Arc::new(MemoryCache::new());
-        let ((a, gauge), (b, _)) = (instance(&cache), instance(&cache));
+        let ((a, gauges), (b, _)) = (instance(&cache), instance(&cache));
         let key = bucket();
         // Both use the bucket once and hear of each other.
         assert_eq!((admitted(&a, &key, 1), admitted(&b, &key, 1)), (1, 1));
         for q in [&a, &b, &a, &b] {
             q.reconcile_once().await;
         }
-        assert_eq!(gauge.get(), 1);
+        assert_eq!((gauges.shared.get(), gauges.instances.get()), (1, 2));
         // A spends the rest of the burst; once B has heard of it, B refuses
         // but for A's first request, made before B's first round: what an
         // instance's first round finds is not charged (docs/DESIGN.md, the bound).
@@ -214,7 +213,8 @@ mod shared {
     #[tokio::test]
     async fn with_the_shared_cache_unreachable_each_instance_enforces_alone_and_says_so() {
         let down: Arc<dyn Cache> = Arc::new(RedisCache::new("redis://127.0.0.1:1").unwrap());
-        let (q, gauge) = instance(&down);
+        let (q, gauges) = instance(&down);
+        let gauge = gauges.shared;
         gauge.set(1);
         let key = bucket();
         assert_eq!(admitted(&q, &key, 1), 1);
