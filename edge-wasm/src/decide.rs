@@ -1,4 +1,4 @@
-//! The filter's decision: allow an end user's or an API key's request
+//! The filter's decision: allow an end user's, an API key's or a dashboard's request
 //! exactly as ext-authz would (ext-authz/src/check.rs, policies.rs,
 //! response.rs), or leave it to ext_authz. It never denies: a request it
 //! would refuse, and every request it cannot judge from what it holds, goes
@@ -63,13 +63,18 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
 pub struct Request<'a> {
     pub method: &'a str,
     pub path: &'a str,
-    /// The route's policy (route metadata `caas.policy`).
-    pub policy: Option<&'a str>,
+    /// The route's policy (route metadata `caas.policy`), asked for only
+    /// when a decision needs it (a property lookup in Envoy, like `peer`).
+    pub policy: &'a dyn Fn() -> Option<String>,
     pub headers: &'a Headers,
     /// The TCP peer, asked for only when a decision needs it (in Envoy
     /// each read is a property lookup through V8, which a request the
     /// filter leaves to ext_authz anyway should not pay).
     pub peer: &'a dyn Fn() -> Option<IpAddr>,
+    /// When (ms, the filter's clock) this Envoy last answered a dashboard
+    /// request that may have ended sessions (`may_end_sessions`), on any
+    /// worker; asked for only on a dashboard route.
+    pub sessions_ended_at: &'a dyn Fn() -> u64,
 }
 
 impl<'a> Request<'a> {
@@ -83,7 +88,7 @@ impl<'a> Request<'a> {
 pub enum Miss {
     /// The feed has not confirmed currency within a second.
     NotCurrent,
-    /// Not an end-user route (or the route declares no policy).
+    /// Not an end-user, API-key or dashboard route (or no policy is declared).
     Policy,
     /// Not a request the filter judges: OPTIONS (preflights), upgrade,
     /// credential in the query, path not canonical, no client address, a
@@ -159,13 +164,15 @@ pub fn decide(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Ve
 
 fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<Allow, Miss> {
     screen(state, req.method, req.path, req.headers, now_ms)?;
-    let Some(keys) = state.keys.as_ref() else { return Err(Miss::NotCurrent) };
+    if state.keys.is_none() {
+        return Err(Miss::NotCurrent);
+    }
+    let key = key_without_token(state, req, now_ms)?;
     // ext-authz check.rs `policy_of`: the route's, else the table's by path.
-    let policy = match req.policy {
-        Some(name) => Policy::parse(name),
-        None => keys.policy_table.as_ref().and_then(|table| table.lookup(req.path)),
-    };
-    let policy = policy.filter(|p| matches!(p, Policy::EndUser | Policy::ApiKey)).ok_or(Miss::Policy)?;
+    let named = (req.policy)();
+    let policy = policy_of(state, named.as_deref(), req.path)
+        .filter(|p| matches!(p, Policy::EndUser | Policy::ApiKey | Policy::Dashboard))
+        .ok_or(Miss::Policy)?;
     // Envoy's id (ext-authz incoming.rs takes it when it is this well-formed).
     let request_id = req.header(REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 128).ok_or(Miss::Unusual)?;
     // The checks run in ext-authz's order where it matters to what is
@@ -173,7 +180,8 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
     // names the metric. The client's address is told last, before a lease
     // is spent (`client`).
     let (ctx, cors_origin) = match policy {
-        Policy::ApiKey => (with_api_key(state, req, now, now_ms)?, None),
+        Policy::ApiKey => (with_api_key(state, req, key, now, now_ms)?, None),
+        Policy::Dashboard => (as_dashboard(state, req, now)?, None),
         _ => as_end_user(state, req, now, now_ms)?,
     };
     let ctx = RequestContext { request_id: request_id.to_string(), ..ctx };
@@ -185,6 +193,23 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
         None => Vec::new(),
     };
     Ok(Allow { set, remove, response, tenant_id: ctx.tenant_id })
+}
+
+/// ext-authz check.rs `policy_of`: the route's (`named`), else the
+/// table's by path (meshes).
+pub fn policy_of(state: &State, named: Option<&str>, path: &str) -> Option<Policy> {
+    match named {
+        Some(name) => Policy::parse(name),
+        None => state.keys.as_ref()?.policy_table.as_ref()?.lookup(path),
+    }
+}
+
+/// Whether a request with `method` on a dashboard route may end sessions:
+/// sign-out, sign-out everywhere, a password change, a session revoked from
+/// the list, and whatever the dashboard gains later; every method that is
+/// not a read, so no list of routes can fall behind.
+pub fn may_end_sessions(method: &str) -> bool {
+    !matches!(method, "GET" | "HEAD" | "OPTIONS")
 }
 
 /// What the filter can tell from the headers alone, before it reads any
@@ -204,6 +229,24 @@ pub fn screen(state: &State, method: &str, path: &str, headers: &Headers, now_ms
         return Err(Miss::Unusual);
     }
     Ok(())
+}
+
+/// An API key sent without a bearer token, told before the route's policy
+/// is read: unless the filter holds it as a valid key's, the request is
+/// ext_authz's whatever the route (an `api_key` route refuses a malformed or
+/// absent key, an `end_user` route wants a bearer token, and the filter
+/// decides no other policy). So the first request of a new key, and each of
+/// a flood of made-up ones, costs no property read; a key not looked up yet
+/// is asked for, as on an `api_key` route. The hash is kept for
+/// `with_api_key` (SHA-256 is the costly part in V8).
+fn key_without_token(state: &mut State, req: &Request<'_>, now_ms: u64) -> Result<Option<String>, Miss> {
+    let (None, Some(presented)) = (req.header(AUTHORIZATION), req.header(API_KEY)) else { return Ok(None) };
+    let hash = api_key::parse(presented).map_err(|_| Miss::Refused)?;
+    match state.api_keys.lookup(&hash, now_ms) {
+        Ok(_) => Ok(Some(hash)),
+        Err(KeyMiss::Unknown) => Err(Miss::UnknownKey),
+        Err(KeyMiss::Refused) => Err(Miss::Refused),
+    }
 }
 
 /// The client's address as ext-authz tells it (`TRUSTED_PROXY_HOPS`), and
@@ -271,6 +314,36 @@ fn as_end_user<'r>(
     Ok((ctx, origin))
 }
 
+/// ext-authz policies.rs `dashboard`: the bearer token for
+/// `caas-dashboard` (core validate.rs `validate_token`, no Origin), its
+/// session; the context carries the client's address, and no quota counts
+/// it. One more rule, for what ext-authz knows at once and the feed a moment
+/// later: a console signs out (or everywhere, or changes its password) and
+/// its next request must be refused. ext-authz, in the process that ended
+/// the sessions, refuses it at once; so the filter decides no dashboard
+/// request until a poll sent after that answer passed through this Envoy
+/// has been answered (`State::confirmed_after`: ext-authz received it after
+/// the change, so its answer carries it).
+fn as_dashboard(state: &mut State, req: &Request<'_>, now: i64) -> Result<RequestContext, Miss> {
+    let token = request::bearer(req.header(AUTHORIZATION)).map_err(|_| Miss::Refused)?;
+    let claims = state.verify(token, Audience::Dashboard, now).map_err(|_| Miss::Refused)?;
+    check_session(state, &claims, Audience::Dashboard)?;
+    if !state.confirmed_after((req.sessions_ended_at)()) {
+        return Err(Miss::NotCurrent);
+    }
+    let ip = client(state, req)?;
+    Ok(RequestContext {
+        tenant_id: claims.tid,
+        user_id: claims.sub,
+        session_id: claims.sid,
+        auth_type: AuthType::Dashboard,
+        key_id: String::new(),
+        client_ip: whitelist::canonical_ip(ip).to_string(),
+        request_id: String::new(),
+        token_expires_at: None,
+    })
+}
+
 /// The session behind a verified token, as ext-authz's validator judges it
 /// (`caas_rules::session::check`); one not looked up yet is asked for.
 fn check_session(state: &mut State, claims: &caas_rules::jwt::Claims, audience: Audience) -> Result<(), Miss> {
@@ -293,9 +366,17 @@ fn check_session(state: &mut State, claims: &caas_rules::jwt::Claims, audience: 
 /// ext-authz policies.rs `api_key` (core validate.rs `validate_api_key`):
 /// the key by its hash, revoked, expired, then the address against the
 /// tenant's IP whitelist.
-fn with_api_key(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<RequestContext, Miss> {
-    let presented = req.header(API_KEY).ok_or(Miss::Refused)?;
-    let hash = api_key::parse(presented).map_err(|_| Miss::Refused)?;
+fn with_api_key(
+    state: &mut State,
+    req: &Request<'_>,
+    hash: Option<String>,
+    now: i64,
+    now_ms: u64,
+) -> Result<RequestContext, Miss> {
+    let hash = match hash {
+        Some(hash) => hash,
+        None => api_key::parse(req.header(API_KEY).ok_or(Miss::Refused)?).map_err(|_| Miss::Refused)?,
+    };
     let (tenant_id, key_id) = {
         let (record, _) = state.api_keys.lookup(&hash, now_ms).map_err(|miss| match miss {
             KeyMiss::Unknown => Miss::UnknownKey,

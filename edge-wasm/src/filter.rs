@@ -31,6 +31,10 @@ const CHORES_EVERY: u32 = 10;
 /// older ext-authz, one failing) is asked again only this much later, and
 /// a stream of changes is fetched at most once a tick, never in a loop.
 const WAIT_MS: u64 = 100;
+/// Shared data (every worker of this Envoy reads it): when, in ms of the
+/// filter's clock, a dashboard request that may have ended sessions was
+/// last answered here (decide.rs `as_dashboard`).
+const SESSIONS_ENDED: &str = "caas_edge.sessions_ended_at";
 /// A poll or lookup not answered within this is given up (Envoy's callout timeout).
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 /// Lookups in flight at once, per worker.
@@ -299,7 +303,13 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Edge { state: self.state.clone(), metrics: self.metrics.clone(), response: Vec::new() }))
+        Some(Box::new(Edge {
+            state: self.state.clone(),
+            metrics: self.metrics.clone(),
+            response: Vec::new(),
+            policy: std::cell::OnceCell::new(),
+            may_end_sessions: None,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -312,15 +322,61 @@ struct Edge {
     metrics: Option<Rc<Metrics>>,
     /// An allow's response headers (CORS), set when the response comes.
     response: Vec<(&'static str, String)>,
+    /// The route's policy, read at most once.
+    policy: std::cell::OnceCell<Option<String>>,
+    /// The path of a request with a bearer token whose method may end
+    /// sessions (decide.rs `may_end_sessions`): if its route is a
+    /// dashboard's, its answer closes the filter's dashboard decisions.
+    may_end_sessions: Option<String>,
 }
 
 impl Context for Edge {}
+
+impl Edge {
+    fn route_policy(&self) -> Option<String> {
+        self.policy
+            .get_or_init(|| {
+                self.get_property(vec!["xds", "route_metadata", "filter_metadata", "caas", "policy"])
+                    .and_then(|p| String::from_utf8(p).ok())
+            })
+            .clone()
+    }
+}
+
+/// When a dashboard request that may have ended sessions was last answered
+/// by this Envoy; unreadable reads as now (decide nothing on dashboards).
+fn sessions_ended_at() -> u64 {
+    match hostcalls::get_shared_data(SESSIONS_ENDED) {
+        Ok((Some(bytes), _)) => bytes.try_into().map(u64::from_le_bytes).unwrap_or(u64::MAX),
+        Ok((None, _)) => 0,
+        Err(_) => u64::MAX,
+    }
+}
+
+/// Moves the time above forward to `at_ms` (never back: another worker may
+/// have written a later one); compare-and-swap, as workers write at once.
+fn sessions_ended(at_ms: u64) {
+    for _ in 0..8 {
+        let Ok((value, cas)) = hostcalls::get_shared_data(SESSIONS_ENDED) else { break };
+        let known = value.and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+        if known >= at_ms || hostcalls::set_shared_data(SESSIONS_ENDED, Some(&at_ms.to_le_bytes()), cas).is_ok() {
+            return;
+        }
+    }
+    log::error!("caas_edge: cannot record a dashboard change in shared data; dashboard requests go to ext_authz");
+}
 
 impl HttpContext for Edge {
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         // As ext_authz's `response_headers_to_add` (OverwriteIfExistsOrAdd).
         for (name, value) in std::mem::take(&mut self.response) {
             self.set_http_response_header(name, Some(&value));
+        }
+        if let Some(path) = self.may_end_sessions.take() {
+            let policy = crate::decide::policy_of(&self.state.borrow(), self.route_policy().as_deref(), &path);
+            if policy == Some(caas_rules::policy::Policy::Dashboard) {
+                sessions_ended(now().as_millis() as u64);
+            }
         }
         Action::Continue
     }
@@ -331,29 +387,40 @@ impl HttpContext for Edge {
         // 0x80 up) would make the SDK's text reader panic, and a panic stops
         // the module on this worker. Such a request is ext_authz's.
         let mut pairs: Vec<(String, String)> = Vec::new();
+        let mut unusual = false;
         for (name, value) in self.get_http_request_headers_bytes() {
             match String::from_utf8(value) {
                 Ok(value) => pairs.push((name, value)),
-                Err(_) => return self.forward(Miss::Unusual),
+                Err(_) => unusual = true,
             }
         }
         let headers: Headers = pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         let method = headers.get(":method").unwrap_or_default();
         let path = headers.get(":path").unwrap_or_default();
-        // What the headers alone tell is told before any property is read.
-        if let Err(miss) = crate::decide::screen(&self.state.borrow(), method, path, &headers, now.as_millis() as u64) {
-            return self.forward(miss);
+        // Whatever becomes of it here: its answer may be a sign-out.
+        if crate::decide::may_end_sessions(method) && headers.contains("authorization") {
+            self.may_end_sessions = Some(path.to_string());
         }
-        let policy = self
-            .get_property(vec!["xds", "route_metadata", "filter_metadata", "caas", "policy"])
-            .and_then(|p| String::from_utf8(p).ok());
+        if unusual {
+            return self.forward(Miss::Unusual);
+        }
+        // Properties are read only once the headers alone have not settled
+        // the request (`decide`: screening, an unknown key, then the policy).
+        let policy = || self.route_policy();
         let peer = || {
             self.get_property(vec!["source", "address"])
                 .and_then(|a| String::from_utf8(a).ok())
                 .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
                 .map(|a| a.ip())
         };
-        let req = Request { method, path, policy: policy.as_deref(), headers: &headers, peer: &peer };
+        let req = Request {
+            method,
+            path,
+            policy: &policy,
+            headers: &headers,
+            peer: &peer,
+            sessions_ended_at: &sessions_ended_at,
+        };
         let verdict = decide(&mut self.state.borrow_mut(), &req, now.as_secs() as i64, now.as_millis() as u64);
         let allow = match verdict {
             Verdict::Allow(allow) => allow,

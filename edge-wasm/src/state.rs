@@ -169,6 +169,12 @@ impl State {
         self.keys.is_some() && self.confirmed_at.is_some_and(|at| now_ms.saturating_sub(at) < CURRENCY_MS)
     }
 
+    /// Whether the feed's last confirmation answered a poll sent after
+    /// `at_ms` (so ext-authz received it after whatever happened then).
+    pub fn confirmed_after(&self, at_ms: u64) -> bool {
+        self.confirmed_at.is_some_and(|sent| sent > at_ms)
+    }
+
     /// Milliseconds since the last confirmation (the feed lag), if any.
     pub fn lag_ms(&self, now_ms: u64) -> Option<u64> {
         self.confirmed_at.map(|at| now_ms.saturating_sub(at))

@@ -37,9 +37,13 @@ fn session(epoch: &str, cursor: u64, revoked: bool) -> Vec<u8> {
 }
 
 fn token(sid: &str) -> String {
+    token_for(sid, Audience::Sdk)
+}
+
+fn token_for(sid: &str, audience: Audience) -> String {
     JwtKeys::new("caas", &Secret::new(JWT), None).issue(&Claims {
         iss: "caas".into(),
-        aud: Audience::Sdk.as_str().into(),
+        aud: audience.as_str().into(),
         sub: "u1".into(),
         tid: "cl_1".into(),
         sid: sid.into(),
@@ -62,9 +66,10 @@ fn verdict_from(state: &mut State, sid: &str, origin: Option<&str>, now_ms: u64)
     let req = Request {
         method: "GET",
         path: "/v1/messages",
-        policy: Some("end_user"),
+        policy: &|| Some("end_user".into()),
         headers: &headers,
         peer: &|| Some("127.0.0.1".parse().unwrap()),
+        sessions_ended_at: &|| 0,
     };
     decide(state, &req, NOW, now_ms)
 }
@@ -254,15 +259,18 @@ fn repeated_headers_are_joined_as_envoy_joins_them_for_ext_authz() {
 
 /// A well-formed key (its checksum is right), stored nowhere.
 const KEY: &str = "caas_0123456789abcdefghijklmnopqrstuv2CRUDD";
+/// Another well-formed key.
+const OTHER_KEY: &str = "caas_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef07kqpP";
 
 fn with_key(state: &mut State, peer: &str, now_ms: u64) -> Verdict {
     let headers: Headers = [("x-api-key", KEY), ("x-request-id", "r1")].into_iter().collect();
     let req = Request {
         method: "POST",
         path: "/v1/sdk/session",
-        policy: Some("api_key"),
+        policy: &|| Some("api_key".into()),
         headers: &headers,
         peer: &|| Some(peer.parse().unwrap()),
+        sessions_ended_at: &|| 0,
     };
     decide(state, &req, NOW, now_ms)
 }
@@ -418,27 +426,127 @@ fn an_origin_is_allowed_against_the_tenants_whitelist_with_cors_and_a_change_is_
 }
 
 #[test]
-fn the_peer_is_read_only_for_a_request_the_filter_could_allow() {
+fn a_dashboard_is_decided_here_except_between_a_sign_out_and_the_next_poll() {
+    let mut state = State::default();
+    state.apply_changes(&resync("e1", 5, true), NOW_MS).unwrap();
+    let dashboard = token_for("ses_d", Audience::Dashboard);
+    let answer = json!({ "epoch": "e1", "cursor": 5, "limits": null,
+        "session": { "tenant_id": "cl_1", "subject": "u1", "audience": "caas-dashboard", "revoked": false } });
+    state.apply_session("ses_d", answer.to_string().as_bytes(), NOW_MS).unwrap();
+    let ended = std::cell::Cell::new(0);
+    let reads = std::cell::Cell::new(0);
+    let ended_at = || {
+        reads.set(reads.get() + 1);
+        ended.get()
+    };
+    let ask = |state: &mut State, token: &str, policy: &'static str, now_ms| {
+        let headers: Headers =
+            [("authorization", format!("Bearer {token}")), ("x-request-id", "r1".into())].into_iter().collect();
+        let req = Request {
+            method: "GET",
+            path: "/v1/client/profile",
+            policy: &|| Some(policy.into()),
+            headers: &headers,
+            peer: &|| Some("127.0.0.1".parse().unwrap()),
+            sessions_ended_at: &ended_at,
+        };
+        decide(state, &req, NOW, now_ms)
+    };
+    let Verdict::Allow(allow) = ask(&mut state, &dashboard, "dashboard", NOW_MS) else { panic!("not allowed") };
+    let set: std::collections::HashMap<_, _> = allow.set.iter().cloned().collect();
+    assert_eq!(set.get("x-caas-auth-type").map(String::as_str), Some("dashboard"));
+    assert_eq!(set.get("x-caas-client-ip").map(String::as_str), Some("127.0.0.1"));
+    // Each token only for its own audience; the time is read on dashboards only.
+    assert_eq!(ask(&mut state, &token("ses_d"), "dashboard", NOW_MS), Verdict::Forward(Miss::Refused));
+    assert_eq!(ask(&mut state, &dashboard, "end_user", NOW_MS), Verdict::Forward(Miss::Refused));
+    assert_eq!(reads.get(), 1);
+    // A sign-out answered after the last confirming poll was sent: ext_authz
+    // decides until a poll sent later is answered.
+    ended.set(NOW_MS + 5);
+    assert_eq!(ask(&mut state, &dashboard, "dashboard", NOW_MS + 6), Verdict::Forward(Miss::NotCurrent));
+    let quiet = |cursor: u64| {
+        json!({ "epoch": "e1", "cursor": cursor, "current": true, "resync": false, "refused": [], "changes": [] })
+            .to_string()
+    };
+    state.apply_changes(quiet(5).as_bytes(), NOW_MS + 5).unwrap();
+    assert_eq!(ask(&mut state, &dashboard, "dashboard", NOW_MS + 7), Verdict::Forward(Miss::NotCurrent));
+    state.apply_changes(quiet(5).as_bytes(), NOW_MS + 6).unwrap();
+    assert!(matches!(ask(&mut state, &dashboard, "dashboard", NOW_MS + 8), Verdict::Allow(_)));
+    // A shared time that cannot be read reads as the end of time.
+    ended.set(u64::MAX);
+    assert_eq!(ask(&mut state, &dashboard, "dashboard", NOW_MS + 9), Verdict::Forward(Miss::NotCurrent));
+}
+
+#[test]
+fn properties_are_read_only_for_a_request_the_filter_could_allow() {
     let mut state = State::default();
     state.apply_changes(&resync("e1", 0, true), NOW_MS).unwrap();
-    let reads = std::cell::Cell::new(0);
+    let (policies, peers) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    let policy = || {
+        policies.set(policies.get() + 1);
+        Some("api_key".to_string())
+    };
     let peer = || {
-        reads.set(reads.get() + 1);
+        peers.set(peers.get() + 1);
         Some("127.0.0.1".parse().unwrap())
     };
     let headers: Headers = [("x-api-key", KEY), ("x-request-id", "r1")].into_iter().collect();
     let ask = |state: &mut State, method| {
-        let req = Request { method, path: "/v1/sdk/session", policy: Some("api_key"), headers: &headers, peer: &peer };
+        let req = Request {
+            method,
+            path: "/v1/sdk/session",
+            policy: &policy,
+            headers: &headers,
+            peer: &peer,
+            sessions_ended_at: &|| 0,
+        };
         decide(state, &req, NOW, NOW_MS)
     };
-    // A key not looked up yet, and a preflight: left to ext_authz unread
-    // (in Envoy, each read is a property lookup through V8).
+    // A key not looked up yet (its lookup asked for), and a preflight: left
+    // to ext_authz with nothing read (in Envoy, each read is a property
+    // lookup through V8).
     assert_eq!(ask(&mut state, "POST"), Verdict::Forward(Miss::UnknownKey));
+    let hash = caas_rules::api_key::parse(KEY).unwrap();
+    assert!(state.api_keys.lookups().is_some_and(|body| String::from_utf8(body).unwrap().contains(&hash)));
     assert_eq!(ask(&mut state, "OPTIONS"), Verdict::Forward(Miss::Unusual));
-    assert_eq!(reads.get(), 0);
+    // A malformed key, and one ext-authz says does not exist: refused there
+    // on any route.
+    for (presented, answer) in [("caas_0123456789abcdefghijklmnopqrstuv2CRUDE", None), (OTHER_KEY, Some(OTHER_KEY))] {
+        if let Some(absent) = answer {
+            let hash = caas_rules::api_key::parse(absent).unwrap();
+            let none = json!({ "epoch": "e1", "cursor": 0, "keys": [ { "hash": hash, "key": null } ] });
+            state.apply_keys(none.to_string().as_bytes(), NOW_MS).unwrap();
+        }
+        let headers: Headers = [("x-api-key", presented), ("x-request-id", "r1")].into_iter().collect();
+        let req = Request {
+            method: "POST",
+            path: "/v1/sdk/session",
+            policy: &policy,
+            headers: &headers,
+            peer: &peer,
+            sessions_ended_at: &|| 0,
+        };
+        assert_eq!(decide(&mut state, &req, NOW, NOW_MS), Verdict::Forward(Miss::Refused), "{presented}");
+    }
+    assert_eq!((policies.get(), peers.get()), (0, 0));
+    // Known: the route's policy, then the address for the whitelist.
     state.apply_keys(&key_answer(0, false, &["127.0.0.1/32"]), NOW_MS).unwrap();
     assert!(matches!(ask(&mut state, "POST"), Verdict::Allow(_)));
-    assert_eq!(reads.get(), 1, "read once, for the whitelist");
+    assert_eq!((policies.get(), peers.get()), (1, 1));
+    // With a bearer token beside the key, the route decides which one
+    // counts: the policy is read first.
+    let headers: Headers =
+        [("x-api-key", KEY), ("authorization", "Bearer x"), ("x-request-id", "r1")].into_iter().collect();
+    let req = Request {
+        method: "POST",
+        path: "/v1/sdk/session",
+        policy: &policy,
+        headers: &headers,
+        peer: &peer,
+        sessions_ended_at: &|| 0,
+    };
+    assert!(matches!(decide(&mut state, &req, NOW, NOW_MS), Verdict::Allow(_)));
+    assert_eq!((policies.get(), peers.get()), (2, 2));
 }
 
 /// A small deterministic generator (xorshift): the same corpus every run.
@@ -531,18 +639,20 @@ fn hostile_requests_never_panic_and_only_the_real_credential_is_allowed() {
         let path = rng.pick(&paths);
         let path = if rng.below(3) == 0 { rng.mangle(path) } else { path.to_string() };
         let peer: std::net::IpAddr = rng.pick(&peers).parse().unwrap();
+        let named = rng.pick(&["end_user", "api_key", "dashboard", "", "end_user\u{0}"]);
         let req = Request {
             method: rng.pick(&methods),
             path: &path,
-            policy: Some(rng.pick(&["end_user", "api_key", "dashboard", "", "end_user\u{0}"])),
+            policy: &|| Some(named.to_string()),
             headers: &headers,
             peer: &|| Some(peer),
+            sessions_ended_at: &|| 0,
         };
         runs += 1;
         if let Verdict::Allow(_) = decide(&mut state, &req, NOW, NOW_MS) {
             allowed += 1;
             let (token, presented) = (headers.get("authorization"), headers.get("x-api-key"));
-            let ours = match req.policy {
+            let ours = match Some(named) {
                 Some("end_user") => token == Some(format!("Bearer {good}").as_str()),
                 Some("api_key") => presented == Some(KEY),
                 _ => false,

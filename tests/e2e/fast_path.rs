@@ -520,3 +520,61 @@ async fn a_browsers_origin_is_decided_in_the_proxy_with_cors_and_a_whitelist_cha
     assert!(decided.is_some(), "the fast path never allowed the new Origin");
     cluster.shutdown().await;
 }
+
+/// Dashboards are decided in the proxy too, and the console's sign-out holds
+/// at once: right after "sign out everywhere" answers, the account's other
+/// session is refused on its next request, as ext-authz refuses it (it
+/// learns in the process that ended the sessions; the filter, from its feed
+/// a moment later, so meanwhile it leaves dashboards to ext_authz).
+#[tokio::test]
+async fn dashboards_are_decided_in_the_proxy_and_a_sign_out_holds_at_once() {
+    let Some(cluster) = cluster_modes(&[true], &[]).await else { return };
+    let node = cluster.node();
+    if !node.stack.fast_path {
+        return;
+    }
+    let http = client();
+    for round in 0..5 {
+        let (email, _) = account(node, &format!("edge-dash-{round}")).await;
+        let (this, other) = (dashboard_token(node, &email).await, dashboard_token(node, &email).await);
+        // Until the filter allows the other session's reads itself.
+        let decided = within(Duration::from_secs(5), || async {
+            let before = allowed_by_filter(node).await;
+            profile_status(node, &other).await.0 == 200 && allowed_by_filter(node).await > before
+        })
+        .await;
+        assert!(decided.is_some(), "round {round}: the filter never decided a dashboard request");
+        let r = send(http.post(node.url("/v1/client/logout-all")).bearer_auth(&this)).await;
+        assert_eq!((r.status, r.body["revoked_sessions"].as_u64()), (200, Some(2)), "{r:?}");
+        for token in [&other, &this] {
+            let r = send(http.get(node.url("/v1/client/profile")).bearer_auth(token)).await;
+            assert_eq!((r.status, r.code()), (401, "session_revoked"), "round {round}: {r:?}");
+        }
+    }
+    // The context a service gets from the filter is ext-authz's: the
+    // dashboard's, with the client's address.
+    let (email, tenant_id) = account(node, "edge-dash-context").await;
+    let token = dashboard_token(node, &email).await;
+    let decided = within(Duration::from_secs(5), || async {
+        let before = allowed_by_filter(node).await;
+        profile_status(node, &token).await.0 == 200 && allowed_by_filter(node).await > before
+    })
+    .await;
+    assert!(decided.is_some(), "the filter never decided a dashboard request again");
+    // Envoy writes its access log a moment later.
+    let allowed_here = || {
+        node.access_log().lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()).any(|e| {
+            e["path"] == "/v1/client/profile"
+                && e["edge"] == "allow"
+                && e["status"] == 200
+                && e["tenant_id"] == tenant_id.as_str()
+        })
+    };
+    let logged = within(Duration::from_secs(5), || {
+        let found = allowed_here();
+        async move { found }
+    })
+    .await;
+    assert!(logged.is_some(), "no dashboard request the filter allowed, with its tenant, in Envoy's access log");
+    cluster.shutdown().await;
+}

@@ -337,6 +337,36 @@ pub async fn onboard_via(node: &Node, name: &str, http: &reqwest::Client) -> Ten
     }
 }
 
+/// A registered client's email and tenant id (no login yet).
+pub async fn account(node: &Node, name: &str) -> (String, String) {
+    let email = format!("{}@example.com", caas_core::id::new_id(name).to_lowercase());
+    let r = send(
+        client()
+            .post(node.url("/v1/client/register"))
+            .json(&json!({"name": name, "email": email, "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    (email, r.body["client_id"].as_str().unwrap().into())
+}
+
+pub async fn login(node: &Node, email: &str, password: &str) -> Reply {
+    send(client().post(node.url("/v1/client/login")).json(&json!({"email": email, "password": password}))).await
+}
+
+/// A dashboard session's access token for `email` (a sign-in).
+pub async fn dashboard_token(node: &Node, email: &str) -> String {
+    let r = login(node, email, PASSWORD).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    r.body["access_token"].as_str().unwrap().into()
+}
+
+/// The profile as `token` sees it through `node`: 200, or the denial's code.
+pub async fn profile_status(node: &Node, token: &str) -> (u16, String) {
+    let r = send(client().get(node.url("/v1/client/profile")).bearer_auth(token)).await;
+    (r.status, r.code().to_string())
+}
+
 pub async fn set_whitelists(node: &Node, tenant: &Tenant, cidrs: &[&str], origins: &[&str]) {
     set_whitelists_via(node, tenant, cidrs, origins, &client()).await
 }

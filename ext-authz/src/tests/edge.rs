@@ -126,7 +126,7 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
         &[("upgrade", "websocket")],
         &[("x-api-key", "caas_not_a_key")],
     ];
-    let (mut compared, mut allowed, mut with_origin) = (0, 0, 0);
+    let (mut compared, mut allowed, mut with_origin, mut dashboards) = (0, 0, 0, 0);
     for (name, token) in &tokens {
         for origin in origins {
             for path in paths {
@@ -141,9 +141,10 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
                         let req = Request {
                             method: "GET",
                             path,
-                            policy,
+                            policy: &|| policy.map(str::to_string),
                             headers: &map,
                             peer: &|| Some("127.0.0.1".parse().unwrap()),
+                            sessions_ended_at: &|| 0,
                         };
                         let edge = decide(&mut state, &req, now, now_ms);
                         let EdgeVerdict::Allow(edge) = edge else { continue };
@@ -153,6 +154,7 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
                         assert_same_allow(&edge, &check, &case);
                         compared += 1;
                         with_origin += usize::from(origin.is_some());
+                        dashboards += usize::from(policy == Some("dashboard"));
                     }
                 }
             }
@@ -160,15 +162,17 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
     }
     assert!(allowed > 0 && compared == allowed, "the filter allowed {allowed} requests, {compared} compared");
     assert!(with_origin > 0, "the filter allowed no request with an Origin: CORS was not compared");
+    assert!(dashboards > 0, "the filter allowed no dashboard request: dashboards were not compared");
     // The common case is the filter's: a valid token, no Origin, an end-user route.
     let map: Headers =
         [("authorization", format!("Bearer {}", f.token)), ("x-request-id", "r".into())].into_iter().collect();
     let req = Request {
         method: "GET",
         path: "/v1/messages",
-        policy: Some("end_user"),
+        policy: &|| Some("end_user".into()),
         headers: &map,
         peer: &|| Some("127.0.0.1".parse().unwrap()),
+        sessions_ended_at: &|| 0,
     };
     assert!(matches!(decide(&mut state, &req, now, now_ms), EdgeVerdict::Allow(_)));
     // Without a confirmation within a second, it decides nothing.
@@ -368,8 +372,14 @@ async fn in_a_mesh_the_filter_takes_the_policy_from_the_same_table_as_the_check(
         ("/v1/client/profile", false),
         ("/v1/nowhere", false),
     ] {
-        let req =
-            Request { method: "GET", path, policy: None, headers: &map, peer: &|| Some("127.0.0.1".parse().unwrap()) };
+        let req = Request {
+            method: "GET",
+            path,
+            policy: &|| None,
+            headers: &map,
+            peer: &|| Some("127.0.0.1".parse().unwrap()),
+            sessions_ended_at: &|| 0,
+        };
         let edge = decide(&mut state, &req, now, now_ms);
         let check = check(&f, request(None, "GET", path, &headers, "127.0.0.1")).await;
         assert_eq!(matches!(edge, EdgeVerdict::Allow(_)), filter_allows, "{path}: {edge:?}");
@@ -462,9 +472,10 @@ async fn for_api_keys_too_the_filter_allows_only_what_the_check_allows() {
                         let req = Request {
                             method: "POST",
                             path,
-                            policy,
+                            policy: &|| policy.map(str::to_string),
                             headers: &map,
                             peer: &|| Some(peer.parse().unwrap()),
+                            sessions_ended_at: &|| 0,
                         };
                         let EdgeVerdict::Allow(edge) = decide(&mut state, &req, now, now_ms) else { continue };
                         let check = check(&f, request(policy, "POST", path, &headers, peer)).await;
