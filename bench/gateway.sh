@@ -16,6 +16,10 @@
 #   e'  (e) with OPTIONS requests (no Origin: not a preflight, the Check allows)
 #   h   (g) with OPTIONS requests, which the filter leaves to ext_authz: the
 #       miss path (what a request the filter cannot decide costs), against (e')
+#   e'' (e) with a well-formed key that exists nowhere (ext-authz answers 401;
+#       its failure limit is off for the bench)
+#   i   (g) with that key: the filter leaves it to ext_authz, as it does the
+#       first request of a new key, against (e'')
 # ext-authz runs with QUOTAS_ENABLED=false: one bench user would otherwise
 # be held to the per-user quota (50/s), and the fast path counts only where
 # ext-authz does.
@@ -34,6 +38,8 @@ DB="sqlite://$WORK/caas.db"
 SEED=$(./target/release/caas-bench seed --database-url "$DB" --jwt-secret "$JWT_SECRET" --token-ttl 7200)
 field() { echo "$SEED" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 TOKEN=$(field token); API_KEY=$(field api_key)
+# Well-formed (its checksum is right), stored nowhere (edge-wasm/src/tests.rs).
+UNKNOWN_KEY=caas_0123456789abcdefghijklmnopqrstuv2CRUDD
 KID=$(python3 -c "import hashlib,sys; print(hashlib.sha256(sys.argv[1].encode()).hexdigest()[:16])" "$JWT_SECRET")
 K=$(python3 -c "import base64,sys; print(base64.urlsafe_b64encode(sys.argv[1].encode()).decode().rstrip('='))" "$JWT_SECRET")
 
@@ -42,7 +48,7 @@ K=$(python3 -c "import base64,sys; print(base64.urlsafe_b64encode(sys.argv[1].en
 # each on average) and removes `authorization`.
 ./target/release/caas-bench noop-authz --addr 127.0.0.1:9293 --set-headers 6 --header-bytes 21 --remove-headers 1 2>/dev/null & SHAPED=$!; PIDS+=("$SHAPED")
 DATABASE_URL=$DB JWT_SECRET=$JWT_SECRET SERVICE_SECRET=$SERVICE_SECRET EXT_AUTHZ_ADDR=127.0.0.1:9391 \
-  EXT_AUTHZ_OPS_ADDR=127.0.0.1:9392 EXT_AUTHZ_CALLER_TOKEN=$CALLER_TOKEN QUOTAS_ENABLED=false \
+  EXT_AUTHZ_OPS_ADDR=127.0.0.1:9392 EXT_AUTHZ_CALLER_TOKEN=$CALLER_TOKEN QUOTAS_ENABLED=false FAILED_AUTH_LIMIT=0 \
   RUST_LOG=warn ./target/release/ext-authz >/dev/null 2>&1 & AUTHZ=$!; PIDS+=("$AUTHZ")
 for _ in $(seq 100); do curl -sf http://127.0.0.1:9392/health >/dev/null && break; sleep 0.1; done
 
@@ -86,6 +92,8 @@ for round in $(seq "$ROUNDS"); do
   run g f /bench/key "x-api-key: $API_KEY" "$AUTHZ" >> "$RESULTS"
   METHOD=OPTIONS run e2 d /bench/key "x-api-key: $API_KEY" "$AUTHZ" >> "$RESULTS"
   METHOD=OPTIONS run h f /bench/key "x-api-key: $API_KEY" "$AUTHZ" >> "$RESULTS"
+  EXPECT=401 run e3 d /bench/key "x-api-key: $UNKNOWN_KEY" "$AUTHZ" >> "$RESULTS"
+  EXPECT=401 run i f /bench/key "x-api-key: $UNKNOWN_KEY" "$AUTHZ" >> "$RESULTS"
 done
 
 python3 - "$RESULTS" "$TICK" "$CONNECTIONS" "$DURATION" <<'PY'
@@ -100,15 +108,16 @@ names = {"a": "Envoy, no auth", "b": "Envoy jwt_authn (HS256, local JWKS)", "c":
          "c2": "Envoy + do-nothing ext_authz returning (d)'s header mutations",
          "d": "Envoy + caas ext-authz, JWT route", "e": "Envoy + caas ext-authz, API-key route",
          "f": "fast path (edge-wasm) + caas ext-authz, JWT route", "g": "fast path (edge-wasm) + caas ext-authz, API-key route",
-         "e2": "(e) with OPTIONS requests", "h": "(g) with OPTIONS requests: the filter forwards (miss path)"}
+         "e2": "(e) with OPTIONS requests", "h": "(g) with OPTIONS requests: the filter forwards (miss path)",
+         "e3": "(e) with a key that exists nowhere (401)", "i": "(g) with that key: the filter forwards (miss path)"}
 print(f"wrk -t1 -c{sys.argv[3]} -d{sys.argv[4]}, Envoy --concurrency 1, median of {len(by['a'])} interleaved rounds\n")
 print("| variant | req/s | vs (a) | vs (c) | vs (c') | p99 | non-2xx | authz server CPU µs/check | Envoy CPU µs/req |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 cpu = lambda k: med(k, 5) / tick / med(k, 2) * 1e6
-for k in ["a", "b", "c", "c2", "d", "e", "f", "g", "e2", "h"]:
+for k in ["a", "b", "c", "c2", "d", "e", "f", "g", "e2", "h", "e3", "i"]:
     rps = med(k, 1)
     authz = "—" if k in "ab" else f"{cpu(k):.1f}"
-    label = {"c2": "c'", "e2": "e'"}.get(k, k)
+    label = {"c2": "c'", "e2": "e'", "e3": "e''"}.get(k, k)
     print(f"| ({label}) {names[k]} | {rps:,.0f} | {rps / med('a', 1):.2f} | {rps / med('c', 1):.2f} | {rps / med('c2', 1):.2f} | {by[k][0][3]} | {int(med(k, 4))} | {authz} | {med(k, 6) / tick / med(k, 2) * 1e6:.1f} |")
 for k in "defg":
     reqs = sum(float(r[2]) for r in by[k])
@@ -119,6 +128,7 @@ for k in "defg":
 print(f"\nfast path, JWT route: {med('f', 1) / med('a', 1):.2f}x of no auth, {med('f', 1) / med('d', 1):.2f}x of caas ext-authz (d)")
 print(f"fast path, API-key route: {med('g', 1) / med('a', 1):.2f}x of no auth, {med('g', 1) / med('e', 1):.2f}x of caas ext-authz (e)")
 print(f"fast path, miss path (h): {med('h', 1) / med('e2', 1):.2f}x of caas ext-authz with the same requests (e')")
+print(f"fast path, miss path (i), an unknown key: {med('i', 1) / med('e3', 1):.2f}x of caas ext-authz with the same key (e'')")
 ours = (cpu("d") + cpu("e")) / 2
 print(f"\next-authz CPU per check / do-nothing server's: {ours / cpu('c'):.2f} vs (c), {ours / cpu('c2'):.2f} vs (c') (d and e averaged)")
 PY

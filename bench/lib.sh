@@ -159,7 +159,7 @@ measure() {
   "$ENVOY" -c "$WORK/$name.yaml" --disable-hot-restart --concurrency "$workers" --log-level error >/dev/null 2>&1 & local envoy=$!
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:18000/" && break; sleep 0.05; done
   local status; status=$(curl -s -o /dev/null -w '%{http_code}' -X "$method" -H "$header" "http://127.0.0.1:18000$path")
-  [ "$status" = 200 ] || { echo "variant $name answered $status, not 200" >&2; kill $envoy; exit 1; }
+  [ "$status" = "${EXPECT:-200}" ] || { echo "variant $name answered $status, not ${EXPECT:-200}" >&2; kill $envoy; exit 1; }
   wrk -t1 -c"$CONNECTIONS" -d2s "${script[@]}" -H "$header" "http://127.0.0.1:18000$path" >/dev/null
   local s0 e0 s1 e1 out
   s0=$(cpu_ticks "$server"); e0=$(cpu_ticks $envoy)
