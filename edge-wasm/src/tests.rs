@@ -490,8 +490,8 @@ fn properties_are_read_only_for_a_request_the_filter_could_allow() {
         peers.set(peers.get() + 1);
         Some("127.0.0.1".parse().unwrap())
     };
-    let headers: Headers = [("x-api-key", KEY), ("x-request-id", "r1")].into_iter().collect();
-    let ask = |state: &mut State, method| {
+    let sent = |state: &mut State, method, headers: &[(&str, &str)]| {
+        let headers: Headers = headers.iter().copied().collect();
         let req = Request {
             method,
             path: "/v1/sdk/session",
@@ -502,6 +502,7 @@ fn properties_are_read_only_for_a_request_the_filter_could_allow() {
         };
         decide(state, &req, NOW, NOW_MS)
     };
+    let ask = |state: &mut State, method| sent(state, method, &[("x-api-key", KEY), ("x-request-id", "r1")]);
     // A key not looked up yet (its lookup asked for), and a preflight: left
     // to ext_authz with nothing read (in Envoy, each read is a property
     // lookup through V8).
@@ -517,16 +518,8 @@ fn properties_are_read_only_for_a_request_the_filter_could_allow() {
             let none = json!({ "epoch": "e1", "cursor": 0, "keys": [ { "hash": hash, "key": null } ] });
             state.apply_keys(none.to_string().as_bytes(), NOW_MS).unwrap();
         }
-        let headers: Headers = [("x-api-key", presented), ("x-request-id", "r1")].into_iter().collect();
-        let req = Request {
-            method: "POST",
-            path: "/v1/sdk/session",
-            policy: &policy,
-            headers: &headers,
-            peer: &peer,
-            sessions_ended_at: &|| 0,
-        };
-        assert_eq!(decide(&mut state, &req, NOW, NOW_MS), Verdict::Forward(Miss::Refused), "{presented}");
+        let verdict = sent(&mut state, "POST", &[("x-api-key", presented), ("x-request-id", "r1")]);
+        assert_eq!(verdict, Verdict::Forward(Miss::Refused), "{presented}");
     }
     assert_eq!((policies.get(), peers.get()), (0, 0));
     // Known: the route's policy, then the address for the whitelist.
@@ -535,17 +528,8 @@ fn properties_are_read_only_for_a_request_the_filter_could_allow() {
     assert_eq!((policies.get(), peers.get()), (1, 1));
     // With a bearer token beside the key, the route decides which one
     // counts: the policy is read first.
-    let headers: Headers =
-        [("x-api-key", KEY), ("authorization", "Bearer x"), ("x-request-id", "r1")].into_iter().collect();
-    let req = Request {
-        method: "POST",
-        path: "/v1/sdk/session",
-        policy: &policy,
-        headers: &headers,
-        peer: &peer,
-        sessions_ended_at: &|| 0,
-    };
-    assert!(matches!(decide(&mut state, &req, NOW, NOW_MS), Verdict::Allow(_)));
+    let both = [("x-api-key", KEY), ("authorization", "Bearer x"), ("x-request-id", "r1")];
+    assert!(matches!(sent(&mut state, "POST", &both), Verdict::Allow(_)));
     assert_eq!((policies.get(), peers.get()), (2, 2));
 }
 
