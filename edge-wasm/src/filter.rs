@@ -308,7 +308,7 @@ impl RootContext for Root {
             metrics: self.metrics.clone(),
             response: Vec::new(),
             policy: std::cell::OnceCell::new(),
-            may_end_sessions: None,
+            may_end_sessions: false,
         }))
     }
 
@@ -324,10 +324,10 @@ struct Edge {
     response: Vec<(&'static str, String)>,
     /// The route's policy, read at most once.
     policy: std::cell::OnceCell<Option<String>>,
-    /// The path of a request with a bearer token whose method may end
-    /// sessions (decide.rs `may_end_sessions`): if its route is a
-    /// dashboard's, its answer closes the filter's dashboard decisions.
-    may_end_sessions: Option<String>,
+    /// A dashboard request with a bearer token whose method may end
+    /// sessions (decide.rs `may_end_sessions`): its answer closes the
+    /// filter's dashboard decisions.
+    may_end_sessions: bool,
 }
 
 impl Context for Edge {}
@@ -372,11 +372,8 @@ impl HttpContext for Edge {
         for (name, value) in std::mem::take(&mut self.response) {
             self.set_http_response_header(name, Some(&value));
         }
-        if let Some(path) = self.may_end_sessions.take() {
-            let policy = crate::decide::policy_of(&self.state.borrow(), self.route_policy().as_deref(), &path);
-            if policy == Some(caas_rules::policy::Policy::Dashboard) {
-                sessions_ended(now().as_millis() as u64);
-            }
+        if std::mem::take(&mut self.may_end_sessions) {
+            sessions_ended(now().as_millis() as u64);
         }
         Action::Continue
     }
@@ -397,9 +394,12 @@ impl HttpContext for Edge {
         let headers: Headers = pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         let method = headers.get(":method").unwrap_or_default();
         let path = headers.get(":path").unwrap_or_default();
-        // Whatever becomes of it here: its answer may be a sign-out.
+        // Whatever becomes of it here, its answer may be a sign-out (the
+        // route's policy is read here only for such a request, which a
+        // decision would read anyway).
         if crate::decide::may_end_sessions(method) && headers.contains("authorization") {
-            self.may_end_sessions = Some(path.to_string());
+            let policy = crate::decide::policy_of(&self.state.borrow(), self.route_policy().as_deref(), path);
+            self.may_end_sessions = policy == Some(caas_rules::policy::Policy::Dashboard);
         }
         if unusual {
             return self.forward(Miss::Unusual);
