@@ -546,9 +546,13 @@ async fn dashboards_are_decided_in_the_proxy_and_a_sign_out_holds_at_once() {
         assert!(decided.is_some(), "round {round}: the filter never decided a dashboard request");
         let r = send(http.post(node.url("/v1/client/logout-all")).bearer_auth(&this)).await;
         assert_eq!((r.status, r.body["revoked_sessions"].as_u64()), (200, Some(2)), "{r:?}");
+        // On the connection that signed out, and on new ones (which Envoy
+        // may give to its other worker).
         for token in [&other, &this] {
-            let r = send(http.get(node.url("/v1/client/profile")).bearer_auth(token)).await;
-            assert_eq!((r.status, r.code()), (401, "session_revoked"), "round {round}: {r:?}");
+            for http in [http.clone(), client(), client()] {
+                let r = send(http.get(node.url("/v1/client/profile")).bearer_auth(token)).await;
+                assert_eq!((r.status, r.code()), (401, "session_revoked"), "round {round}: {r:?}");
+            }
         }
     }
     // The context a service gets from the filter is ext-authz's: the
