@@ -16,7 +16,9 @@
 #   bench/socket.sh [memory] [fanout] [compare]   (default: memory fanout)
 #     env: SMALL (10000), LARGE (50000), SUBSCRIBERS (1000), RATE (100);
 #     compare: RATES ("100 200 400 800"), ROUNDS (3), PUBLISH_SECONDS (5),
-#     VARIANTS ("caas sockudo caas-envoy sockudo-envoy"), ENVOY_WORKERS (1),
+#     VARIANTS ("caas sockudo caas-envoy sockudo-envoy"; also caas-envoy-filter:
+#     the fast path's Wasm filter in the chain the upgrade takes, as in
+#     envoy/envoy.yaml), ENVOY_WORKERS (1),
 #     SOCKUDO_BIN (sockudo on PATH; `cargo install sockudo --locked`).
 source "$(dirname "$0")/lib.sh"
 ulimit -n 20000
@@ -102,7 +104,9 @@ if has compare; then
 RATES=${RATES:-100 200 400 800}; PUBLISH_SECONDS=${PUBLISH_SECONDS:-5}
 VARIANTS=${VARIANTS:-caas sockudo caas-envoy sockudo-envoy}; ENVOY_WORKERS=${ENVOY_WORKERS:-1}
 SOCKUDO=${SOCKUDO_BIN:-sockudo}
-command -v "$SOCKUDO" >/dev/null 2>&1 || { echo "error: sockudo not found (cargo install sockudo --locked; or SOCKUDO_BIN=path)" >&2; exit 1; }
+if [[ " $VARIANTS " == *" sockudo"* ]]; then
+  command -v "$SOCKUDO" >/dev/null 2>&1 || { echo "error: sockudo not found (cargo install sockudo --locked; or SOCKUDO_BIN=path)" >&2; exit 1; }
+fi
 echo
 echo "## Side by side with sockudo ($("$SOCKUDO" --version 2>/dev/null | head -1)): $SUBSCRIBERS subscribers of one channel, rates $RATES messages/s for ${PUBLISH_SECONDS} s, $ROUNDS rounds"
 CAAS_PORT=19300; SOCKUDO_PORT=19301; ENVOY_PORT=18100
@@ -153,6 +157,33 @@ static_resources:
     load_assignment: { cluster_name: sockudo, endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $SOCKUDO_PORT } } } } ] } ] }
 YAML
 
+# The same proxy with the fast path's Wasm filter in the chain the upgrade
+# takes, as in envoy/envoy.yaml (no feed: it decides nothing and lets every
+# request on; what is measured is each upgraded stream's frames passing it).
+if [[ " $VARIANTS " == *" caas-envoy-filter "* ]]; then
+  cargo build -q -p caas-edge-wasm --target wasm32-wasip1 --profile edge
+  WASM=$PWD/$TARGET/wasm32-wasip1/edge/caas_edge_wasm.wasm
+  [ -f "$WASM" ] || WASM=$TARGET/wasm32-wasip1/edge/caas_edge_wasm.wasm
+  EDGE="          - name: caas.edge
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: caas_edge
+                root_id: caas_edge
+                configuration: { \"@type\": type.googleapis.com/google.protobuf.StringValue, value: '{\"cluster\":\"none\",\"token\":\"x\"}' }
+                vm_config: { vm_id: caas_edge, runtime: envoy.wasm.runtime.v8, code: { local: { filename: \"$WASM\" } } }
+                failure_policy: FAIL_OPEN"
+  python3 - "$WORK" "$EDGE" <<'PY'
+import sys
+work, edge = sys.argv[1], sys.argv[2]
+base = open(f"{work}/ws-proxy.yaml").read()
+router = "          - name: envoy.filters.http.router\n"
+assert router in base
+with_filter = base.replace(router, edge + "\n" + router, 1)
+open(f"{work}/ws-proxy-filter.yaml", "w").write(with_filter)
+PY
+fi
+
 # The env-bootstrapped app's limits default to 100 (connections, backend
 # events per second, …): lifted, as start_socket lifts CAAS's per-user caps.
 start_sockudo() { # sets SERVER_PID; run from an empty directory so no config/ file is read
@@ -183,8 +214,10 @@ cell() {
                 --app-secret "$APP_SECRET" --conversation "$CHANNEL") ;;
   esac
   server=$SERVER_PID
-  if [[ $variant == *-envoy ]]; then
-    "$ENVOY" -c "$WORK/ws-proxy.yaml" --disable-hot-restart --concurrency "$ENVOY_WORKERS" --log-level error >/dev/null 2>&1 &
+  if [[ $variant == *-envoy* ]]; then
+    local proxy=ws-proxy
+    [[ $variant == *-envoy-* ]] && proxy=ws-proxy-${variant##*-envoy-}
+    "$ENVOY" -c "$WORK/$proxy.yaml" --disable-hot-restart --concurrency "$ENVOY_WORKERS" --log-level error >/dev/null 2>&1 &
     envoy_pid=$!; PIDS+=("$envoy_pid")
     for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$ENVOY_PORT/" && break; sleep 0.05; done
     target=127.0.0.1:$ENVOY_PORT
