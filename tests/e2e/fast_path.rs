@@ -34,9 +34,14 @@ async fn allowed_by_filter(node: &Node) -> u64 {
 
 /// Waits until the node's filter has confirmed its feed (it decides).
 async fn until_current(node: &Node, token: &str) {
+    until_decided(node, "/v1/conversations", token).await;
+}
+
+/// Waits until the node's filter allows a GET of `path` with `token` itself.
+async fn until_decided(node: &Node, path: &str, token: &str) {
     let http = client();
     let took = within(Duration::from_secs(10), || {
-        let (http, url, token) = (http.clone(), node.url("/v1/conversations"), token.to_string());
+        let (http, url, token) = (http.clone(), node.url(path), token.to_string());
         async move {
             let before = allowed_by_filter(node).await;
             let r = send(http.get(url).bearer_auth(&token)).await;
@@ -44,7 +49,7 @@ async fn until_current(node: &Node, token: &str) {
         }
     })
     .await;
-    assert!(took.is_some(), "the fast path never allowed a valid request on {}", node.gateway);
+    assert!(took.is_some(), "the fast path never allowed a valid GET {path} on {}", node.gateway);
 }
 
 /// What must be alike: status, error code, body (without the request id),
@@ -540,12 +545,7 @@ async fn dashboards_are_decided_in_the_proxy_and_a_sign_out_holds_at_once() {
         let (email, _) = account(node, &format!("edge-dash-{round}")).await;
         let (this, other) = (dashboard_token(node, &email).await, dashboard_token(node, &email).await);
         // Until the filter allows the other session's reads itself.
-        let decided = within(Duration::from_secs(5), || async {
-            let before = allowed_by_filter(node).await;
-            profile_status(node, &other).await.0 == 200 && allowed_by_filter(node).await > before
-        })
-        .await;
-        assert!(decided.is_some(), "round {round}: the filter never decided a dashboard request");
+        until_decided(node, "/v1/client/profile", &other).await;
         let r = send(http.post(node.url("/v1/client/logout-all")).bearer_auth(&this)).await;
         assert_eq!((r.status, r.body["revoked_sessions"].as_u64()), (200, Some(2)), "{r:?}");
         // On the connection that signed out, and on new ones (which Envoy
@@ -561,12 +561,7 @@ async fn dashboards_are_decided_in_the_proxy_and_a_sign_out_holds_at_once() {
     // dashboard's, with the client's address.
     let (email, tenant_id) = account(node, "edge-dash-context").await;
     let token = dashboard_token(node, &email).await;
-    let decided = within(Duration::from_secs(5), || async {
-        let before = allowed_by_filter(node).await;
-        profile_status(node, &token).await.0 == 200 && allowed_by_filter(node).await > before
-    })
-    .await;
-    assert!(decided.is_some(), "the filter never decided a dashboard request again");
+    until_decided(node, "/v1/client/profile", &token).await;
     // Envoy writes its access log a moment later.
     let allowed_here = || {
         node.access_log().lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()).any(|e| {
