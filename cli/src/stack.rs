@@ -52,10 +52,11 @@ pub struct UpConfig {
     /// Run the services without Envoy.
     #[arg(long)]
     pub no_envoy: bool,
-    /// The in-proxy fast path (edge-wasm/): Envoy allows end users' requests
-    /// itself, as ext-authz would (quotas leased from ext-authz's own
-    /// buckets), and calls ext_authz for the rest (docs/DESIGN.md, "The
-    /// in-proxy fast path"). `false`: ext_authz decides every request.
+    /// The in-proxy fast path (edge-wasm/): Envoy allows end users', API
+    /// keys' and dashboards' requests itself, as ext-authz would (quotas
+    /// leased from ext-authz's own buckets), and calls ext_authz for the rest
+    /// (docs/DESIGN.md, "The in-proxy fast path"). `false`: ext_authz decides
+    /// every request.
     #[arg(long, env = "FAST_PATH", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub fast_path: bool,
     /// The fast path's module (caas_edge_wasm.wasm). Unset: beside the `caas`
