@@ -90,9 +90,10 @@ pub enum Miss {
     NotCurrent,
     /// Not an end-user, API-key or dashboard route (or no policy is declared).
     Policy,
-    /// Not a request the filter judges: OPTIONS (preflights), upgrade,
-    /// credential in the query, path not canonical, no client address, a
-    /// header value that is not UTF-8.
+    /// Not a request the filter judges: OPTIONS (preflights), an upgrade
+    /// other than a WebSocket's on an end-user route, a socket's token in
+    /// the query, a credential in the query, path not canonical, no client
+    /// address, a header value that is not UTF-8.
     Unusual,
     /// Token or session would be refused: ext-authz answers it.
     Refused,
@@ -179,6 +180,11 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
     // allowed; the filter never refuses, so which failure comes first only
     // names the metric. The client's address is told last, before a lease
     // is spent (`client`).
+    // A socket is an end user's (policies.rs `end_user` is where an
+    // upgrade means anything); on another route it is ext_authz's.
+    if policy != Policy::EndUser && req.headers.contains("upgrade") {
+        return Err(Miss::Unusual);
+    }
     let (ctx, cors_origin) = match policy {
         Policy::ApiKey => (with_api_key(state, req, key, now, now_ms)?, None),
         Policy::Dashboard => (as_dashboard(state, req, now)?, None),
@@ -216,14 +222,14 @@ pub fn may_end_sessions(method: &str) -> bool {
 /// property: whether it may decide at all (`current`), and ext-authz's
 /// requests it never judges (check.rs `decide`: path, preflight, query).
 /// Every OPTIONS is left to ext-authz (a preflight is answered there), and
-/// so is an upgrade (a socket's context carries its token's expiry).
+/// so is an upgrade to anything but a WebSocket.
 pub fn screen(state: &State, method: &str, path: &str, headers: &Headers, now_ms: u64) -> Result<(), Miss> {
     if !state.current(now_ms) {
         return Err(Miss::NotCurrent);
     }
     if !policy::canonical(request::path_only(path))
         || method == "OPTIONS"
-        || headers.contains("upgrade")
+        || headers.get("upgrade").is_some_and(|u| !request::is_websocket_upgrade(Some(u)))
         || request::credential_in_query(path)
     {
         return Err(Miss::Unusual);
@@ -274,9 +280,12 @@ fn as_end_user<'r>(
     now_ms: u64,
 ) -> Result<(RequestContext, Option<&'r str>), Miss> {
     let (token, source) = request::end_user_token(|name| req.header(name), req.path).map_err(|_| Miss::Refused)?;
-    if source != TokenSource::Authorization {
+    // A socket's token in the query is taken out of the path on its way
+    // (ext-authz's `strip_query`): left to ext_authz.
+    if source == TokenSource::Query {
         return Err(Miss::Unusual);
     }
+    let socket = request::is_websocket_upgrade(req.header("upgrade"));
     let claims = state.verify(token, Audience::Sdk, now).map_err(|_| Miss::Refused)?;
     check_session(state, &claims, Audience::Sdk)?;
     let origin = req.header("origin");
@@ -309,7 +318,8 @@ fn as_end_user<'r>(
         // End-user routes do not carry the address (ext-authz policies.rs).
         client_ip: String::new(),
         request_id: String::new(),
-        token_expires_at: None,
+        // A socket outlives its upgrade and closes when its token expires.
+        token_expires_at: socket.then_some(claims.exp),
     };
     Ok((ctx, origin))
 }

@@ -426,6 +426,44 @@ fn an_origin_is_allowed_against_the_tenants_whitelist_with_cors_and_a_change_is_
 }
 
 #[test]
+fn a_socket_is_decided_here_on_end_user_routes_only_with_its_tokens_expiry() {
+    let mut state = State::default();
+    state.apply_changes(&resync("e1", 5, true), NOW_MS).unwrap();
+    state.apply_session("ses_1", &session("e1", 5, false), NOW_MS).unwrap();
+    let subprotocol = format!("caas.v1, caas.bearer.{}", token("ses_1"));
+    let ask = |state: &mut State, policy: &'static str, path: &str, headers: &[(&str, &str)]| {
+        let headers: Headers = headers.iter().copied().chain([("x-request-id", "r1")]).collect();
+        let req = Request {
+            method: "GET",
+            path,
+            policy: &|| Some(policy.into()),
+            headers: &headers,
+            peer: &|| Some("127.0.0.1".parse().unwrap()),
+            sessions_ended_at: &|| 0,
+        };
+        decide(state, &req, NOW, NOW_MS)
+    };
+    let socket = [("upgrade", "websocket"), ("sec-websocket-protocol", subprotocol.as_str())];
+    let Verdict::Allow(allow) = ask(&mut state, "end_user", "/v1/ws", &socket) else { panic!("not allowed") };
+    let set: std::collections::HashMap<_, _> = allow.set.iter().cloned().collect();
+    assert_eq!(set.get("x-caas-token-expires-at"), Some(&(NOW + 900).to_string()));
+    // Not on another route, not another upgrade, not a token in the query
+    // (ext-authz takes it out of the path).
+    assert_eq!(ask(&mut state, "api_key", "/v1/ws", &socket), Verdict::Forward(Miss::Unusual));
+    let h2c = [("upgrade", "h2c"), ("sec-websocket-protocol", subprotocol.as_str())];
+    assert_eq!(ask(&mut state, "end_user", "/v1/ws", &h2c), Verdict::Forward(Miss::Unusual));
+    let query = format!("/v1/ws?token={}", token("ses_1"));
+    assert_eq!(ask(&mut state, "end_user", &query, &[("upgrade", "websocket")]), Verdict::Forward(Miss::Unusual));
+    // A plain request carries no expiry.
+    let bearer = format!("Bearer {}", token("ses_1"));
+    let Verdict::Allow(allow) = ask(&mut state, "end_user", "/v1/messages", &[("authorization", bearer.as_str())])
+    else {
+        panic!("not allowed")
+    };
+    assert!(allow.set.iter().all(|(name, value)| *name != "x-caas-token-expires-at" || value.is_empty()));
+}
+
+#[test]
 fn a_dashboard_is_decided_here_except_between_a_sign_out_and_the_next_poll() {
     let mut state = State::default();
     state.apply_changes(&resync("e1", 5, true), NOW_MS).unwrap();

@@ -192,6 +192,13 @@ async fn the_fast_path_answers_as_ext_authz_does() {
     // with the same context headers as ext_authz's.
     let decided = allowed_by_filter(fast).await - before;
     assert!(decided >= 3, "the filter decided {decided} of the requests");
+    // A socket's upgrade (its token in the subprotocol, as browsers send
+    // it) is the filter's too; realtime.rs runs every socket flow through it.
+    let before = allowed_by_filter(fast).await;
+    let socket = crate::ws::connect(&fast.ws(), Some(&token), None).await;
+    assert!(socket.is_ok(), "the socket did not open through the fast path");
+    assert!(allowed_by_filter(fast).await > before, "the filter did not decide the socket's upgrade");
+    drop(socket);
     cluster.shutdown().await;
 }
 

@@ -163,6 +163,47 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
     assert!(allowed > 0 && compared == allowed, "the filter allowed {allowed} requests, {compared} compared");
     assert!(with_origin > 0, "the filter allowed no request with an Origin: CORS was not compared");
     assert!(dashboards > 0, "the filter allowed no dashboard request: dashboards were not compared");
+    // Sockets: a WebSocket upgrade with its token in the subprotocol (as
+    // browsers send it) or in `authorization`, with and without an Origin;
+    // the context tells the socket when the token expires. A token in the
+    // query, or another kind of upgrade, is never the filter's.
+    let mut sockets = 0;
+    for (name, token) in &tokens {
+        for origin in origins {
+            for (path, carrier) in [("/v1/ws", "subprotocol"), ("/v1/ws", "authorization"), ("/v1/ws?token=t", "query")]
+            {
+                for upgrade in ["websocket", "WebSocket", "h2c"] {
+                    let subprotocol = format!("caas.v1, caas.bearer.{token}");
+                    let authorization = format!("Bearer {token}");
+                    let path = if carrier == "query" { format!("/v1/ws?token={token}") } else { path.to_string() };
+                    let mut headers: Vec<(&str, &str)> = vec![("upgrade", upgrade), ("x-request-id", "req-ws-1")];
+                    match carrier {
+                        "subprotocol" => headers.push(("sec-websocket-protocol", subprotocol.as_str())),
+                        "authorization" => headers.push(("authorization", authorization.as_str())),
+                        _ => {}
+                    }
+                    headers.extend(origin.map(|o| ("origin", o)));
+                    let map: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
+                    let req = Request {
+                        method: "GET",
+                        path: &path,
+                        policy: &|| Some("end_user".into()),
+                        headers: &map,
+                        peer: &|| Some("127.0.0.1".parse().unwrap()),
+                        sessions_ended_at: &|| 0,
+                    };
+                    let EdgeVerdict::Allow(edge) = decide(&mut state, &req, now, now_ms) else { continue };
+                    assert!(carrier != "query" && upgrade != "h2c", "{name} {carrier} {upgrade}");
+                    let check = check(&f, request(Some("end_user"), "GET", &path, &headers, "127.0.0.1")).await;
+                    let case = format!("socket: {name}, {carrier}, {upgrade}, origin {origin:?}");
+                    assert_same_allow(&edge, &check, &case);
+                    assert!(check.set.contains_key(context::TOKEN_EXPIRES_AT), "{case}");
+                    sockets += 1;
+                }
+            }
+        }
+    }
+    assert!(sockets >= 4, "the filter allowed {sockets} socket upgrades");
     // The common case is the filter's: a valid token, no Origin, an end-user route.
     let map: Headers =
         [("authorization", format!("Bearer {}", f.token)), ("x-request-id", "r".into())].into_iter().collect();
