@@ -223,7 +223,7 @@ pub fn may_end_sessions(method: &str) -> bool {
 /// requests it never judges (check.rs `decide`: path, preflight, query).
 /// Every OPTIONS is left to ext-authz (a preflight is answered there), and
 /// so is an upgrade to anything but a WebSocket.
-pub fn screen(state: &State, method: &str, path: &str, headers: &Headers, now_ms: u64) -> Result<(), Miss> {
+fn screen(state: &State, method: &str, path: &str, headers: &Headers, now_ms: u64) -> Result<(), Miss> {
     if !state.current(now_ms) {
         return Err(Miss::NotCurrent);
     }

@@ -52,6 +52,18 @@ async fn until_decided(node: &Node, path: &str, token: &str) {
     assert!(took.is_some(), "the fast path never allowed a valid GET {path} on {}", node.gateway);
 }
 
+/// A tenant whose IP whitelist is 127.0.0.1 and its end user `user-1`'s
+/// session, once the node's filter allows that user's requests itself:
+/// the tenant, the session, its access token.
+async fn decided_user(node: &Node, name: &str) -> (Tenant, Value, String) {
+    let tenant = onboard(node, name).await;
+    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
+    let session = sdk_session(node, &tenant, "user-1").await;
+    let token = session["access_token"].as_str().unwrap().to_string();
+    until_current(node, &token).await;
+    (tenant, session, token)
+}
+
 /// What must be alike: status, error code, body (without the request id),
 /// the headers a client sees, and for an allow the context a service got.
 fn answer(r: &Reply) -> BTreeMap<String, String> {
@@ -209,11 +221,7 @@ async fn a_revoked_session_is_refused_by_the_fast_path_within_a_second() {
     if !node.stack.fast_path {
         return;
     }
-    let tenant = onboard(node, "edge-logout").await;
-    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
-    let session = sdk_session(node, &tenant, "user-1").await;
-    let token = session["access_token"].as_str().unwrap().to_string();
-    until_current(node, &token).await;
+    let (tenant, _, token) = decided_user(node, "edge-logout").await;
     // Revoked by an operator-like path that does not go through the token:
     // the tenant's backend bans the user (every session of it).
     let r = send(client().post(node.url("/v1/sdk/users/user-1/revoke")).header("x-api-key", &tenant.key)).await;
@@ -245,11 +253,7 @@ async fn with_the_feed_cut_ext_authz_decides_everything() {
     if !node.stack.fast_path {
         return;
     }
-    let tenant = onboard(node, "edge-cut").await;
-    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
-    let session = sdk_session(node, &tenant, "user-1").await;
-    let token = session["access_token"].as_str().unwrap().to_string();
-    until_current(node, &token).await;
+    let (tenant, session, token) = decided_user(node, "edge-cut").await;
 
     // Within a second of the last confirmation the filter stops deciding.
     // (It adds its counts to Envoy's stats on its 100 ms tick: counted
@@ -294,10 +298,7 @@ async fn nothing_a_client_sends_skips_ext_authz() {
     if !node.stack.fast_path {
         return;
     }
-    let tenant = onboard(node, "edge-forge").await;
-    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
-    let session = sdk_session(node, &tenant, "user-1").await;
-    until_current(node, session["access_token"].as_str().unwrap()).await;
+    decided_user(node, "edge-forge").await;
     let http = client();
     let marks = [
         ("wasm.caas_edge", "allow"),
@@ -327,11 +328,7 @@ async fn a_header_value_that_is_not_utf8_goes_to_ext_authz_and_the_filter_keeps_
     if !node.stack.fast_path {
         return;
     }
-    let tenant = onboard(node, "edge-bytes").await;
-    set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
-    let session = sdk_session(node, &tenant, "user-1").await;
-    let token = session["access_token"].as_str().unwrap().to_string();
-    until_current(node, &token).await;
+    let (_, session, token) = decided_user(node, "edge-bytes").await;
     let http = client();
     // HTTP lets a header value carry any byte from 0x80 up (Latin-1 text, or
     // an attacker's): once, this stopped the module on its worker and every
