@@ -1,6 +1,6 @@
 //! A Check's place in a trace.
 
-use caas_runtime::trace::{TraceParent, new_span_id};
+use caas_runtime::trace::{TraceParent, new_root, new_span_id};
 
 /// The trace (the caller's, or a new one when spans are exported) and, when
 /// exporting, the Check's own span id.
@@ -29,7 +29,7 @@ impl Traced {
         if exporting {
             Traced {
                 new_trace: caller.is_none(),
-                trace: Some(caller.unwrap_or_else(TraceParent::new_root)),
+                trace: Some(caller.unwrap_or_else(new_root)),
                 span: Some(new_span_id()),
             }
         } else {

@@ -21,4 +21,5 @@ pub mod refresh_token;
 pub mod request;
 pub mod secret;
 pub mod session;
+pub mod trace;
 pub mod whitelist;

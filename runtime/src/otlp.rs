@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::trace::{TraceParent, new_span_id};
+use crate::trace::{TraceParent, new_root, new_span_id};
 
 /// Spans waiting for export: at `GATHER` intervals, room for 80,000 a second.
 const QUEUE: usize = 8192;
@@ -42,7 +42,7 @@ impl Span {
     ) -> Self {
         let end = SystemTime::now();
         Self {
-            trace: trace.unwrap_or_else(TraceParent::new_root),
+            trace: trace.unwrap_or_else(new_root),
             span_id: new_span_id(),
             name: name.into(),
             start: end - started.elapsed(),
