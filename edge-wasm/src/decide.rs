@@ -19,7 +19,9 @@ use caas_rules::{api_key, whitelist};
 use crate::api_keys::KeyMiss;
 use crate::lease::Kind;
 use crate::lists::ListMiss;
+use crate::spans::{EdgeSpan, Ids};
 use crate::state::State;
+use caas_rules::trace::{TraceParent, new_span_id};
 
 /// A request's headers as Envoy presents them to the filter: names
 /// lower-case, a repeated header joined with `,` as Envoy joins it for
@@ -147,6 +149,9 @@ pub struct Allow {
     /// overwrite): CORS for an allowed Origin.
     pub response: Vec<(&'static str, String)>,
     pub tenant_id: String,
+    /// This allow as a span, when spans are exported and the trace is
+    /// sampled; its times are the filter's to fill in.
+    pub span: Option<Box<EdgeSpan>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,13 +197,52 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
     };
     let ctx = RequestContext { request_id: request_id.to_string(), ..ctx };
     // Held since the top (`current`); looked up again past the lease's write.
-    let signer = &state.keys.as_ref().ok_or(Miss::NotCurrent)?.signer;
-    let (set, remove) = mutations(signer, &ctx, req, now);
+    let keys = state.keys.as_ref().ok_or(Miss::NotCurrent)?;
+    let (mut set, mut remove) = mutations(&keys.signer, &ctx, req, now);
+    let span = match keys.trace_export {
+        true => traced(&mut state.ids, req, policy, &ctx, &mut set, &mut remove),
+        false => None,
+    };
     let response = match cors_origin {
         Some(origin) => vec![("access-control-allow-origin", origin.to_string()), ("vary", "Origin".to_string())],
         None => Vec::new(),
     };
-    Ok(Allow { set, remove, response, tenant_id: ctx.tenant_id })
+    Ok(Allow { set, remove, response, tenant_id: ctx.tenant_id, span })
+}
+
+/// With spans exported, an allow is a span of the caller's trace (or of a
+/// new one, and then the caller's `tracestate` is dropped), and the request
+/// goes on with it as the parent: ext-authz trace.rs `Traced` and
+/// response.rs `allowed`. The span is returned when the trace is sampled
+/// (ext-authz exports no other).
+fn traced(
+    ids: &mut Ids,
+    req: &Request<'_>,
+    policy: Policy,
+    ctx: &RequestContext,
+    set: &mut Vec<(&'static str, String)>,
+    remove: &mut Vec<String>,
+) -> Option<Box<EdgeSpan>> {
+    let caller = req.header("traceparent").and_then(TraceParent::parse);
+    let new_trace = caller.is_none();
+    let trace = caller.unwrap_or_else(|| TraceParent::new_root(ids));
+    let span_id = new_span_id(ids);
+    set.insert(0, ("traceparent", trace.child(&span_id)));
+    if new_trace && req.headers.contains("tracestate") {
+        remove.insert(0, "tracestate".to_string());
+    }
+    trace.sampled.then(|| {
+        Box::new(EdgeSpan {
+            trace_id: trace.trace_id,
+            parent_span_id: trace.parent_span_id,
+            span_id,
+            policy: policy.as_str(),
+            tenant_id: ctx.tenant_id.clone(),
+            request_id: ctx.request_id.clone(),
+            start_unix_nano: 0,
+            end_unix_nano: 0,
+        })
+    })
 }
 
 /// ext-authz check.rs `policy_of`: the route's (`named`), else the

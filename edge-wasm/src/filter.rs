@@ -68,6 +68,7 @@ struct Metrics {
     forwarded: Vec<(Miss, u32)>,
     lag_ms: u32,
     current: u32,
+    spans_dropped: u32,
     counts: Counts,
 }
 
@@ -90,6 +91,7 @@ impl Metrics {
             forwarded,
             lag_ms: gauge("caas_edge.feed_lag_ms")?,
             current: gauge("caas_edge.current")?,
+            spans_dropped: counter("caas_edge.spans_dropped")?,
             counts: Counts::default(),
         })
     }
@@ -123,6 +125,10 @@ fn now() -> Duration {
     hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default()
 }
 
+fn unix_nanos(at: Duration) -> u64 {
+    u64::try_from(at.as_nanos()).unwrap_or(u64::MAX)
+}
+
 #[derive(Default)]
 struct Root {
     config: Option<Config>,
@@ -135,6 +141,8 @@ struct Root {
     leasing: Option<(u32, Vec<crate::lease::Holder>)>,
     /// The key lookup in flight.
     key_lookup: Option<u32>,
+    /// The batch of spans in flight, and how many it carries.
+    span_post: Option<(u32, usize)>,
     /// Whether the last poll was answered (for logging changes only).
     answering: bool,
     /// No poll before this (ms).
@@ -170,6 +178,12 @@ impl Context for Root {
         if let Some((_, holders)) = self.leasing.take_if(|(asked, _)| *asked == token) {
             let now_ms = now().as_millis() as u64;
             self.state.borrow_mut().leases.apply(&holders, ok.then_some(body.as_slice()), now_ms);
+            return;
+        }
+        if let Some((_, n)) = self.span_post.take_if(|(sent, _)| *sent == token) {
+            if !ok {
+                self.state.borrow_mut().spans.lost(n);
+            }
             return;
         }
         if self.key_lookup.take_if(|asked| *asked == token).is_some() {
@@ -244,6 +258,18 @@ impl Root {
         }
     }
 
+    /// Sends the spans held to ext-authz (one batch in flight).
+    fn send_spans(&mut self, config: &Config) {
+        if self.span_post.is_some() {
+            return;
+        }
+        let Some((body, n)) = self.state.borrow_mut().spans.batch() else { return };
+        match self.post(config, "/edge/v1/spans", &body) {
+            Some(token) => self.span_post = Some((token, n)),
+            None => self.state.borrow_mut().spans.lost(n),
+        }
+    }
+
     /// Looks up the keys the state wants (one call in flight).
     fn look_keys_up(&mut self, config: &Config) {
         if self.key_lookup.is_some() {
@@ -284,7 +310,13 @@ impl RootContext for Root {
             let _ = hostcalls::record_metric(metrics.lag_ms, lag);
             let _ = hostcalls::record_metric(metrics.current, u64::from(state.current(now_ms)));
             metrics.flush();
+            drop(state);
+            let dropped = self.state.borrow_mut().spans.take_dropped();
+            if dropped > 0 {
+                let _ = hostcalls::increment_metric(metrics.spans_dropped, dropped as i64);
+            }
         }
+        self.send_spans(&config);
         self.ask_leases(&config, now_ms);
         self.look_keys_up(&config);
         let pending = self.state.borrow_mut().take_pending();
@@ -422,7 +454,7 @@ impl HttpContext for Edge {
             sessions_ended_at: &sessions_ended_at,
         };
         let verdict = decide(&mut self.state.borrow_mut(), &req, now.as_secs() as i64, now.as_millis() as u64);
-        let allow = match verdict {
+        let mut allow = match verdict {
             Verdict::Allow(allow) => allow,
             Verdict::Forward(miss) => return self.forward(miss),
         };
@@ -448,6 +480,12 @@ impl HttpContext for Edge {
         self.response = allow.response;
         if let Some(metrics) = &self.metrics {
             metrics.allowed();
+        }
+        // Only when spans are exported: one more clock read, for its end.
+        if let Some(mut span) = allow.span.take() {
+            span.start_unix_nano = unix_nanos(now);
+            span.end_unix_nano = unix_nanos(self::now());
+            self.state.borrow_mut().spans.push(*span);
         }
         Action::Continue
     }

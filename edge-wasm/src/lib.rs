@@ -11,13 +11,14 @@
 //! matcher on that state, is skipped. Everything else, denials included,
 //! goes on to ext_authz unchanged (docs/DESIGN.md, "The in-proxy fast path").
 //!
-//! `state`, `api_keys`, `lease` and `decide` are pure and tested on the host; `filter` is the
+//! `state`, `api_keys`, `lease`, `spans` and `decide` are pure and tested on the host; `filter` is the
 //! Envoy glue, built for wasm32-wasip1 only.
 
 pub mod api_keys;
 pub mod decide;
 pub mod lease;
 pub mod lists;
+pub mod spans;
 pub mod state;
 
 #[cfg(target_arch = "wasm32")]

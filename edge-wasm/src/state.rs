@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::api_keys::{ApiKeys, KeysAnswer};
 use crate::lease::Leases;
 use crate::lists::{ListMiss, TenantLists, WhitelistAnswer, ask_once};
+use crate::spans::{Ids, Spans};
 
 /// Past this since the last confirmed poll was sent, the filter decides
 /// nothing (milliseconds).
@@ -50,6 +51,10 @@ pub struct Material {
     /// ext-authz's POLICY_TABLE, for routes that declare no policy.
     #[serde(default)]
     pub policy_table: Option<String>,
+    /// Whether ext-authz exports spans: the filter's allows are spans too
+    /// (crate::spans).
+    #[serde(default)]
+    pub trace_export: bool,
 }
 
 fn counted() -> bool {
@@ -131,6 +136,7 @@ pub struct Keys {
     /// `None`: a route without a policy is not the filter's (ext-authz
     /// refuses it, or the table could not be read here: ext-authz decides).
     pub policy_table: Option<PolicyTable>,
+    pub trace_export: bool,
 }
 
 #[derive(Default)]
@@ -161,6 +167,10 @@ pub struct State {
     /// in V8. Only the signature, issuer and audience are taken from here;
     /// the times are checked on every use, revocation is the session's.
     verified: HashMap<String, (Audience, Claims)>,
+    /// Ids of the spans and traces the filter's allows begin.
+    pub ids: Ids,
+    /// The filter's allows as spans, for ext-authz to export.
+    pub spans: Spans,
 }
 
 impl State {
@@ -208,6 +218,7 @@ impl State {
                 trusted_proxy_hops: m.trusted_proxy_hops,
                 quotas: m.quotas,
                 policy_table: m.policy_table.and_then(|text| PolicyTable::parse(&text).ok()),
+                trace_export: m.trace_export,
             });
             self.epoch = answer.epoch;
             self.floor = answer.cursor;

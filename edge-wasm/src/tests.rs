@@ -689,3 +689,99 @@ fn hostile_requests_never_panic_and_only_the_real_credential_is_allowed() {
     // The corpus reaches the allows too, not only the refusals.
     assert!(allowed > 100, "{allowed} of {runs} allowed");
 }
+
+/// With spans exported (the material says so), an allow continues the
+/// caller's trace with a span of its own, or starts one; only a sampled
+/// trace's span is kept for ext-authz.
+#[test]
+fn with_spans_exported_an_allow_is_a_span_and_the_request_its_child() {
+    let mut state = State::default();
+    let mut material: serde_json::Value = serde_json::from_slice(&resync("e1", 5, true)).unwrap();
+    material["material"]["trace_export"] = json!(true);
+    state.apply_changes(material.to_string().as_bytes(), NOW_MS).unwrap();
+    state.apply_session("ses_1", &session("e1", 5, false), NOW_MS).unwrap();
+    let bearer = format!("Bearer {}", token("ses_1"));
+    let allow = |state: &mut State, extra: &[(&str, &str)]| {
+        let mut headers = vec![("authorization", bearer.as_str()), ("x-request-id", "r1")];
+        headers.extend(extra);
+        let headers: Headers = headers.into_iter().collect();
+        let req = Request {
+            method: "GET",
+            path: "/v1/messages",
+            policy: &|| Some("end_user".into()),
+            headers: &headers,
+            peer: &|| Some("127.0.0.1".parse().unwrap()),
+            sessions_ended_at: &|| 0,
+        };
+        match decide(state, &req, NOW, NOW_MS) {
+            Verdict::Allow(allow) => allow,
+            other => panic!("not allowed: {other:?}"),
+        }
+    };
+    let passed = |allow: &crate::decide::Allow| {
+        let value = &allow.set.iter().find(|(n, _)| *n == "traceparent").expect("a traceparent").1;
+        caas_rules::trace::TraceParent::parse(value).expect("a valid traceparent")
+    };
+
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let a = allow(&mut state, &[("traceparent", caller), ("tracestate", "vendor=x")]);
+    let span = a.span.clone().expect("a sampled trace's span");
+    let sent = passed(&a);
+    assert_eq!((sent.trace_id.as_str(), sent.parent_span_id.as_str()), (span.trace_id.as_str(), span.span_id.as_str()));
+    assert_eq!(span.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(span.parent_span_id, "00f067aa0ba902b7");
+    assert_eq!((span.policy, span.tenant_id.as_str(), span.request_id.as_str()), ("end_user", "cl_1", "r1"));
+    assert!(!a.remove.contains(&"tracestate".to_string()), "the caller's trace goes on with its state");
+
+    // No traceparent: a new trace, whose state the caller's is not.
+    let b = allow(&mut state, &[("tracestate", "vendor=x")]);
+    let span = b.span.clone().expect("a new trace is sampled");
+    assert!(caas_rules::trace::is_trace_id(&span.trace_id) && span.parent_span_id.is_empty(), "{span:?}");
+    assert_eq!(passed(&b).parent_span_id, span.span_id);
+    assert!(b.remove.contains(&"tracestate".to_string()));
+    assert_ne!(span.span_id, a.span.unwrap().span_id, "each allow is its own span");
+
+    // Not sampled: the request still names its parent, no span is kept.
+    let c = allow(&mut state, &[("traceparent", &caller.replace("-01", "-00"))]);
+    assert!(c.span.is_none());
+    assert!(!passed(&c).sampled);
+
+    // Export off (a resync says so): nothing is added.
+    state.apply_changes(&resync("e2", 0, true), NOW_MS).unwrap();
+    state.apply_session("ses_1", &session("e2", 0, false), NOW_MS).unwrap();
+    let d = allow(&mut state, &[("traceparent", caller)]);
+    assert!(d.span.is_none() && !d.set.iter().any(|(n, _)| *n == "traceparent"), "{d:?}");
+}
+
+#[test]
+fn spans_are_sent_in_bounded_batches_and_what_cannot_be_held_is_counted() {
+    use crate::spans::{EdgeSpan, MAX_BATCH, MAX_HELD, Spans};
+    let span = EdgeSpan {
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        parent_span_id: String::new(),
+        span_id: "00f067aa0ba902b7".into(),
+        policy: "end_user",
+        tenant_id: "cl_1".into(),
+        request_id: "r1".into(),
+        start_unix_nano: 1,
+        end_unix_nano: 2,
+    };
+    let mut spans = Spans::default();
+    assert!(spans.batch().is_none());
+    for _ in 0..MAX_HELD + 3 {
+        spans.push(span.clone());
+    }
+    assert_eq!(spans.take_dropped(), 3);
+    let (body, n) = spans.batch().unwrap();
+    assert_eq!(n, MAX_BATCH);
+    let sent: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(sent["spans"].as_array().unwrap().len(), MAX_BATCH);
+    assert_eq!(sent["spans"][0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    spans.lost(n);
+    assert_eq!(spans.take_dropped(), MAX_BATCH as u64);
+    let mut left = 0;
+    while let Some((_, n)) = spans.batch() {
+        left += n;
+    }
+    assert_eq!(left, MAX_HELD - MAX_BATCH);
+}

@@ -369,6 +369,40 @@ impl Authorizer {
         };
     }
 
+    /// Whether spans are exported (the filter then makes its allows spans too).
+    pub fn exporting(&self) -> bool {
+        self.exporter.is_some()
+    }
+
+    /// Exports the in-proxy filter's allows as a Check's spans would be
+    /// (`export`), marked as the filter's; how many (none when not exporting).
+    pub fn export_edge_spans(&self, spans: Vec<crate::edge::EdgeSpan>) -> usize {
+        let Some(exporter) = &self.exporter else { return 0 };
+        let count = spans.len();
+        let at = |nanos: u64| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
+        for sent in spans {
+            let span = Span {
+                trace: TraceParent { trace_id: sent.trace_id, parent_span_id: sent.parent_span_id, sampled: true },
+                span_id: sent.span_id,
+                name: format!("check {}", sent.policy),
+                start: at(sent.start_unix_nano),
+                end: at(sent.end_unix_nano),
+                attributes: vec![
+                    ("http.response.status_code", "200".to_string()),
+                    ("caas.policy", sent.policy),
+                    ("caas.decision", "allow".to_string()),
+                    ("caas.request_id", sent.request_id),
+                    ("caas.tenant_id", sent.tenant_id),
+                    ("caas.decided_by", "edge".to_string()),
+                ],
+                error: false,
+            };
+            exporter.record(span);
+        }
+        self.metrics.edge_spans.inc_by(count as u64);
+        count
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn export(
         &self,

@@ -35,6 +35,10 @@
 //!   unspent it gives back in the same call (`returned`), un-counted on
 //!   every instance,
 //!   so that a lease held idle does not make a quota refuse early.
+//! - `POST /edge/v1/spans`: the filter's allows as spans (at most
+//!   `MAX_SPANS` a call), when the material says spans are exported: each
+//!   is exported as a Check's span is, marked `caas.decided_by: edge`, so a
+//!   trace shows the gateway's decision whichever of the two made it.
 //!
 //! Only the gateway may read it: every request must carry the caller token
 //! (EXT_AUTHZ_CALLER_TOKEN, header `x-caas-edge-token`), compared in constant
@@ -71,6 +75,9 @@ const MAX_LEASE_BODY: usize = 256 * 1024;
 /// Keys looked up in one call, at most.
 pub const MAX_KEY_LOOKUPS: usize = 32;
 const MAX_KEYS_BODY: usize = 16 * 1024;
+/// Spans sent in one call, at most, and the body that carries them.
+pub const MAX_SPANS: usize = 512;
+const MAX_SPANS_BODY: usize = 512 * 1024;
 
 pub use crate::material::EdgeMaterial;
 
@@ -206,7 +213,7 @@ impl EdgeFeed {
                 "cursor": held.cursor,
                 "current": current,
                 "resync": true,
-                "material": material_json(&self.material),
+                "material": material_json(&self.material, self.authorizer.exporting()),
                 "refused": self.refused(),
             });
         }
@@ -368,6 +375,70 @@ pub async fn lease(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: 
     private(json!({ "granted": granted }))
 }
 
+/// One of the filter's allows (edge-wasm/src/spans.rs, `EdgeSpan`).
+#[derive(serde::Deserialize)]
+pub struct EdgeSpan {
+    pub trace_id: String,
+    /// Empty: the trace began at the filter (the client sent none).
+    #[serde(default)]
+    pub parent_span_id: String,
+    pub span_id: String,
+    pub policy: String,
+    pub tenant_id: String,
+    pub request_id: String,
+    /// Unix time in nanoseconds, by the filter's clock.
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+}
+
+#[derive(serde::Deserialize)]
+pub struct EdgeSpans {
+    pub spans: Vec<EdgeSpan>,
+}
+
+impl EdgeSpan {
+    /// What a span must be to be exported: W3C ids, one of the policies
+    /// the filter decides, ids no longer than a Check's, a time in order.
+    fn problem(&self) -> Option<&'static str> {
+        use caas_rules::trace::{is_span_id, is_trace_id};
+        if !is_trace_id(&self.trace_id) || !is_span_id(&self.span_id) {
+            return Some("trace_id and span_id must be W3C ids (32 and 16 lower-case hex digits)");
+        }
+        if !self.parent_span_id.is_empty() && !is_span_id(&self.parent_span_id) {
+            return Some("parent_span_id must be empty or a W3C span id");
+        }
+        if !matches!(caas_rules::policy::Policy::parse(&self.policy), Some(p) if p != caas_rules::policy::Policy::Public)
+        {
+            return Some("policy must be one the filter decides");
+        }
+        if self.tenant_id.len() > 128 || self.request_id.len() > 128 {
+            return Some("tenant_id and request_id are at most 128 bytes");
+        }
+        if self.end_unix_nano < self.start_unix_nano {
+            return Some("end_unix_nano is before start_unix_nano");
+        }
+        None
+    }
+}
+
+/// Exports the filter's allows as spans; a malformed or oversized batch is
+/// refused whole (400), with the problem named. Answers `{"exported": n}`
+/// (0 when spans are not exported here).
+pub async fn spans(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let sent: EdgeSpans = match gateway_json(&feed, &headers, &body, "span batch") {
+        Ok(sent) => sent,
+        Err(refusal) => return *refusal,
+    };
+    if sent.spans.len() > MAX_SPANS {
+        return bad(format!("spans: at most {MAX_SPANS} at once"));
+    }
+    if let Some((i, problem)) = sent.spans.iter().enumerate().find_map(|(i, s)| s.problem().map(|p| (i, p))) {
+        return bad(format!("spans[{i}]: {problem}"));
+    }
+    let exported = feed.authorizer.export_edge_spans(sent.spans);
+    private(json!({ "exported": exported }))
+}
+
 #[derive(serde::Deserialize)]
 pub struct KeyLookups {
     pub hashes: Vec<String>,
@@ -453,8 +524,10 @@ fn unavailable() -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
-/// The material as the filter reads it (edge-wasm/src/state.rs, `Material`).
-pub fn material_json(m: &EdgeMaterial) -> serde_json::Value {
+/// The material as the filter reads it (edge-wasm/src/state.rs, `Material`);
+/// `trace_export`: spans are exported, so the filter makes each of its allows
+/// a span as a Check is one, and sends them here (`spans`).
+pub fn material_json(m: &EdgeMaterial, trace_export: bool) -> serde_json::Value {
     json!({
         "issuer": m.issuer,
         "jwt_secret": m.jwt_secret.expose(),
@@ -463,6 +536,7 @@ pub fn material_json(m: &EdgeMaterial) -> serde_json::Value {
         "trusted_proxy_hops": m.trusted_proxy_hops,
         "quotas": m.quotas,
         "policy_table": m.policy_table,
+        "trace_export": trace_export,
     })
 }
 
@@ -488,5 +562,6 @@ pub fn router(feed: Arc<EdgeFeed>) -> axum::Router {
         .route("/edge/v1/session/{id}", axum::routing::get(session))
         .route("/edge/v1/lease", axum::routing::post(lease).layer(axum::extract::DefaultBodyLimit::max(MAX_LEASE_BODY)))
         .route("/edge/v1/keys", axum::routing::post(keys).layer(axum::extract::DefaultBodyLimit::max(MAX_KEYS_BODY)))
+        .route("/edge/v1/spans", axum::routing::post(spans).layer(axum::extract::DefaultBodyLimit::max(MAX_SPANS_BODY)))
         .with_state(feed)
 }

@@ -32,6 +32,8 @@ pub struct GatewayMetrics {
     pub edge_leased: Counter,
     /// Of those, given back unspent by the filter (un-counted again).
     pub edge_returned: Counter,
+    /// The in-proxy filter's allows exported as spans (ext-authz/src/edge.rs, spans).
+    pub edge_spans: Counter,
     /// Time inside `check`, by policy.
     pub check_seconds: Family<Labels, Histogram>,
     /// Per policy (`Policy::ALL` order, then routes without one): the allow
@@ -75,6 +77,7 @@ impl Default for GatewayMetrics {
             quota_instances: Gauge::default(),
             edge_leased: Counter::default(),
             edge_returned: Counter::default(),
+            edge_spans: Counter::default(),
             check_seconds,
             hot,
         }
@@ -131,6 +134,11 @@ impl GatewayMetrics {
             "gateway_edge_returned",
             "Of the leased requests, those the in-proxy filter gave back unspent (un-counted again)",
             self.edge_returned.clone(),
+        );
+        registry.register(
+            "gateway_edge_spans",
+            "The in-proxy filter's allows exported as spans (when spans are exported)",
+            self.edge_spans.clone(),
         );
         registry.register("gateway_check_duration_seconds", "Time to decide one Check", self.check_seconds.clone());
     }

@@ -278,6 +278,66 @@ async fn a_clients_trace_id_reaches_every_log_and_the_collector() {
         "no common trace for {request_id}:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+
+    // A request the in-proxy filter decides (`caas up` runs it; a dashboard
+    // GET, once it has looked the session up): its allow is a span of the
+    // caller's trace too, exported by ext-authz as the filter's, and the
+    // service's span is its child, as with a Check.
+    let login = send(
+        http.post(format!("{gateway}/v1/client/login"))
+            .json(&json!({"email": "untraced@example.com", "password": PASSWORD})),
+    )
+    .await;
+    let token = login.body["access_token"].as_str().unwrap().to_string();
+    let (trace_id, caller_span) = ("5bf92f3577b34da6a3ce929d0e0e4737", "00f067aa0ba902b7");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let edge = loop {
+        let r = send(
+            http.get(format!("{gateway}/v1/client/profile"))
+                .bearer_auth(&token)
+                .header("traceparent", format!("00-{trace_id}-{caller_span}-01")),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let found = exported_spans(&spans.lock().unwrap(), trace_id);
+        let edge = found.iter().find(|(service, span)| {
+            service == "ext-authz"
+                && span["attributes"].to_string().contains(r#""key":"caas.decided_by","value":{"stringValue":"edge"}"#)
+        });
+        // The service's span, the child of the filter's (not of a Check's).
+        if let Some((_, edge)) = edge
+            && found.iter().any(|(service, span)| service == "auth-api" && span["parentSpanId"] == edge["spanId"])
+        {
+            break edge.clone();
+        }
+        let seen: Vec<String> = found
+            .iter()
+            .map(|(service, span)| format!("{service} {} {} ← {}", span["name"], span["spanId"], span["parentSpanId"]))
+            .collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no span of the filter's with the service's as its child; spans of the trace: {seen:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(edge["parentSpanId"], caller_span, "the filter's span continues the caller's");
+    assert_eq!(edge["name"], "check dashboard");
     stop(child).await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Every span exported under `trace_id`, with the name of the service that exported it.
+fn exported_spans(bodies: &[serde_json::Value], trace_id: &str) -> Vec<(String, serde_json::Value)> {
+    let mut found = Vec::new();
+    for resource in bodies.iter().flat_map(|body| body["resourceSpans"].as_array().cloned().unwrap_or_default()) {
+        let service = resource["resource"]["attributes"][0]["value"]["stringValue"].as_str().unwrap_or("").to_string();
+        for scope in resource["scopeSpans"].as_array().cloned().unwrap_or_default() {
+            for span in scope["spans"].as_array().cloned().unwrap_or_default() {
+                if span["traceId"] == trace_id {
+                    found.push((service.clone(), span));
+                }
+            }
+        }
+    }
+    found
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use caas_edge_wasm::decide::{Headers, Request, Verdict as EdgeVerdict, decide};
 use caas_edge_wasm::state::State;
+use caas_rules::trace::TraceParent;
 
 use super::*;
 use crate::edge::{EdgeMaterial, material_json, session_answer};
@@ -39,10 +40,25 @@ fn material(quotas: bool, policy_table: Option<&str>) -> EdgeMaterial {
 fn filter_with(material: &EdgeMaterial, now_ms: u64) -> State {
     let mut state = State::default();
     let resync = serde_json::json!({
-        "epoch": "e1", "cursor": 0, "current": true, "resync": true, "refused": [], "material": material_json(material)
+        "epoch": "e1", "cursor": 0, "current": true, "resync": true, "refused": [], "material": material_json(material, false)
     });
     state.apply_changes(resync.to_string().as_bytes(), now_ms).unwrap();
     state
+}
+
+/// The filter learns session `sid` as the feed would serve it.
+async fn learn(f: &Fixture, state: &mut State, sid: &str, now_ms: u64) {
+    let validator = f.authorizer.validator();
+    let session = validator.session_record(sid).await.unwrap();
+    let (limits, origins) = match &session {
+        Some(s) => (
+            Some(validator.rate_limits(&s.tenant_id).await),
+            Some(validator.origin_whitelist_entries(&s.tenant_id).await.unwrap()),
+        ),
+        None => (None, None),
+    };
+    let answer = session_answer("e1", 0, session.as_ref(), limits.as_ref(), origins);
+    state.apply_session(sid, answer.to_string().as_bytes(), now_ms).unwrap();
 }
 
 /// The Check allowed what the filter allowed, with the same context
@@ -104,17 +120,7 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
     let unknown = tokens.iter().find(|(n, _)| *n == "unknown session").map(|(_, t)| claims_of(t).sid).unwrap();
     let dashboard = jwt().verify(&f.dashboard_token, Audience::Dashboard, now).unwrap().sid;
     for sid in [valid.sid.clone(), claims_of(&f.other_token).sid, dashboard, unknown] {
-        let validator = f.authorizer.validator();
-        let session = validator.session_record(&sid).await.unwrap();
-        let (limits, origins) = match &session {
-            Some(s) => (
-                Some(validator.rate_limits(&s.tenant_id).await),
-                Some(validator.origin_whitelist_entries(&s.tenant_id).await.unwrap()),
-            ),
-            None => (None, None),
-        };
-        let answer = session_answer("e1", 0, session.as_ref(), limits.as_ref(), origins);
-        state.apply_session(&sid, answer.to_string().as_bytes(), now_ms).unwrap();
+        learn(&f, &mut state, &sid, now_ms).await;
     }
 
     let origins = [None, Some("https://app.a.example"), Some("https://evil.example")];
@@ -239,7 +245,7 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
     // ext-authz saying it is itself behind stops the filter too.
     let mut other = State::default();
     let behind = serde_json::json!({
-        "epoch": "e2", "cursor": 0, "current": false, "resync": true, "refused": [], "material": material_json(&material)
+        "epoch": "e2", "cursor": 0, "current": false, "resync": true, "refused": [], "material": material_json(&material, false)
     });
     other.apply_changes(behind.to_string().as_bytes(), now_ms).unwrap();
     assert!(matches!(decide(&mut other, &req, now, now_ms), EdgeVerdict::Forward(_)));
@@ -667,4 +673,122 @@ fn redis_address(url: &str) -> std::net::SocketAddr {
     let authority = rest.split('/').next().unwrap();
     let host_port = authority.rsplit('@').next().unwrap();
     host_port.to_socket_addrs().unwrap().next().unwrap()
+}
+
+/// With spans exported, the filter's allow continues the caller's trace (or
+/// starts one) as the Check's does: a traceparent naming a span of its own,
+/// the same trace and sampling, the same `tracestate` removal; the rest of
+/// the allow is the Check's, header for header.
+#[tokio::test]
+async fn with_spans_exported_the_filter_passes_the_trace_on_as_the_check_does() {
+    let mut f = fixture().await;
+    f.authorizer =
+        f.authorizer.with_exporter(Some(caas_runtime::otlp::SpanExporter::start("ext-authz", "http://127.0.0.1:9")));
+    let now = unix_now();
+    let now_ms = now as u64 * 1000;
+    let mut state = State::default();
+    let resync = serde_json::json!({
+        "epoch": "e1", "cursor": 0, "current": true, "resync": true, "refused": [],
+        "material": material_json(&material(false, None), f.authorizer.exporting())
+    });
+    state.apply_changes(resync.to_string().as_bytes(), now_ms).unwrap();
+    learn(&f, &mut state, &claims_of(&f.token).sid, now_ms).await;
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let unsampled = caller.replace("-01", "-00");
+    let bearer = format!("Bearer {}", f.token);
+    let cases: [&[(&str, &str)]; 4] = [
+        &[("traceparent", caller)],
+        &[("traceparent", caller), ("tracestate", "vendor=x")],
+        &[("tracestate", "vendor=x")],
+        &[("traceparent", &unsampled), ("tracestate", "vendor=x")],
+    ];
+    for extra in cases {
+        let mut headers: Vec<(&str, &str)> = vec![("authorization", bearer.as_str()), ("x-request-id", "req-trace-1")];
+        headers.extend(extra.iter().copied());
+        let map: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
+        let req = Request {
+            method: "GET",
+            path: "/v1/messages",
+            policy: &|| Some("end_user".into()),
+            headers: &map,
+            peer: &|| Some("127.0.0.1".parse().unwrap()),
+            sessions_ended_at: &|| 0,
+        };
+        let EdgeVerdict::Allow(mut edge) = decide(&mut state, &req, now, now_ms) else {
+            panic!("the filter did not allow {extra:?}")
+        };
+        let mut check = check(&f, request(Some("end_user"), "GET", "/v1/messages", &headers, "127.0.0.1")).await;
+        let case = format!("{extra:?}");
+        let position = edge.set.iter().position(|(n, _)| *n == "traceparent").expect(&case);
+        let ours = TraceParent::parse(&edge.set.remove(position).1).expect(&case);
+        let theirs = TraceParent::parse(&check.set.remove("traceparent").expect(&case)).unwrap();
+        let given = extra.iter().find(|(n, _)| *n == "traceparent").and_then(|(_, v)| TraceParent::parse(v));
+        match &given {
+            Some(given) => {
+                assert_eq!((&ours.trace_id, &theirs.trace_id), (&given.trace_id, &given.trace_id), "{case}");
+                assert_ne!(ours.parent_span_id, given.parent_span_id, "{case}: the allow is a span of its own");
+            }
+            None => assert_ne!(ours.trace_id, theirs.trace_id, "{case}: each starts a trace of its own"),
+        }
+        assert_eq!(ours.sampled, theirs.sampled, "{case}");
+        match &edge.span {
+            Some(span) => {
+                assert!(ours.sampled, "{case}");
+                assert_eq!((&span.trace_id, &span.span_id), (&ours.trace_id, &ours.parent_span_id), "{case}");
+                let parent = given.as_ref().map(|g| g.parent_span_id.clone()).unwrap_or_default();
+                assert_eq!(span.parent_span_id, parent, "{case}");
+            }
+            None => assert!(!ours.sampled, "{case}: a sampled allow must be a span"),
+        }
+        assert_same_allow(&edge, &check, &case);
+    }
+}
+
+/// The filter's spans are exported as a Check's, marked as the filter's;
+/// only the gateway may send them, and a malformed batch is refused whole.
+#[tokio::test]
+async fn the_spans_endpoint_exports_the_filters_allows_and_serves_the_gateway_only() {
+    let f = fixture().await;
+    let exporter = caas_runtime::otlp::SpanExporter::start("ext-authz", "http://127.0.0.1:9");
+    let authorizer = Arc::new(f.authorizer.with_exporter(Some(exporter)));
+    let (feed, gateway) = gateway_feed(&authorizer);
+    assert_eq!(feed.changes_since(None, 0)["material"]["trace_export"], true);
+    let call = |headers: axum::http::HeaderMap, body: String| post(crate::edge::spans, feed.clone(), headers, body);
+    let span = |trace_id: &str, span_id: &str, policy: &str| {
+        serde_json::json!({ "trace_id": trace_id, "parent_span_id": "", "span_id": span_id, "policy": policy,
+                            "tenant_id": "cl_1", "request_id": "r1", "start_unix_nano": 1, "end_unix_nano": 2 })
+    };
+    let good = span("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "end_user");
+    let batch = serde_json::json!({ "spans": [good.clone(), span("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b8", "api_key")] });
+    assert_eq!(call(axum::http::HeaderMap::new(), batch.to_string()).await.0, 403);
+    assert_eq!(authorizer.metrics().edge_spans.get(), 0);
+    let (status, answer) = call(gateway.clone(), batch.to_string()).await;
+    assert_eq!((status, answer["exported"].as_u64()), (200, Some(2)));
+    assert_eq!(authorizer.metrics().edge_spans.get(), 2);
+    let mut backwards = good.clone();
+    backwards["end_unix_nano"] = 0.into();
+    let mut long = good.clone();
+    long["tenant_id"] = "t".repeat(129).into();
+    let mut parent = good.clone();
+    parent["parent_span_id"] = "xyz".into();
+    let many: Vec<serde_json::Value> = (0..=crate::edge::MAX_SPANS).map(|_| good.clone()).collect();
+    for (body, says) in [
+        ("{}".to_string(), "missing field"),
+        (serde_json::json!({ "spans": [span("0".repeat(32).as_str(), "00f067aa0ba902b7", "end_user")] }).to_string(), "W3C ids"),
+        (serde_json::json!({ "spans": [span("4bf92f3577b34da6a3ce929d0e0e4736", "00F067AA0BA902B7", "end_user")] }).to_string(), "W3C ids"),
+        (serde_json::json!({ "spans": [good.clone(), span("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "public")] }).to_string(), "spans[1]: policy"),
+        (serde_json::json!({ "spans": [parent] }).to_string(), "parent_span_id"),
+        (serde_json::json!({ "spans": [long] }).to_string(), "at most 128 bytes"),
+        (serde_json::json!({ "spans": [backwards] }).to_string(), "before start"),
+        (serde_json::json!({ "spans": many }).to_string(), "at most 512"),
+    ] {
+        assert_bad_request(call(gateway.clone(), body.clone()).await, &body, says);
+    }
+    assert_eq!(authorizer.metrics().edge_spans.get(), 2, "a refused batch exports nothing");
+    // Not exporting: nothing to export, and the material says so.
+    let quiet = Arc::new(fixture().await.authorizer);
+    let (feed, gateway) = gateway_feed(&quiet);
+    assert_eq!(feed.changes_since(None, 0)["material"]["trace_export"], false);
+    let (status, answer) = post(crate::edge::spans, feed, gateway, batch.to_string()).await;
+    assert_eq!((status, answer["exported"].as_u64()), (200, Some(0)));
 }

@@ -1,0 +1,108 @@
+//! The filter's allows as spans, when ext-authz exports spans (its
+//! material's `trace_export`): each allow continues the caller's trace (or
+//! starts one) with a span of its own, as a Check does (ext-authz/src/trace.rs),
+//! and the spans go to ext-authz in batches (`POST /edge/v1/spans`), which
+//! exports them as its own. A trace then shows the gateway's decision
+//! whichever of the two made it, and the service's span has it as parent.
+
+use std::hash::{BuildHasher, Hasher};
+
+use serde::Serialize;
+
+/// Spans held for the next batch; past it, new ones are dropped (and counted).
+pub const MAX_HELD: usize = 2_048;
+/// Spans sent in one call (ext-authz's `MAX_SPANS`).
+pub const MAX_BATCH: usize = 512;
+
+/// One allow, as ext-authz reads it (ext-authz/src/edge.rs, `EdgeSpan`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EdgeSpan {
+    pub trace_id: String,
+    /// Empty: the trace began here.
+    pub parent_span_id: String,
+    pub span_id: String,
+    pub policy: &'static str,
+    pub tenant_id: String,
+    pub request_id: String,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+}
+
+/// Ids for new traces and spans: unique, not secret (a span id names a
+/// span, it grants nothing). SplitMix64 from a seed the host's randomness
+/// gives (std's `RandomState`: WASI `random_get` in Envoy).
+pub struct Ids(u64);
+
+impl Default for Ids {
+    fn default() -> Self {
+        let mut seed = std::collections::hash_map::RandomState::new().build_hasher();
+        seed.write_u8(0);
+        Ids(seed.finish())
+    }
+}
+
+impl rand_core::RngCore for Ids {
+    fn next_u32(&mut self) -> u32 {
+        self.next_u64() as u32
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        rand_core::impls::fill_bytes_via_next(self, dest)
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+/// Spans waiting to be sent.
+#[derive(Default)]
+pub struct Spans {
+    held: Vec<EdgeSpan>,
+    /// Dropped since the last `take_dropped` (the buffer was full, or a
+    /// batch could not be sent).
+    dropped: u64,
+}
+
+impl Spans {
+    pub fn push(&mut self, span: EdgeSpan) {
+        if self.held.len() >= MAX_HELD {
+            self.dropped += 1;
+        } else {
+            self.held.push(span);
+        }
+    }
+
+    /// The next batch's body and its size, if any span is held.
+    pub fn batch(&mut self) -> Option<(Vec<u8>, usize)> {
+        if self.held.is_empty() {
+            return None;
+        }
+        let n = self.held.len().min(MAX_BATCH);
+        let batch: Vec<EdgeSpan> = self.held.drain(..n).collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "spans": batch })).ok()?;
+        Some((body, n))
+    }
+
+    /// A batch that was not taken (`n` spans) counts as dropped.
+    pub fn lost(&mut self, n: usize) {
+        self.dropped += n as u64;
+    }
+
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
+
+    pub fn clear(&mut self) {
+        self.held.clear();
+    }
+}
