@@ -10,6 +10,7 @@
 use std::net::IpAddr;
 
 use caas_rules::context::{self, AuthType, CONTEXT_HEADERS, REQUEST_ID, RequestContext};
+use caas_rules::cors;
 use caas_rules::jwt::Audience;
 use caas_rules::policy::{self, Policy};
 use caas_rules::request::{self, API_KEY, AUTHORIZATION, TokenSource};
@@ -19,7 +20,7 @@ use caas_rules::{api_key, whitelist};
 use crate::api_keys::KeyMiss;
 use crate::lease::Kind;
 use crate::lists::ListMiss;
-use crate::spans::{EdgeSpan, Ids};
+use crate::spans::{Decision, EdgeSpan, Ids};
 use crate::state::State;
 use caas_rules::trace::{TraceParent, new_span_id};
 
@@ -92,7 +93,7 @@ pub enum Miss {
     NotCurrent,
     /// Not an end-user, API-key or dashboard route (or no policy is declared).
     Policy,
-    /// Not a request the filter judges: OPTIONS (preflights), an upgrade
+    /// Not a request the filter judges: OPTIONS that is not a preflight, an upgrade
     /// other than a WebSocket's on an end-user route, a socket's token in
     /// the query, a credential in the query, path not canonical, no client
     /// address, a header value that is not UTF-8.
@@ -157,15 +158,67 @@ pub struct Allow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Allow(Allow),
+    /// A CORS preflight on a route browsers may call, answered here as
+    /// ext-authz answers it. It opens nothing.
+    Preflight(Preflight),
     Forward(Miss),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preflight {
+    /// Of the answer (status 204, no body).
+    pub headers: Vec<(&'static str, String)>,
+    /// The answer as a span, as `Allow::span`.
+    pub span: Option<Box<EdgeSpan>>,
 }
 
 /// Decides `req` at `now` (Unix seconds; `now_ms` for currency).
 pub fn decide(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Verdict {
+    if req.method == "OPTIONS" {
+        return match preflight(state, req, now_ms) {
+            Ok(headers) => Verdict::Preflight(headers),
+            Err(miss) => Verdict::Forward(miss),
+        };
+    }
     match judge(state, req, now, now_ms) {
         Ok(allow) => Verdict::Allow(allow),
         Err(miss) => Verdict::Forward(miss),
     }
+}
+
+/// ext-authz check.rs `decide` as far as its `preflight`: a path that is
+/// not canonical and a route without a policy are refused before it (left
+/// to ext_authz here), and so is a preflight on a route browsers must not
+/// call (`cors_not_allowed`); any other `OPTIONS` is checked in full, by
+/// ext_authz. What a preflight is answered with comes from caas-rules
+/// (`cors`), as the Check's does.
+fn preflight(state: &mut State, req: &Request<'_>, now_ms: u64) -> Result<Preflight, Miss> {
+    if !state.current(now_ms) {
+        return Err(Miss::NotCurrent);
+    }
+    let origin = req.header("origin");
+    let (true, Some(origin)) =
+        (cors::is_preflight(req.method, origin, req.header("access-control-request-method")), origin)
+    else {
+        return Err(Miss::Unusual);
+    };
+    if !policy::canonical(request::path_only(req.path)) {
+        return Err(Miss::Unusual);
+    }
+    let named = (req.policy)();
+    let policy = policy_of(state, named.as_deref(), req.path).ok_or(Miss::Policy)?;
+    if !policy.browser_facing() {
+        return Err(Miss::Refused);
+    }
+    let headers = cors::preflight_headers(origin, req.header("access-control-request-headers")).into();
+    let span = match state.keys.as_ref().is_some_and(|keys| keys.trace_export) {
+        true => {
+            let request_id = req.header(REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 128).ok_or(Miss::Unusual)?;
+            Traced::of(&mut state.ids, req).span(policy, Decision::Preflight, "", request_id)
+        }
+        false => None,
+    };
+    Ok(Preflight { headers, span })
 }
 
 fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<Allow, Miss> {
@@ -200,7 +253,11 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
     let keys = state.keys.as_ref().ok_or(Miss::NotCurrent)?;
     let (mut set, mut remove) = mutations(&keys.signer, &ctx, req, now);
     let span = match keys.trace_export {
-        true => traced(&mut state.ids, req, policy, &ctx, &mut set, &mut remove),
+        true => {
+            let traced = Traced::of(&mut state.ids, req);
+            traced.pass_on(req, &mut set, &mut remove);
+            traced.span(policy, Decision::Allow, &ctx.tenant_id, &ctx.request_id)
+        }
         false => None,
     };
     let response = match cors_origin {
@@ -210,39 +267,49 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
     Ok(Allow { set, remove, response, tenant_id: ctx.tenant_id, span })
 }
 
-/// With spans exported, an allow is a span of the caller's trace (or of a
-/// new one, and then the caller's `tracestate` is dropped), and the request
-/// goes on with it as the parent: ext-authz trace.rs `Traced` and
-/// response.rs `allowed`. The span is returned when the trace is sampled
-/// (ext-authz exports no other).
-fn traced(
-    ids: &mut Ids,
-    req: &Request<'_>,
-    policy: Policy,
-    ctx: &RequestContext,
-    set: &mut Vec<(&'static str, String)>,
-    remove: &mut Vec<String>,
-) -> Option<Box<EdgeSpan>> {
-    let caller = req.header("traceparent").and_then(TraceParent::parse);
-    let new_trace = caller.is_none();
-    let trace = caller.unwrap_or_else(|| TraceParent::new_root(ids));
-    let span_id = new_span_id(ids);
-    set.insert(0, ("traceparent", trace.child(&span_id)));
-    if new_trace && req.headers.contains("tracestate") {
-        remove.insert(0, "tracestate".to_string());
+/// A decision's place in a trace, when spans are exported (ext-authz
+/// trace.rs `Traced`): the caller's trace, or a new one, and a span of its own.
+struct Traced {
+    trace: TraceParent,
+    span_id: String,
+    /// The trace began here: the caller's `tracestate` belongs to none we continue.
+    new_trace: bool,
+}
+
+impl Traced {
+    fn of(ids: &mut Ids, req: &Request<'_>) -> Self {
+        let caller = req.header("traceparent").and_then(TraceParent::parse);
+        let new_trace = caller.is_none();
+        let trace = caller.unwrap_or_else(|| TraceParent::new_root(ids));
+        Traced { trace, span_id: new_span_id(ids), new_trace }
     }
-    trace.sampled.then(|| {
-        Box::new(EdgeSpan {
-            trace_id: trace.trace_id,
-            parent_span_id: trace.parent_span_id,
-            span_id,
-            policy: policy.as_str(),
-            tenant_id: ctx.tenant_id.clone(),
-            request_id: ctx.request_id.clone(),
-            start_unix_nano: 0,
-            end_unix_nano: 0,
+
+    /// An allowed request goes on with this decision as its parent
+    /// (ext-authz response.rs `allowed`).
+    fn pass_on(&self, req: &Request<'_>, set: &mut Vec<(&'static str, String)>, remove: &mut Vec<String>) {
+        set.insert(0, ("traceparent", self.trace.child(&self.span_id)));
+        if self.new_trace && req.headers.contains("tracestate") {
+            remove.insert(0, "tracestate".to_string());
+        }
+    }
+
+    /// The decision as a span, when the trace is sampled (ext-authz exports
+    /// no other); its times are the filter's to fill in.
+    fn span(self, policy: Policy, decision: Decision, tenant_id: &str, request_id: &str) -> Option<Box<EdgeSpan>> {
+        self.trace.sampled.then(|| {
+            Box::new(EdgeSpan {
+                trace_id: self.trace.trace_id,
+                parent_span_id: self.trace.parent_span_id,
+                span_id: self.span_id,
+                policy: policy.as_str(),
+                decision,
+                tenant_id: tenant_id.to_string(),
+                request_id: request_id.to_string(),
+                start_unix_nano: 0,
+                end_unix_nano: 0,
+            })
         })
-    })
+    }
 }
 
 /// ext-authz check.rs `policy_of`: the route's (`named`), else the
@@ -265,8 +332,8 @@ pub fn may_end_sessions(method: &str) -> bool {
 /// What the filter can tell from the headers alone, before it reads any
 /// property: whether it may decide at all (`current`), and ext-authz's
 /// requests it never judges (check.rs `decide`: path, preflight, query).
-/// Every OPTIONS is left to ext-authz (a preflight is answered there), and
-/// so is an upgrade to anything but a WebSocket.
+/// Every OPTIONS that reaches it is left to ext-authz (`decide` answers
+/// preflights before), and so is an upgrade to anything but a WebSocket.
 fn screen(state: &State, method: &str, path: &str, headers: &Headers, now_ms: u64) -> Result<(), Miss> {
     if !state.current(now_ms) {
         return Err(Miss::NotCurrent);

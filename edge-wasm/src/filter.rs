@@ -13,7 +13,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MetricType};
 use serde::Deserialize;
 
-use crate::decide::{Headers, Miss, Request, Verdict, decide};
+use crate::decide::{Headers, Miss, Preflight, Request, Verdict, decide};
 use crate::state::State;
 
 /// The filter state key (`wasm.` + this) that makes Envoy skip ext_authz
@@ -65,6 +65,7 @@ struct Config {
 /// request cost more than the counting).
 struct Metrics {
     allowed: u32,
+    preflights: u32,
     forwarded: Vec<(Miss, u32)>,
     lag_ms: u32,
     current: u32,
@@ -75,6 +76,7 @@ struct Metrics {
 #[derive(Default)]
 struct Counts {
     allowed: Cell<u64>,
+    preflights: Cell<u64>,
     forwarded: [Cell<u64>; Miss::ALL.len()],
 }
 
@@ -88,6 +90,7 @@ impl Metrics {
         }
         Some(Self {
             allowed: counter("caas_edge.allowed")?,
+            preflights: counter("caas_edge.preflights")?,
             forwarded,
             lag_ms: gauge("caas_edge.feed_lag_ms")?,
             current: gauge("caas_edge.current")?,
@@ -106,6 +109,10 @@ impl Metrics {
         self.counts.allowed.set(self.counts.allowed.get() + 1);
     }
 
+    fn preflight(&self) {
+        self.counts.preflights.set(self.counts.preflights.get() + 1);
+    }
+
     /// Adds what was counted since the last flush to Envoy's counters.
     fn flush(&self) {
         let add = |id: u32, count: &Cell<u64>| {
@@ -115,6 +122,7 @@ impl Metrics {
             }
         };
         add(self.allowed, &self.counts.allowed);
+        add(self.preflights, &self.counts.preflights);
         for ((_, id), count) in self.forwarded.iter().zip(&self.counts.forwarded) {
             add(*id, count);
         }
@@ -456,6 +464,7 @@ impl HttpContext for Edge {
         let verdict = decide(&mut self.state.borrow_mut(), &req, now.as_secs() as i64, now.as_millis() as u64);
         let mut allow = match verdict {
             Verdict::Allow(allow) => allow,
+            Verdict::Preflight(preflight) => return self.answer_preflight(preflight, now),
             Verdict::Forward(miss) => return self.forward(miss),
         };
         // The mark first: if it cannot be set, nothing is changed and
@@ -481,17 +490,35 @@ impl HttpContext for Edge {
         if let Some(metrics) = &self.metrics {
             metrics.allowed();
         }
-        // Only when spans are exported: one more clock read, for its end.
-        if let Some(mut span) = allow.span.take() {
-            span.start_unix_nano = unix_nanos(now);
-            span.end_unix_nano = unix_nanos(self::now());
-            self.state.borrow_mut().spans.push(*span);
-        }
+        self.keep(allow.span.take(), now);
         Action::Continue
     }
 }
 
 impl Edge {
+    /// Answers a preflight as ext_authz would have had Envoy answer it
+    /// (204, no body); the chain stops here.
+    fn answer_preflight(&self, preflight: Preflight, now: Duration) -> Action {
+        let headers: Vec<(&str, &str)> =
+            preflight.headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        self.send_http_response(204, headers, None);
+        if let Some(metrics) = &self.metrics {
+            metrics.preflight();
+        }
+        self.keep(preflight.span, now);
+        Action::Pause
+    }
+
+    /// A decision's span (only when spans are exported), begun at `started`:
+    /// one more clock read, for its end.
+    fn keep(&self, span: Option<Box<crate::spans::EdgeSpan>>, started: Duration) {
+        if let Some(mut span) = span {
+            span.start_unix_nano = unix_nanos(started);
+            span.end_unix_nano = unix_nanos(now());
+            self.state.borrow_mut().spans.push(*span);
+        }
+    }
+
     fn forward(&self, miss: Miss) -> Action {
         if let Some(metrics) = &self.metrics {
             metrics.forwarded(miss);

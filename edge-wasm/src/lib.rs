@@ -8,8 +8,10 @@
 //! quotas, leased from ext-authz's buckets; the signed context headers. When
 //! it allows, it marks the request with filter state (`wasm.caas_edge`),
 //! which only a filter can write, and the ext_authz filter, wrapped in a
-//! matcher on that state, is skipped. Everything else, denials included,
-//! goes on to ext_authz unchanged (docs/DESIGN.md, "The in-proxy fast path").
+//! matcher on that state, is skipped. A CORS preflight on a route browsers
+//! may call it answers itself, as ext-authz would. Everything else, denials
+//! included, goes on to ext_authz unchanged (docs/DESIGN.md, "The in-proxy
+//! fast path").
 //!
 //! `state`, `api_keys`, `lease`, `spans` and `decide` are pure and tested on the host; `filter` is the
 //! Envoy glue, built for wasm32-wasip1 only.

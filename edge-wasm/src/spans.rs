@@ -1,6 +1,7 @@
-//! The filter's allows as spans, when ext-authz exports spans (its
-//! material's `trace_export`): each allow continues the caller's trace (or
-//! starts one) with a span of its own, as a Check does (ext-authz/src/trace.rs),
+//! The filter's decisions as spans, when ext-authz exports spans (its
+//! material's `trace_export`): each allow (and each preflight it answers)
+//! continues the caller's trace (or starts one) with a span of its own, as
+//! a Check does (ext-authz/src/trace.rs),
 //! and the spans go to ext-authz in batches (`POST /edge/v1/spans`), which
 //! exports them as its own. A trace then shows the gateway's decision
 //! whichever of the two made it, and the service's span has it as parent.
@@ -14,7 +15,7 @@ pub const MAX_HELD: usize = 2_048;
 /// Spans sent in one call (ext-authz's `MAX_SPANS`).
 pub const MAX_BATCH: usize = 512;
 
-/// One allow, as ext-authz reads it (ext-authz/src/edge.rs, `EdgeSpan`).
+/// One decision, as ext-authz reads it (ext-authz/src/edge.rs, `EdgeSpan`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EdgeSpan {
     pub trace_id: String,
@@ -22,10 +23,20 @@ pub struct EdgeSpan {
     pub parent_span_id: String,
     pub span_id: String,
     pub policy: &'static str,
+    pub decision: Decision,
+    /// Empty for a preflight.
     pub tenant_id: String,
     pub request_id: String,
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
+}
+
+/// What the filter decided (a Check's `caas.decision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Allow,
+    Preflight,
 }
 
 /// Ids for new traces and spans: unique, not secret (a span id names a

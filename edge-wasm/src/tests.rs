@@ -761,6 +761,7 @@ fn spans_are_sent_in_bounded_batches_and_what_cannot_be_held_is_counted() {
         parent_span_id: String::new(),
         span_id: "00f067aa0ba902b7".into(),
         policy: "end_user",
+        decision: crate::spans::Decision::Allow,
         tenant_id: "cl_1".into(),
         request_id: "r1".into(),
         start_unix_nano: 1,
@@ -784,4 +785,46 @@ fn spans_are_sent_in_bounded_batches_and_what_cannot_be_held_is_counted() {
         left += n;
     }
     assert_eq!(left, MAX_HELD - MAX_BATCH);
+}
+
+#[test]
+fn preflights_on_browser_routes_are_answered_here_while_current_and_are_spans_when_exported() {
+    let preflight = |state: &mut State, policy: &'static str, headers: &[(&str, &str)]| {
+        let headers: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
+        let req = Request {
+            method: "OPTIONS",
+            path: "/v1/messages",
+            policy: &|| Some(policy.into()),
+            headers: &headers,
+            peer: &|| Some("127.0.0.1".parse().unwrap()),
+            sessions_ended_at: &|| 0,
+        };
+        decide(state, &req, NOW, NOW_MS)
+    };
+    let asked = [("origin", "https://a.example"), ("access-control-request-method", "POST"), ("x-request-id", "r1")];
+    let mut state = State::default();
+    assert_eq!(preflight(&mut state, "end_user", &asked), Verdict::Forward(Miss::NotCurrent));
+    state.apply_changes(&resync("e1", 5, true), NOW_MS).unwrap();
+    let Verdict::Preflight(answer) = preflight(&mut state, "end_user", &asked) else { panic!("not answered") };
+    assert!(answer.headers.contains(&("access-control-allow-origin", "https://a.example".to_string())));
+    assert!(answer.span.is_none());
+    // API-key routes refuse preflights (ext-authz's 403), and an OPTIONS
+    // that is not a preflight is checked in full: both ext_authz's.
+    assert_eq!(preflight(&mut state, "api_key", &asked), Verdict::Forward(Miss::Refused));
+    assert_eq!(preflight(&mut state, "end_user", &asked[..1]), Verdict::Forward(Miss::Unusual));
+    // Spans exported: the answer is a span of the caller's trace.
+    let mut material: serde_json::Value = serde_json::from_slice(&resync("e2", 0, true)).unwrap();
+    material["material"]["trace_export"] = json!(true);
+    state.apply_changes(material.to_string().as_bytes(), NOW_MS).unwrap();
+    let traced = [("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")];
+    let Verdict::Preflight(answer) = preflight(&mut state, "public", &[&asked[..], &traced[..]].concat()) else {
+        panic!("not answered")
+    };
+    let span = answer.span.expect("a span");
+    assert_eq!(
+        (span.decision, span.policy, span.tenant_id.as_str()),
+        (crate::spans::Decision::Preflight, "public", "")
+    );
+    assert_eq!(span.parent_span_id, "00f067aa0ba902b7");
+    assert!(!answer.headers.iter().any(|(n, _)| *n == "traceparent"), "a preflight goes nowhere");
 }

@@ -374,8 +374,9 @@ impl Authorizer {
         self.exporter.is_some()
     }
 
-    /// Exports the in-proxy filter's allows as a Check's spans would be
-    /// (`export`), marked as the filter's; how many (none when not exporting).
+    /// Exports the in-proxy filter's decisions (allows, preflights) as a
+    /// Check's spans would be (`export`), marked as the filter's; how many
+    /// (none when not exporting).
     pub fn export_edge_spans(&self, spans: Vec<crate::edge::EdgeSpan>) -> usize {
         let Some(exporter) = &self.exporter else { return 0 };
         let count = spans.len();
@@ -387,10 +388,11 @@ impl Authorizer {
                 name: format!("check {}", sent.policy),
                 start: at(sent.start_unix_nano),
                 end: at(sent.end_unix_nano),
+                // As `observe` and `export` record a Check's.
                 attributes: vec![
-                    ("http.response.status_code", "200".to_string()),
+                    ("http.response.status_code", if sent.decision == "preflight" { "204" } else { "200" }.to_string()),
                     ("caas.policy", sent.policy),
-                    ("caas.decision", "allow".to_string()),
+                    ("caas.decision", sent.decision),
                     ("caas.request_id", sent.request_id),
                     ("caas.tenant_id", sent.tenant_id),
                     ("caas.decided_by", "edge".to_string()),
@@ -431,7 +433,7 @@ impl Authorizer {
 /// for the rest; `None` when the request is not one.
 fn preflight(req: &Incoming<'_>, policy: Policy) -> Option<Decision> {
     let origin = req.origin()?;
-    if req.method != "OPTIONS" || req.header("access-control-request-method").is_none() {
+    if !caas_rules::cors::is_preflight(req.method, Some(origin), req.header("access-control-request-method")) {
         return None;
     }
     Some(if policy.browser_facing() {

@@ -35,7 +35,7 @@
 //!   unspent it gives back in the same call (`returned`), un-counted on
 //!   every instance,
 //!   so that a lease held idle does not make a quota refuse early.
-//! - `POST /edge/v1/spans`: the filter's allows as spans (at most
+//! - `POST /edge/v1/spans`: the filter's decisions as spans (at most
 //!   `MAX_SPANS` a call), when the material says spans are exported: each
 //!   is exported as a Check's span is, marked `caas.decided_by: edge`, so a
 //!   trace shows the gateway's decision whichever of the two made it.
@@ -375,7 +375,7 @@ pub async fn lease(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: 
     private(json!({ "granted": granted }))
 }
 
-/// One of the filter's allows (edge-wasm/src/spans.rs, `EdgeSpan`).
+/// One of the filter's decisions (edge-wasm/src/spans.rs, `EdgeSpan`).
 #[derive(serde::Deserialize)]
 pub struct EdgeSpan {
     pub trace_id: String,
@@ -384,6 +384,9 @@ pub struct EdgeSpan {
     pub parent_span_id: String,
     pub span_id: String,
     pub policy: String,
+    /// `allow`, or `preflight` (a CORS preflight the filter answered).
+    pub decision: String,
+    /// Empty for a preflight.
     pub tenant_id: String,
     pub request_id: String,
     /// Unix time in nanoseconds, by the filter's clock.
@@ -407,9 +410,16 @@ impl EdgeSpan {
         if !self.parent_span_id.is_empty() && !is_span_id(&self.parent_span_id) {
             return Some("parent_span_id must be empty or a W3C span id");
         }
-        if !matches!(caas_rules::policy::Policy::parse(&self.policy), Some(p) if p != caas_rules::policy::Policy::Public)
-        {
-            return Some("policy must be one the filter decides");
+        use caas_rules::policy::Policy;
+        let made = match (self.decision.as_str(), Policy::parse(&self.policy)) {
+            ("allow", Some(policy)) => matches!(policy, Policy::EndUser | Policy::ApiKey | Policy::Dashboard),
+            ("preflight", Some(policy)) => policy.browser_facing(),
+            _ => false,
+        };
+        if !made {
+            return Some(
+                "decision and policy must be ones the filter makes (allow on end_user, api_key, dashboard; preflight where browsers may call)",
+            );
         }
         if self.tenant_id.len() > 128 || self.request_id.len() > 128 {
             return Some("tenant_id and request_id are at most 128 bytes");
@@ -421,7 +431,7 @@ impl EdgeSpan {
     }
 }
 
-/// Exports the filter's allows as spans; a malformed or oversized batch is
+/// Exports the filter's decisions as spans; a malformed or oversized batch is
 /// refused whole (400), with the problem named. Answers `{"exported": n}`
 /// (0 when spans are not exported here).
 pub async fn spans(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {

@@ -19,10 +19,6 @@ use crate::decision::{Decision, Grant, Reason};
 use crate::incoming::Incoming;
 use crate::trace::UpstreamTrace;
 
-/// Headers a browser may send on a CORS request to us.
-const CORS_ALLOW_HEADERS: &str = "authorization, content-type, x-request-id";
-const CORS_ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
-
 fn header(key: &str, value: impl Into<String>) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue { key: key.to_string(), value: value.into(), ..Default::default() }),
@@ -123,24 +119,10 @@ fn allowed(
 /// Answered by Envoy itself (the status is not OK): a preflight never
 /// reaches a service.
 fn preflight(origin: &str, req: &Incoming<'_>) -> HttpResponse {
-    let allow_headers = req.header("access-control-request-headers").map_or(CORS_ALLOW_HEADERS.to_string(), |asked| {
-        // Echo only what we accept; never widen to whatever was asked.
-        asked
-            .split(',')
-            .map(|h| h.trim().to_ascii_lowercase())
-            .filter(|h| CORS_ALLOW_HEADERS.split(", ").any(|allowed| allowed == h))
-            .collect::<Vec<_>>()
-            .join(", ")
-    });
+    let headers = caas_rules::cors::preflight_headers(origin, req.header("access-control-request-headers"));
     HttpResponse::DeniedResponse(DeniedHttpResponse {
         status: Some(HttpStatus { code: 204 }),
-        headers: vec![
-            header("access-control-allow-origin", origin),
-            header("access-control-allow-methods", CORS_ALLOW_METHODS),
-            header("access-control-allow-headers", allow_headers),
-            header("access-control-max-age", "600"),
-            header("vary", "Origin"),
-        ],
+        headers: headers.into_iter().map(|(name, value)| header(name, value)).collect(),
         body: String::new(),
     })
 }

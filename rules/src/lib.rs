@@ -11,6 +11,7 @@
 
 pub mod api_key;
 pub mod context;
+pub mod cors;
 pub mod denial;
 pub mod jwt;
 pub mod names;

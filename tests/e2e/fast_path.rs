@@ -76,7 +76,16 @@ fn answer(r: &Reply) -> BTreeMap<String, String> {
     if r.status != 200 {
         out.insert("body".into(), body.to_string());
     }
-    for name in ["content-type", "www-authenticate", "access-control-allow-origin", "vary", "retry-after"] {
+    for name in [
+        "content-type",
+        "www-authenticate",
+        "access-control-allow-origin",
+        "access-control-allow-methods",
+        "access-control-allow-headers",
+        "access-control-max-age",
+        "vary",
+        "retry-after",
+    ] {
         out.insert(name.into(), r.header(name).unwrap_or("-").to_string());
     }
     if r.status == 200 && r.body["headers"].is_object() {
@@ -139,6 +148,18 @@ async fn the_fast_path_answers_as_ext_authz_does() {
         Box::new(move |http: &reqwest::Client, n: &Node| http.get(n.url(path)).bearer_auth(&t))
             as Box<dyn Fn(&reqwest::Client, &Node) -> reqwest::RequestBuilder>
     };
+    let preflight = |path: &'static str, asked: Option<&'static str>| {
+        Box::new(move |http: &reqwest::Client, n: &Node| {
+            let r = http
+                .request(reqwest::Method::OPTIONS, n.url(path))
+                .header("origin", "https://app.edge.example")
+                .header("access-control-request-method", "POST");
+            match asked {
+                Some(asked) => r.header("access-control-request-headers", asked),
+                None => r,
+            }
+        }) as Box<dyn Fn(&reqwest::Client, &Node) -> reqwest::RequestBuilder>
+    };
     let cases: Vec<Case<'_>> = vec![
         ("valid", bearer(token.clone(), "/v1/messages")),
         ("valid, conversations", bearer(token.clone(), "/v1/conversations?limit=5")),
@@ -183,6 +204,16 @@ async fn the_fast_path_answers_as_ext_authz_does() {
         ),
         ("dashboard route", bearer(tenant.dashboard.clone(), "/v1/client/profile")),
         ("credential in query", bearer(token.clone(), "/v1/messages?api_key=caas_x")),
+        ("preflight", preflight("/v1/messages", Some("Authorization, X-Evil"))),
+        ("preflight asking no headers", preflight("/v1/conversations", None)),
+        ("preflight, dashboard route", preflight("/v1/client/profile", Some("authorization"))),
+        ("preflight, public route", preflight("/v1/client/login", Some("content-type"))),
+        ("preflight, refresh route", preflight("/v1/sdk/refresh", Some("content-type"))),
+        ("preflight, api key route", preflight("/v1/sdk/session", Some("x-api-key"))),
+        (
+            "OPTIONS that is not a preflight",
+            Box::new(|http, n| http.request(reqwest::Method::OPTIONS, n.url("/v1/messages")).bearer_auth(&token)),
+        ),
     ];
     let http = client();
     // The setup above took long enough for the filter to give back the
@@ -190,6 +221,7 @@ async fn the_fast_path_answers_as_ext_authz_does() {
     // the user is active again, as a user sending these would be.
     until_current(fast, &token).await;
     let before = allowed_by_filter(fast).await;
+    let preflights = stat(fast, "caas_edge.preflights").await;
     for (name, request) in &cases {
         let on = send(request(&http, fast)).await;
         let off = send(request(&http, slow)).await;
@@ -204,6 +236,10 @@ async fn the_fast_path_answers_as_ext_authz_does() {
     // with the same context headers as ext_authz's.
     let decided = allowed_by_filter(fast).await - before;
     assert!(decided >= 3, "the filter decided {decided} of the requests");
+    // The preflights on browser routes were answered by the filter (the
+    // API-key route's 403 is ext_authz's), with ext_authz's headers.
+    let answered = stat(fast, "caas_edge.preflights").await - preflights;
+    assert_eq!(answered, 5, "the filter answered {answered} of the 5 preflights on browser routes");
     // A socket's upgrade (its token in the subprotocol, as browsers send
     // it) is the filter's too; realtime.rs runs every socket flow through it.
     let before = allowed_by_filter(fast).await;

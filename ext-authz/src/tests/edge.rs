@@ -755,7 +755,7 @@ async fn the_spans_endpoint_exports_the_filters_allows_and_serves_the_gateway_on
     assert_eq!(feed.changes_since(None, 0)["material"]["trace_export"], true);
     let call = |headers: axum::http::HeaderMap, body: String| post(crate::edge::spans, feed.clone(), headers, body);
     let span = |trace_id: &str, span_id: &str, policy: &str| {
-        serde_json::json!({ "trace_id": trace_id, "parent_span_id": "", "span_id": span_id, "policy": policy,
+        serde_json::json!({ "trace_id": trace_id, "parent_span_id": "", "span_id": span_id, "policy": policy, "decision": "allow",
                             "tenant_id": "cl_1", "request_id": "r1", "start_unix_nano": 1, "end_unix_nano": 2 })
     };
     let good = span("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "end_user");
@@ -769,6 +769,15 @@ async fn the_spans_endpoint_exports_the_filters_allows_and_serves_the_gateway_on
     backwards["end_unix_nano"] = 0.into();
     let mut long = good.clone();
     long["tenant_id"] = "t".repeat(129).into();
+    let mut preflight = span("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b9", "public");
+    preflight["decision"] = "preflight".into();
+    preflight["tenant_id"] = "".into();
+    let (status, answer) = call(gateway.clone(), serde_json::json!({ "spans": [preflight.clone()] }).to_string()).await;
+    assert_eq!((status, answer["exported"].as_u64()), (200, Some(1)), "a preflight answered on a public route");
+    let mut api_preflight = preflight.clone();
+    api_preflight["policy"] = "api_key".into();
+    let mut denied = good.clone();
+    denied["decision"] = "deny".into();
     let mut parent = good.clone();
     parent["parent_span_id"] = "xyz".into();
     let many: Vec<serde_json::Value> = (0..=crate::edge::MAX_SPANS).map(|_| good.clone()).collect();
@@ -776,7 +785,9 @@ async fn the_spans_endpoint_exports_the_filters_allows_and_serves_the_gateway_on
         ("{}".to_string(), "missing field"),
         (serde_json::json!({ "spans": [span("0".repeat(32).as_str(), "00f067aa0ba902b7", "end_user")] }).to_string(), "W3C ids"),
         (serde_json::json!({ "spans": [span("4bf92f3577b34da6a3ce929d0e0e4736", "00F067AA0BA902B7", "end_user")] }).to_string(), "W3C ids"),
-        (serde_json::json!({ "spans": [good.clone(), span("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "public")] }).to_string(), "spans[1]: policy"),
+        (serde_json::json!({ "spans": [good.clone(), span("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "public")] }).to_string(), "spans[1]: decision and policy"),
+        (serde_json::json!({ "spans": [api_preflight] }).to_string(), "decision and policy"),
+        (serde_json::json!({ "spans": [denied] }).to_string(), "decision and policy"),
         (serde_json::json!({ "spans": [parent] }).to_string(), "parent_span_id"),
         (serde_json::json!({ "spans": [long] }).to_string(), "at most 128 bytes"),
         (serde_json::json!({ "spans": [backwards] }).to_string(), "before start"),
@@ -784,11 +795,68 @@ async fn the_spans_endpoint_exports_the_filters_allows_and_serves_the_gateway_on
     ] {
         assert_bad_request(call(gateway.clone(), body.clone()).await, &body, says);
     }
-    assert_eq!(authorizer.metrics().edge_spans.get(), 2, "a refused batch exports nothing");
+    assert_eq!(authorizer.metrics().edge_spans.get(), 3, "a refused batch exports nothing");
     // Not exporting: nothing to export, and the material says so.
     let quiet = Arc::new(fixture().await.authorizer);
     let (feed, gateway) = gateway_feed(&quiet);
     assert_eq!(feed.changes_since(None, 0)["material"]["trace_export"], false);
     let (status, answer) = post(crate::edge::spans, feed, gateway, batch.to_string()).await;
     assert_eq!((status, answer["exported"].as_u64()), (200, Some(0)));
+}
+
+/// Preflights: wherever the filter answers one, the Check answers it the
+/// same (204, the same headers, nothing else); everything else with
+/// `OPTIONS` it leaves to ext_authz.
+#[tokio::test]
+async fn the_filter_answers_only_the_preflights_the_check_answers_with_the_same_headers() {
+    let f = fixture().await;
+    let now = unix_now();
+    let now_ms = now as u64 * 1000;
+    let mut state = filter_with(&material(false, None), now_ms);
+    let policies = [Some("end_user"), Some("dashboard"), Some("api_key"), Some("refresh"), Some("public"), None];
+    let paths = ["/v1/messages", "/v1/../v1/messages", "/v1/messages?token=x"];
+    let origins = [None, Some("https://app.a.example"), Some("https://evil.example")];
+    let asked = [None, Some("POST")];
+    let asked_headers = [None, Some("Authorization, X-Evil"), Some("content-type,x-request-id")];
+    let (mut answered, mut per_policy) = (0, BTreeSet::new());
+    for policy in policies {
+        for path in paths {
+            for origin in origins {
+                for method in asked {
+                    for headers_asked in asked_headers {
+                        let mut headers: Vec<(&str, &str)> = vec![("x-request-id", "req-pre-1")];
+                        headers.extend(origin.map(|o| ("origin", o)));
+                        headers.extend(method.map(|m| ("access-control-request-method", m)));
+                        headers.extend(headers_asked.map(|h| ("access-control-request-headers", h)));
+                        let map: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
+                        let req = Request {
+                            method: "OPTIONS",
+                            path,
+                            policy: &|| policy.map(str::to_string),
+                            headers: &map,
+                            peer: &|| Some("127.0.0.1".parse().unwrap()),
+                            sessions_ended_at: &|| 0,
+                        };
+                        let edge = match decide(&mut state, &req, now, now_ms) {
+                            EdgeVerdict::Preflight(preflight) => preflight,
+                            EdgeVerdict::Allow(allow) => panic!("an OPTIONS allowed: {allow:?}"),
+                            EdgeVerdict::Forward(_) => continue,
+                        };
+                        let check = check(&f, request(policy, "OPTIONS", path, &headers, "127.0.0.1")).await;
+                        let case = format!("{policy:?} {path} {origin:?} {method:?} {headers_asked:?}");
+                        assert_eq!(check.status, 204, "the filter answered what the Check does not: {case}: {check:?}");
+                        let ours: HashMap<String, String> =
+                            edge.headers.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+                        assert_eq!(ours, check.response_headers, "{case}");
+                        assert!(edge.span.is_none(), "{case}: spans are not exported here");
+                        answered += 1;
+                        per_policy.insert(policy);
+                    }
+                }
+            }
+        }
+    }
+    // Every browser-facing route's preflights, each way of asking for headers.
+    assert_eq!(per_policy.len(), 4, "{per_policy:?}");
+    assert!(answered >= 4 * 2 * 3, "the filter answered {answered} preflights");
 }
