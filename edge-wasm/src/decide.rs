@@ -15,6 +15,7 @@ use caas_rules::jwt::Audience;
 use caas_rules::policy::{self, Policy};
 use caas_rules::request::{self, API_KEY, AUTHORIZATION, TokenSource};
 use caas_rules::session::{self, SessionView};
+use caas_rules::trace::{TraceParent, new_span_id};
 use caas_rules::{api_key, whitelist};
 
 use crate::api_keys::KeyMiss;
@@ -22,7 +23,6 @@ use crate::lease::Kind;
 use crate::lists::ListMiss;
 use crate::spans::{Decision, EdgeSpan, Ids};
 use crate::state::State;
-use caas_rules::trace::{TraceParent, new_span_id};
 
 /// A request's headers as Envoy presents them to the filter: names
 /// lower-case, a repeated header joined with `,` as Envoy joins it for
@@ -196,10 +196,8 @@ fn preflight(state: &mut State, req: &Request<'_>, now_ms: u64) -> Result<Prefli
     if !state.current(now_ms) {
         return Err(Miss::NotCurrent);
     }
-    let origin = req.header("origin");
-    let (true, Some(origin)) =
-        (cors::is_preflight(req.method, origin, req.header("access-control-request-method")), origin)
-    else {
+    let asked = req.header("access-control-request-method");
+    let Some(origin) = req.header("origin").filter(|origin| cors::is_preflight(req.method, Some(origin), asked)) else {
         return Err(Miss::Unusual);
     };
     if !policy::canonical(request::path_only(req.path)) {

@@ -59,9 +59,15 @@ fn verdict(state: &mut State, sid: &str, now_ms: u64) -> Verdict {
 }
 
 fn verdict_from(state: &mut State, sid: &str, origin: Option<&str>, now_ms: u64) -> Verdict {
-    let mut headers =
-        vec![("authorization".to_string(), format!("Bearer {}", token(sid))), ("x-request-id".into(), "r1".into())];
-    headers.extend(origin.map(|o| ("origin".to_string(), o.to_string())));
+    let origin: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
+    verdict_with(state, sid, &origin, now_ms)
+}
+
+/// An end user's GET with session `sid`'s token and `extra` headers.
+fn verdict_with(state: &mut State, sid: &str, extra: &[(&str, &str)], now_ms: u64) -> Verdict {
+    let bearer = format!("Bearer {}", token(sid));
+    let mut headers = vec![("authorization", bearer.as_str()), ("x-request-id", "r1")];
+    headers.extend(extra);
     let headers: Headers = headers.into_iter().collect();
     let req = Request {
         method: "GET",
@@ -700,23 +706,9 @@ fn with_spans_exported_an_allow_is_a_span_and_the_request_its_child() {
     material["material"]["trace_export"] = json!(true);
     state.apply_changes(material.to_string().as_bytes(), NOW_MS).unwrap();
     state.apply_session("ses_1", &session("e1", 5, false), NOW_MS).unwrap();
-    let bearer = format!("Bearer {}", token("ses_1"));
-    let allow = |state: &mut State, extra: &[(&str, &str)]| {
-        let mut headers = vec![("authorization", bearer.as_str()), ("x-request-id", "r1")];
-        headers.extend(extra);
-        let headers: Headers = headers.into_iter().collect();
-        let req = Request {
-            method: "GET",
-            path: "/v1/messages",
-            policy: &|| Some("end_user".into()),
-            headers: &headers,
-            peer: &|| Some("127.0.0.1".parse().unwrap()),
-            sessions_ended_at: &|| 0,
-        };
-        match decide(state, &req, NOW, NOW_MS) {
-            Verdict::Allow(allow) => allow,
-            other => panic!("not allowed: {other:?}"),
-        }
+    let allow = |state: &mut State, extra: &[(&str, &str)]| match verdict_with(state, "ses_1", extra, NOW_MS) {
+        Verdict::Allow(allow) => allow,
+        other => panic!("not allowed: {other:?}"),
     };
     let passed = |allow: &crate::decide::Allow| {
         let value = &allow.set.iter().find(|(n, _)| *n == "traceparent").expect("a traceparent").1;

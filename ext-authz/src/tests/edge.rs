@@ -46,6 +46,29 @@ fn filter_with(material: &EdgeMaterial, now_ms: u64) -> State {
     state
 }
 
+/// The filter's verdict on `method path` with `headers` from `peer`, on a
+/// route whose policy is `policy`, at `now_ms`.
+fn edge_verdict(
+    state: &mut State,
+    method: &str,
+    path: &str,
+    policy: Option<&str>,
+    headers: &[(&str, &str)],
+    peer: &str,
+    now_ms: u64,
+) -> EdgeVerdict {
+    let map: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
+    let req = Request {
+        method,
+        path,
+        policy: &|| policy.map(str::to_string),
+        headers: &map,
+        peer: &|| Some(peer.parse().unwrap()),
+        sessions_ended_at: &|| 0,
+    };
+    decide(state, &req, (now_ms / 1000) as i64, now_ms)
+}
+
 /// The filter learns session `sid` as the feed would serve it.
 async fn learn(f: &Fixture, state: &mut State, sid: &str, now_ms: u64) {
     let validator = f.authorizer.validator();
@@ -143,16 +166,7 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
                             vec![("authorization", authorization.as_str()), ("x-request-id", "req-edge-1")];
                         headers.extend(origin.map(|o| ("origin", o)));
                         headers.extend(extra.iter().copied());
-                        let map: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
-                        let req = Request {
-                            method: "GET",
-                            path,
-                            policy: &|| policy.map(str::to_string),
-                            headers: &map,
-                            peer: &|| Some("127.0.0.1".parse().unwrap()),
-                            sessions_ended_at: &|| 0,
-                        };
-                        let edge = decide(&mut state, &req, now, now_ms);
+                        let edge = edge_verdict(&mut state, "GET", path, policy, &headers, "127.0.0.1", now_ms);
                         let EdgeVerdict::Allow(edge) = edge else { continue };
                         allowed += 1;
                         let check = check(&f, request(policy, "GET", path, &headers, "127.0.0.1")).await;
@@ -189,16 +203,8 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
                         _ => {}
                     }
                     headers.extend(origin.map(|o| ("origin", o)));
-                    let map: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
-                    let req = Request {
-                        method: "GET",
-                        path: &path,
-                        policy: &|| Some("end_user".into()),
-                        headers: &map,
-                        peer: &|| Some("127.0.0.1".parse().unwrap()),
-                        sessions_ended_at: &|| 0,
-                    };
-                    let EdgeVerdict::Allow(edge) = decide(&mut state, &req, now, now_ms) else { continue };
+                    let edge = edge_verdict(&mut state, "GET", &path, Some("end_user"), &headers, "127.0.0.1", now_ms);
+                    let EdgeVerdict::Allow(edge) = edge else { continue };
                     assert!(carrier != "query" && upgrade != "h2c", "{name} {carrier} {upgrade}");
                     let check = check(&f, request(Some("end_user"), "GET", &path, &headers, "127.0.0.1")).await;
                     let case = format!("socket: {name}, {carrier}, {upgrade}, origin {origin:?}");
@@ -411,7 +417,6 @@ async fn in_a_mesh_the_filter_takes_the_policy_from_the_same_table_as_the_check(
         .unwrap();
     let authorization = format!("Bearer {}", f.token);
     let headers = [("authorization", authorization.as_str()), ("x-request-id", "req-mesh-1")];
-    let map: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
     // No route policy (Istio, Envoy Gateway): the table decides, in both.
     for (path, filter_allows) in [
         ("/v1/messages", true),
@@ -419,15 +424,7 @@ async fn in_a_mesh_the_filter_takes_the_policy_from_the_same_table_as_the_check(
         ("/v1/client/profile", false),
         ("/v1/nowhere", false),
     ] {
-        let req = Request {
-            method: "GET",
-            path,
-            policy: &|| None,
-            headers: &map,
-            peer: &|| Some("127.0.0.1".parse().unwrap()),
-            sessions_ended_at: &|| 0,
-        };
-        let edge = decide(&mut state, &req, now, now_ms);
+        let edge = edge_verdict(&mut state, "GET", path, None, &headers, "127.0.0.1", now_ms);
         let check = check(&f, request(None, "GET", path, &headers, "127.0.0.1")).await;
         assert_eq!(matches!(edge, EdgeVerdict::Allow(_)), filter_allows, "{path}: {edge:?}");
         if filter_allows {
@@ -515,16 +512,8 @@ async fn for_api_keys_too_the_filter_allows_only_what_the_check_allows() {
                     for extra in extras {
                         let mut headers: Vec<(&str, &str)> = vec![("x-api-key", key), ("x-request-id", "req-key-1")];
                         headers.extend(extra.iter().copied());
-                        let map: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
-                        let req = Request {
-                            method: "POST",
-                            path,
-                            policy: &|| policy.map(str::to_string),
-                            headers: &map,
-                            peer: &|| Some(peer.parse().unwrap()),
-                            sessions_ended_at: &|| 0,
-                        };
-                        let EdgeVerdict::Allow(edge) = decide(&mut state, &req, now, now_ms) else { continue };
+                        let edge = edge_verdict(&mut state, "POST", path, policy, &headers, peer, now_ms);
+                        let EdgeVerdict::Allow(edge) = edge else { continue };
                         let check = check(&f, request(policy, "POST", path, &headers, peer)).await;
                         let case = format!("{name}, from {peer}, {path}, {policy:?}, {extra:?}");
                         assert_same_allow(&edge, &check, &case);
@@ -705,18 +694,8 @@ async fn with_spans_exported_the_filter_passes_the_trace_on_as_the_check_does() 
     for extra in cases {
         let mut headers: Vec<(&str, &str)> = vec![("authorization", bearer.as_str()), ("x-request-id", "req-trace-1")];
         headers.extend(extra.iter().copied());
-        let map: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
-        let req = Request {
-            method: "GET",
-            path: "/v1/messages",
-            policy: &|| Some("end_user".into()),
-            headers: &map,
-            peer: &|| Some("127.0.0.1".parse().unwrap()),
-            sessions_ended_at: &|| 0,
-        };
-        let EdgeVerdict::Allow(mut edge) = decide(&mut state, &req, now, now_ms) else {
-            panic!("the filter did not allow {extra:?}")
-        };
+        let edge = edge_verdict(&mut state, "GET", "/v1/messages", Some("end_user"), &headers, "127.0.0.1", now_ms);
+        let EdgeVerdict::Allow(mut edge) = edge else { panic!("the filter did not allow {extra:?}") };
         let mut check = check(&f, request(Some("end_user"), "GET", "/v1/messages", &headers, "127.0.0.1")).await;
         let case = format!("{extra:?}");
         let position = edge.set.iter().position(|(n, _)| *n == "traceparent").expect(&case);
@@ -828,16 +807,8 @@ async fn the_filter_answers_only_the_preflights_the_check_answers_with_the_same_
                         headers.extend(origin.map(|o| ("origin", o)));
                         headers.extend(method.map(|m| ("access-control-request-method", m)));
                         headers.extend(headers_asked.map(|h| ("access-control-request-headers", h)));
-                        let map: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
-                        let req = Request {
-                            method: "OPTIONS",
-                            path,
-                            policy: &|| policy.map(str::to_string),
-                            headers: &map,
-                            peer: &|| Some("127.0.0.1".parse().unwrap()),
-                            sessions_ended_at: &|| 0,
-                        };
-                        let edge = match decide(&mut state, &req, now, now_ms) {
+                        let edge = edge_verdict(&mut state, "OPTIONS", path, policy, &headers, "127.0.0.1", now_ms);
+                        let edge = match edge {
                             EdgeVerdict::Preflight(preflight) => preflight,
                             EdgeVerdict::Allow(allow) => panic!("an OPTIONS allowed: {allow:?}"),
                             EdgeVerdict::Forward(_) => continue,
