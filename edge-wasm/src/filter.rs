@@ -20,6 +20,8 @@ use crate::state::State;
 /// (envoy/envoy.yaml); only a filter can write filter state.
 const MARK: &str = "caas_edge";
 const MARK_VALUE: &[u8] = b"allow";
+/// The same key's value on a preflight the filter answered (for the access log).
+const PREFLIGHT_MARK: &[u8] = b"preflight";
 /// The timer: the next poll goes out on a tick; lookups, leases and the
 /// stats every `CHORES_EVERY` ticks (100 ms).
 const TICK: Duration = Duration::from_millis(10);
@@ -499,6 +501,9 @@ impl Edge {
     /// Answers a preflight as ext_authz would have had Envoy answer it
     /// (204, no body); the chain stops here.
     fn answer_preflight(&self, preflight: Preflight, now: Duration) -> Action {
+        // Envoy's access log says who answered (`edge`: envoy/envoy.yaml);
+        // the matcher skips ext_authz on `allow` only, and nothing follows here.
+        let _ = hostcalls::set_property(vec![MARK], Some(PREFLIGHT_MARK));
         let headers: Vec<(&str, &str)> =
             preflight.headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
         self.send_http_response(204, headers, None);

@@ -240,6 +240,18 @@ async fn the_fast_path_answers_as_ext_authz_does() {
     // API-key route's 403 is ext_authz's), with ext_authz's headers.
     let answered = stat(fast, "caas_edge.preflights").await - preflights;
     assert_eq!(answered, 5, "the filter answered {answered} of the 5 preflights on browser routes");
+    // And Envoy's access log says so (`edge`), as it says `allow` for an allow.
+    let logged = within(Duration::from_secs(5), || {
+        let found = fast.access_log().lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()).any(|e| {
+            e["method"] == "OPTIONS"
+                && e["path"] == "/v1/client/login"
+                && e["edge"] == "preflight"
+                && e["status"] == 204
+        });
+        async move { found }
+    })
+    .await;
+    assert!(logged.is_some(), "no preflight answered by the filter in Envoy's access log");
     // A socket's upgrade (its token in the subprotocol, as browsers send
     // it) is the filter's too; realtime.rs runs every socket flow through it.
     let before = allowed_by_filter(fast).await;
