@@ -20,6 +20,8 @@
 #       its failure limit is off for the bench)
 #   i   (g) with that key: the filter leaves it to ext_authz, as it does the
 #       first request of a new key, against (e'')
+#   d'' (d) with an expired token (ext-authz answers 401 token_expired)
+#   k   (f) with that token: the filter answers the 401 itself
 #   d'  (d) with CORS preflights (OPTIONS, Origin, Access-Control-Request-Method):
 #       ext-authz answers them 204
 #   j   (f) with those preflights: the filter answers them itself
@@ -43,6 +45,19 @@ field() { echo "$SEED" | python3 -c "import json,sys; print(json.load(sys.stdin)
 TOKEN=$(field token); API_KEY=$(field api_key)
 # Well-formed (its checksum is right), stored nowhere (edge-wasm/src/tests.rs).
 UNKNOWN_KEY=caas_0123456789abcdefghijklmnopqrstuv2CRUDD
+# TOKEN's claims, expired an hour ago, signed with the same secret and kid.
+EXPIRED=$(python3 - "$TOKEN" "$JWT_SECRET" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+token, secret = sys.argv[1], sys.argv[2]
+header, payload, _ = token.split(".")
+pad = lambda s: s + "=" * (-len(s) % 4)
+claims = json.loads(base64.urlsafe_b64decode(pad(payload)))
+claims["iat"], claims["exp"] = int(time.time()) - 7200, int(time.time()) - 3600
+body = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode()).decode().rstrip("=")
+signature = hmac.new(secret.encode(), f"{header}.{body}".encode(), hashlib.sha256).digest()
+print(f"{header}.{body}." + base64.urlsafe_b64encode(signature).decode().rstrip("="))
+PY
+)
 KID=$(python3 -c "import hashlib,sys; print(hashlib.sha256(sys.argv[1].encode()).hexdigest()[:16])" "$JWT_SECRET")
 K=$(python3 -c "import base64,sys; print(base64.urlsafe_b64encode(sys.argv[1].encode()).decode().rstrip('='))" "$JWT_SECRET")
 
@@ -97,6 +112,8 @@ for round in $(seq "$ROUNDS"); do
   METHOD=OPTIONS run h f /bench/key "x-api-key: $API_KEY" "$AUTHZ" >> "$RESULTS"
   EXPECT=401 run e3 d /bench/key "x-api-key: $UNKNOWN_KEY" "$AUTHZ" >> "$RESULTS"
   EXPECT=401 run i f /bench/key "x-api-key: $UNKNOWN_KEY" "$AUTHZ" >> "$RESULTS"
+  EXPECT=401 run d3 d /bench/jwt "authorization: Bearer $EXPIRED" "$AUTHZ" >> "$RESULTS"
+  EXPECT=401 run k f /bench/jwt "authorization: Bearer $EXPIRED" "$AUTHZ" >> "$RESULTS"
   METHOD=OPTIONS EXPECT=204 EXTRA_HEADER="access-control-request-method: POST" run d2 d /bench/jwt "origin: https://app.bench.example" "$AUTHZ" >> "$RESULTS"
   METHOD=OPTIONS EXPECT=204 EXTRA_HEADER="access-control-request-method: POST" run j f /bench/jwt "origin: https://app.bench.example" "$AUTHZ" >> "$RESULTS"
 done
@@ -115,15 +132,16 @@ names = {"a": "Envoy, no auth", "b": "Envoy jwt_authn (HS256, local JWKS)", "c":
          "f": "fast path (edge-wasm) + caas ext-authz, JWT route", "g": "fast path (edge-wasm) + caas ext-authz, API-key route",
          "e2": "(e) with OPTIONS requests", "h": "(g) with OPTIONS requests: the filter forwards (miss path)",
          "e3": "(e) with a key that exists nowhere (401)", "i": "(g) with that key: the filter forwards (miss path)",
-         "d2": "(d) with CORS preflights (ext-authz answers 204)", "j": "(f) with those preflights: the filter answers them"}
+         "d2": "(d) with CORS preflights (ext-authz answers 204)", "j": "(f) with those preflights: the filter answers them",
+         "d3": "(d) with an expired token (ext-authz answers 401)", "k": "(f) with that token: the filter answers the 401"}
 print(f"wrk -t1 -c{sys.argv[3]} -d{sys.argv[4]}, Envoy --concurrency 1, median of {len(by['a'])} interleaved rounds\n")
 print("| variant | req/s | vs (a) | vs (c) | vs (c') | p99 | non-2xx | authz server CPU µs/check | Envoy CPU µs/req |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 cpu = lambda k: med(k, 5) / tick / med(k, 2) * 1e6
-for k in ["a", "b", "c", "c2", "d", "e", "f", "g", "e2", "h", "e3", "i", "d2", "j"]:
+for k in ["a", "b", "c", "c2", "d", "e", "f", "g", "e2", "h", "e3", "i", "d2", "j", "d3", "k"]:
     rps = med(k, 1)
     authz = "—" if k in "ab" else f"{cpu(k):.1f}"
-    label = {"c2": "c'", "e2": "e'", "e3": "e''", "d2": "d'"}.get(k, k)
+    label = {"c2": "c'", "e2": "e'", "e3": "e''", "d2": "d'", "d3": "d''"}.get(k, k)
     print(f"| ({label}) {names[k]} | {rps:,.0f} | {rps / med('a', 1):.2f} | {rps / med('c', 1):.2f} | {rps / med('c2', 1):.2f} | {by[k][0][3]} | {int(med(k, 4))} | {authz} | {med(k, 6) / tick / med(k, 2) * 1e6:.1f} |")
 for k in "defg":
     reqs = sum(float(r[2]) for r in by[k])
@@ -136,6 +154,7 @@ print(f"fast path, API-key route: {med('g', 1) / med('a', 1):.2f}x of no auth, {
 print(f"fast path, miss path (h): {med('h', 1) / med('e2', 1):.2f}x of caas ext-authz with the same requests (e')")
 print(f"fast path, miss path (i), an unknown key: {med('i', 1) / med('e3', 1):.2f}x of caas ext-authz with the same key (e'')")
 print(f"fast path, CORS preflights (j): {med('j', 1) / med('d2', 1):.2f}x of caas ext-authz answering them (d')")
+print(f"fast path, an expired token refused (k): {med('k', 1) / med('d3', 1):.2f}x of caas ext-authz refusing it (d'')")
 ours = (cpu("d") + cpu("e")) / 2
 print(f"\next-authz CPU per check / do-nothing server's: {ours / cpu('c'):.2f} vs (c), {ours / cpu('c2'):.2f} vs (c') (d and e averaged)")
 PY

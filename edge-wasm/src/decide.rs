@@ -1,16 +1,21 @@
 //! The filter's decision: allow an end user's, an API key's or a dashboard's request
 //! exactly as ext-authz would (ext-authz/src/check.rs, policies.rs,
-//! response.rs), or leave it to ext_authz. It never denies: a request it
-//! would refuse, and every request it cannot judge from what it holds, goes
-//! on to ext_authz unchanged, which answers it as it always has. So a
-//! denial is always ext-authz's own, and the filter can only ever be wrong
-//! by allowing; every allow below passes the same caas-rules checks, in the
-//! same order, as a Check's.
+//! response.rs), answer a CORS preflight or refuse a credential it verified
+//! as ext-authz would, or leave the request to ext_authz. It refuses only
+//! what ext-authz would refuse the same way and never a guess
+//! (`caas_rules::denial::EDGE_ANSWERS`: expired, wrong audience, a revoked
+//! session, a refused Origin or address, a revoked or expired key; the
+//! answer from caas-rules' `denial::answered`, as ext-authz's). Every request
+//! it cannot judge from what it holds, and every refusal it is not certain
+//! of, goes on to ext_authz unchanged, which answers it as it always has.
+//! Every allow and every refusal below passes the same caas-rules checks,
+//! in the same order, as a Check's.
 
 use std::net::IpAddr;
 
 use caas_rules::context::{self, AuthType, CONTEXT_HEADERS, REQUEST_ID, RequestContext};
 use caas_rules::cors;
+use caas_rules::denial::{self, Denial, Reason};
 use caas_rules::jwt::Audience;
 use caas_rules::policy::{self, Policy};
 use caas_rules::request::{self, API_KEY, AUTHORIZATION, TokenSource};
@@ -21,7 +26,7 @@ use caas_rules::{api_key, whitelist};
 use crate::api_keys::KeyMiss;
 use crate::lease::Kind;
 use crate::lists::ListMiss;
-use crate::spans::{Decision, EdgeSpan, Ids};
+use crate::reports::{Decision, DenialReport, EdgeSpan, Ids};
 use crate::state::State;
 
 /// A request's headers as Envoy presents them to the filter: names
@@ -98,7 +103,9 @@ pub enum Miss {
     /// the query, a credential in the query, path not canonical, no client
     /// address, a header value that is not UTF-8.
     Unusual,
-    /// Token or session would be refused: ext-authz answers it.
+    /// Would be refused, and ext-authz answers it: a guess (which it counts
+    /// against the address), or any refusal in shadow mode or while spans
+    /// are exported (`refuse`).
     Refused,
     /// The session, or its tenant's Origin whitelist for a request with an
     /// Origin, has not been looked up yet (it is being), or the whitelist
@@ -161,7 +168,48 @@ pub enum Verdict {
     /// A CORS preflight on a route browsers may call, answered here as
     /// ext-authz answers it. It opens nothing.
     Preflight(Preflight),
+    /// A refusal answered here (`Deny`).
+    Deny(Box<Deny>),
     Forward(Miss),
+}
+
+/// Why `judge` did not allow.
+enum NotAllowed {
+    /// ext_authz's to decide.
+    Forward(Miss),
+    /// A credential the filter verified, refused as ext-authz refuses it
+    /// (`refuse` decides whether it answers it itself).
+    Refuse { denial: Denial, policy: Policy, tenant_id: Option<String> },
+}
+
+impl From<Miss> for NotAllowed {
+    fn from(miss: Miss) -> Self {
+        NotAllowed::Forward(miss)
+    }
+}
+
+/// A token `verify` refused: a guess (a bad signature, malformed) is
+/// ext_authz's, which counts it against the address; the rest are refused.
+fn token_refused(error: caas_rules::jwt::TokenError, policy: Policy) -> NotAllowed {
+    let denial = Denial::Token(error);
+    match denial.is_guess() {
+        true => NotAllowed::Forward(Miss::Refused),
+        false => NotAllowed::Refuse { denial, policy, tenant_id: None },
+    }
+}
+
+/// A refusal the filter answers itself, exactly as ext-authz answers it
+/// (caas_rules::denial::answered): of a credential it verified, never a
+/// guess (which ext-authz counts against the address), never before the
+/// address is told (ext-authz refuses a refused address first), never in
+/// shadow mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deny {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+    /// What ext-authz logs and counts of it (`report`).
+    pub report: DenialReport,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,8 +230,39 @@ pub fn decide(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Ve
     }
     match judge(state, req, now, now_ms) {
         Ok(allow) => Verdict::Allow(allow),
-        Err(miss) => Verdict::Forward(miss),
+        Err(NotAllowed::Forward(miss)) => Verdict::Forward(miss),
+        Err(NotAllowed::Refuse { denial, policy, tenant_id }) => refuse(state, req, denial, policy, tenant_id),
     }
+}
+
+/// A verified credential's refusal, answered here when ext-authz would
+/// answer it the same: enforcing (not shadow mode), spans not exported
+/// (a refusal's span is ext-authz's to make), and the client's address
+/// told and not refused (ext-authz answers that first: its 429).
+fn refuse(state: &State, req: &Request<'_>, denial: Denial, policy: Policy, tenant_id: Option<String>) -> Verdict {
+    let answers = state.keys.as_ref().is_some_and(|keys| keys.enforce && !keys.trace_export);
+    if !answers || !denial::EDGE_ANSWERS.contains(&denial) {
+        return Verdict::Forward(Miss::Refused);
+    }
+    if let Err(miss) = client(state, req) {
+        return Verdict::Forward(miss);
+    }
+    // Checked by `judge` before any refusal.
+    let Some(request_id) = req.header(REQUEST_ID) else { return Verdict::Forward(Miss::Unusual) };
+    let reason = Reason::Denied(denial);
+    let status = reason.status();
+    let (headers, body) = denial::answered(reason, status, req.header("origin"), request_id);
+    let report = DenialReport {
+        policy: policy.as_str(),
+        reason: reason.code(),
+        status,
+        tenant_id: tenant_id.unwrap_or_default(),
+        request_id: request_id.to_string(),
+        trace_id: req.header("traceparent").and_then(TraceParent::parse).map(|t| t.trace_id).unwrap_or_default(),
+        path: request::path_only(req.path).to_string(),
+        method: req.method.to_string(),
+    };
+    Verdict::Deny(Box::new(Deny { status, headers, body, report }))
 }
 
 /// ext-authz check.rs `decide` as far as its `preflight`: a path that is
@@ -219,10 +298,10 @@ fn preflight(state: &mut State, req: &Request<'_>, now_ms: u64) -> Result<Prefli
     Ok(Preflight { headers, span })
 }
 
-fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<Allow, Miss> {
+fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<Allow, NotAllowed> {
     screen(state, req.method, req.path, req.headers, now_ms)?;
     if state.keys.is_none() {
-        return Err(Miss::NotCurrent);
+        return Err(Miss::NotCurrent.into());
     }
     let key = key_without_token(state, req, now_ms)?;
     // ext-authz check.rs `policy_of`: the route's, else the table's by path.
@@ -232,14 +311,14 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
         .ok_or(Miss::Policy)?;
     // Envoy's id (ext-authz incoming.rs takes it when it is this well-formed).
     let request_id = req.header(REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 128).ok_or(Miss::Unusual)?;
-    // The checks run in ext-authz's order where it matters to what is
-    // allowed; the filter never refuses, so which failure comes first only
-    // names the metric. The client's address is told last, before a lease
-    // is spent (`client`).
+    // The checks run in ext-authz's order: which failure comes first is the
+    // refusal's code. The client's address is told last, before a lease is
+    // spent (`client`); a refusal tells it first (`refuse`), as ext-authz
+    // refuses a refused address before any credential.
     // A socket is an end user's (policies.rs `end_user` is where an
     // upgrade means anything); on another route it is ext_authz's.
     if policy != Policy::EndUser && req.headers.contains("upgrade") {
-        return Err(Miss::Unusual);
+        return Err(Miss::Unusual.into());
     }
     let (ctx, cors_origin) = match policy {
         Policy::ApiKey => (with_api_key(state, req, key, now, now_ms)?, None),
@@ -387,28 +466,35 @@ fn as_end_user<'r>(
     req: &Request<'r>,
     now: i64,
     now_ms: u64,
-) -> Result<(RequestContext, Option<&'r str>), Miss> {
+) -> Result<(RequestContext, Option<&'r str>), NotAllowed> {
     let (token, source) = request::end_user_token(|name| req.header(name), req.path).map_err(|_| Miss::Refused)?;
     // A socket's token in the query is taken out of the path on its way
     // (ext-authz's `strip_query`): left to ext_authz.
     if source == TokenSource::Query {
-        return Err(Miss::Unusual);
+        return Err(Miss::Unusual.into());
     }
     let socket = request::is_websocket_upgrade(req.header("upgrade"));
-    let claims = state.verify(token, Audience::Sdk, now).map_err(|_| Miss::Refused)?;
-    check_session(state, &claims, Audience::Sdk)?;
+    let claims = state.verify(token, Audience::Sdk, now).map_err(|e| token_refused(e, Policy::EndUser))?;
+    check_session(state, &claims, Audience::Sdk, Policy::EndUser)?;
     let origin = req.header("origin");
     if let Some(origin) = origin {
         match state.origins(&claims.tid, now_ms) {
-            Ok(Some(list)) if !list.allows(origin) => return Err(Miss::Refused),
+            Ok(Some(list)) if !list.allows(origin) => {
+                let tenant_id = Some(claims.tid.clone());
+                return Err(NotAllowed::Refuse {
+                    denial: Denial::OriginNotAllowed,
+                    policy: Policy::EndUser,
+                    tenant_id,
+                });
+            }
             Ok(_) => {}
             // Changed moments ago: looked up again once the hold is over.
-            Err(ListMiss::Held) => return Err(Miss::Unknown),
+            Err(ListMiss::Held) => return Err(Miss::Unknown.into()),
             // Not known here (a session looked up before Origins were
             // served): the session is looked up again, and brings it.
             Err(ListMiss::Unknown) => {
                 state.want(&claims.sid);
-                return Err(Miss::Unknown);
+                return Err(Miss::Unknown.into());
             }
         }
     }
@@ -416,7 +502,7 @@ fn as_end_user<'r>(
     // Last: a request is counted only once it would be allowed (ext-authz
     // check.rs counts after the grant, in the user's and the tenant's bucket).
     if quotas_on(state) && !state.leases.spend(Kind::User, &claims.tid, &claims.sub, now_ms) {
-        return Err(Miss::Quota);
+        return Err(Miss::Quota.into());
     }
     let ctx = RequestContext {
         tenant_id: claims.tid,
@@ -443,12 +529,12 @@ fn as_end_user<'r>(
 /// request until a poll sent after that answer passed through this Envoy
 /// has been answered (`State::confirmed_after`: ext-authz received it after
 /// the change, so its answer carries it).
-fn as_dashboard(state: &mut State, req: &Request<'_>, now: i64) -> Result<RequestContext, Miss> {
+fn as_dashboard(state: &mut State, req: &Request<'_>, now: i64) -> Result<RequestContext, NotAllowed> {
     let token = request::bearer(req.header(AUTHORIZATION)).map_err(|_| Miss::Refused)?;
-    let claims = state.verify(token, Audience::Dashboard, now).map_err(|_| Miss::Refused)?;
-    check_session(state, &claims, Audience::Dashboard)?;
+    let claims = state.verify(token, Audience::Dashboard, now).map_err(|e| token_refused(e, Policy::Dashboard))?;
+    check_session(state, &claims, Audience::Dashboard, Policy::Dashboard)?;
     if !state.confirmed_after((req.sessions_ended_at)()) {
-        return Err(Miss::NotCurrent);
+        return Err(Miss::NotCurrent.into());
     }
     let ip = client(state, req)?;
     Ok(RequestContext {
@@ -465,13 +551,19 @@ fn as_dashboard(state: &mut State, req: &Request<'_>, now: i64) -> Result<Reques
 
 /// The session behind a verified token, as ext-authz's validator judges it
 /// (`caas_rules::session::check`); one not looked up yet is asked for.
-fn check_session(state: &mut State, claims: &caas_rules::jwt::Claims, audience: Audience) -> Result<(), Miss> {
+fn check_session(
+    state: &mut State,
+    claims: &caas_rules::jwt::Claims,
+    audience: Audience,
+    policy: Policy,
+) -> Result<(), NotAllowed> {
+    let revoked = || NotAllowed::Refuse { denial: Denial::SessionRevoked, policy, tenant_id: Some(claims.tid.clone()) };
     if state.revoked(&claims.sid) {
-        return Err(Miss::Refused);
+        return Err(revoked());
     }
     let Some(known) = state.session(&claims.sid) else {
         state.want(&claims.sid);
-        return Err(Miss::Unknown);
+        return Err(Miss::Unknown.into());
     };
     let view = known.record.as_ref().map(|r| SessionView {
         tenant_id: &r.tenant_id,
@@ -479,7 +571,7 @@ fn check_session(state: &mut State, claims: &caas_rules::jwt::Claims, audience: 
         audience: r.audience,
         revoked: r.revoked,
     });
-    session::check(claims, audience, view.as_ref()).map_err(|_| Miss::Refused)
+    session::check(claims, audience, view.as_ref()).map_err(|_| revoked())
 }
 
 /// ext-authz policies.rs `api_key` (core validate.rs `validate_api_key`):
@@ -491,7 +583,7 @@ fn with_api_key(
     hash: Option<String>,
     now: i64,
     now_ms: u64,
-) -> Result<RequestContext, Miss> {
+) -> Result<RequestContext, NotAllowed> {
     let hash = match hash {
         Some(hash) => hash,
         None => api_key::parse(req.header(API_KEY).ok_or(Miss::Refused)?).map_err(|_| Miss::Refused)?,
@@ -501,17 +593,27 @@ fn with_api_key(
             KeyMiss::Unknown => Miss::UnknownKey,
             KeyMiss::Refused => Miss::Refused,
         })?;
-        if record.revoked || record.expires_at.is_some_and(|at| at <= now) {
-            return Err(Miss::Refused);
+        let refused =
+            |denial| NotAllowed::Refuse { denial, policy: Policy::ApiKey, tenant_id: Some(record.tenant_id.clone()) };
+        if record.revoked {
+            return Err(refused(Denial::ApiKeyRevoked));
+        }
+        if record.expires_at.is_some_and(|at| at <= now) {
+            return Err(refused(Denial::ApiKeyExpired));
         }
         (record.tenant_id.clone(), record.key_id.clone())
     };
     let client_ip = client(state, req)?;
+    // `lookup` found the tenant's list current: not admitted is refused.
     if !state.api_keys.admits(&tenant_id, client_ip, now_ms) {
-        return Err(Miss::Refused);
+        return Err(NotAllowed::Refuse {
+            denial: Denial::IpNotAllowed,
+            policy: Policy::ApiKey,
+            tenant_id: Some(tenant_id),
+        });
     }
     if quotas_on(state) && !state.leases.spend(Kind::Key, &tenant_id, &key_id, now_ms) {
-        return Err(Miss::Quota);
+        return Err(Miss::Quota.into());
     }
     state.leases.key_used(&key_id, now_ms);
     Ok(RequestContext {

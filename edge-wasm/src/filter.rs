@@ -1,7 +1,7 @@
 //! The Envoy glue: a root context per worker that polls ext-authz's feed
 //! and looks sessions up on a timer, and an HTTP context per request that
-//! asks `decide` and either applies its allow or lets the request continue,
-//! unmarked, to ext_authz.
+//! asks `decide` and applies its allow, answers its preflight or refusal, or
+//! lets the request continue, unmarked, to ext_authz.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -13,15 +13,17 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MetricType};
 use serde::Deserialize;
 
-use crate::decide::{Headers, Miss, Preflight, Request, Verdict, decide};
+use crate::decide::{Deny, Headers, Miss, Preflight, Request, Verdict, decide};
 use crate::state::State;
 
 /// The filter state key (`wasm.` + this) that makes Envoy skip ext_authz
 /// (envoy/envoy.yaml); only a filter can write filter state.
 const MARK: &str = "caas_edge";
 const MARK_VALUE: &[u8] = b"allow";
-/// The same key's value on a preflight the filter answered (for the access log).
+/// The same key's value on a preflight or a refusal the filter answered
+/// (for the access log).
 const PREFLIGHT_MARK: &[u8] = b"preflight";
+const DENY_MARK: &[u8] = b"deny";
 /// The timer: the next poll goes out on a tick; lookups, leases and the
 /// stats every `CHORES_EVERY` ticks (100 ms).
 const TICK: Duration = Duration::from_millis(10);
@@ -68,6 +70,8 @@ struct Config {
 struct Metrics {
     allowed: u32,
     preflights: u32,
+    denied: u32,
+    denials_dropped: u32,
     forwarded: Vec<(Miss, u32)>,
     lag_ms: u32,
     current: u32,
@@ -79,6 +83,7 @@ struct Metrics {
 struct Counts {
     allowed: Cell<u64>,
     preflights: Cell<u64>,
+    denied: Cell<u64>,
     forwarded: [Cell<u64>; Miss::ALL.len()],
 }
 
@@ -93,6 +98,8 @@ impl Metrics {
         Some(Self {
             allowed: counter("caas_edge.allowed")?,
             preflights: counter("caas_edge.preflights")?,
+            denied: counter("caas_edge.denied")?,
+            denials_dropped: counter("caas_edge.denials_dropped")?,
             forwarded,
             lag_ms: gauge("caas_edge.feed_lag_ms")?,
             current: gauge("caas_edge.current")?,
@@ -115,6 +122,10 @@ impl Metrics {
         self.counts.preflights.set(self.counts.preflights.get() + 1);
     }
 
+    fn denied(&self) {
+        self.counts.denied.set(self.counts.denied.get() + 1);
+    }
+
     /// Adds what was counted since the last flush to Envoy's counters.
     fn flush(&self) {
         let add = |id: u32, count: &Cell<u64>| {
@@ -125,6 +136,7 @@ impl Metrics {
         };
         add(self.allowed, &self.counts.allowed);
         add(self.preflights, &self.counts.preflights);
+        add(self.denied, &self.counts.denied);
         for ((_, id), count) in self.forwarded.iter().zip(&self.counts.forwarded) {
             add(*id, count);
         }
@@ -153,6 +165,8 @@ struct Root {
     key_lookup: Option<u32>,
     /// The batch of spans in flight, and how many it carries.
     span_post: Option<(u32, usize)>,
+    /// The batch of refusals in flight, and how many it carries.
+    denial_post: Option<(u32, usize)>,
     /// Whether the last poll was answered (for logging changes only).
     answering: bool,
     /// No poll before this (ms).
@@ -193,6 +207,12 @@ impl Context for Root {
         if let Some((_, n)) = self.span_post.take_if(|(sent, _)| *sent == token) {
             if !ok {
                 self.state.borrow_mut().spans.lost(n);
+            }
+            return;
+        }
+        if let Some((_, n)) = self.denial_post.take_if(|(sent, _)| *sent == token) {
+            if !ok {
+                self.state.borrow_mut().denials.lost(n);
             }
             return;
         }
@@ -268,15 +288,23 @@ impl Root {
         }
     }
 
-    /// Sends the spans held to ext-authz (one batch in flight).
-    fn send_spans(&mut self, config: &Config) {
-        if self.span_post.is_some() {
-            return;
+    /// Sends the spans and refusals held to ext-authz (one batch of each in flight).
+    fn send_reports(&mut self, config: &Config) {
+        if self.span_post.is_none()
+            && let Some((body, n)) = self.state.borrow_mut().spans.batch("spans")
+        {
+            match self.post(config, "/edge/v1/spans", &body) {
+                Some(token) => self.span_post = Some((token, n)),
+                None => self.state.borrow_mut().spans.lost(n),
+            }
         }
-        let Some((body, n)) = self.state.borrow_mut().spans.batch() else { return };
-        match self.post(config, "/edge/v1/spans", &body) {
-            Some(token) => self.span_post = Some((token, n)),
-            None => self.state.borrow_mut().spans.lost(n),
+        if self.denial_post.is_none()
+            && let Some((body, n)) = self.state.borrow_mut().denials.batch("denials")
+        {
+            match self.post(config, "/edge/v1/denials", &body) {
+                Some(token) => self.denial_post = Some((token, n)),
+                None => self.state.borrow_mut().denials.lost(n),
+            }
         }
     }
 
@@ -321,12 +349,17 @@ impl RootContext for Root {
             let _ = hostcalls::record_metric(metrics.current, u64::from(state.current(now_ms)));
             metrics.flush();
             drop(state);
-            let dropped = self.state.borrow_mut().spans.take_dropped();
-            if dropped > 0 {
-                let _ = hostcalls::increment_metric(metrics.spans_dropped, dropped as i64);
+            let mut state = self.state.borrow_mut();
+            for (id, dropped) in [
+                (metrics.spans_dropped, state.spans.take_dropped()),
+                (metrics.denials_dropped, state.denials.take_dropped()),
+            ] {
+                if dropped > 0 {
+                    let _ = hostcalls::increment_metric(id, dropped as i64);
+                }
             }
         }
-        self.send_spans(&config);
+        self.send_reports(&config);
         self.ask_leases(&config, now_ms);
         self.look_keys_up(&config);
         let pending = self.state.borrow_mut().take_pending();
@@ -467,6 +500,7 @@ impl HttpContext for Edge {
         let mut allow = match verdict {
             Verdict::Allow(allow) => allow,
             Verdict::Preflight(preflight) => return self.answer_preflight(preflight, now),
+            Verdict::Deny(deny) => return self.answer_denial(*deny),
             Verdict::Forward(miss) => return self.forward(miss),
         };
         // The mark first: if it cannot be set, nothing is changed and
@@ -514,9 +548,22 @@ impl Edge {
         Action::Pause
     }
 
+    /// Answers a refusal as ext_authz would have had Envoy answer it, and
+    /// reports it to ext-authz (its log line and metrics); the chain stops here.
+    fn answer_denial(&self, deny: Deny) -> Action {
+        let _ = hostcalls::set_property(vec![MARK], Some(DENY_MARK));
+        let headers: Vec<(&str, &str)> = deny.headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        self.send_http_response(u32::from(deny.status), headers, Some(deny.body.as_bytes()));
+        if let Some(metrics) = &self.metrics {
+            metrics.denied();
+        }
+        self.state.borrow_mut().denials.push(deny.report);
+        Action::Pause
+    }
+
     /// A decision's span (only when spans are exported), begun at `started`:
     /// one more clock read, for its end.
-    fn keep(&self, span: Option<Box<crate::spans::EdgeSpan>>, started: Duration) {
+    fn keep(&self, span: Option<Box<crate::reports::EdgeSpan>>, started: Duration) {
         if let Some(mut span) = span {
             span.start_unix_nano = unix_nanos(started);
             span.end_unix_nano = unix_nanos(now());

@@ -9,18 +9,20 @@
 //! it allows, it marks the request with filter state (`wasm.caas_edge`),
 //! which only a filter can write, and the ext_authz filter, wrapped in a
 //! matcher on that state, is skipped. A CORS preflight on a route browsers
-//! may call it answers itself, as ext-authz would. Everything else, denials
-//! included, goes on to ext_authz unchanged (docs/DESIGN.md, "The in-proxy
-//! fast path").
+//! may call, and the refusal of a credential it verified (expired, revoked,
+//! a refused Origin or address: never a guess), it answers itself, as
+//! ext-authz would, and reports the refusal for ext-authz's log and metrics.
+//! Everything else goes on to ext_authz unchanged (docs/DESIGN.md, "The
+//! in-proxy fast path").
 //!
-//! `state`, `api_keys`, `lease`, `spans` and `decide` are pure and tested on the host; `filter` is the
+//! `state`, `api_keys`, `lease`, `reports` and `decide` are pure and tested on the host; `filter` is the
 //! Envoy glue, built for wasm32-wasip1 only.
 
 pub mod api_keys;
 pub mod decide;
 pub mod lease;
 pub mod lists;
-pub mod spans;
+pub mod reports;
 pub mod state;
 
 #[cfg(target_arch = "wasm32")]

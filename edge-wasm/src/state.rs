@@ -21,7 +21,7 @@ use serde::Deserialize;
 use crate::api_keys::{ApiKeys, KeysAnswer};
 use crate::lease::Leases;
 use crate::lists::{ListMiss, TenantLists, WhitelistAnswer, ask_once};
-use crate::spans::{Ids, Spans};
+use crate::reports::{Denials, Ids, Spans};
 
 /// Past this since the last confirmed poll was sent, the filter decides
 /// nothing (milliseconds).
@@ -55,8 +55,13 @@ pub struct Material {
     /// (crate::spans).
     #[serde(default)]
     pub trace_export: bool,
+    /// Whether ext-authz enforces its refusals (`USE_AUTH_SERVICE`); in
+    /// shadow mode the filter answers none itself. Absent: it does.
+    #[serde(default = "counted")]
+    pub enforce: bool,
 }
 
+/// A default of `true` (quotas counted, refusals enforced).
 fn counted() -> bool {
     true
 }
@@ -137,6 +142,7 @@ pub struct Keys {
     /// refuses it, or the table could not be read here: ext-authz decides).
     pub policy_table: Option<PolicyTable>,
     pub trace_export: bool,
+    pub enforce: bool,
 }
 
 #[derive(Default)]
@@ -169,8 +175,10 @@ pub struct State {
     verified: HashMap<String, (Audience, Claims)>,
     /// Ids of the spans and traces the filter's allows begin.
     pub ids: Ids,
-    /// The filter's allows as spans, for ext-authz to export.
+    /// The filter's decisions as spans, for ext-authz to export.
     pub spans: Spans,
+    /// The refusals the filter answered, for ext-authz to log and count.
+    pub denials: Denials,
 }
 
 impl State {
@@ -219,6 +227,7 @@ impl State {
                 quotas: m.quotas,
                 policy_table: m.policy_table.and_then(|text| PolicyTable::parse(&text).ok()),
                 trace_export: m.trace_export,
+                enforce: m.enforce,
             });
             self.epoch = answer.epoch;
             self.floor = answer.cursor;
@@ -298,8 +307,9 @@ impl State {
         self.sessions.get(id)
     }
 
-    /// A token for `audience` verified as `JwtKeys::verify` does, once per
-    /// token; its times at every call. A token kept for one audience is
+    /// A token for `audience` verified as `JwtKeys::verify` does: its
+    /// signature, issuer and audience once per token (`verify_signed`), its
+    /// times at every call. A token kept for one audience is
     /// verified in full for another (and refused there).
     pub fn verify(&mut self, token: &str, audience: Audience, now: i64) -> Result<Claims, TokenError> {
         if let Some((kept, claims)) = self.verified.get(token)
@@ -309,11 +319,14 @@ impl State {
             return Ok(claims.clone());
         }
         let keys = self.keys.as_ref().ok_or(TokenError::BadSignature)?;
-        let claims = keys.jwt.verify(token, audience, now)?;
+        // Kept once signed, issued and addressed right, expired or not: an
+        // expired token replayed is refused on its times alone.
+        let claims = keys.jwt.verify_signed(token, audience)?;
         if self.verified.len() >= MAX_VERIFIED {
             self.verified.clear();
         }
         self.verified.insert(token.to_string(), (audience, claims.clone()));
+        jwt::check_time(&claims, now)?;
         Ok(claims)
     }
 

@@ -41,7 +41,11 @@ fn token(sid: &str) -> String {
 }
 
 fn token_for(sid: &str, audience: Audience) -> String {
-    JwtKeys::new("caas", &Secret::new(JWT), None).issue(&Claims {
+    signed(&claims_for(sid, audience), JWT)
+}
+
+fn claims_for(sid: &str, audience: Audience) -> Claims {
+    Claims {
         iss: "caas".into(),
         aud: audience.as_str().into(),
         sub: "u1".into(),
@@ -51,7 +55,19 @@ fn token_for(sid: &str, audience: Audience) -> String {
         iat: NOW,
         exp: NOW + 900,
         nbf: None,
-    })
+    }
+}
+
+fn signed(claims: &Claims, secret: &str) -> String {
+    JwtKeys::new("caas", &Secret::new(secret), None).issue(claims)
+}
+
+/// The code of a refusal the filter answered itself (as ext-authz would).
+fn refused(verdict: &Verdict) -> Option<&'static str> {
+    match verdict {
+        Verdict::Deny(deny) => Some(deny.report.reason),
+        _ => None,
+    }
 }
 
 fn verdict(state: &mut State, sid: &str, now_ms: u64) -> Verdict {
@@ -65,7 +81,12 @@ fn verdict_from(state: &mut State, sid: &str, origin: Option<&str>, now_ms: u64)
 
 /// An end user's GET with session `sid`'s token and `extra` headers.
 fn verdict_with(state: &mut State, sid: &str, extra: &[(&str, &str)], now_ms: u64) -> Verdict {
-    let bearer = format!("Bearer {}", token(sid));
+    verdict_with_token(state, &token(sid), extra, now_ms)
+}
+
+/// An end user's GET with `token` and `extra` headers.
+fn verdict_with_token(state: &mut State, token: &str, extra: &[(&str, &str)], now_ms: u64) -> Verdict {
+    let bearer = format!("Bearer {token}");
     let mut headers = vec![("authorization", bearer.as_str()), ("x-request-id", "r1")];
     headers.extend(extra);
     let headers: Headers = headers.into_iter().collect();
@@ -105,10 +126,10 @@ fn revocations_resyncs_and_stale_lookups_never_bring_a_session_back() {
                           "changes": [ { "type": "session_revoked", "tenant_id": "cl_1", "session_id": "ses_1" },
                                        { "type": "api_key_changed", "tenant_id": "cl_1", "key_id": "k", "key_hash": "h" } ] });
     state.apply_changes(revoked.to_string().as_bytes(), NOW_MS).unwrap();
-    assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Refused));
+    assert_eq!(refused(&verdict(&mut state, "ses_1", NOW_MS)), Some("session_revoked"));
     // A lookup read before the revocation does not undo it.
     state.apply_session("ses_1", &session("e1", 5, false), NOW_MS).unwrap();
-    assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(Miss::Refused));
+    assert_eq!(refused(&verdict(&mut state, "ses_1", NOW_MS)), Some("session_revoked"));
     // A live session known, then a resync (ext-authz restarted): forgotten,
     // and a lookup from before the resync is dropped.
     state.apply_session("ses_2", &session("e1", 6, false), NOW_MS).unwrap();
@@ -122,7 +143,7 @@ fn revocations_resyncs_and_stale_lookups_never_bring_a_session_back() {
     // A revoked or unknown session is ext-authz's to refuse.
     state.apply_changes(&resync("e4", 0, true), NOW_MS).unwrap();
     state.apply_session("ses_3", &session("e4", 0, true), NOW_MS).unwrap();
-    assert_eq!(verdict(&mut state, "ses_3", NOW_MS), Verdict::Forward(Miss::Refused));
+    assert_eq!(refused(&verdict(&mut state, "ses_3", NOW_MS)), Some("session_revoked"));
     // Garbage from the feed changes nothing.
     assert!(state.apply_changes(b"not json", NOW_MS).is_err());
     assert!(state.apply_session("ses_3", b"{", NOW_MS).is_err());
@@ -309,7 +330,7 @@ fn an_api_key_is_looked_up_by_hash_and_a_change_to_it_or_its_whitelist_is_never_
     assert!(!String::from_utf8(asked).unwrap().contains(KEY));
     state.apply_keys(&key_answer(0, false, &["127.0.0.1/32"]), NOW_MS).unwrap();
     assert!(matches!(with_key(&mut state, "127.0.0.1", NOW_MS), Verdict::Allow(_)));
-    assert_eq!(with_key(&mut state, "10.0.0.1", NOW_MS), Verdict::Forward(Miss::Refused));
+    assert_eq!(refused(&with_key(&mut state, "10.0.0.1", NOW_MS)), Some("ip_not_allowed"));
     // The key changes (here: revoked): forwarded at once, and for HOLD_MS.
     state
         .apply_changes(
@@ -331,7 +352,7 @@ fn an_api_key_is_looked_up_by_hash_and_a_change_to_it_or_its_whitelist_is_never_
     state.apply_changes(&poll(3, json!([])), later).unwrap();
     assert_eq!(with_key(&mut state, "127.0.0.1", later), Verdict::Forward(Miss::UnknownKey));
     state.apply_keys(&key_answer(3, true, &["127.0.0.1/32"]), later).unwrap();
-    assert_eq!(with_key(&mut state, "127.0.0.1", later), Verdict::Forward(Miss::Refused));
+    assert_eq!(refused(&with_key(&mut state, "127.0.0.1", later)), Some("api_key_revoked"));
     // Unrevoked again (say, a restore), then the tenant's whitelist changes.
     state.apply_keys(&key_answer(4, false, &["127.0.0.1/32"]), later).unwrap();
     assert!(matches!(with_key(&mut state, "127.0.0.1", later), Verdict::Allow(_)));
@@ -344,7 +365,7 @@ fn an_api_key_is_looked_up_by_hash_and_a_change_to_it_or_its_whitelist_is_never_
     state.apply_keys(&key_answer(4, false, &["127.0.0.1/32"]), after).unwrap();
     assert_eq!(with_key(&mut state, "127.0.0.1", after), Verdict::Forward(Miss::UnknownKey), "a stale whitelist");
     state.apply_keys(&key_answer(5, false, &["10.0.0.0/8"]), after).unwrap();
-    assert_eq!(with_key(&mut state, "127.0.0.1", after), Verdict::Forward(Miss::Refused));
+    assert_eq!(refused(&with_key(&mut state, "127.0.0.1", after)), Some("ip_not_allowed"));
     assert!(matches!(with_key(&mut state, "10.0.0.1", after), Verdict::Allow(_)));
     // A whitelist ext-authz would not parse is not applied here either.
     state.apply_changes(&poll(6, json!([{ "type": "ip_whitelist_changed", "tenant_id": "cl_1" }])), after).unwrap();
@@ -403,8 +424,8 @@ fn an_origin_is_allowed_against_the_tenants_whitelist_with_cors_and_a_change_is_
     let Verdict::Allow(allow) = verdict(&mut state, "ses_1", NOW_MS) else { panic!("allowed") };
     assert!(allow.response.is_empty(), "no Origin, no CORS");
     assert_eq!(
-        verdict_from(&mut state, "ses_1", Some("https://evil.example"), NOW_MS),
-        Verdict::Forward(Miss::Refused)
+        refused(&verdict_from(&mut state, "ses_1", Some("https://evil.example"), NOW_MS)),
+        Some("origin_not_allowed")
     );
     // The whitelist changes: Origins are left to ext_authz for the hold, and
     // no answer read before it or arriving within it is taken.
@@ -423,7 +444,7 @@ fn an_origin_is_allowed_against_the_tenants_whitelist_with_cors_and_a_change_is_
         "read before the change"
     );
     state.apply_session("ses_1", &session_with_origins(4, Some(&["https://other.example"])), later).unwrap();
-    assert_eq!(verdict_from(&mut state, "ses_1", app, later), Verdict::Forward(Miss::Refused));
+    assert_eq!(refused(&verdict_from(&mut state, "ses_1", app, later)), Some("origin_not_allowed"));
     // Origins not checked (ORIGIN_VALIDATION_ENABLED=false): any is allowed, with CORS.
     let off = json!({ "epoch": "e1", "cursor": 5, "limits": null, "origin_whitelist": { "enforced": false, "entries": [] },
                       "session": { "tenant_id": "cl_1", "subject": "u1", "audience": "caas-sdk", "revoked": false } });
@@ -501,8 +522,8 @@ fn a_dashboard_is_decided_here_except_between_a_sign_out_and_the_next_poll() {
     assert_eq!(set.get("x-caas-auth-type").map(String::as_str), Some("dashboard"));
     assert_eq!(set.get("x-caas-client-ip").map(String::as_str), Some("127.0.0.1"));
     // Each token only for its own audience; the time is read on dashboards only.
-    assert_eq!(ask(&mut state, &token("ses_d"), "dashboard", NOW_MS), Verdict::Forward(Miss::Refused));
-    assert_eq!(ask(&mut state, &dashboard, "end_user", NOW_MS), Verdict::Forward(Miss::Refused));
+    assert_eq!(refused(&ask(&mut state, &token("ses_d"), "dashboard", NOW_MS)), Some("wrong_audience"));
+    assert_eq!(refused(&ask(&mut state, &dashboard, "end_user", NOW_MS)), Some("wrong_audience"));
     assert_eq!(reads.get(), 1);
     // A sign-out answered after the last confirming poll was sent: ext_authz
     // decides until a poll sent later is answered.
@@ -747,25 +768,25 @@ fn with_spans_exported_an_allow_is_a_span_and_the_request_its_child() {
 
 #[test]
 fn spans_are_sent_in_bounded_batches_and_what_cannot_be_held_is_counted() {
-    use crate::spans::{EdgeSpan, MAX_BATCH, MAX_HELD, Spans};
+    use crate::reports::{EdgeSpan, MAX_BATCH, MAX_HELD, Spans};
     let span = EdgeSpan {
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         parent_span_id: String::new(),
         span_id: "00f067aa0ba902b7".into(),
         policy: "end_user",
-        decision: crate::spans::Decision::Allow,
+        decision: crate::reports::Decision::Allow,
         tenant_id: "cl_1".into(),
         request_id: "r1".into(),
         start_unix_nano: 1,
         end_unix_nano: 2,
     };
     let mut spans = Spans::default();
-    assert!(spans.batch().is_none());
+    assert!(spans.batch("spans").is_none());
     for _ in 0..MAX_HELD + 3 {
         spans.push(span.clone());
     }
     assert_eq!(spans.take_dropped(), 3);
-    let (body, n) = spans.batch().unwrap();
+    let (body, n) = spans.batch("spans").unwrap();
     assert_eq!(n, MAX_BATCH);
     let sent: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(sent["spans"].as_array().unwrap().len(), MAX_BATCH);
@@ -773,7 +794,7 @@ fn spans_are_sent_in_bounded_batches_and_what_cannot_be_held_is_counted() {
     spans.lost(n);
     assert_eq!(spans.take_dropped(), MAX_BATCH as u64);
     let mut left = 0;
-    while let Some((_, n)) = spans.batch() {
+    while let Some((_, n)) = spans.batch("spans") {
         left += n;
     }
     assert_eq!(left, MAX_HELD - MAX_BATCH);
@@ -815,8 +836,50 @@ fn preflights_on_browser_routes_are_answered_here_while_current_and_are_spans_wh
     let span = answer.span.expect("a span");
     assert_eq!(
         (span.decision, span.policy, span.tenant_id.as_str()),
-        (crate::spans::Decision::Preflight, "public", "")
+        (crate::reports::Decision::Preflight, "public", "")
     );
     assert_eq!(span.parent_span_id, "00f067aa0ba902b7");
     assert!(!answer.headers.iter().any(|(n, _)| *n == "traceparent"), "a preflight goes nowhere");
+}
+
+/// The filter answers a verified credential's refusal itself only where
+/// ext-authz answers it the same: not in shadow mode (ext-authz lets it
+/// through), not while spans are exported (the refusal's span is ext-authz's),
+/// and never for an address ext-authz refuses first (its 429).
+#[test]
+fn refusals_are_answered_here_only_where_ext_authz_would_answer_them_the_same() {
+    let with_material = |enforce: bool, trace_export: bool, refused: serde_json::Value| {
+        let mut state = State::default();
+        let mut resync: serde_json::Value = serde_json::from_slice(&resync("e1", 5, true)).unwrap();
+        resync["material"]["enforce"] = json!(enforce);
+        resync["material"]["trace_export"] = json!(trace_export);
+        resync["refused"] = refused;
+        state.apply_changes(resync.to_string().as_bytes(), NOW_MS).unwrap();
+        state.apply_session("ses_1", &session("e1", 5, true), NOW_MS).unwrap();
+        state
+    };
+    let mut state = with_material(true, false, json!([]));
+    let answered = verdict(&mut state, "ses_1", NOW_MS);
+    let Verdict::Deny(deny) = &answered else { panic!("not refused here: {answered:?}") };
+    assert_eq!((deny.status, deny.report.reason, deny.report.policy), (401, "session_revoked", "end_user"));
+    assert_eq!((deny.report.tenant_id.as_str(), deny.report.path.as_str()), ("cl_1", "/v1/messages"));
+    for (enforce, trace_export, refused, miss) in [
+        (false, false, json!([]), Miss::Refused),
+        (true, true, json!([]), Miss::Refused),
+        (true, false, json!(["127.0.0.1/32"]), Miss::Address),
+        (true, false, json!(null), Miss::Address),
+    ] {
+        let mut state = with_material(enforce, trace_export, refused);
+        assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(miss), "{enforce} {trace_export}");
+    }
+    // A token signed right but expired: refused here, on its times alone
+    // the second time (its signature is not checked again).
+    let mut state = with_material(true, false, json!([]));
+    let expired = signed(&Claims { iat: NOW - 7200, exp: NOW - 3600, ..claims_for("ses_1", Audience::Sdk) }, JWT);
+    for _ in 0..2 {
+        assert_eq!(refused(&verdict_with_token(&mut state, &expired, &[], NOW_MS)), Some("token_expired"));
+    }
+    // A guess (a bad signature) is ext-authz's, which counts it.
+    let forged = signed(&claims_for("ses_1", Audience::Sdk), &"x".repeat(40));
+    assert_eq!(verdict_with_token(&mut state, &forged, &[], NOW_MS), Verdict::Forward(Miss::Refused));
 }

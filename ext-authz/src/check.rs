@@ -405,6 +405,28 @@ impl Authorizer {
         count
     }
 
+    /// Logs and counts a refusal the in-proxy filter answered itself, as
+    /// `observe` does a Check's (the same line, with `edge`).
+    pub fn record_edge_denial(&self, report: &crate::edge::EdgeDenial, policy: Policy, denial: Denial) {
+        let reason = Reason::Denied(denial);
+        let policy = policy_label(Some(policy));
+        self.count_refusal(policy, reason);
+        self.metrics.requests.get_or_create(&[("policy", policy), ("decision", "deny")]).inc();
+        tracing::info!(
+            request_id = %report.request_id,
+            trace_id = %report.trace_id,
+            tenant_id = %report.tenant_id,
+            policy,
+            path = %report.path,
+            method = %report.method,
+            reason = reason.code(),
+            status = reason.status(),
+            decision = "deny",
+            edge = true,
+            "check"
+        );
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn export(
         &self,

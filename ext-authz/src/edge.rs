@@ -35,6 +35,10 @@
 //!   unspent it gives back in the same call (`returned`), un-counted on
 //!   every instance,
 //!   so that a lease held idle does not make a quota refuse early.
+//! - `POST /edge/v1/denials`: the refusals the filter answered itself (at
+//!   most `MAX_DENIALS` a call; only `caas_rules::denial::EDGE_ANSWERS`):
+//!   each is logged and counted as a Check's refusal is, marked as the
+//!   filter's, so the log and `gateway_auth_failures_total` stay complete.
 //! - `POST /edge/v1/spans`: the filter's decisions as spans (at most
 //!   `MAX_SPANS` a call), when the material says spans are exported: each
 //!   is exported as a Check's span is, marked `caas.decided_by: edge`, so a
@@ -75,6 +79,9 @@ const MAX_LEASE_BODY: usize = 256 * 1024;
 /// Keys looked up in one call, at most.
 pub const MAX_KEY_LOOKUPS: usize = 32;
 const MAX_KEYS_BODY: usize = 16 * 1024;
+/// Refusals reported in one call, at most, and the body that carries them.
+pub const MAX_DENIALS: usize = 512;
+const MAX_DENIALS_BODY: usize = 512 * 1024;
 /// Spans sent in one call, at most, and the body that carries them.
 pub const MAX_SPANS: usize = 512;
 const MAX_SPANS_BODY: usize = 512 * 1024;
@@ -213,7 +220,7 @@ impl EdgeFeed {
                 "cursor": held.cursor,
                 "current": current,
                 "resync": true,
-                "material": material_json(&self.material, self.authorizer.exporting()),
+                "material": material_json(&self.material, self.authorizer.exporting(), self.authorizer.enforcing()),
                 "refused": self.refused(),
             });
         }
@@ -449,6 +456,79 @@ pub async fn spans(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: 
     private(json!({ "exported": exported }))
 }
 
+/// A refusal the filter answered (edge-wasm/src/reports.rs, `DenialReport`).
+#[derive(serde::Deserialize)]
+pub struct EdgeDenial {
+    pub policy: String,
+    pub reason: String,
+    pub status: u16,
+    pub tenant_id: String,
+    pub request_id: String,
+    /// Empty when the caller sent no valid traceparent.
+    #[serde(default)]
+    pub trace_id: String,
+    pub path: String,
+    pub method: String,
+}
+
+#[derive(serde::Deserialize)]
+pub struct EdgeDenials {
+    pub denials: Vec<EdgeDenial>,
+}
+
+impl EdgeDenial {
+    /// The policy and refusal it reports, if they are ones the filter
+    /// answers, with the status ext-authz gives it, and fields of a sane size.
+    fn read(&self) -> Result<(caas_rules::policy::Policy, caas_rules::denial::Denial), &'static str> {
+        use caas_rules::denial::{EDGE_ANSWERS, Reason};
+        use caas_rules::policy::Policy;
+        let policy = Policy::parse(&self.policy)
+            .filter(|p| matches!(p, Policy::EndUser | Policy::ApiKey | Policy::Dashboard))
+            .ok_or("policy must be end_user, api_key or dashboard")?;
+        let denial = EDGE_ANSWERS
+            .into_iter()
+            .find(|d| d.code() == self.reason)
+            .ok_or("reason must be one the filter answers (caas_rules::denial::EDGE_ANSWERS)")?;
+        if Reason::Denied(denial).status() != self.status {
+            return Err("status is not the one this reason is answered with");
+        }
+        if self.tenant_id.len() > 128 || self.request_id.len() > 128 || self.path.len() > 2048 {
+            return Err("tenant_id and request_id are at most 128 bytes, path 2048");
+        }
+        if self.method.is_empty() || self.method.len() > 16 || !self.method.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err("method must be an HTTP method");
+        }
+        if !self.trace_id.is_empty() && !caas_rules::trace::is_trace_id(&self.trace_id) {
+            return Err("trace_id must be empty or a W3C trace id");
+        }
+        Ok((policy, denial))
+    }
+}
+
+/// Logs and counts the refusals the filter answered, as a Check's; a
+/// malformed or oversized batch is refused whole (400), with the problem
+/// named. Answers `{"recorded": n}`.
+pub async fn denials(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let sent: EdgeDenials = match gateway_json(&feed, &headers, &body, "denial batch") {
+        Ok(sent) => sent,
+        Err(refusal) => return *refusal,
+    };
+    if sent.denials.len() > MAX_DENIALS {
+        return bad(format!("denials: at most {MAX_DENIALS} at once"));
+    }
+    let mut read = Vec::with_capacity(sent.denials.len());
+    for (i, denial) in sent.denials.iter().enumerate() {
+        match denial.read() {
+            Ok(known) => read.push(known),
+            Err(problem) => return bad(format!("denials[{i}]: {problem}")),
+        }
+    }
+    for (report, (policy, denial)) in sent.denials.iter().zip(read) {
+        feed.authorizer.record_edge_denial(report, policy, denial);
+    }
+    private(json!({ "recorded": sent.denials.len() }))
+}
+
 #[derive(serde::Deserialize)]
 pub struct KeyLookups {
     pub hashes: Vec<String>,
@@ -537,7 +617,9 @@ fn unavailable() -> Response {
 /// The material as the filter reads it (edge-wasm/src/state.rs, `Material`);
 /// `trace_export`: spans are exported, so the filter makes each of its allows
 /// a span as a Check is one, and sends them here (`spans`).
-pub fn material_json(m: &EdgeMaterial, trace_export: bool) -> serde_json::Value {
+/// `enforce`: refusals are enforced (not shadow mode), so the filter may
+/// answer the ones it is certain of itself.
+pub fn material_json(m: &EdgeMaterial, trace_export: bool, enforce: bool) -> serde_json::Value {
     json!({
         "issuer": m.issuer,
         "jwt_secret": m.jwt_secret.expose(),
@@ -547,6 +629,7 @@ pub fn material_json(m: &EdgeMaterial, trace_export: bool) -> serde_json::Value 
         "quotas": m.quotas,
         "policy_table": m.policy_table,
         "trace_export": trace_export,
+        "enforce": enforce,
     })
 }
 
@@ -573,5 +656,9 @@ pub fn router(feed: Arc<EdgeFeed>) -> axum::Router {
         .route("/edge/v1/lease", axum::routing::post(lease).layer(axum::extract::DefaultBodyLimit::max(MAX_LEASE_BODY)))
         .route("/edge/v1/keys", axum::routing::post(keys).layer(axum::extract::DefaultBodyLimit::max(MAX_KEYS_BODY)))
         .route("/edge/v1/spans", axum::routing::post(spans).layer(axum::extract::DefaultBodyLimit::max(MAX_SPANS_BODY)))
+        .route(
+            "/edge/v1/denials",
+            axum::routing::post(denials).layer(axum::extract::DefaultBodyLimit::max(MAX_DENIALS_BODY)),
+        )
         .with_state(feed)
 }

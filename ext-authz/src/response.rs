@@ -6,7 +6,6 @@
 //! fail closed.
 
 use caas_core::context::{CONTEXT_HEADERS, ContextSigner, REQUEST_ID};
-use caas_rules::quota::Throttle;
 use caas_rules::request::{API_KEY, AUTHORIZATION};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
@@ -127,39 +126,11 @@ fn preflight(origin: &str, req: &Incoming<'_>) -> HttpResponse {
     })
 }
 
-/// `retry-after`, and the quota that refused in the IETF form
-/// (draft-ietf-httpapi-ratelimit-headers): the policy named by its scope,
-/// `q` requests per `w` seconds; nothing `r`emains for `t` seconds.
-fn rate_limit_headers(throttle: Throttle) -> [HeaderValueOption; 3] {
-    let (scope, retry) = (throttle.scope.as_str(), throttle.retry_after);
-    [
-        header("retry-after", retry.to_string()),
-        header("ratelimit-policy", format!(r#""{scope}";q={};w=1"#, throttle.limit.rate)),
-        header("ratelimit", format!(r#""{scope}";r=0;t={retry}"#)),
-    ]
-}
-
 fn denied(reason: Reason, status: u16, origin: Option<&str>, request_id: &str) -> HttpResponse {
-    let body = serde_json::json!({ "error": { "code": reason.code(), "message": reason.message(), "request_id": request_id } });
-    let mut headers = vec![header("content-type", "application/json"), header("x-request-id", request_id)];
-    if let Reason::TooManyFailures { retry_after } = reason {
-        headers.push(header("retry-after", retry_after.to_string()));
-    }
-    if status == 401 {
-        headers.push(header("www-authenticate", format!(r#"Bearer realm="caas", error="{}""#, reason.code())));
-        // Let a browser app read a 401 (to refresh its token); the body
-        // holds nothing the caller does not already know.
-        if let Some(origin) = origin {
-            headers.push(header("access-control-allow-origin", origin));
-            headers.push(header("vary", "Origin"));
-        }
-    }
-    if let Reason::RateLimited(throttle) = reason {
-        headers.extend(rate_limit_headers(throttle));
-    }
+    let (headers, body) = caas_rules::denial::answered(reason, status, origin, request_id);
     HttpResponse::DeniedResponse(DeniedHttpResponse {
         status: Some(HttpStatus { code: i32::from(status) }),
-        headers,
-        body: body.to_string(),
+        headers: headers.into_iter().map(|(name, value)| header(name, value)).collect(),
+        body,
     })
 }

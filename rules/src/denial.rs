@@ -38,6 +38,22 @@ pub enum Denial {
     Unavailable,
 }
 
+/// The refusals the in-proxy filter (edge-wasm/) answers itself, as ext-authz
+/// would: each of a credential it verified, none a guess (ext-authz counts a
+/// guess against the address, so guesses stay ext-authz's to answer). Its
+/// reports are taken only for these (ext-authz/src/edge.rs, `denials`).
+pub const EDGE_ANSWERS: [Denial; 9] = [
+    Denial::Token(TokenError::Expired),
+    Denial::Token(TokenError::NotYetValid),
+    Denial::Token(TokenError::WrongAudience),
+    Denial::Token(TokenError::WrongIssuer),
+    Denial::SessionRevoked,
+    Denial::OriginNotAllowed,
+    Denial::ApiKeyRevoked,
+    Denial::ApiKeyExpired,
+    Denial::IpNotAllowed,
+];
+
 /// A denial and, when the credential got far enough to name one, its tenant
 /// (for logs: an IP or Origin refusal is about a known tenant).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +225,42 @@ impl Reason {
             ),
         }
     }
+}
+
+/// A refusal's answer as the client gets it, whoever answers it (ext-authz,
+/// or the in-proxy filter): the headers and the JSON body, for `status`
+/// (`reason.status()`).
+/// A 401 carries `www-authenticate` and, for a request with an `Origin`,
+/// CORS, so a browser app may read it (to refresh its token); the body
+/// holds nothing the caller does not already know.
+pub fn answered(
+    reason: Reason,
+    status: u16,
+    origin: Option<&str>,
+    request_id: &str,
+) -> (Vec<(&'static str, String)>, String) {
+    let body = serde_json::json!({ "error": { "code": reason.code(), "message": reason.message(), "request_id": request_id } });
+    let mut headers = vec![("content-type", "application/json".to_string()), ("x-request-id", request_id.to_string())];
+    if let Reason::TooManyFailures { retry_after } = reason {
+        headers.push(("retry-after", retry_after.to_string()));
+    }
+    if status == 401 {
+        headers.push(("www-authenticate", format!(r#"Bearer realm="caas", error="{}""#, reason.code())));
+        if let Some(origin) = origin {
+            headers.push(("access-control-allow-origin", origin.to_string()));
+            headers.push(("vary", "Origin".to_string()));
+        }
+    }
+    if let Reason::RateLimited(throttle) = reason {
+        // `retry-after`, and the quota that refused in the IETF form
+        // (draft-ietf-httpapi-ratelimit-headers): the policy named by its
+        // scope, `q` requests per `w` seconds; nothing `r`emains for `t` seconds.
+        let (scope, retry) = (throttle.scope.as_str(), throttle.retry_after);
+        headers.push(("retry-after", retry.to_string()));
+        headers.push(("ratelimit-policy", format!(r#""{scope}";q={};w=1"#, throttle.limit.rate)));
+        headers.push(("ratelimit", format!(r#""{scope}";r=0;t={retry}"#)));
+    }
+    (headers, body.to_string())
 }
 
 crate::names! {

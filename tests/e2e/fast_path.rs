@@ -25,6 +25,16 @@ async fn stat(node: &Node, name: &str) -> u64 {
         .sum()
 }
 
+/// ext-authz's `gateway_auth_failures_total`, every label summed.
+async fn auth_failures(node: &Node) -> u64 {
+    let url = format!("http://{}/metrics", node.stack.ext_authz_ops);
+    let text = client().get(url).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|line| line.starts_with("gateway_auth_failures_total{"))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// The filter's allows so far: it adds its counts to Envoy's stats on its
 /// 100 ms tick, so a tick is waited for first.
 async fn allowed_by_filter(node: &Node) -> u64 {
@@ -222,6 +232,8 @@ async fn the_fast_path_answers_as_ext_authz_does() {
     until_current(fast, &token).await;
     let before = allowed_by_filter(fast).await;
     let preflights = stat(fast, "caas_edge.preflights").await;
+    let denied = stat(fast, "caas_edge.denied").await;
+    let failures = auth_failures(fast).await;
     for (name, request) in &cases {
         let on = send(request(&http, fast)).await;
         let off = send(request(&http, slow)).await;
@@ -240,6 +252,21 @@ async fn the_fast_path_answers_as_ext_authz_does() {
     // API-key route's 403 is ext_authz's), with ext_authz's headers.
     let answered = stat(fast, "caas_edge.preflights").await - preflights;
     assert_eq!(answered, 5, "the filter answered {answered} of the 5 preflights on browser routes");
+    // The refusals of verified credentials were the filter's too, answered
+    // as ext_authz answers them (compared above): at least the expired
+    // token, both wrong audiences and the revoked session, which any
+    // current worker knows (another subject on the session and the refused
+    // Origin are the filter's on a worker that looked the session up: Envoy
+    // runs two). ext-authz counted every refusal once, whoever answered it:
+    // the 11 above (the tampered token, the missing one, the key instead,
+    // the credential in the query and the API-key route's preflight are its
+    // own).
+    let refused_here = stat(fast, "caas_edge.denied").await - denied;
+    assert!(refused_here >= 4, "the filter answered {refused_here} of the refusals it is certain of");
+    let counted = within(Duration::from_secs(2), || async { auth_failures(fast).await - failures >= 11 }).await;
+    assert!(counted.is_some(), "ext-authz did not count the filter's refusals with its own");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(auth_failures(fast).await - failures, 11, "a refusal counted twice");
     // And Envoy's access log says so (`edge`), as it says `allow` for an allow.
     let logged = within(Duration::from_secs(5), || {
         let found = fast.access_log().lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()).any(|e| {

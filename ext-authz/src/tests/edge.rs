@@ -40,7 +40,7 @@ fn material(quotas: bool, policy_table: Option<&str>) -> EdgeMaterial {
 fn filter_with(material: &EdgeMaterial, now_ms: u64) -> State {
     let mut state = State::default();
     let resync = serde_json::json!({
-        "epoch": "e1", "cursor": 0, "current": true, "resync": true, "refused": [], "material": material_json(material, false)
+        "epoch": "e1", "cursor": 0, "current": true, "resync": true, "refused": [], "material": material_json(material, false, true)
     });
     state.apply_changes(resync.to_string().as_bytes(), now_ms).unwrap();
     state
@@ -82,6 +82,18 @@ async fn learn(f: &Fixture, state: &mut State, sid: &str, now_ms: u64) {
     };
     let answer = session_answer("e1", 0, session.as_ref(), limits.as_ref(), origins);
     state.apply_session(sid, answer.to_string().as_bytes(), now_ms).unwrap();
+}
+
+/// The Check refused what the filter refused (or answered) itself, with the
+/// same status, headers and body; the refusal's code.
+fn assert_same_denial(edge: &EdgeVerdict, check: &Verdict, case: &str) -> &'static str {
+    let EdgeVerdict::Deny(deny) = edge else { panic!("{case}: the filter answered {edge:?}") };
+    assert_eq!(deny.status, check.status, "the filter refused with another status than the Check: {case}: {check:?}");
+    let ours: HashMap<String, String> = deny.headers.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    assert_eq!(ours, check.response_headers, "{case}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&deny.body).unwrap(), check.body, "{case}");
+    assert_eq!(deny.report.reason, check.code(), "{case}");
+    deny.report.reason
 }
 
 /// The Check allowed what the filter allowed, with the same context
@@ -156,6 +168,7 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
         &[("x-api-key", "caas_not_a_key")],
     ];
     let (mut compared, mut allowed, mut with_origin, mut dashboards) = (0, 0, 0, 0);
+    let mut denied = BTreeSet::new();
     for (name, token) in &tokens {
         for origin in origins {
             for path in paths {
@@ -167,10 +180,16 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
                         headers.extend(origin.map(|o| ("origin", o)));
                         headers.extend(extra.iter().copied());
                         let edge = edge_verdict(&mut state, "GET", path, policy, &headers, "127.0.0.1", now_ms);
-                        let EdgeVerdict::Allow(edge) = edge else { continue };
-                        allowed += 1;
+                        if matches!(edge, EdgeVerdict::Forward(_)) {
+                            continue;
+                        }
                         let check = check(&f, request(policy, "GET", path, &headers, "127.0.0.1")).await;
                         let case = format!("{name}, origin {origin:?}, {path}, {policy:?}, {extra:?}");
+                        let EdgeVerdict::Allow(edge) = edge else {
+                            denied.insert(assert_same_denial(&edge, &check, &case));
+                            continue;
+                        };
+                        allowed += 1;
                         assert_same_allow(&edge, &check, &case);
                         compared += 1;
                         with_origin += usize::from(origin.is_some());
@@ -183,6 +202,17 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
     assert!(allowed > 0 && compared == allowed, "the filter allowed {allowed} requests, {compared} compared");
     assert!(with_origin > 0, "the filter allowed no request with an Origin: CORS was not compared");
     assert!(dashboards > 0, "the filter allowed no dashboard request: dashboards were not compared");
+    // The refusals of verified tokens it answers itself, each compared.
+    for code in [
+        "token_expired",
+        "token_not_yet_valid",
+        "wrong_audience",
+        "wrong_issuer",
+        "session_revoked",
+        "origin_not_allowed",
+    ] {
+        assert!(denied.contains(code), "the filter answered no {code}: {denied:?}");
+    }
     // Sockets: a WebSocket upgrade with its token in the subprotocol (as
     // browsers send it) or in `authorization`, with and without an Origin;
     // the context tells the socket when the token expires. A token in the
@@ -204,10 +234,16 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
                     }
                     headers.extend(origin.map(|o| ("origin", o)));
                     let edge = edge_verdict(&mut state, "GET", &path, Some("end_user"), &headers, "127.0.0.1", now_ms);
-                    let EdgeVerdict::Allow(edge) = edge else { continue };
+                    if matches!(edge, EdgeVerdict::Forward(_)) {
+                        continue;
+                    }
                     assert!(carrier != "query" && upgrade != "h2c", "{name} {carrier} {upgrade}");
                     let check = check(&f, request(Some("end_user"), "GET", &path, &headers, "127.0.0.1")).await;
                     let case = format!("socket: {name}, {carrier}, {upgrade}, origin {origin:?}");
+                    let EdgeVerdict::Allow(edge) = edge else {
+                        assert_same_denial(&edge, &check, &case);
+                        continue;
+                    };
                     assert_same_allow(&edge, &check, &case);
                     assert!(check.set.contains_key(context::TOKEN_EXPIRES_AT), "{case}");
                     sockets += 1;
@@ -230,14 +266,17 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
     assert!(matches!(decide(&mut state, &req, now, now_ms), EdgeVerdict::Allow(_)));
     // Without a confirmation within a second, it decides nothing.
     assert!(matches!(decide(&mut state, &req, now, now_ms + 1_000), EdgeVerdict::Forward(_)));
-    // A revocation from the feed: refused (left to the Check) at once.
+    // A revocation from the feed: refused at once (by the filter itself, as
+    // the Check refuses a revoked session).
     let sid = claims_of(&f.token).sid;
     let revoked = serde_json::json!({
         "epoch": "e1", "cursor": 1, "current": true, "resync": false, "refused": [],
         "changes": [{ "type": "session_revoked", "tenant_id": f.tenant, "session_id": sid }]
     });
     state.apply_changes(revoked.to_string().as_bytes(), now_ms).unwrap();
-    assert!(matches!(decide(&mut state, &req, now, now_ms), EdgeVerdict::Forward(_)));
+    assert!(
+        matches!(decide(&mut state, &req, now, now_ms), EdgeVerdict::Deny(d) if d.report.reason == "session_revoked")
+    );
     // A lookup read before that revocation does not bring the session back.
     let stale = session_answer(
         "e1",
@@ -247,11 +286,13 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
         None,
     );
     state.apply_session(&sid, stale.to_string().as_bytes(), now_ms).unwrap();
-    assert!(matches!(decide(&mut state, &req, now, now_ms), EdgeVerdict::Forward(_)));
+    assert!(
+        matches!(decide(&mut state, &req, now, now_ms), EdgeVerdict::Deny(d) if d.report.reason == "session_revoked")
+    );
     // ext-authz saying it is itself behind stops the filter too.
     let mut other = State::default();
     let behind = serde_json::json!({
-        "epoch": "e2", "cursor": 0, "current": false, "resync": true, "refused": [], "material": material_json(&material, false)
+        "epoch": "e2", "cursor": 0, "current": false, "resync": true, "refused": [], "material": material_json(&material, false, true)
     });
     other.apply_changes(behind.to_string().as_bytes(), now_ms).unwrap();
     assert!(matches!(decide(&mut other, &req, now, now_ms), EdgeVerdict::Forward(_)));
@@ -505,6 +546,7 @@ async fn for_api_keys_too_the_filter_allows_only_what_the_check_allows() {
         &[("origin", "https://app.a.example")],
     ];
     let (mut compared, mut valid_allowed) = (0, 0);
+    let mut key_denials = BTreeSet::new();
     for (name, key) in &keys {
         for peer in peers {
             for path in paths {
@@ -513,9 +555,15 @@ async fn for_api_keys_too_the_filter_allows_only_what_the_check_allows() {
                         let mut headers: Vec<(&str, &str)> = vec![("x-api-key", key), ("x-request-id", "req-key-1")];
                         headers.extend(extra.iter().copied());
                         let edge = edge_verdict(&mut state, "POST", path, policy, &headers, peer, now_ms);
-                        let EdgeVerdict::Allow(edge) = edge else { continue };
+                        if matches!(edge, EdgeVerdict::Forward(_)) {
+                            continue;
+                        }
                         let check = check(&f, request(policy, "POST", path, &headers, peer)).await;
                         let case = format!("{name}, from {peer}, {path}, {policy:?}, {extra:?}");
+                        let EdgeVerdict::Allow(edge) = edge else {
+                            key_denials.insert(assert_same_denial(&edge, &check, &case));
+                            continue;
+                        };
                         assert_same_allow(&edge, &check, &case);
                         compared += 1;
                         valid_allowed += usize::from(*name == "valid");
@@ -529,6 +577,9 @@ async fn for_api_keys_too_the_filter_allows_only_what_the_check_allows() {
     // the extras: an Origin changes nothing for a key (no CORS), and the
     // forwarded-for header is not believed from an untrusted peer.
     assert_eq!((compared, valid_allowed), (8, 8), "the filter allowed {compared} requests");
+    // A known key's refusals it answers itself, each compared.
+    let expected = BTreeSet::from(["api_key_expired", "api_key_revoked", "ip_not_allowed"]);
+    assert_eq!(key_denials, expected, "the filter's refusals of known keys");
 }
 
 #[tokio::test]
@@ -678,7 +729,7 @@ async fn with_spans_exported_the_filter_passes_the_trace_on_as_the_check_does() 
     let mut state = State::default();
     let resync = serde_json::json!({
         "epoch": "e1", "cursor": 0, "current": true, "resync": true, "refused": [],
-        "material": material_json(&material(false, None), f.authorizer.exporting())
+        "material": material_json(&material(false, None), f.authorizer.exporting(), true)
     });
     state.apply_changes(resync.to_string().as_bytes(), now_ms).unwrap();
     learn(&f, &mut state, &claims_of(&f.token).sid, now_ms).await;
@@ -808,9 +859,9 @@ async fn the_filter_answers_only_the_preflights_the_check_answers_with_the_same_
                         headers.extend(method.map(|m| ("access-control-request-method", m)));
                         headers.extend(headers_asked.map(|h| ("access-control-request-headers", h)));
                         let edge = edge_verdict(&mut state, "OPTIONS", path, policy, &headers, "127.0.0.1", now_ms);
-                        let edge = match edge {
-                            EdgeVerdict::Preflight(preflight) => preflight,
-                            EdgeVerdict::Allow(allow) => panic!("an OPTIONS allowed: {allow:?}"),
+                        let edge = match &edge {
+                            EdgeVerdict::Preflight(preflight) => preflight.clone(),
+                            EdgeVerdict::Allow(_) | EdgeVerdict::Deny(_) => panic!("an OPTIONS decided: {edge:?}"),
                             EdgeVerdict::Forward(_) => continue,
                         };
                         let check = check(&f, request(policy, "OPTIONS", path, &headers, "127.0.0.1")).await;
@@ -830,4 +881,52 @@ async fn the_filter_answers_only_the_preflights_the_check_answers_with_the_same_
     // Every browser-facing route's preflights, each way of asking for headers.
     assert_eq!(per_policy.len(), 4, "{per_policy:?}");
     assert!(answered >= 4 * 2 * 3, "the filter answered {answered} preflights");
+}
+
+/// The refusals the filter answered are logged and counted as a Check's;
+/// only the gateway may report them, and only refusals the filter answers,
+/// with the status ext-authz gives them.
+#[tokio::test]
+async fn the_denials_endpoint_counts_the_filters_refusals_as_the_checks_and_serves_the_gateway_only() {
+    let f = fixture().await;
+    let authorizer = Arc::new(f.authorizer);
+    let (feed, gateway) = gateway_feed(&authorizer);
+    assert_eq!(feed.changes_since(None, 0)["material"]["enforce"], true);
+    let call = |headers: axum::http::HeaderMap, body: String| post(crate::edge::denials, feed.clone(), headers, body);
+    let denial = |policy: &str, reason: &str, status: u16| {
+        serde_json::json!({ "policy": policy, "reason": reason, "status": status, "tenant_id": "cl_1",
+                            "request_id": "r1", "trace_id": "", "path": "/v1/messages", "method": "GET" })
+    };
+    let failures = |policy: &'static str, reason: &'static str| {
+        authorizer.metrics().auth_failures.get_or_create(&[("policy", policy), ("reason", reason)]).get()
+    };
+    let batch = serde_json::json!({ "denials": [
+        denial("end_user", "token_expired", 401),
+        denial("end_user", "origin_not_allowed", 403),
+        denial("api_key", "ip_not_allowed", 403),
+    ] });
+    assert_eq!(call(axum::http::HeaderMap::new(), batch.to_string()).await.0, 403);
+    assert_eq!(failures("end_user", "token_expired"), 0);
+    let (status, answer) = call(gateway.clone(), batch.to_string()).await;
+    assert_eq!((status, answer["recorded"].as_u64()), (200, Some(3)));
+    assert_eq!((failures("end_user", "token_expired"), failures("end_user", "origin_not_allowed")), (1, 1));
+    assert_eq!(failures("api_key", "ip_not_allowed"), 1);
+    assert_eq!(authorizer.metrics().origin_rejections.get(), 1);
+    assert_eq!(authorizer.metrics().ip_whitelist_rejections.get(), 1);
+    let mut traced = denial("end_user", "session_revoked", 401);
+    traced["trace_id"] = "zz".into();
+    let mut method = denial("end_user", "session_revoked", 401);
+    method["method"] = "get it".into();
+    for (body, says) in [
+        ("{}".to_string(), "missing field"),
+        (serde_json::json!({ "denials": [denial("public", "token_expired", 401)] }).to_string(), "policy"),
+        (serde_json::json!({ "denials": [denial("end_user", "bad_signature", 401)] }).to_string(), "reason"),
+        (serde_json::json!({ "denials": [denial("end_user", "too_many_failures", 429)] }).to_string(), "reason"),
+        (serde_json::json!({ "denials": [denial("end_user", "token_expired", 403)] }).to_string(), "status"),
+        (serde_json::json!({ "denials": [traced] }).to_string(), "trace_id"),
+        (serde_json::json!({ "denials": [method] }).to_string(), "method"),
+    ] {
+        assert_bad_request(call(gateway.clone(), body.clone()).await, &body, says);
+    }
+    assert_eq!(failures("end_user", "session_revoked"), 0, "a refused batch counts nothing");
 }

@@ -1,18 +1,25 @@
-//! The filter's decisions as spans, when ext-authz exports spans (its
-//! material's `trace_export`): each allow (and each preflight it answers)
-//! continues the caller's trace (or starts one) with a span of its own, as
-//! a Check does (ext-authz/src/trace.rs),
-//! and the spans go to ext-authz in batches (`POST /edge/v1/spans`), which
-//! exports them as its own. A trace then shows the gateway's decision
-//! whichever of the two made it, and the service's span has it as parent.
+//! What the filter tells ext-authz of its decisions, in bounded batches off
+//! the request's path:
+//!
+//! - its refusals (`DenialReport`), always: ext-authz logs each as it logs
+//!   a Check's refusal and counts it in the same metrics
+//!   (`POST /edge/v1/denials`), so its log and `gateway_auth_failures_total`
+//!   stay complete whoever answered;
+//! - its decisions as spans, when ext-authz exports spans (its material's
+//!   `trace_export`): each allow (and each preflight it answers) continues
+//!   the caller's trace (or starts one) with a span of its own, as a Check
+//!   does (ext-authz/src/trace.rs), and ext-authz exports them as its own
+//!   (`POST /edge/v1/spans`). A trace then shows the gateway's decision
+//!   whichever of the two made it, and the service's span has it as parent.
 
 use std::hash::{BuildHasher, Hasher};
 
 use serde::Serialize;
 
-/// Spans held for the next batch; past it, new ones are dropped (and counted).
+/// Reports held for the next batch, of each kind; past it, new ones are
+/// dropped (and counted).
 pub const MAX_HELD: usize = 2_048;
-/// Spans sent in one call (ext-authz's `MAX_SPANS`).
+/// Reports sent in one call (ext-authz's `MAX_SPANS`, `MAX_DENIALS`).
 pub const MAX_BATCH: usize = 512;
 
 /// One decision, as ext-authz reads it (ext-authz/src/edge.rs, `EdgeSpan`).
@@ -75,32 +82,61 @@ impl rand_core::RngCore for Ids {
     }
 }
 
+/// A refusal the filter answered (ext-authz/src/edge.rs, `EdgeDenial`): the
+/// fields of ext-authz's own log line for a refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DenialReport {
+    pub policy: &'static str,
+    /// The refusal's code (caas_rules::denial).
+    pub reason: &'static str,
+    pub status: u16,
+    pub tenant_id: String,
+    pub request_id: String,
+    /// The caller's, if it sent a valid `traceparent`.
+    pub trace_id: String,
+    /// Without the query.
+    pub path: String,
+    pub method: String,
+}
+
 /// Spans waiting to be sent.
-#[derive(Default)]
-pub struct Spans {
-    held: Vec<EdgeSpan>,
+pub type Spans = Outbox<EdgeSpan>;
+/// Refusals waiting to be reported.
+pub type Denials = Outbox<DenialReport>;
+
+/// Reports of one kind waiting to be sent.
+pub struct Outbox<T> {
+    held: Vec<T>,
     /// Dropped since the last `take_dropped` (the buffer was full, or a
     /// batch could not be sent).
     dropped: u64,
 }
 
-impl Spans {
-    pub fn push(&mut self, span: EdgeSpan) {
+impl<T> Default for Outbox<T> {
+    fn default() -> Self {
+        Outbox { held: Vec::new(), dropped: 0 }
+    }
+}
+
+impl<T: Serialize> Outbox<T> {
+    pub fn push(&mut self, report: T) {
         if self.held.len() >= MAX_HELD {
             self.dropped += 1;
         } else {
-            self.held.push(span);
+            self.held.push(report);
         }
     }
 
-    /// The next batch's body and its size, if any span is held.
-    pub fn batch(&mut self) -> Option<(Vec<u8>, usize)> {
+    /// The next batch's body (`{"<field>": […]}`) and its size, if any is held.
+    pub fn batch(&mut self, field: &str) -> Option<(Vec<u8>, usize)> {
         if self.held.is_empty() {
             return None;
         }
         let n = self.held.len().min(MAX_BATCH);
-        let batch: Vec<EdgeSpan> = self.held.drain(..n).collect();
-        let body = serde_json::to_vec(&serde_json::json!({ "spans": batch })).ok()?;
+        let batch: Vec<T> = self.held.drain(..n).collect();
+        let mut body = serde_json::Map::new();
+        body.insert(field.to_string(), serde_json::to_value(&batch).ok()?);
+        let body = serde_json::to_vec(&body).ok()?;
         Some((body, n))
     }
 
