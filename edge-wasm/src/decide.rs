@@ -173,6 +173,15 @@ pub enum Verdict {
     Forward(Miss),
 }
 
+/// The longest path a refusal's report carries (ext-authz/src/edge.rs,
+/// `MAX_REPORTED_PATH`: it takes no longer one).
+pub const MAX_REPORTED_PATH: usize = 2048;
+
+/// An HTTP method as ext-authz takes one in a report: 1 to 16 capitals.
+fn is_method(method: &str) -> bool {
+    (1..=16).contains(&method.len()) && method.bytes().all(|b| b.is_ascii_uppercase())
+}
+
 /// Why `judge` did not allow.
 enum NotAllowed {
     /// ext_authz's to decide.
@@ -249,6 +258,13 @@ fn refuse(state: &State, req: &Request<'_>, denial: Denial, policy: Policy, tena
     }
     // Checked by `judge` before any refusal.
     let Some(request_id) = req.header(REQUEST_ID) else { return Verdict::Forward(Miss::Unusual) };
+    // Only what ext-authz takes a report of (ext-authz/src/edge.rs,
+    // `EdgeDenial::read`): one it would not take would be missing from its
+    // log and metrics, and would cost the rest of its batch.
+    let path = request::path_only(req.path);
+    if path.len() > MAX_REPORTED_PATH || !is_method(req.method) {
+        return Verdict::Forward(Miss::Unusual);
+    }
     let reason = Reason::Denied(denial);
     let status = reason.status();
     let (headers, body) = denial::answered(reason, status, req.header("origin"), request_id);
@@ -259,7 +275,7 @@ fn refuse(state: &State, req: &Request<'_>, denial: Denial, policy: Policy, tena
         tenant_id: tenant_id.unwrap_or_default(),
         request_id: request_id.to_string(),
         trace_id: req.header("traceparent").and_then(TraceParent::parse).map(|t| t.trace_id).unwrap_or_default(),
-        path: request::path_only(req.path).to_string(),
+        path: path.to_string(),
         method: req.method.to_string(),
     };
     Verdict::Deny(Box::new(Deny { status, headers, body, report }))

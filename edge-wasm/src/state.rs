@@ -56,12 +56,12 @@ pub struct Material {
     #[serde(default)]
     pub trace_export: bool,
     /// Whether ext-authz enforces its refusals (`USE_AUTH_SERVICE`); in
-    /// shadow mode the filter answers none itself. Absent: it does.
-    #[serde(default = "counted")]
+    /// shadow mode the filter answers none itself. Absent (an ext-authz
+    /// that does not say, nor take the filter's reports): it answers none.
+    #[serde(default)]
     pub enforce: bool,
 }
 
-/// A default of `true` (quotas counted, refusals enforced).
 fn counted() -> bool {
     true
 }

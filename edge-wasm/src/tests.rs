@@ -23,7 +23,7 @@ fn resync_with(epoch: &str, cursor: u64, current: bool, quotas: bool) -> Vec<u8>
         "epoch": epoch, "cursor": cursor, "current": current, "resync": true, "refused": [],
         "material": { "issuer": "caas", "jwt_secret": JWT, "jwt_secret_previous": null,
                       "service_secret": "service-secret-service-secret-0002", "trusted_proxy_hops": 0,
-                      "quotas": quotas }
+                      "quotas": quotas, "enforce": true }
     })
     .to_string()
     .into_bytes()
@@ -848,33 +848,55 @@ fn preflights_on_browser_routes_are_answered_here_while_current_and_are_spans_wh
 /// and never for an address ext-authz refuses first (its 429).
 #[test]
 fn refusals_are_answered_here_only_where_ext_authz_would_answer_them_the_same() {
-    let with_material = |enforce: bool, trace_export: bool, refused: serde_json::Value| {
+    let with_material = |enforce: Option<bool>, trace_export: bool, refused: serde_json::Value| {
         let mut state = State::default();
         let mut resync: serde_json::Value = serde_json::from_slice(&resync("e1", 5, true)).unwrap();
-        resync["material"]["enforce"] = json!(enforce);
+        match enforce {
+            Some(enforce) => resync["material"]["enforce"] = json!(enforce),
+            // An ext-authz that does not say (nor takes the filter's reports).
+            None => _ = resync["material"].as_object_mut().unwrap().remove("enforce"),
+        }
         resync["material"]["trace_export"] = json!(trace_export);
         resync["refused"] = refused;
         state.apply_changes(resync.to_string().as_bytes(), NOW_MS).unwrap();
         state.apply_session("ses_1", &session("e1", 5, true), NOW_MS).unwrap();
         state
     };
-    let mut state = with_material(true, false, json!([]));
+    let mut state = with_material(Some(true), false, json!([]));
     let answered = verdict(&mut state, "ses_1", NOW_MS);
     let Verdict::Deny(deny) = &answered else { panic!("not refused here: {answered:?}") };
     assert_eq!((deny.status, deny.report.reason, deny.report.policy), (401, "session_revoked", "end_user"));
     assert_eq!((deny.report.tenant_id.as_str(), deny.report.path.as_str()), ("cl_1", "/v1/messages"));
     for (enforce, trace_export, refused, miss) in [
-        (false, false, json!([]), Miss::Refused),
-        (true, true, json!([]), Miss::Refused),
-        (true, false, json!(["127.0.0.1/32"]), Miss::Address),
-        (true, false, json!(null), Miss::Address),
+        (Some(false), false, json!([]), Miss::Refused),
+        (None, false, json!([]), Miss::Refused),
+        (Some(true), true, json!([]), Miss::Refused),
+        (Some(true), false, json!(["127.0.0.1/32"]), Miss::Address),
+        (Some(true), false, json!(null), Miss::Address),
     ] {
         let mut state = with_material(enforce, trace_export, refused);
-        assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(miss), "{enforce} {trace_export}");
+        assert_eq!(verdict(&mut state, "ses_1", NOW_MS), Verdict::Forward(miss), "{enforce:?} {trace_export}");
+    }
+    // A refusal ext-authz would take no report of (a method it does not
+    // take, a path longer than it takes) is left to it, so none goes unlogged.
+    let mut state = with_material(Some(true), false, json!([]));
+    let long = format!("/v1/messages/{}", "x".repeat(crate::decide::MAX_REPORTED_PATH));
+    let bearer = format!("Bearer {}", token("ses_1"));
+    let headers: Headers = [("authorization", bearer.as_str()), ("x-request-id", "r1")].into_iter().collect();
+    for (method, path) in [("get", "/v1/messages"), ("GET", long.as_str())] {
+        let req = Request {
+            method,
+            path,
+            policy: &|| Some("end_user".into()),
+            headers: &headers,
+            peer: &|| Some("127.0.0.1".parse().unwrap()),
+            sessions_ended_at: &|| 0,
+        };
+        assert_eq!(decide(&mut state, &req, NOW, NOW_MS), Verdict::Forward(Miss::Unusual), "{method}");
     }
     // A token signed right but expired: refused here, on its times alone
     // the second time (its signature is not checked again).
-    let mut state = with_material(true, false, json!([]));
+    let mut state = with_material(Some(true), false, json!([]));
     let expired = signed(&Claims { iat: NOW - 7200, exp: NOW - 3600, ..claims_for("ses_1", Audience::Sdk) }, JWT);
     for _ in 0..2 {
         assert_eq!(refused(&verdict_with_token(&mut state, &expired, &[], NOW_MS)), Some("token_expired"));

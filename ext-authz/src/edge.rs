@@ -79,6 +79,9 @@ const MAX_LEASE_BODY: usize = 256 * 1024;
 /// Keys looked up in one call, at most.
 pub const MAX_KEY_LOOKUPS: usize = 32;
 const MAX_KEYS_BODY: usize = 16 * 1024;
+/// A reported refusal's path, at most (the filter reports no longer one:
+/// edge-wasm/src/decide.rs `MAX_REPORTED_PATH`).
+const MAX_REPORTED_PATH: usize = 2048;
 /// Refusals reported in one call, at most, and the body that carries them.
 pub const MAX_DENIALS: usize = 512;
 const MAX_DENIALS_BODY: usize = 512 * 1024;
@@ -492,7 +495,7 @@ impl EdgeDenial {
         if Reason::Denied(denial).status() != self.status {
             return Err("status is not the one this reason is answered with");
         }
-        if self.tenant_id.len() > 128 || self.request_id.len() > 128 || self.path.len() > 2048 {
+        if self.tenant_id.len() > 128 || self.request_id.len() > 128 || self.path.len() > MAX_REPORTED_PATH {
             return Err("tenant_id and request_id are at most 128 bytes, path 2048");
         }
         if self.method.is_empty() || self.method.len() > 16 || !self.method.bytes().all(|b| b.is_ascii_uppercase()) {
