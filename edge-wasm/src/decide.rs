@@ -197,14 +197,10 @@ impl From<Miss> for NotAllowed {
     }
 }
 
-/// A token `verify` refused: a guess (a bad signature, malformed) is
-/// ext_authz's, which counts it against the address; the rest are refused.
+/// A token `verify` refused (a guess among them: `refuse` leaves those to
+/// ext_authz, which counts them against the address).
 fn token_refused(error: caas_rules::jwt::TokenError, policy: Policy) -> NotAllowed {
-    let denial = Denial::Token(error);
-    match denial.is_guess() {
-        true => NotAllowed::Forward(Miss::Refused),
-        false => NotAllowed::Refuse { denial, policy, tenant_id: None },
-    }
+    NotAllowed::Refuse { denial: Denial::Token(error), policy, tenant_id: None }
 }
 
 /// A refusal the filter answers itself, exactly as ext-authz answers it
@@ -214,10 +210,9 @@ fn token_refused(error: caas_rules::jwt::TokenError, policy: Policy) -> NotAllow
 /// shadow mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deny {
-    pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
-    /// What ext-authz logs and counts of it (`report`).
+    /// What ext-authz logs and counts of it, its status among them.
     pub report: DenialReport,
 }
 
@@ -245,7 +240,8 @@ pub fn decide(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Ve
 }
 
 /// A verified credential's refusal, answered here when ext-authz would
-/// answer it the same: enforcing (not shadow mode), spans not exported
+/// answer it the same: one of `EDGE_ANSWERS` (never a guess), enforcing
+/// (not shadow mode), spans not exported
 /// (a refusal's span is ext-authz's to make), and the client's address
 /// told and not refused (ext-authz answers that first: its 429).
 fn refuse(state: &State, req: &Request<'_>, denial: Denial, policy: Policy, tenant_id: Option<String>) -> Verdict {
@@ -278,7 +274,7 @@ fn refuse(state: &State, req: &Request<'_>, denial: Denial, policy: Policy, tena
         path: path.to_string(),
         method: req.method.to_string(),
     };
-    Verdict::Deny(Box::new(Deny { status, headers, body, report }))
+    Verdict::Deny(Box::new(Deny { headers, body, report }))
 }
 
 /// ext-authz check.rs `decide` as far as its `preflight`: a path that is

@@ -535,12 +535,7 @@ impl Edge {
     /// Answers a preflight as ext_authz would have had Envoy answer it
     /// (204, no body); the chain stops here.
     fn answer_preflight(&self, preflight: Preflight, now: Duration) -> Action {
-        // Envoy's access log says who answered (`edge`: envoy/envoy.yaml);
-        // the matcher skips ext_authz on `allow` only, and nothing follows here.
-        let _ = hostcalls::set_property(vec![MARK], Some(PREFLIGHT_MARK));
-        let headers: Vec<(&str, &str)> =
-            preflight.headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
-        self.send_http_response(204, headers, None);
+        self.answer(PREFLIGHT_MARK, 204, &preflight.headers, None);
         if let Some(metrics) = &self.metrics {
             metrics.preflight();
         }
@@ -551,14 +546,21 @@ impl Edge {
     /// Answers a refusal as ext_authz would have had Envoy answer it, and
     /// reports it to ext-authz (its log line and metrics); the chain stops here.
     fn answer_denial(&self, deny: Deny) -> Action {
-        let _ = hostcalls::set_property(vec![MARK], Some(DENY_MARK));
-        let headers: Vec<(&str, &str)> = deny.headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
-        self.send_http_response(u32::from(deny.status), headers, Some(deny.body.as_bytes()));
+        self.answer(DENY_MARK, deny.report.status, &deny.headers, Some(deny.body.as_bytes()));
         if let Some(metrics) = &self.metrics {
             metrics.denied();
         }
         self.state.borrow_mut().denials.push(deny.report);
         Action::Pause
+    }
+
+    /// A local reply, the stream marked first so Envoy's access log says who
+    /// answered (`edge`: envoy/envoy.yaml); the matcher skips ext_authz on
+    /// `allow` only, and nothing follows here anyway.
+    fn answer(&self, mark: &[u8], status: u16, headers: &[(&'static str, String)], body: Option<&[u8]>) {
+        let _ = hostcalls::set_property(vec![MARK], Some(mark));
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        self.send_http_response(u32::from(status), headers, body);
     }
 
     /// A decision's span (only when spans are exported), begun at `started`:

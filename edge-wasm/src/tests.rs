@@ -865,7 +865,7 @@ fn refusals_are_answered_here_only_where_ext_authz_would_answer_them_the_same() 
     let mut state = with_material(Some(true), false, json!([]));
     let answered = verdict(&mut state, "ses_1", NOW_MS);
     let Verdict::Deny(deny) = &answered else { panic!("not refused here: {answered:?}") };
-    assert_eq!((deny.status, deny.report.reason, deny.report.policy), (401, "session_revoked", "end_user"));
+    assert_eq!((deny.report.status, deny.report.reason, deny.report.policy), (401, "session_revoked", "end_user"));
     assert_eq!((deny.report.tenant_id.as_str(), deny.report.path.as_str()), ("cl_1", "/v1/messages"));
     for (enforce, trace_export, refused, miss) in [
         (Some(false), false, json!([]), Miss::Refused),

@@ -339,9 +339,10 @@ impl Authorizer {
             }
             Decision::Preflight { .. } => ("preflight", ""),
             Decision::Deny { reason, tenant_id, .. } => {
-                self.count_refusal(policy, *reason);
                 let tenant = tenant_id.as_deref().unwrap_or("");
-                tracing::info!(request_id = %req.request_id, trace_id, tenant_id = tenant, policy, %path, method = req.method, reason = reason.code(), status = reason.status(), decision = "deny", "check");
+                let line =
+                    RefusalLine { request_id: &req.request_id, trace_id, tenant_id: tenant, path, method: req.method };
+                self.refused(policy, *reason, &line, false);
                 ("deny", tenant)
             }
             Decision::ShadowDeny { reason, tenant_id } => {
@@ -408,21 +409,33 @@ impl Authorizer {
     /// Logs and counts a refusal the in-proxy filter answered itself, as
     /// `observe` does a Check's (the same line, with `edge`).
     pub fn record_edge_denial(&self, report: &crate::edge::EdgeDenial, policy: Policy, denial: Denial) {
-        let reason = Reason::Denied(denial);
         let policy = policy_label(Some(policy));
-        self.count_refusal(policy, reason);
+        let line = RefusalLine {
+            request_id: &report.request_id,
+            trace_id: &report.trace_id,
+            tenant_id: &report.tenant_id,
+            path: &report.path,
+            method: &report.method,
+        };
+        self.refused(policy, Reason::Denied(denial), &line, true);
         self.metrics.requests.get_or_create(&[("policy", policy), ("decision", "deny")]).inc();
+    }
+
+    /// A refusal's log line and its refusal counters, whoever answered it
+    /// (`edge`: the in-proxy filter), so the two can never differ.
+    fn refused(&self, policy: &'static str, reason: Reason, line: &RefusalLine<'_>, edge: bool) {
+        self.count_refusal(policy, reason);
         tracing::info!(
-            request_id = %report.request_id,
-            trace_id = %report.trace_id,
-            tenant_id = %report.tenant_id,
+            request_id = line.request_id,
+            trace_id = line.trace_id,
+            tenant_id = line.tenant_id,
             policy,
-            path = %report.path,
-            method = %report.method,
+            path = line.path,
+            method = line.method,
             reason = reason.code(),
             status = reason.status(),
             decision = "deny",
-            edge = true,
+            edge,
             "check"
         );
     }
@@ -449,6 +462,15 @@ impl Authorizer {
         ]);
         exporter.record(span);
     }
+}
+
+/// What a refusal's log line says of its request (`Authorizer::refused`).
+struct RefusalLine<'a> {
+    request_id: &'a str,
+    trace_id: &'a str,
+    tenant_id: &'a str,
+    path: &'a str,
+    method: &'a str,
 }
 
 /// A CORS preflight: answered here for routes a browser may call, refused

@@ -385,7 +385,7 @@ pub async fn lease(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: 
     private(json!({ "granted": granted }))
 }
 
-/// One of the filter's decisions (edge-wasm/src/spans.rs, `EdgeSpan`).
+/// One of the filter's decisions (edge-wasm/src/reports.rs, `EdgeSpan`).
 #[derive(serde::Deserialize)]
 pub struct EdgeSpan {
     pub trace_id: String,

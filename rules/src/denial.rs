@@ -296,3 +296,18 @@ impl Refused {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The filter answers these itself, so none may be one ext-authz counts
+    /// against the address, and each is a refusal a client can act on.
+    #[test]
+    fn the_refusals_the_filter_answers_are_never_guesses() {
+        for denial in EDGE_ANSWERS {
+            assert!(!denial.is_guess(), "{denial:?}");
+            assert!(matches!(Reason::Denied(denial).status(), 401 | 403), "{denial:?}");
+        }
+    }
+}

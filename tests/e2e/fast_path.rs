@@ -25,6 +25,18 @@ async fn stat(node: &Node, name: &str) -> u64 {
         .sum()
 }
 
+/// Whether Envoy's access log has a line `matches` within 5 s (Envoy writes
+/// it a moment after the answer).
+async fn logged_within(node: &Node, matches: impl Fn(&Value) -> bool) -> bool {
+    let found = within(Duration::from_secs(5), || {
+        let found =
+            node.access_log().lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()).any(|e| matches(&e));
+        async move { found }
+    })
+    .await;
+    found.is_some()
+}
+
 /// ext-authz's `gateway_auth_failures_total`, every label summed.
 async fn auth_failures(node: &Node) -> u64 {
     let url = format!("http://{}/metrics", node.stack.ext_authz_ops);
@@ -268,17 +280,11 @@ async fn the_fast_path_answers_as_ext_authz_does() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(auth_failures(fast).await - failures, 11, "a refusal counted twice");
     // And Envoy's access log says so (`edge`), as it says `allow` for an allow.
-    let logged = within(Duration::from_secs(5), || {
-        let found = fast.access_log().lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()).any(|e| {
-            e["method"] == "OPTIONS"
-                && e["path"] == "/v1/client/login"
-                && e["edge"] == "preflight"
-                && e["status"] == 204
-        });
-        async move { found }
+    let logged = logged_within(fast, |e| {
+        e["method"] == "OPTIONS" && e["path"] == "/v1/client/login" && e["edge"] == "preflight" && e["status"] == 204
     })
     .await;
-    assert!(logged.is_some(), "no preflight answered by the filter in Envoy's access log");
+    assert!(logged, "no preflight answered by the filter in Envoy's access log");
     // A socket's upgrade (its token in the subprotocol, as browsers send
     // it) is the filter's too; realtime.rs runs every socket flow through it.
     let before = allowed_by_filter(fast).await;
@@ -641,20 +647,13 @@ async fn dashboards_are_decided_in_the_proxy_and_a_sign_out_holds_at_once() {
     let (email, tenant_id) = account(node, "edge-dash-context").await;
     let token = dashboard_token(node, &email).await;
     until_decided(node, "/v1/client/profile", &token).await;
-    // Envoy writes its access log a moment later.
-    let allowed_here = || {
-        node.access_log().lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()).any(|e| {
-            e["path"] == "/v1/client/profile"
-                && e["edge"] == "allow"
-                && e["status"] == 200
-                && e["tenant_id"] == tenant_id.as_str()
-        })
-    };
-    let logged = within(Duration::from_secs(5), || {
-        let found = allowed_here();
-        async move { found }
+    let logged = logged_within(node, |e| {
+        e["path"] == "/v1/client/profile"
+            && e["edge"] == "allow"
+            && e["status"] == 200
+            && e["tenant_id"] == tenant_id.as_str()
     })
     .await;
-    assert!(logged.is_some(), "no dashboard request the filter allowed, with its tenant, in Envoy's access log");
+    assert!(logged, "no dashboard request the filter allowed, with its tenant, in Envoy's access log");
     cluster.shutdown().await;
 }

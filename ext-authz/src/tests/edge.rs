@@ -88,7 +88,10 @@ async fn learn(f: &Fixture, state: &mut State, sid: &str, now_ms: u64) {
 /// same status, headers and body; the refusal's code.
 fn assert_same_denial(edge: &EdgeVerdict, check: &Verdict, case: &str) -> &'static str {
     let EdgeVerdict::Deny(deny) = edge else { panic!("{case}: the filter answered {edge:?}") };
-    assert_eq!(deny.status, check.status, "the filter refused with another status than the Check: {case}: {check:?}");
+    assert_eq!(
+        deny.report.status, check.status,
+        "the filter refused with another status than the Check: {case}: {check:?}"
+    );
     let ours: HashMap<String, String> = deny.headers.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     assert_eq!(ours, check.response_headers, "{case}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(&deny.body).unwrap(), check.body, "{case}");
