@@ -200,13 +200,39 @@ pub struct Envoy {
 
 impl Envoy {
     /// Writes `config` under `dir`, starts Envoy and waits (up to 30 s) until
-    /// its admin says it is ready.
-    pub async fn start(binary: &Path, config: &str, dir: &Path, concurrency: usize) -> anyhow::Result<Self> {
+    /// its admin says it is ready. Envoy's own log (warnings and worse) goes
+    /// to `log` when given, else to this process's stderr.
+    pub async fn start(
+        binary: &Path,
+        config: &str,
+        dir: &Path,
+        concurrency: usize,
+        log: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let config_path = dir.join("envoy.yaml");
         let admin_path = dir.join("envoy-admin-address");
         let _ = std::fs::remove_file(&admin_path);
         std::fs::write(&config_path, config).with_context(|| format!("cannot write {}", config_path.display()))?;
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("cannot open {}", path.display()))?,
+            ),
+            None => Stdio::inherit(),
+        };
+        let told = || match log {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("its log, {}, ends:\n{}", path.display(), tail.join("\n"))
+            }
+            None => "its error is above".to_string(),
+        };
         let mut child = Command::new(binary)
             .arg("-c")
             .arg(&config_path)
@@ -216,14 +242,14 @@ impl Envoy {
             .args(["--disable-hot-restart", "--log-level", "warn", "--file-flush-interval-msec", "1000"])
             .args(["--concurrency", &concurrency.to_string()])
             .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start Envoy ({})", binary.display()))?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let admin = loop {
             if let Some(status) = child.try_wait()? {
-                bail!("Envoy exited at start ({status}); its error is above");
+                bail!("Envoy exited at start ({status}); {}", told());
             }
             if let Ok(text) = std::fs::read_to_string(&admin_path)
                 && let Ok(addr) = text.trim().parse()
@@ -232,7 +258,7 @@ impl Envoy {
                 break addr;
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("Envoy did not become ready within 30 s");
+                bail!("Envoy did not become ready within 30 s; {}", told());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };

@@ -203,7 +203,9 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
 
 /// Where Envoy's JSON access log goes.
 pub enum AccessLog {
+    /// Stdout (`caas up`); Envoy's own log goes to stderr.
     Stdout,
+    /// A file; Envoy's own log goes to `envoy.log` in the data directory.
     File(PathBuf),
 }
 
@@ -378,7 +380,7 @@ async fn start_envoy(
         chat: host(upstreams.chat),
         socket: host(upstreams.socket),
         trusted_proxy_hops: config.ext_authz.trusted_proxy_hops,
-        access_log_path: match access_log {
+        access_log_path: match &access_log {
             AccessLog::Stdout => "/dev/stdout".to_string(),
             AccessLog::File(path) => path.display().to_string(),
         },
@@ -386,7 +388,14 @@ async fn start_envoy(
         fast_path,
     };
     let rendered = envoy::render(envoy::TEMPLATE, &addresses)?;
-    Envoy::start(&binary, &rendered, &config.data_dir, config.envoy_concurrency).await
+    // Embedded with its access log in a file (the e2e tests run dozens of
+    // Envoys at once), Envoy's own log goes to a file beside it: a failing
+    // test's message is not lost among every Envoy's lines.
+    let log = match access_log {
+        AccessLog::Stdout => None,
+        AccessLog::File(_) => Some(config.data_dir.join("envoy.log")),
+    };
+    Envoy::start(&binary, &rendered, &config.data_dir, config.envoy_concurrency, log.as_deref()).await
 }
 
 async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
