@@ -52,8 +52,9 @@ pub struct UpConfig {
     /// Run the services without Envoy.
     #[arg(long)]
     pub no_envoy: bool,
-    /// The in-proxy fast path (edge-wasm/): Envoy allows end users' requests
-    /// and sockets, API keys' and dashboards' requests itself, as ext-authz would (quotas
+    /// The in-proxy fast path (edge-wasm/): Envoy decides what it can itself,
+    /// on every route (end users' requests and sockets, API keys',
+    /// dashboards', refreshes, sign-ins), as ext-authz would (quotas
     /// leased from ext-authz's own buckets), and calls ext_authz for the rest
     /// (docs/DESIGN.md, "The in-proxy fast path"). `false`: ext_authz decides
     /// every request.

@@ -1,5 +1,6 @@
-//! The filter's decision: allow an end user's, an API key's or a dashboard's request
-//! exactly as ext-authz would (ext-authz/src/check.rs, policies.rs,
+//! The filter's decision: allow a request on any route (an end user's, an
+//! API key's, a dashboard's, a refresh or a public one) exactly as ext-authz
+//! would (ext-authz/src/check.rs, policies.rs,
 //! response.rs), answer a CORS preflight or refuse a credential it verified
 //! as ext-authz would, or leave the request to ext_authz. It refuses only
 //! what ext-authz would refuse the same way and never a guess
@@ -96,7 +97,7 @@ impl<'a> Request<'a> {
 pub enum Miss {
     /// The feed has not confirmed currency within a second.
     NotCurrent,
-    /// Not an end-user, API-key or dashboard route (or no policy is declared).
+    /// The route declares no policy (and the feed sent no table that names one).
     Policy,
     /// Not a request the filter judges: OPTIONS that is not a preflight, an upgrade
     /// other than a WebSocket's on an end-user route, a socket's token in
@@ -318,9 +319,7 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
     let key = key_without_token(state, req, now_ms)?;
     // ext-authz check.rs `policy_of`: the route's, else the table's by path.
     let named = (req.policy)();
-    let policy = policy_of(state, named.as_deref(), req.path)
-        .filter(|p| matches!(p, Policy::EndUser | Policy::ApiKey | Policy::Dashboard))
-        .ok_or(Miss::Policy)?;
+    let policy = policy_of(state, named.as_deref(), req.path).ok_or(Miss::Policy)?;
     // Envoy's id (ext-authz incoming.rs takes it when it is this well-formed).
     let request_id = req.header(REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 128).ok_or(Miss::Unusual)?;
     // The checks run in ext-authz's order: which failure comes first is the
@@ -333,9 +332,11 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
         return Err(Miss::Unusual.into());
     }
     let (ctx, cors_origin) = match policy {
-        Policy::ApiKey => (with_api_key(state, req, key, now, now_ms)?, None),
+        Policy::ApiKey => (with_api_key(state, req, key, Policy::ApiKey, now, now_ms)?, None),
         Policy::Dashboard => (as_dashboard(state, req, now)?, None),
-        _ => as_end_user(state, req, now, now_ms)?,
+        Policy::EndUser => as_end_user(state, req, now, now_ms)?,
+        Policy::Refresh => as_refresh(state, req, key, now, now_ms)?,
+        Policy::Public => (anonymous(public_client(state, req)?), None),
     };
     let ctx = RequestContext { request_id: request_id.to_string(), ..ctx };
     // Held since the top (`current`); looked up again past the lease's write.
@@ -439,9 +440,10 @@ fn screen(state: &State, method: &str, path: &str, headers: &Headers, now_ms: u6
 
 /// An API key sent without a bearer token, told before the route's policy
 /// is read: unless the filter holds it as a valid key's, the request is
-/// ext_authz's whatever the route (an `api_key` route refuses a malformed or
-/// absent key, an `end_user` route wants a bearer token, and the filter
-/// decides no other policy). So the first request of a new key, and each of
+/// ext_authz's whatever the route (an `api_key` or `refresh` route refuses a
+/// malformed or unknown key, an `end_user` or `dashboard` route wants a
+/// bearer token; on a public route, where a key means nothing, such a
+/// request is rare and its callout harmless). So the first request of a new key, and each of
 /// a flood of made-up ones, costs no property read; a key not looked up yet
 /// is asked for, as on an `api_key` route. The hash is kept for
 /// `with_api_key` (SHA-256 is the costly part in V8).
@@ -459,11 +461,8 @@ fn key_without_token(state: &mut State, req: &Request<'_>, now_ms: u64) -> Resul
 /// not one ext-authz refuses for failed credentials (its 429
 /// `too_many_failures`, which it answers before any credential).
 fn client(state: &State, req: &Request<'_>) -> Result<IpAddr, Miss> {
-    let keys = state.keys.as_ref().ok_or(Miss::NotCurrent)?;
-    let peer = (req.peer)().ok_or(Miss::Unusual)?;
     // An address that cannot be told is refused (ext-authz: `client_ip_unknown`).
-    let ip = caas_rules::net::client_ip(peer, req.header("x-forwarded-for"), keys.trusted_proxy_hops)
-        .ok_or(Miss::Unusual)?;
+    let ip = public_client(state, req)?;
     if state.address_refused(ip) {
         return Err(Miss::Address);
     }
@@ -486,30 +485,7 @@ fn as_end_user<'r>(
         return Err(Miss::Unusual.into());
     }
     let socket = request::is_websocket_upgrade(req.header("upgrade"));
-    let claims = state.verify(token, Audience::Sdk, now).map_err(|e| token_refused(e, Policy::EndUser))?;
-    check_session(state, &claims, Audience::Sdk, Policy::EndUser)?;
-    let origin = req.header("origin");
-    if let Some(origin) = origin {
-        match state.origins(&claims.tid, now_ms) {
-            Ok(Some(list)) if !list.allows(origin) => {
-                let tenant_id = Some(claims.tid.clone());
-                return Err(NotAllowed::Refuse {
-                    denial: Denial::OriginNotAllowed,
-                    policy: Policy::EndUser,
-                    tenant_id,
-                });
-            }
-            Ok(_) => {}
-            // Changed moments ago: looked up again once the hold is over.
-            Err(ListMiss::Held) => return Err(Miss::Unknown.into()),
-            // Not known here (a session looked up before Origins were
-            // served): the session is looked up again, and brings it.
-            Err(ListMiss::Unknown) => {
-                state.want(&claims.sid);
-                return Err(Miss::Unknown.into());
-            }
-        }
-    }
+    let (claims, origin) = sdk_token(state, req, token, Policy::EndUser, now, now_ms)?;
     client(state, req)?;
     // Last: a request is counted only once it would be allowed (ext-authz
     // check.rs counts after the grant, in the user's and the tenant's bucket).
@@ -529,6 +505,98 @@ fn as_end_user<'r>(
         token_expires_at: socket.then_some(claims.exp),
     };
     Ok((ctx, origin))
+}
+
+/// core validate.rs `validate_token` for an end user's token (aud
+/// `caas-sdk`) on a route of `policy`: signature and times, the session,
+/// and the Origin, when sent, against the tenant's whitelist. The claims,
+/// and the Origin to answer CORS for.
+fn sdk_token<'r>(
+    state: &mut State,
+    req: &Request<'r>,
+    token: &str,
+    policy: Policy,
+    now: i64,
+    now_ms: u64,
+) -> Result<(caas_rules::jwt::Claims, Option<&'r str>), NotAllowed> {
+    let claims = state.verify(token, Audience::Sdk, now).map_err(|e| token_refused(e, policy))?;
+    check_session(state, &claims, Audience::Sdk, policy)?;
+    let origin = req.header("origin");
+    if let Some(origin) = origin {
+        match state.origins(&claims.tid, now_ms) {
+            Ok(Some(list)) if !list.allows(origin) => {
+                let tenant_id = Some(claims.tid.clone());
+                return Err(NotAllowed::Refuse { denial: Denial::OriginNotAllowed, policy, tenant_id });
+            }
+            Ok(_) => {}
+            // Changed moments ago: looked up again once the hold is over.
+            Err(ListMiss::Held) => return Err(Miss::Unknown.into()),
+            // Not known here (a session looked up before Origins were
+            // served): the session is looked up again, and brings it.
+            Err(ListMiss::Unknown) => {
+                state.want(&claims.sid);
+                return Err(Miss::Unknown.into());
+            }
+        }
+    }
+    Ok((claims, origin))
+}
+
+/// ext-authz policies.rs `refresh`: the refresh token travels in the body,
+/// for auth-api to check. An API key, when sent, is checked as on an
+/// `api_key` route (and counted in its quota); else an access token, when
+/// sent, as an end user's, with its Origin (no quota counts it, and the
+/// context keeps the address); else the request is anonymous. Unlike a
+/// public route, a refused address is refused (`client`).
+fn as_refresh<'r>(
+    state: &mut State,
+    req: &Request<'r>,
+    key: Option<String>,
+    now: i64,
+    now_ms: u64,
+) -> Result<(RequestContext, Option<&'r str>), NotAllowed> {
+    if req.header(API_KEY).is_some() {
+        return Ok((with_api_key(state, req, key, Policy::Refresh, now, now_ms)?, None));
+    }
+    let Some(authorization) = req.header(AUTHORIZATION) else {
+        return Ok((anonymous(client(state, req)?), None));
+    };
+    let token = request::bearer(Some(authorization)).map_err(|_| Miss::Refused)?;
+    let (claims, origin) = sdk_token(state, req, token, Policy::Refresh, now, now_ms)?;
+    let ip = client(state, req)?;
+    let ctx = RequestContext {
+        tenant_id: claims.tid,
+        user_id: claims.sub,
+        session_id: claims.sid,
+        auth_type: AuthType::Jwt,
+        ..anonymous(ip)
+    };
+    Ok((ctx, origin))
+}
+
+/// ext-authz policies.rs `public`: no credential; the context vouches only
+/// for the address (and the request id, set by `judge`).
+fn anonymous(ip: IpAddr) -> RequestContext {
+    RequestContext {
+        tenant_id: String::new(),
+        user_id: String::new(),
+        session_id: String::new(),
+        auth_type: AuthType::Anonymous,
+        key_id: String::new(),
+        client_ip: whitelist::canonical_ip(ip).to_string(),
+        request_id: String::new(),
+        token_expires_at: None,
+    }
+}
+
+/// The client's address on a public route: as `client`, but an address
+/// refused for failed credentials is not refused here (ext-authz check.rs
+/// refuses it on every route but a public one: signing up and signing in
+/// are not credentials it counts).
+fn public_client(state: &State, req: &Request<'_>) -> Result<IpAddr, Miss> {
+    let keys = state.keys.as_ref().ok_or(Miss::NotCurrent)?;
+    let peer = (req.peer)().ok_or(Miss::Unusual)?;
+    caas_rules::net::client_ip(peer, req.header("x-forwarded-for"), keys.trusted_proxy_hops).ok_or(Miss::Unusual)
 }
 
 /// ext-authz policies.rs `dashboard`: the bearer token for
@@ -593,6 +661,7 @@ fn with_api_key(
     state: &mut State,
     req: &Request<'_>,
     hash: Option<String>,
+    policy: Policy,
     now: i64,
     now_ms: u64,
 ) -> Result<RequestContext, NotAllowed> {
@@ -605,8 +674,7 @@ fn with_api_key(
             KeyMiss::Unknown => Miss::UnknownKey,
             KeyMiss::Refused => Miss::Refused,
         })?;
-        let refused =
-            |denial| NotAllowed::Refuse { denial, policy: Policy::ApiKey, tenant_id: Some(record.tenant_id.clone()) };
+        let refused = |denial| NotAllowed::Refuse { denial, policy, tenant_id: Some(record.tenant_id.clone()) };
         if record.revoked {
             return Err(refused(Denial::ApiKeyRevoked));
         }
@@ -618,11 +686,7 @@ fn with_api_key(
     let client_ip = client(state, req)?;
     // `lookup` found the tenant's list current: not admitted is refused.
     if !state.api_keys.admits(&tenant_id, client_ip, now_ms) {
-        return Err(NotAllowed::Refuse {
-            denial: Denial::IpNotAllowed,
-            policy: Policy::ApiKey,
-            tenant_id: Some(tenant_id),
-        });
+        return Err(NotAllowed::Refuse { denial: Denial::IpNotAllowed, policy, tenant_id: Some(tenant_id) });
     }
     if quotas_on(state) && !state.leases.spend(Kind::Key, &tenant_id, &key_id, now_ms) {
         return Err(Miss::Quota.into());

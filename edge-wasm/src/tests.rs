@@ -246,6 +246,57 @@ fn an_address_ext_authz_refuses_for_failed_credentials_is_left_to_it() {
     }
 }
 
+/// A POST on a route of `policy` with `headers` from 127.0.0.1.
+fn on_route(state: &mut State, policy: &str, headers: &[(&str, &str)]) -> Verdict {
+    let headers: Headers = headers.iter().copied().chain([("x-request-id", "r1")]).collect();
+    let req = Request {
+        method: "POST",
+        path: "/v1/sdk/refresh",
+        policy: &|| Some(policy.to_string()),
+        headers: &headers,
+        peer: &|| Some("127.0.0.1".parse().unwrap()),
+        sessions_ended_at: &|| 0,
+    };
+    decide(state, &req, NOW, NOW_MS)
+}
+
+#[test]
+fn public_and_refresh_routes_are_decided_here_and_only_a_refresh_minds_a_refused_address() {
+    let mut state = State::default();
+    state.apply_changes(&resync("e1", 0, true), NOW_MS).unwrap();
+    state.apply_session("ses_1", &session("e1", 0, false), NOW_MS).unwrap();
+    let context = |verdict: &Verdict, name: &str| match verdict {
+        Verdict::Allow(allow) => allow.set.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone()),
+        other => panic!("not allowed: {other:?}"),
+    };
+    // No credential: anonymous, vouching for the address; a credential
+    // sent to a public route is taken off, unread.
+    for policy in ["public", "refresh"] {
+        let verdict = on_route(&mut state, policy, &[]);
+        assert_eq!(context(&verdict, "x-caas-auth-type").as_deref(), Some("anonymous"), "{policy}");
+        assert_eq!(context(&verdict, "x-caas-client-ip").as_deref(), Some("127.0.0.1"), "{policy}");
+    }
+    let Verdict::Allow(allow) = on_route(&mut state, "public", &[("authorization", "Bearer not-a-token")]) else {
+        panic!("a public route reads no credential")
+    };
+    assert_eq!(allow.remove, ["authorization"]);
+    // An end user's token on a refresh: checked as on an end-user route,
+    // its Origin answered with CORS, and the address kept.
+    let bearer = format!("Bearer {}", token("ses_1"));
+    let verdict = on_route(&mut state, "refresh", &[("authorization", &bearer)]);
+    assert_eq!(context(&verdict, "x-caas-session-id").as_deref(), Some("ses_1"));
+    assert_eq!(context(&verdict, "x-caas-client-ip").as_deref(), Some("127.0.0.1"));
+    let tampered = format!("{bearer}x");
+    assert_eq!(on_route(&mut state, "refresh", &[("authorization", &tampered)]), Verdict::Forward(Miss::Refused));
+    // ext-authz refuses the address for failed credentials: a refresh is
+    // its to answer (429); signing in is not a credential it counts.
+    let refused = json!({ "epoch": "e1", "cursor": 0, "current": true, "resync": false, "refused": ["127.0.0.1/32"] });
+    state.apply_changes(refused.to_string().as_bytes(), NOW_MS).unwrap();
+    assert_eq!(on_route(&mut state, "refresh", &[]), Verdict::Forward(Miss::Address));
+    assert_eq!(on_route(&mut state, "refresh", &[("authorization", &bearer)]), Verdict::Forward(Miss::Address));
+    assert!(matches!(on_route(&mut state, "public", &[]), Verdict::Allow(_)));
+}
+
 #[test]
 fn a_token_verified_once_still_expires_and_a_new_secret_verifies_it_afresh() {
     use caas_rules::jwt::TokenError;

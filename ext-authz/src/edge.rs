@@ -422,13 +422,13 @@ impl EdgeSpan {
         }
         use caas_rules::policy::Policy;
         let made = match (self.decision.as_str(), Policy::parse(&self.policy)) {
-            ("allow", Some(policy)) => matches!(policy, Policy::EndUser | Policy::ApiKey | Policy::Dashboard),
+            ("allow", Some(_)) => true,
             ("preflight", Some(policy)) => policy.browser_facing(),
             _ => false,
         };
         if !made {
             return Some(
-                "decision and policy must be ones the filter makes (allow on end_user, api_key, dashboard; preflight where browsers may call)",
+                "decision and policy must be ones the filter makes (allow on any policy; preflight where browsers may call)",
             );
         }
         if self.tenant_id.len() > 128 || self.request_id.len() > 128 {
@@ -486,8 +486,8 @@ impl EdgeDenial {
         use caas_rules::denial::{EDGE_ANSWERS, Reason};
         use caas_rules::policy::Policy;
         let policy = Policy::parse(&self.policy)
-            .filter(|p| matches!(p, Policy::EndUser | Policy::ApiKey | Policy::Dashboard))
-            .ok_or("policy must be end_user, api_key or dashboard")?;
+            .filter(|p| p.takes_credentials())
+            .ok_or("policy must be one that takes credentials (any but public)")?;
         let denial = EDGE_ANSWERS
             .into_iter()
             .find(|d| d.code() == self.reason)

@@ -28,6 +28,12 @@ impl Policy {
     pub fn browser_facing(self) -> bool {
         !matches!(self, Policy::ApiKey)
     }
+
+    /// Routes on which a credential can be refused: every one but a public
+    /// route, which takes none.
+    pub fn takes_credentials(self) -> bool {
+        !matches!(self, Policy::Public)
+    }
 }
 
 /// How a path is matched, as Envoy matches routes.

@@ -232,6 +232,34 @@ async fn the_fast_path_answers_as_ext_authz_does() {
         ("preflight, public route", preflight("/v1/client/login", Some("content-type"))),
         ("preflight, refresh route", preflight("/v1/sdk/refresh", Some("content-type"))),
         ("preflight, api key route", preflight("/v1/sdk/session", Some("x-api-key"))),
+        // Public and refresh routes: anonymous unless a credential is sent,
+        // the answer auth-api's.
+        (
+            "sign-in, wrong password",
+            Box::new(|http, n| {
+                http.post(n.url("/v1/client/login"))
+                    .header("origin", "https://app.edge.example")
+                    .json(&serde_json::json!({"email": "nobody@edge.example", "password": "not-the-password-1"}))
+            }),
+        ),
+        (
+            "refresh, unknown refresh token",
+            Box::new(|http, n| {
+                http.post(n.url("/v1/sdk/refresh"))
+                    .header("origin", "https://app.edge.example")
+                    .json(&serde_json::json!({"refresh_token": "rt_unknown"}))
+            }),
+        ),
+        (
+            "logout from a refused origin",
+            Box::new(|http, n| {
+                http.post(n.url("/v1/sdk/logout"))
+                    .bearer_auth(&token)
+                    .header("origin", "https://evil.example")
+                    .json(&serde_json::json!({"refresh_token": "rt_unknown"}))
+            }),
+        ),
+        ("the browser client module", Box::new(|http, n| http.get(n.url("/console/caas-client.js")))),
         (
             "OPTIONS that is not a preflight",
             Box::new(|http, n| http.request(reqwest::Method::OPTIONS, n.url("/v1/messages")).bearer_auth(&token)),
@@ -268,17 +296,23 @@ async fn the_fast_path_answers_as_ext_authz_does() {
     // as ext_authz answers them (compared above): at least the expired
     // token, both wrong audiences and the revoked session, which any
     // current worker knows (another subject on the session and the refused
-    // Origin are the filter's on a worker that looked the session up: Envoy
-    // runs two). ext-authz counted every refusal once, whoever answered it:
-    // the 11 above (the tampered token, the missing one, the key instead,
-    // the credential in the query and the API-key route's preflight are its
-    // own).
+    // Origins, on an end-user or a refresh route, are the filter's on a
+    // worker that looked the session up: Envoy runs two). ext-authz counted
+    // every refusal once, whoever answered it: the 12 above (the tampered
+    // token, the missing one, the key instead, the credential in the query
+    // and the API-key route's preflight are its own).
     let refused_here = stat(fast, "caas_edge.denied").await - denied;
     assert!(refused_here >= 4, "the filter answered {refused_here} of the refusals it is certain of");
-    let counted = within(Duration::from_secs(2), || async { auth_failures(fast).await - failures >= 11 }).await;
+    let counted = within(Duration::from_secs(2), || async { auth_failures(fast).await - failures >= 12 }).await;
     assert!(counted.is_some(), "ext-authz did not count the filter's refusals with its own");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(auth_failures(fast).await - failures, 11, "a refusal counted twice");
+    assert_eq!(auth_failures(fast).await - failures, 12, "a refusal counted twice");
+    // The public and refresh routes' requests were the filter's (they need
+    // nothing looked up), as Envoy's access log says.
+    for path in ["/v1/client/login", "/v1/sdk/refresh", "/console/caas-client.js"] {
+        let logged = logged_within(fast, |e| e["path"] == path && e["edge"] == "allow").await;
+        assert!(logged, "{path}: not allowed by the filter, by Envoy's access log");
+    }
     // And Envoy's access log says so (`edge`), as it says `allow` for an allow.
     let logged = logged_within(fast, |e| {
         e["method"] == "OPTIONS" && e["path"] == "/v1/client/login" && e["edge"] == "preflight" && e["status"] == 204

@@ -170,8 +170,9 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
         &[("upgrade", "websocket")],
         &[("x-api-key", "caas_not_a_key")],
     ];
-    let (mut compared, mut allowed, mut with_origin, mut dashboards) = (0, 0, 0, 0);
+    let (mut compared, mut allowed, mut with_origin) = (0, 0, 0);
     let mut denied = BTreeSet::new();
+    let mut allowed_on = BTreeSet::new();
     for (name, token) in &tokens {
         for origin in origins {
             for path in paths {
@@ -196,7 +197,7 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
                         assert_same_allow(&edge, &check, &case);
                         compared += 1;
                         with_origin += usize::from(origin.is_some());
-                        dashboards += usize::from(policy == Some("dashboard"));
+                        allowed_on.insert(policy);
                     }
                 }
             }
@@ -204,7 +205,36 @@ async fn the_filter_allows_only_what_the_check_allows_with_the_same_context() {
     }
     assert!(allowed > 0 && compared == allowed, "the filter allowed {allowed} requests, {compared} compared");
     assert!(with_origin > 0, "the filter allowed no request with an Origin: CORS was not compared");
-    assert!(dashboards > 0, "the filter allowed no dashboard request: dashboards were not compared");
+    // Each policy a bearer token can pass was compared (an API-key route
+    // wants a key, and a route without a policy is never allowed).
+    let passed = BTreeSet::from([Some("end_user"), Some("dashboard"), Some("refresh"), Some("public")]);
+    assert_eq!(allowed_on, passed, "policies the filter allowed a token on");
+    // Requests without a credential: a public route's, and a refresh's
+    // (its refresh token is in the body, for auth-api), with and without an
+    // Origin, with and without a forwarded-for header (not believed: no
+    // proxy is trusted here).
+    let mut anonymous = 0;
+    for policy in [Some("public"), Some("refresh"), Some("end_user"), Some("api_key")] {
+        for origin in origins {
+            for forwarded in [None, Some("203.0.113.9")] {
+                let mut headers: Vec<(&str, &str)> = vec![("x-request-id", "req-anon-1")];
+                headers.extend(origin.map(|o| ("origin", o)));
+                headers.extend(forwarded.map(|f| ("x-forwarded-for", f)));
+                let edge = edge_verdict(&mut state, "POST", "/v1/sdk/refresh", policy, &headers, "127.0.0.1", now_ms);
+                let case = format!("no credential, {policy:?}, origin {origin:?}, forwarded {forwarded:?}");
+                let EdgeVerdict::Allow(edge) = edge else {
+                    assert!(matches!(edge, EdgeVerdict::Forward(_)), "{case}: {edge:?}");
+                    assert!(matches!(policy, Some("end_user" | "api_key")), "{case}: left to ext_authz");
+                    continue;
+                };
+                let check = check(&f, request(policy, "POST", "/v1/sdk/refresh", &headers, "127.0.0.1")).await;
+                assert_same_allow(&edge, &check, &case);
+                assert_eq!(check.set.get(context::AUTH_TYPE).map(String::as_str), Some("anonymous"), "{case}");
+                anonymous += 1;
+            }
+        }
+    }
+    assert_eq!(anonymous, 2 * 3 * 2, "public and refresh, each Origin, each forwarded-for");
     // The refusals of verified tokens it answers itself, each compared.
     for code in [
         "token_expired",
@@ -548,7 +578,8 @@ async fn for_api_keys_too_the_filter_allows_only_what_the_check_allows() {
         &[("x-caas-key-id", "key_forged"), ("x-caas-whatever", "1")],
         &[("origin", "https://app.a.example")],
     ];
-    let (mut compared, mut valid_allowed) = (0, 0);
+    // Allows compared, per policy: (all, of the valid key).
+    let mut allowed: HashMap<Option<&str>, (usize, usize)> = HashMap::new();
     let mut key_denials = BTreeSet::new();
     for (name, key) in &keys {
         for peer in peers {
@@ -568,18 +599,24 @@ async fn for_api_keys_too_the_filter_allows_only_what_the_check_allows() {
                             continue;
                         };
                         assert_same_allow(&edge, &check, &case);
-                        compared += 1;
-                        valid_allowed += usize::from(*name == "valid");
+                        let counts = allowed.entry(policy).or_default();
+                        counts.0 += 1;
+                        counts.1 += usize::from(*name == "valid");
                     }
                 }
             }
         }
     }
     // The valid key from the whitelisted address (two spellings of
-    // 127.0.0.1), on the API-key route, in the canonical path, with any of
-    // the extras: an Origin changes nothing for a key (no CORS), and the
-    // forwarded-for header is not believed from an untrusted peer.
-    assert_eq!((compared, valid_allowed), (8, 8), "the filter allowed {compared} requests");
+    // 127.0.0.1), on the API-key and refresh routes, in the canonical path,
+    // with any of the extras: an Origin changes nothing for a key (no CORS),
+    // and the forwarded-for header is not believed from an untrusted peer.
+    // On a public route the key means nothing: any key the filter holds
+    // (a made-up one is ext_authz's), from any address.
+    assert_eq!(allowed.get(&Some("api_key")), Some(&(8, 8)), "{allowed:?}");
+    assert_eq!(allowed.get(&Some("refresh")), Some(&(8, 8)), "{allowed:?}");
+    assert!(allowed.get(&Some("public")).is_some_and(|&(all, valid)| all > valid && valid == 12), "{allowed:?}");
+    assert_eq!(allowed.len(), 3, "{allowed:?}");
     // A known key's refusals it answers itself, each compared.
     let expected = BTreeSet::from(["api_key_expired", "api_key_revoked", "ip_not_allowed"]);
     assert_eq!(key_denials, expected, "the filter's refusals of known keys");
@@ -807,6 +844,10 @@ async fn the_spans_endpoint_exports_the_filters_allows_and_serves_the_gateway_on
     preflight["tenant_id"] = "".into();
     let (status, answer) = call(gateway.clone(), serde_json::json!({ "spans": [preflight.clone()] }).to_string()).await;
     assert_eq!((status, answer["exported"].as_u64()), (200, Some(1)), "a preflight answered on a public route");
+    let public = span("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902ba", "public");
+    let refresh = span("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902bb", "refresh");
+    let (status, answer) = call(gateway.clone(), serde_json::json!({ "spans": [public, refresh] }).to_string()).await;
+    assert_eq!((status, answer["exported"].as_u64()), (200, Some(2)), "allows on public and refresh routes");
     let mut api_preflight = preflight.clone();
     api_preflight["policy"] = "api_key".into();
     let mut denied = good.clone();
@@ -818,7 +859,7 @@ async fn the_spans_endpoint_exports_the_filters_allows_and_serves_the_gateway_on
         ("{}".to_string(), "missing field"),
         (serde_json::json!({ "spans": [span("0".repeat(32).as_str(), "00f067aa0ba902b7", "end_user")] }).to_string(), "W3C ids"),
         (serde_json::json!({ "spans": [span("4bf92f3577b34da6a3ce929d0e0e4736", "00F067AA0BA902B7", "end_user")] }).to_string(), "W3C ids"),
-        (serde_json::json!({ "spans": [good.clone(), span("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "public")] }).to_string(), "spans[1]: decision and policy"),
+        (serde_json::json!({ "spans": [good.clone(), span("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "nope")] }).to_string(), "spans[1]: decision and policy"),
         (serde_json::json!({ "spans": [api_preflight] }).to_string(), "decision and policy"),
         (serde_json::json!({ "spans": [denied] }).to_string(), "decision and policy"),
         (serde_json::json!({ "spans": [parent] }).to_string(), "parent_span_id"),
@@ -828,7 +869,7 @@ async fn the_spans_endpoint_exports_the_filters_allows_and_serves_the_gateway_on
     ] {
         assert_bad_request(call(gateway.clone(), body.clone()).await, &body, says);
     }
-    assert_eq!(authorizer.metrics().edge_spans.get(), 3, "a refused batch exports nothing");
+    assert_eq!(authorizer.metrics().edge_spans.get(), 5, "a refused batch exports nothing");
     // Not exporting: nothing to export, and the material says so.
     let quiet = Arc::new(fixture().await.authorizer);
     let (feed, gateway) = gateway_feed(&quiet);
@@ -907,11 +948,13 @@ async fn the_denials_endpoint_counts_the_filters_refusals_as_the_checks_and_serv
         denial("end_user", "token_expired", 401),
         denial("end_user", "origin_not_allowed", 403),
         denial("api_key", "ip_not_allowed", 403),
+        denial("refresh", "api_key_revoked", 401),
     ] });
     assert_eq!(call(axum::http::HeaderMap::new(), batch.to_string()).await.0, 403);
     assert_eq!(failures("end_user", "token_expired"), 0);
     let (status, answer) = call(gateway.clone(), batch.to_string()).await;
-    assert_eq!((status, answer["recorded"].as_u64()), (200, Some(3)));
+    assert_eq!((status, answer["recorded"].as_u64()), (200, Some(4)));
+    assert_eq!(failures("refresh", "api_key_revoked"), 1);
     assert_eq!((failures("end_user", "token_expired"), failures("end_user", "origin_not_allowed")), (1, 1));
     assert_eq!(failures("api_key", "ip_not_allowed"), 1);
     assert_eq!(authorizer.metrics().origin_rejections.get(), 1);
