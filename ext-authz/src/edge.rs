@@ -102,6 +102,8 @@ pub struct EdgeFeed {
     changes: Option<Arc<ChangeFeed>>,
     /// The bus the validator hears revocations on.
     bus: Arc<dyn caas_core::bus::EventBus>,
+    /// A second listener on the bus, read by the handlers (`catch_up`).
+    polled: Mutex<Listener>,
     /// Bumped on every change, resync and bus disconnection: wakes the
     /// `changes` calls held for news.
     news: tokio::sync::watch::Sender<u64>,
@@ -109,6 +111,9 @@ pub struct EdgeFeed {
 
 #[derive(Default)]
 struct Held {
+    /// How many of the bus's messages here have been heard, by either
+    /// listener (`EdgeFeed::hear`).
+    heard: u64,
     /// The cursor of the newest change (0: none yet).
     cursor: u64,
     /// Cursors at or below this are not all held: a filter there resyncs.
@@ -126,6 +131,8 @@ impl EdgeFeed {
         bus: &Arc<dyn caas_core::bus::EventBus>,
         changes: Option<Arc<ChangeFeed>>,
     ) -> Arc<Self> {
+        // Both listeners subscribe before any message: their n-th messages are the same.
+        let mut listener = Listener::on(bus.as_ref());
         let feed = Arc::new(Self {
             epoch: caas_core::id::new_id("edge"),
             inner: Mutex::new(Held::default()),
@@ -134,27 +141,45 @@ impl EdgeFeed {
             authorizer,
             changes,
             bus: bus.clone(),
+            polled: Mutex::new(Listener::on(bus.as_ref())),
             news: tokio::sync::watch::Sender::new(0),
         });
-        let mut messages = bus.subscribe();
         let weak = Arc::downgrade(&feed);
         tokio::spawn(async move {
             loop {
-                let message = match messages.recv().await {
-                    Ok(message) => message,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => BusMessage::Resync,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                };
+                let received = listener.rx.recv().await;
+                let Some((nth, message)) = listener.took(received) else { return };
                 let Some(feed) = weak.upgrade() else { return };
-                feed.record(message);
+                feed.hear(nth, message);
             }
         });
         feed
     }
 
-    fn record(&self, message: BusMessage) {
+    /// Holds what the bus has delivered to this process that the feed's
+    /// task has not heard yet. The task runs when the runtime gets to it;
+    /// the validator applies a change before it is published, and auth-api
+    /// publishes before it answers (a sign-out). A filter that holds a
+    /// dashboard's requests until a poll sent after that answer is answered
+    /// (edge-wasm decide.rs `as_dashboard`) must find the change in that
+    /// answer, so every handler that gives a cursor catches up first.
+    fn catch_up(&self) {
+        let mut polled = self.polled.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let received = polled.rx.try_recv();
+            let Some((nth, message)) = polled.took(received) else { return };
+            self.hear(nth, message);
+        }
+    }
+
+    /// The bus's `nth` message here, from either listener: held once.
+    fn hear(&self, nth: u64, message: BusMessage) {
         {
             let mut held = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if nth <= held.heard {
+                return;
+            }
+            held.heard = nth;
             match message {
                 // Chat messages are not credential changes.
                 BusMessage::Event(event) if matches!(*event, Event::MessageCreated { .. }) => return,
@@ -182,6 +207,7 @@ impl EdgeFeed {
     }
 
     fn cursor(&self) -> u64 {
+        self.catch_up();
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).cursor
     }
 
@@ -215,6 +241,7 @@ impl EdgeFeed {
     }
 
     pub(crate) fn changes_since(&self, epoch: Option<&str>, since: u64) -> serde_json::Value {
+        self.catch_up();
         let held = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.current();
         if epoch != Some(self.epoch.as_str()) || since < held.floor || since > held.cursor {
@@ -231,6 +258,59 @@ impl EdgeFeed {
             held.changes.iter().filter(|(cursor, _)| *cursor > since).map(|(_, event)| event.as_ref()).collect();
         json!({ "epoch": self.epoch, "cursor": held.cursor, "current": current, "resync": false, "changes": changes,
                 "refused": self.refused() })
+    }
+}
+
+/// A receiver of the bus, and how many of its messages it has taken.
+struct Listener {
+    rx: tokio::sync::broadcast::Receiver<BusMessage>,
+    taken: u64,
+}
+
+impl Listener {
+    fn on(bus: &dyn caas_core::bus::EventBus) -> Self {
+        Listener { rx: bus.subscribe(), taken: 0 }
+    }
+
+    /// A receive's message and its number; messages missed (this listener
+    /// lagged) are a resync numbered as the last of them. None when there
+    /// is nothing (more) to take.
+    fn took<E: Into<Received>>(&mut self, received: Result<BusMessage, E>) -> Option<(u64, BusMessage)> {
+        let message = match received.map_err(Into::into) {
+            Ok(message) => message,
+            Err(Received::Lagged(missed)) => {
+                self.taken += missed - 1;
+                BusMessage::Resync
+            }
+            Err(Received::Nothing) => return None,
+        };
+        self.taken += 1;
+        Some((self.taken, message))
+    }
+}
+
+/// Why a receive gave no message.
+enum Received {
+    Lagged(u64),
+    /// Empty, or the bus is gone.
+    Nothing,
+}
+
+impl From<tokio::sync::broadcast::error::RecvError> for Received {
+    fn from(error: tokio::sync::broadcast::error::RecvError) -> Self {
+        match error {
+            tokio::sync::broadcast::error::RecvError::Lagged(missed) => Received::Lagged(missed),
+            tokio::sync::broadcast::error::RecvError::Closed => Received::Nothing,
+        }
+    }
+}
+
+impl From<tokio::sync::broadcast::error::TryRecvError> for Received {
+    fn from(error: tokio::sync::broadcast::error::TryRecvError) -> Self {
+        match error {
+            tokio::sync::broadcast::error::TryRecvError::Lagged(missed) => Received::Lagged(missed),
+            _ => Received::Nothing,
+        }
     }
 }
 
@@ -664,4 +744,29 @@ pub fn router(feed: Arc<EdgeFeed>) -> axum::Router {
             axum::routing::post(denials).layer(axum::extract::DefaultBodyLimit::max(MAX_DENIALS_BODY)),
         )
         .with_state(feed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two listeners number the same message alike, a lagging one too: what
+    /// it missed is a resync numbered as the last message it missed.
+    #[test]
+    fn listeners_number_messages_alike_and_a_lag_as_its_last_message() {
+        let (tx, rx) = tokio::sync::broadcast::channel(2);
+        let mut listener = Listener { rx, taken: 0 };
+        let event = |n: usize| BusMessage::Event(Arc::new(Event::session_revoked("t1", &format!("ses_{n}"))));
+        for n in 1..=5 {
+            tx.send(event(n)).unwrap();
+        }
+        let mut got = Vec::new();
+        loop {
+            let received = listener.rx.try_recv();
+            let Some((nth, message)) = listener.took(received) else { break };
+            got.push((nth, matches!(message, BusMessage::Resync)));
+        }
+        // 1–3 were overwritten (capacity 2); 4 and 5 are read.
+        assert_eq!(got, [(3, true), (4, false), (5, false)]);
+    }
 }

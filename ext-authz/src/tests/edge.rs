@@ -688,6 +688,34 @@ async fn a_held_poll_is_answered_the_moment_a_revocation_arrives() {
     assert!(took < Duration::from_millis(1_000), "{took:?}");
 }
 
+/// auth-api publishes a revocation before it answers the sign-out; the
+/// filter holds a dashboard's requests until a poll sent after that answer
+/// is answered (edge-wasm decide.rs `as_dashboard`). So a poll that arrives
+/// after the publish must carry it, however late the feed's own task runs
+/// (here: not at all, on this one-thread runtime, until the test yields).
+#[tokio::test]
+async fn a_poll_after_a_revocation_was_published_carries_it() {
+    let f = fixture().await;
+    let authorizer = Arc::new(f.authorizer);
+    let bus = Arc::new(LocalBus::new());
+    let (feed, gateway) = gateway_feed_on(&authorizer, bus.clone());
+    let first = feed.changes_since(None, 0);
+    let epoch = first["epoch"].as_str().unwrap().to_string();
+    let cursor = first["cursor"].as_u64().unwrap();
+    for (i, session) in ["ses_1", "ses_2"].into_iter().enumerate() {
+        let revoked = caas_core::events::Event::session_revoked("t1", session);
+        caas_core::bus::EventBus::publish(bus.as_ref(), revoked).await.unwrap();
+        let answer = feed.changes_since(Some(&epoch), cursor);
+        assert_eq!(answer["changes"].as_array().map(Vec::len), Some(i + 1), "{answer}");
+        assert_eq!(answer["changes"][i]["session_id"], session, "{answer}");
+    }
+    // The feed's task hears the same messages later: each is held once.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (answer, _) = poll(&feed, &gateway, &format!("epoch={epoch}&since={cursor}")).await;
+    assert_eq!(answer["changes"].as_array().map(Vec::len), Some(2), "{answer}");
+    assert_eq!(answer["cursor"].as_u64(), Some(cursor + 2), "{answer}");
+}
+
 #[tokio::test]
 async fn a_held_poll_is_answered_not_current_the_moment_the_bus_drops() {
     let Some(redis_url) = caas_core::testing::redis_url().await else { return };
