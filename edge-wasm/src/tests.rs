@@ -89,11 +89,18 @@ fn verdict_with_token(state: &mut State, token: &str, extra: &[(&str, &str)], no
     let bearer = format!("Bearer {token}");
     let mut headers = vec![("authorization", bearer.as_str()), ("x-request-id", "r1")];
     headers.extend(extra);
-    let headers: Headers = headers.into_iter().collect();
+    decide_on(state, "GET /v1/messages", "end_user", &headers, now_ms)
+}
+
+/// `request` ("METHOD /path") on a route of `policy` with `headers` from
+/// 127.0.0.1, at `now_ms`.
+fn decide_on(state: &mut State, request: &str, policy: &str, headers: &[(&str, &str)], now_ms: u64) -> Verdict {
+    let (method, path) = request.split_once(' ').unwrap();
+    let headers: Headers = headers.iter().copied().collect();
     let req = Request {
-        method: "GET",
-        path: "/v1/messages",
-        policy: &|| Some("end_user".into()),
+        method,
+        path,
+        policy: &|| Some(policy.to_string()),
         headers: &headers,
         peer: &|| Some("127.0.0.1".parse().unwrap()),
         sessions_ended_at: &|| 0,
@@ -246,18 +253,10 @@ fn an_address_ext_authz_refuses_for_failed_credentials_is_left_to_it() {
     }
 }
 
-/// A POST on a route of `policy` with `headers` from 127.0.0.1.
+/// A POST on a route of `policy` with `headers`.
 fn on_route(state: &mut State, policy: &str, headers: &[(&str, &str)]) -> Verdict {
-    let headers: Headers = headers.iter().copied().chain([("x-request-id", "r1")]).collect();
-    let req = Request {
-        method: "POST",
-        path: "/v1/sdk/refresh",
-        policy: &|| Some(policy.to_string()),
-        headers: &headers,
-        peer: &|| Some("127.0.0.1".parse().unwrap()),
-        sessions_ended_at: &|| 0,
-    };
-    decide(state, &req, NOW, NOW_MS)
+    let headers: Vec<(&str, &str)> = headers.iter().copied().chain([("x-request-id", "r1")]).collect();
+    decide_on(state, "POST /v1/sdk/refresh", policy, &headers, NOW_MS)
 }
 
 #[test]
