@@ -152,6 +152,8 @@ impl Miss {
 /// What an allow does to the request: ext-authz's OkHttpResponse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allow {
+    /// The route's.
+    pub policy: Policy,
     pub set: Vec<(&'static str, String)>,
     pub remove: Vec<String>,
     /// Set on the response (ext-authz's `response_headers_to_add`, which
@@ -219,6 +221,8 @@ pub struct Deny {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Preflight {
+    /// The route's.
+    pub policy: Policy,
     /// Of the answer (status 204, no body).
     pub headers: Vec<(&'static str, String)>,
     /// The answer as a span, as `Allow::span`.
@@ -308,7 +312,7 @@ fn preflight(state: &mut State, req: &Request<'_>, now_ms: u64) -> Result<Prefli
         }
         false => None,
     };
-    Ok(Preflight { headers, span })
+    Ok(Preflight { policy, headers, span })
 }
 
 fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<Allow, NotAllowed> {
@@ -354,7 +358,7 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
         Some(origin) => vec![("access-control-allow-origin", origin.to_string()), ("vary", "Origin".to_string())],
         None => Vec::new(),
     };
-    Ok(Allow { set, remove, response, tenant_id: ctx.tenant_id, span })
+    Ok(Allow { policy, set, remove, response, tenant_id: ctx.tenant_id, span })
 }
 
 /// A decision's place in a trace, when spans are exported (ext-authz

@@ -14,6 +14,7 @@ use proxy_wasm::types::{Action, ContextType, MetricType};
 use serde::Deserialize;
 
 use crate::decide::{Deny, Headers, Miss, Preflight, Request, Verdict, decide};
+use crate::reports::{Decision, Tally};
 use crate::state::State;
 
 /// The filter state key (`wasm.` + this) that makes Envoy skip ext_authz
@@ -167,6 +168,8 @@ struct Root {
     span_post: Option<(u32, usize)>,
     /// The batch of refusals in flight, and how many it carries.
     denial_post: Option<(u32, usize)>,
+    /// The counts of decisions in flight.
+    count_post: Option<(u32, Tally)>,
     /// Whether the last poll was answered (for logging changes only).
     answering: bool,
     /// No poll before this (ms).
@@ -213,6 +216,12 @@ impl Context for Root {
         if let Some((_, n)) = self.denial_post.take_if(|(sent, _)| *sent == token) {
             if !ok {
                 self.state.borrow_mut().denials.lost(n);
+            }
+            return;
+        }
+        if let Some((_, counts)) = self.count_post.take_if(|(sent, _)| *sent == token) {
+            if !ok {
+                self.state.borrow_mut().decisions.restore(counts);
             }
             return;
         }
@@ -304,6 +313,14 @@ impl Root {
             match self.post(config, "/edge/v1/denials", &body) {
                 Some(token) => self.denial_post = Some((token, n)),
                 None => self.state.borrow_mut().denials.lost(n),
+            }
+        }
+        if self.count_post.is_none()
+            && let Some((body, counts)) = self.state.borrow_mut().decisions.batch()
+        {
+            match self.post(config, "/edge/v1/decisions", &body) {
+                Some(token) => self.count_post = Some((token, counts)),
+                None => self.state.borrow_mut().decisions.restore(counts),
             }
         }
     }
@@ -526,6 +543,7 @@ impl HttpContext for Edge {
         if let Some(metrics) = &self.metrics {
             metrics.allowed();
         }
+        self.state.borrow_mut().decisions.add(allow.policy, Decision::Allow);
         self.keep(allow.span.take(), now);
         Action::Continue
     }
@@ -539,6 +557,7 @@ impl Edge {
         if let Some(metrics) = &self.metrics {
             metrics.preflight();
         }
+        self.state.borrow_mut().decisions.add(preflight.policy, Decision::Preflight);
         self.keep(preflight.span, now);
         Action::Pause
     }

@@ -10,10 +10,16 @@
 //!   the caller's trace (or starts one) with a span of its own, as a Check
 //!   does (ext-authz/src/trace.rs), and ext-authz exports them as its own
 //!   (`POST /edge/v1/spans`). A trace then shows the gateway's decision
-//!   whichever of the two made it, and the service's span has it as parent.
+//!   whichever of the two made it, and the service's span has it as parent;
+//! - how many allows and preflights it made on each policy's routes
+//!   (`Tally`), always: ext-authz counts them in `gateway_requests_total`
+//!   with its own (`POST /edge/v1/decisions`), so that metric, and the
+//!   refusal ratio over it (deploy/monitoring/alerts.yml), see every
+//!   decision whoever made it.
 
 use std::hash::{BuildHasher, Hasher};
 
+use caas_rules::policy::Policy;
 use serde::Serialize;
 
 /// Reports held for the next batch, of each kind; past it, new ones are
@@ -44,6 +50,58 @@ pub struct EdgeSpan {
 pub enum Decision {
     Allow,
     Preflight,
+}
+
+impl Decision {
+    const ALL: [Decision; 2] = [Decision::Allow, Decision::Preflight];
+}
+
+/// The filter's allows and preflights on each policy's routes, not yet
+/// taken by ext-authz.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally([[u64; Decision::ALL.len()]; Policy::ALL.len()]);
+
+#[derive(Serialize)]
+struct Count {
+    policy: &'static str,
+    decision: Decision,
+    count: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, policy: Policy, decision: Decision) {
+        let n = &mut self.0[policy.index()][decision as usize];
+        *n = n.saturating_add(1);
+    }
+
+    /// Every count so far, as the body of a call, and the counts it carries
+    /// (`restore` them if the call is not answered 200); none when there is
+    /// nothing to count.
+    pub fn batch(&mut self) -> Option<(Vec<u8>, Tally)> {
+        let taken = std::mem::take(self);
+        let mut decisions = Vec::new();
+        for (policy, counts) in Policy::ALL.iter().zip(&taken.0) {
+            for (decision, &count) in Decision::ALL.iter().zip(counts) {
+                if count > 0 {
+                    decisions.push(Count { policy: policy.as_str(), decision: *decision, count });
+                }
+            }
+        }
+        if decisions.is_empty() {
+            return None;
+        }
+        let body = serde_json::to_vec(&serde_json::json!({ "decisions": decisions })).ok()?;
+        Some((body, taken))
+    }
+
+    /// Counts a call did not deliver, kept for the next one.
+    pub fn restore(&mut self, taken: Tally) {
+        for (ours, theirs) in self.0.iter_mut().zip(taken.0) {
+            for (n, m) in ours.iter_mut().zip(theirs) {
+                *n = n.saturating_add(m);
+            }
+        }
+    }
 }
 
 /// Ids for new traces and spans: unique, not secret (a span id names a

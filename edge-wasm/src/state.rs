@@ -21,7 +21,7 @@ use serde::Deserialize;
 use crate::api_keys::{ApiKeys, KeysAnswer};
 use crate::lease::Leases;
 use crate::lists::{ListMiss, TenantLists, WhitelistAnswer, ask_once};
-use crate::reports::{Denials, Ids, Spans};
+use crate::reports::{Denials, Ids, Spans, Tally};
 
 /// Past this since the last confirmed poll was sent, the filter decides
 /// nothing (milliseconds).
@@ -179,6 +179,8 @@ pub struct State {
     pub spans: Spans,
     /// The refusals the filter answered, for ext-authz to log and count.
     pub denials: Denials,
+    /// The allows and preflights the filter made, for ext-authz to count.
+    pub decisions: Tally,
 }
 
 impl State {

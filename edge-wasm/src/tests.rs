@@ -2,6 +2,7 @@
 //! held to the Check's in ext-authz/src/tests/edge.rs).
 
 use caas_rules::jwt::{Audience, Claims, JwtKeys};
+use caas_rules::policy::Policy;
 use caas_rules::secret::Secret;
 use serde_json::json;
 
@@ -954,4 +955,31 @@ fn refusals_are_answered_here_only_where_ext_authz_would_answer_them_the_same() 
     // A guess (a bad signature) is ext-authz's, which counts it.
     let forged = signed(&claims_for("ses_1", Audience::Sdk), &"x".repeat(40));
     assert_eq!(verdict_with_token(&mut state, &forged, &[], NOW_MS), Verdict::Forward(Miss::Refused));
+}
+
+#[test]
+fn allows_and_preflights_are_counted_per_policy_and_kept_until_ext_authz_takes_them() {
+    use crate::reports::{Decision, Tally};
+    let mut tally = Tally::default();
+    assert!(tally.batch().is_none(), "nothing to send");
+    for _ in 0..3 {
+        tally.add(Policy::EndUser, Decision::Allow);
+    }
+    tally.add(Policy::Public, Decision::Preflight);
+    let (body, taken) = tally.batch().unwrap();
+    let sent: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        sent,
+        json!({ "decisions": [
+            { "policy": "public", "decision": "preflight", "count": 1 },
+            { "policy": "end_user", "decision": "allow", "count": 3 },
+        ] })
+    );
+    assert!(tally.batch().is_none(), "taken with the batch");
+    // Not taken (ext-authz did not answer 200): added to what came since.
+    tally.add(Policy::EndUser, Decision::Allow);
+    tally.restore(taken);
+    let (body, _) = tally.batch().unwrap();
+    let sent: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(sent["decisions"][1], json!({ "policy": "end_user", "decision": "allow", "count": 4 }));
 }

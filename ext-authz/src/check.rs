@@ -406,6 +406,13 @@ impl Authorizer {
         count
     }
 
+    /// Counts `count` allows or preflights (`decision`) the in-proxy filter
+    /// made on `policy`'s routes, as `observe` counts a Check's.
+    pub fn count_edge_decisions(&self, policy: Policy, decision: &'static str, count: u64) {
+        let policy = policy_label(Some(policy));
+        self.metrics.requests.get_or_create(&[("policy", policy), ("decision", decision)]).inc_by(count);
+    }
+
     /// Logs and counts a refusal the in-proxy filter answered itself, as
     /// `observe` does a Check's (the same line, with `edge`).
     pub fn record_edge_denial(&self, report: &crate::edge::EdgeDenial, policy: Policy, denial: Denial) {

@@ -43,6 +43,9 @@
 //!   `MAX_SPANS` a call), when the material says spans are exported: each
 //!   is exported as a Check's span is, marked `caas.decided_by: edge`, so a
 //!   trace shows the gateway's decision whichever of the two made it.
+//! - `POST /edge/v1/decisions`: how many allows and preflights the filter
+//!   made on each policy's routes since its last call, added to
+//!   `gateway_requests_total`, so that metric counts every decision.
 //!
 //! Only the gateway may read it: every request must carry the caller token
 //! (EXT_AUTHZ_CALLER_TOKEN, header `x-caas-edge-token`), compared in constant
@@ -88,6 +91,11 @@ const MAX_DENIALS_BODY: usize = 512 * 1024;
 /// Spans sent in one call, at most, and the body that carries them.
 pub const MAX_SPANS: usize = 512;
 const MAX_SPANS_BODY: usize = 512 * 1024;
+/// Counts sent in one call, at most (one per policy and decision), the
+/// largest count, and the body that carries them.
+pub const MAX_COUNTS: usize = 64;
+pub const MAX_COUNT: u64 = 1_000_000_000_000;
+const MAX_COUNTS_BODY: usize = 16 * 1024;
 
 pub use crate::material::EdgeMaterial;
 
@@ -500,16 +508,8 @@ impl EdgeSpan {
         if !self.parent_span_id.is_empty() && !is_span_id(&self.parent_span_id) {
             return Some("parent_span_id must be empty or a W3C span id");
         }
-        use caas_rules::policy::Policy;
-        let made = match (self.decision.as_str(), Policy::parse(&self.policy)) {
-            ("allow", Some(_)) => true,
-            ("preflight", Some(policy)) => policy.browser_facing(),
-            _ => false,
-        };
-        if !made {
-            return Some(
-                "decision and policy must be ones the filter makes (allow on any policy; preflight where browsers may call)",
-            );
+        if made(&self.decision, &self.policy).is_none() {
+            return Some(MADE);
         }
         if self.tenant_id.len() > 128 || self.request_id.len() > 128 {
             return Some("tenant_id and request_id are at most 128 bytes");
@@ -519,6 +519,66 @@ impl EdgeSpan {
         }
         None
     }
+}
+
+/// What a decision the filter reports must be.
+const MADE: &str =
+    "decision and policy must be ones the filter makes (allow on any policy; preflight where browsers may call)";
+
+/// A decision the filter makes (`allow` on any route, `preflight` on one
+/// browsers may call), as the policy and `gateway_requests_total`'s label.
+fn made(decision: &str, policy: &str) -> Option<(caas_rules::policy::Policy, &'static str)> {
+    let policy = caas_rules::policy::Policy::parse(policy)?;
+    match decision {
+        "allow" => Some((policy, "allow")),
+        "preflight" if policy.browser_facing() => Some((policy, "preflight")),
+        _ => None,
+    }
+}
+
+/// How many of one kind of decision the filter made (edge-wasm/src/reports.rs, `Tally`).
+#[derive(serde::Deserialize)]
+pub struct EdgeCount {
+    pub policy: String,
+    pub decision: String,
+    pub count: u64,
+}
+
+#[derive(serde::Deserialize)]
+pub struct EdgeCounts {
+    pub decisions: Vec<EdgeCount>,
+}
+
+/// Counts the filter's allows and preflights in `gateway_requests_total`
+/// with the Checks', so that metric (and the refusal-ratio alert over it,
+/// deploy/monitoring/alerts.yml) sees every decision whoever made it. A
+/// malformed or oversized batch is refused whole (400), with the problem
+/// named; the filter then keeps its counts for the next call. Answers
+/// `{"counted": n}` (the decisions counted).
+pub async fn decisions(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let sent: EdgeCounts = match gateway_json(&feed, &headers, &body, "decision counts") {
+        Ok(sent) => sent,
+        Err(refusal) => return *refusal,
+    };
+    if sent.decisions.len() > MAX_COUNTS {
+        return bad(format!("decisions: at most {MAX_COUNTS} at once"));
+    }
+    let mut read = Vec::with_capacity(sent.decisions.len());
+    for (i, count) in sent.decisions.iter().enumerate() {
+        let Some(made) = made(&count.decision, &count.policy) else {
+            return bad(format!("decisions[{i}]: {MADE}"));
+        };
+        if !(1..=MAX_COUNT).contains(&count.count) {
+            return bad(format!("decisions[{i}]: count must be 1 to {MAX_COUNT}"));
+        }
+        read.push((made, count.count));
+    }
+    let mut counted = 0;
+    for ((policy, decision), count) in read {
+        feed.authorizer.count_edge_decisions(policy, decision, count);
+        counted += count;
+    }
+    private(json!({ "counted": counted }))
 }
 
 /// Exports the filter's decisions as spans; a malformed or oversized batch is
@@ -742,6 +802,10 @@ pub fn router(feed: Arc<EdgeFeed>) -> axum::Router {
         .route(
             "/edge/v1/denials",
             axum::routing::post(denials).layer(axum::extract::DefaultBodyLimit::max(MAX_DENIALS_BODY)),
+        )
+        .route(
+            "/edge/v1/decisions",
+            axum::routing::post(decisions).layer(axum::extract::DefaultBodyLimit::max(MAX_COUNTS_BODY)),
         )
         .with_state(feed)
 }

@@ -39,10 +39,20 @@ async fn logged_within(node: &Node, matches: impl Fn(&Value) -> bool) -> bool {
 
 /// ext-authz's `gateway_auth_failures_total`, every label summed.
 async fn auth_failures(node: &Node) -> u64 {
+    ext_authz_sum(node, "gateway_auth_failures_total{").await
+}
+
+/// ext-authz's `gateway_requests_total` (every decision), every label summed.
+async fn decisions(node: &Node) -> u64 {
+    ext_authz_sum(node, "gateway_requests_total{").await
+}
+
+/// The sum of ext-authz's series whose line starts with `prefix`.
+async fn ext_authz_sum(node: &Node, prefix: &str) -> u64 {
     let url = format!("http://{}/metrics", node.stack.ext_authz_ops);
     let text = client().get(url).send().await.unwrap().text().await.unwrap();
     text.lines()
-        .filter(|line| line.starts_with("gateway_auth_failures_total{"))
+        .filter(|line| line.starts_with(prefix))
         .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
@@ -165,6 +175,9 @@ async fn the_fast_path_answers_as_ext_authz_does() {
     tampered.pop();
     tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
 
+    // Each run's own (auth-api limits sign-ins per email, in the database).
+    let nobody = format!("{}@edge.example", caas_core::id::new_id("nobody").to_lowercase());
+    let nobody = nobody.as_str();
     type Case<'a> = (&'a str, Box<dyn Fn(&reqwest::Client, &Node) -> reqwest::RequestBuilder + 'a>);
     let bearer = |t: String, path: &'static str| {
         Box::new(move |http: &reqwest::Client, n: &Node| http.get(n.url(path)).bearer_auth(&t))
@@ -239,7 +252,7 @@ async fn the_fast_path_answers_as_ext_authz_does() {
             Box::new(|http, n| {
                 http.post(n.url("/v1/client/login"))
                     .header("origin", "https://app.edge.example")
-                    .json(&serde_json::json!({"email": "nobody@edge.example", "password": "not-the-password-1"}))
+                    .json(&serde_json::json!({"email": nobody, "password": "not-the-password-1"}))
             }),
         ),
         (
@@ -274,6 +287,7 @@ async fn the_fast_path_answers_as_ext_authz_does() {
     let preflights = stat(fast, "caas_edge.preflights").await;
     let denied = stat(fast, "caas_edge.denied").await;
     let failures = auth_failures(fast).await;
+    let decided_before = decisions(fast).await;
     for (name, request) in &cases {
         let on = send(request(&http, fast)).await;
         let off = send(request(&http, slow)).await;
@@ -307,6 +321,14 @@ async fn the_fast_path_answers_as_ext_authz_does() {
     assert!(counted.is_some(), "ext-authz did not count the filter's refusals with its own");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(auth_failures(fast).await - failures, 12, "a refusal counted twice");
+    // ext-authz's `gateway_requests_total` counted every request once,
+    // whoever decided it: the filter sends its allows' and preflights'
+    // counts (the refusal ratio's denominator, deploy/monitoring/alerts.yml).
+    let all = cases.len() as u64;
+    let counted = within(Duration::from_secs(2), || async { decisions(fast).await - decided_before >= all }).await;
+    assert!(counted.is_some(), "ext-authz counted {} of {all} decisions", decisions(fast).await - decided_before);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(decisions(fast).await - decided_before, all, "a decision counted twice");
     // The public and refresh routes' requests were the filter's (they need
     // nothing looked up), as Envoy's access log says.
     for path in ["/v1/client/login", "/v1/sdk/refresh", "/console/caas-client.js"] {

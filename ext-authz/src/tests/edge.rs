@@ -1004,3 +1004,59 @@ async fn the_denials_endpoint_counts_the_filters_refusals_as_the_checks_and_serv
     }
     assert_eq!(failures("end_user", "session_revoked"), 0, "a refused batch counts nothing");
 }
+
+/// The filter's allows and preflights are counted in `gateway_requests_total`
+/// with the Checks' (so a ratio over it sees every decision); only the
+/// gateway may report them, and only decisions the filter makes.
+#[tokio::test]
+async fn the_decisions_endpoint_counts_the_filters_allows_with_the_checks_and_serves_the_gateway_only() {
+    let f = fixture().await;
+    let token = f.token.clone();
+    let authorizer = Arc::new(f.authorizer);
+    let (feed, gateway) = gateway_feed(&authorizer);
+    let call = |headers: axum::http::HeaderMap, body: String| post(crate::edge::decisions, feed.clone(), headers, body);
+    let requests = |policy: &'static str, decision: &'static str| {
+        authorizer.metrics().requests.get_or_create(&[("policy", policy), ("decision", decision)]).get()
+    };
+    let count = |policy: &str, decision: &str, count: u64| serde_json::json!({ "policy": policy, "decision": decision, "count": count });
+    let batch = serde_json::json!({ "decisions": [
+        count("end_user", "allow", 40),
+        count("public", "allow", 2),
+        count("refresh", "preflight", 3),
+    ] });
+    assert_eq!(call(axum::http::HeaderMap::new(), batch.to_string()).await.0, 403);
+    assert_eq!(requests("end_user", "allow"), 0);
+    let (status, answer) = call(gateway.clone(), batch.to_string()).await;
+    assert_eq!((status, answer["counted"].as_u64()), (200, Some(45)));
+    assert_eq!(
+        (requests("end_user", "allow"), requests("public", "allow"), requests("refresh", "preflight")),
+        (40, 2, 3)
+    );
+    // With the Checks': one allowed by ext-authz itself adds to the same series.
+    let bearer = format!("Bearer {token}");
+    let headers = [("authorization", bearer.as_str()), ("x-request-id", "r1")];
+    authorizer.check(request(Some("end_user"), "GET", "/v1/messages", &headers, "127.0.0.1")).await;
+    assert_eq!(requests("end_user", "allow"), 41);
+    // What the filter sends (edge-wasm/src/reports.rs) is what this takes.
+    let mut tally = caas_edge_wasm::reports::Tally::default();
+    tally.add(caas_rules::policy::Policy::Dashboard, caas_edge_wasm::reports::Decision::Allow);
+    tally.add(caas_rules::policy::Policy::EndUser, caas_edge_wasm::reports::Decision::Preflight);
+    let (sent, _) = tally.batch().unwrap();
+    let (status, answer) = call(gateway.clone(), String::from_utf8(sent).unwrap()).await;
+    assert_eq!((status, answer["counted"].as_u64()), (200, Some(2)));
+    assert_eq!((requests("dashboard", "allow"), requests("end_user", "preflight")), (1, 1));
+    let many: Vec<serde_json::Value> = (0..=crate::edge::MAX_COUNTS).map(|_| count("end_user", "allow", 1)).collect();
+    let body = |decisions: Vec<serde_json::Value>| serde_json::json!({ "decisions": decisions }).to_string();
+    for (body, says) in [
+        ("{}".to_string(), "missing field"),
+        (body(vec![count("api_key", "preflight", 1)]), "decision and policy"),
+        (body(vec![count("nope", "allow", 1)]), "decision and policy"),
+        (body(vec![count("end_user", "allow", 5), count("end_user", "deny", 1)]), "decisions[1]: decision and policy"),
+        (body(vec![count("end_user", "allow", 0)]), "count must be"),
+        (body(vec![count("end_user", "allow", crate::edge::MAX_COUNT + 1)]), "count must be"),
+        (body(many), "at most 64"),
+    ] {
+        assert_bad_request(call(gateway.clone(), body.clone()).await, &body, says);
+    }
+    assert_eq!(requests("end_user", "allow"), 41, "a refused batch counts nothing");
+}
