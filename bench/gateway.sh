@@ -25,6 +25,9 @@
 #   d'  (d) with CORS preflights (OPTIONS, Origin, Access-Control-Request-Method):
 #       ext-authz answers them 204
 #   j   (f) with those preflights: the filter answers them itself
+#   d''' Envoy ext_authz -> caas ext-authz, a refresh route's request
+#       without a credential (its refresh token is in the body, for auth-api)
+#   l   (f) with those requests: the filter allows them itself
 # ext-authz runs with QUOTAS_ENABLED=false: one bench user would otherwise
 # be held to the per-user quota (50/s), and the fast path counts only where
 # ext-authz does.
@@ -116,6 +119,8 @@ for round in $(seq "$ROUNDS"); do
   EXPECT=401 run k f /bench/jwt "authorization: Bearer $EXPIRED" "$AUTHZ" >> "$RESULTS"
   METHOD=OPTIONS EXPECT=204 EXTRA_HEADER="access-control-request-method: POST" run d2 d /bench/jwt "origin: https://app.bench.example" "$AUTHZ" >> "$RESULTS"
   METHOD=OPTIONS EXPECT=204 EXTRA_HEADER="access-control-request-method: POST" run j f /bench/jwt "origin: https://app.bench.example" "$AUTHZ" >> "$RESULTS"
+  METHOD=POST run d4 d /bench/refresh "x-bench: $round" "$AUTHZ" >> "$RESULTS"
+  METHOD=POST run l f /bench/refresh "x-bench: $round" "$AUTHZ" >> "$RESULTS"
 done
 
 python3 - "$RESULTS" "$TICK" "$CONNECTIONS" "$DURATION" <<'PY'
@@ -133,15 +138,16 @@ names = {"a": "Envoy, no auth", "b": "Envoy jwt_authn (HS256, local JWKS)", "c":
          "e2": "(e) with OPTIONS requests", "h": "(g) with OPTIONS requests: the filter forwards (miss path)",
          "e3": "(e) with a key that exists nowhere (401)", "i": "(g) with that key: the filter forwards (miss path)",
          "d2": "(d) with CORS preflights (ext-authz answers 204)", "j": "(f) with those preflights: the filter answers them",
-         "d3": "(d) with an expired token (ext-authz answers 401)", "k": "(f) with that token: the filter answers the 401"}
+         "d3": "(d) with an expired token (ext-authz answers 401)", "k": "(f) with that token: the filter answers the 401",
+         "d4": "Envoy + caas ext-authz, refresh route, no credential", "l": "(f) on that route: the filter allows it"}
 print(f"wrk -t1 -c{sys.argv[3]} -d{sys.argv[4]}, Envoy --concurrency 1, median of {len(by['a'])} interleaved rounds\n")
 print("| variant | req/s | vs (a) | vs (c) | vs (c') | p99 | non-2xx | authz server CPU µs/check | Envoy CPU µs/req |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 cpu = lambda k: med(k, 5) / tick / med(k, 2) * 1e6
-for k in ["a", "b", "c", "c2", "d", "e", "f", "g", "e2", "h", "e3", "i", "d2", "j", "d3", "k"]:
+for k in ["a", "b", "c", "c2", "d", "e", "f", "g", "e2", "h", "e3", "i", "d2", "j", "d3", "k", "d4", "l"]:
     rps = med(k, 1)
     authz = "—" if k in "ab" else f"{cpu(k):.1f}"
-    label = {"c2": "c'", "e2": "e'", "e3": "e''", "d2": "d'", "d3": "d''"}.get(k, k)
+    label = {"c2": "c'", "e2": "e'", "e3": "e''", "d2": "d'", "d3": "d''", "d4": "d'''"}.get(k, k)
     print(f"| ({label}) {names[k]} | {rps:,.0f} | {rps / med('a', 1):.2f} | {rps / med('c', 1):.2f} | {rps / med('c2', 1):.2f} | {by[k][0][3]} | {int(med(k, 4))} | {authz} | {med(k, 6) / tick / med(k, 2) * 1e6:.1f} |")
 for k in "defg":
     reqs = sum(float(r[2]) for r in by[k])
@@ -155,6 +161,7 @@ print(f"fast path, miss path (h): {med('h', 1) / med('e2', 1):.2f}x of caas ext-
 print(f"fast path, miss path (i), an unknown key: {med('i', 1) / med('e3', 1):.2f}x of caas ext-authz with the same key (e'')")
 print(f"fast path, CORS preflights (j): {med('j', 1) / med('d2', 1):.2f}x of caas ext-authz answering them (d')")
 print(f"fast path, an expired token refused (k): {med('k', 1) / med('d3', 1):.2f}x of caas ext-authz refusing it (d'')")
+print(f"fast path, a refresh route without a credential (l): {med('l', 1) / med('d4', 1):.2f}x of caas ext-authz (d''')")
 ours = (cpu("d") + cpu("e")) / 2
 print(f"\next-authz CPU per check / do-nothing server's: {ours / cpu('c'):.2f} vs (c), {ours / cpu('c2'):.2f} vs (c') (d and e averaged)")
 PY

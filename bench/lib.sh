@@ -82,8 +82,8 @@ YAML
 }
 
 # config NAME FILTER [AUTHZ_PORT] [HTTP2_OPTIONS]: writes $WORK/NAME.yaml, a
-# listener on 127.0.0.1:18000 with two direct_response routes (JWT and API-key
-# policy) behind FILTER.
+# listener on 127.0.0.1:18000 with three direct_response routes (JWT,
+# API-key and refresh policy) behind FILTER.
 config() {
   local name=$1 filter=$2 port=${3:-9291} h2=${4:-$DEFAULT_H2}
   cat > "$WORK/$name.yaml" <<YAML
@@ -123,6 +123,13 @@ $filter
                   envoy.filters.http.ext_authz:
                     "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
                     check_settings: { context_extensions: { policy: api_key } }
+              - match: { path: /bench/refresh }
+                metadata: { filter_metadata: { caas: { policy: refresh } } }
+                direct_response: { status: 200, body: { inline_string: ok } }
+                typed_per_filter_config:
+                  envoy.filters.http.ext_authz:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                    check_settings: { context_extensions: { policy: refresh } }
   clusters:
   - name: authz
     type: STATIC
