@@ -100,9 +100,9 @@ pub enum Miss {
     /// The route declares no policy (and the feed sent no table that names one).
     Policy,
     /// Not a request the filter judges: OPTIONS that is not a preflight, an upgrade
-    /// other than a WebSocket's on an end-user route, a socket's token in
-    /// the query, a credential in the query, path not canonical, no client
-    /// address, a header value that is not UTF-8.
+    /// other than a WebSocket's on an end-user route, a credential in the
+    /// query, path not canonical, no client address, a header value that is
+    /// not UTF-8.
     Unusual,
     /// Would be refused, and ext-authz answers it: a guess (which it counts
     /// against the address), or any refusal in shadow mode or while spans
@@ -335,10 +335,15 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
     if policy != Policy::EndUser && req.headers.contains("upgrade") {
         return Err(Miss::Unusual.into());
     }
+    let mut token_in_query = false;
     let (ctx, cors_origin) = match policy {
         Policy::ApiKey => (with_api_key(state, req, key, Policy::ApiKey, now, now_ms)?, None),
         Policy::Dashboard => (as_dashboard(state, req, now)?, None),
-        Policy::EndUser => as_end_user(state, req, now, now_ms)?,
+        Policy::EndUser => {
+            let (ctx, origin, source) = as_end_user(state, req, now, now_ms)?;
+            token_in_query = source == TokenSource::Query;
+            (ctx, origin)
+        }
         Policy::Refresh => as_refresh(state, req, key, now, now_ms)?,
         Policy::Public => (anonymous(public_client(state, req)?), None),
     };
@@ -346,6 +351,11 @@ fn judge(state: &mut State, req: &Request<'_>, now: i64, now_ms: u64) -> Result<
     // Held since the top (`current`); looked up again past the lease's write.
     let keys = state.keys.as_ref().ok_or(Miss::NotCurrent)?;
     let (mut set, mut remove) = mutations(&keys.signer, &ctx, req, now);
+    // A socket's token in the query goes no further: taken out of the path
+    // as ext-authz's answer (`strip_query`) has Envoy take it out.
+    if token_in_query {
+        set.push((":path", request::without_query_params(req.path, &[request::TOKEN_PARAM])));
+    }
     let span = match keys.trace_export {
         true => {
             let traced = Traced::of(&mut state.ids, req);
@@ -481,13 +491,8 @@ fn as_end_user<'r>(
     req: &Request<'r>,
     now: i64,
     now_ms: u64,
-) -> Result<(RequestContext, Option<&'r str>), NotAllowed> {
+) -> Result<(RequestContext, Option<&'r str>, TokenSource), NotAllowed> {
     let (token, source) = request::end_user_token(|name| req.header(name), req.path).map_err(|_| Miss::Refused)?;
-    // A socket's token in the query is taken out of the path on its way
-    // (ext-authz's `strip_query`): left to ext_authz.
-    if source == TokenSource::Query {
-        return Err(Miss::Unusual.into());
-    }
     let socket = request::is_websocket_upgrade(req.header("upgrade"));
     let (claims, origin) = sdk_token(state, req, token, Policy::EndUser, now, now_ms)?;
     client(state, req)?;
@@ -508,7 +513,7 @@ fn as_end_user<'r>(
         // A socket outlives its upgrade and closes when its token expires.
         token_expires_at: socket.then_some(claims.exp),
     };
-    Ok((ctx, origin))
+    Ok((ctx, origin, source))
 }
 
 /// core validate.rs `validate_token` for an end user's token (aud

@@ -525,13 +525,20 @@ fn a_socket_is_decided_here_on_end_user_routes_only_with_its_tokens_expiry() {
     let Verdict::Allow(allow) = ask(&mut state, "end_user", "/v1/ws", &socket) else { panic!("not allowed") };
     let set: std::collections::HashMap<_, _> = allow.set.iter().cloned().collect();
     assert_eq!(set.get("x-caas-token-expires-at"), Some(&(NOW + 900).to_string()));
-    // Not on another route, not another upgrade, not a token in the query
-    // (ext-authz takes it out of the path).
+    assert!(!set.contains_key(":path"), "the path is left as it is");
+    // Not on another route, not another upgrade.
     assert_eq!(ask(&mut state, "api_key", "/v1/ws", &socket), Verdict::Forward(Miss::Unusual));
     let h2c = [("upgrade", "h2c"), ("sec-websocket-protocol", subprotocol.as_str())];
     assert_eq!(ask(&mut state, "end_user", "/v1/ws", &h2c), Verdict::Forward(Miss::Unusual));
-    let query = format!("/v1/ws?token={}", token("ses_1"));
-    assert_eq!(ask(&mut state, "end_user", &query, &[("upgrade", "websocket")]), Verdict::Forward(Miss::Unusual));
+    // A token in the query: taken out of the path on its way, as ext-authz
+    // has Envoy do (the rest of the query as Envoy writes it back).
+    let query = format!("/v1/ws?v=2&token={}&a=1", token("ses_1"));
+    let Verdict::Allow(allow) = ask(&mut state, "end_user", &query, &[("upgrade", "websocket")]) else {
+        panic!("a socket's token in the query is the filter's too")
+    };
+    let set: std::collections::HashMap<_, _> = allow.set.iter().cloned().collect();
+    assert_eq!(set.get(":path").map(String::as_str), Some("/v1/ws?a=1&v=2"));
+    assert_eq!(set.get("x-caas-token-expires-at"), Some(&(NOW + 900).to_string()));
     // A plain request carries no expiry.
     let bearer = format!("Bearer {}", token("ses_1"));
     let Verdict::Allow(allow) = ask(&mut state, "end_user", "/v1/messages", &[("authorization", bearer.as_str())])

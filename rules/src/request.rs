@@ -28,6 +28,39 @@ pub fn query_of(path: &str) -> &str {
     path.split_once('?').map_or("", |(_, query)| query)
 }
 
+/// `path` as Envoy rewrites it when an ext_authz answer asks it to remove
+/// the query parameters `names` (its `QueryParamsMulti`): the query is read
+/// as `&`-separated parameters, not decoded, a final empty one dropped, a
+/// parameter without `=` taking an empty value; they are grouped by name,
+/// names in byte order and each name's values in their order; the named
+/// ones are dropped and the rest written back as `?name=value&…` (no `?`
+/// when none is left). So the filter, which removes a socket's `token`
+/// itself, hands on the very path ext_authz's answer would have.
+pub fn without_query_params(path: &str, names: &[&str]) -> String {
+    let Some((before, query)) = path.split_once('?') else { return path.to_string() };
+    let mut parameters: Vec<&str> = query.split('&').collect();
+    if query.is_empty() || query.ends_with('&') {
+        parameters.pop();
+    }
+    let mut by_name: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for parameter in parameters {
+        let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+        by_name.entry(name).or_default().push(value);
+    }
+    let mut out = before.to_string();
+    let mut separator = '?';
+    for (name, values) in by_name.iter().filter(|(name, _)| !names.contains(name)) {
+        for value in values {
+            out.push(separator);
+            out.push_str(name);
+            out.push('=');
+            out.push_str(value);
+            separator = '&';
+        }
+    }
+    out
+}
+
 /// The `Authorization` value's bearer token. Two headers arrive joined by a
 /// comma, which no token contains: refused as malformed.
 pub fn bearer(authorization: Option<&str>) -> Result<&str, Denial> {
@@ -123,6 +156,23 @@ mod tests {
 
     fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a str> {
         move |name| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
+    #[test]
+    fn query_parameters_are_removed_as_envoy_removes_them() {
+        let strip = |path| without_query_params(path, &[TOKEN_PARAM]);
+        assert_eq!(strip("/v1/ws?token=t"), "/v1/ws");
+        assert_eq!(strip("/v1/ws"), "/v1/ws");
+        assert_eq!(strip("/v1/ws?"), "/v1/ws");
+        // The rest is sorted by name, each name's values kept in order.
+        assert_eq!(strip("/v1/ws?z=1&token=t&a=2&z=0"), "/v1/ws?a=2&z=1&z=0");
+        // Not decoded; a bare name gets `=`; empty parameters are names too,
+        // but not a final one.
+        assert_eq!(strip("/v1/ws?b%20c&&token=t&"), "/v1/ws?=&b%20c=");
+        // Every `token`, bare or not; `tokens` is another name.
+        assert_eq!(strip("/v1/ws?token&token=t&tokens=x"), "/v1/ws?tokens=x");
+        assert_eq!(strip("/v1/ws?&"), "/v1/ws?=");
+        assert_eq!(strip("/v1/ws?a==b"), "/v1/ws?a==b");
     }
 
     #[test]

@@ -133,6 +133,16 @@ fn answer(r: &Reply) -> BTreeMap<String, String> {
     out
 }
 
+/// What the echo upstream saw of a WebSocket upgrade to `path` through
+/// `node` (its first frame).
+async fn echoed_upgrade(node: &Node, path: &str) -> Value {
+    use futures_util::StreamExt as _;
+    let url = format!("ws://{}{path}", node.gateway);
+    let (mut stream, _) = tokio_tungstenite::connect_async(url).await.expect("the upgrade was refused");
+    let frame = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+    serde_json::from_str(frame.to_text().unwrap()).unwrap()
+}
+
 fn token_with(claims: &Claims) -> String {
     JwtKeys::new("caas", &Secret::new(JWT_SECRET), None).issue(claims)
 }
@@ -350,6 +360,23 @@ async fn the_fast_path_answers_as_ext_authz_does() {
     let socket = crate::ws::connect(&fast.ws(), Some(&token), None).await;
     assert!(socket.is_ok(), "the socket did not open through the fast path");
     assert!(allowed_by_filter(fast).await > before, "the filter did not decide the socket's upgrade");
+    drop(socket);
+    // With the token in the query instead: the filter's as well, and what
+    // reaches the service is the path Envoy writes when ext-authz has it
+    // take the token out (the rest of the query sorted by name).
+    until_current(fast, &token).await;
+    let before = allowed_by_filter(fast).await;
+    let path = format!("/v1/messages?v=2&token={token}&a=1");
+    let (on, off) = (echoed_upgrade(fast, &path).await, echoed_upgrade(slow, &path).await);
+    assert_eq!(on["uri"], off["uri"], "the service got another path through the filter");
+    assert_eq!(on["uri"], "/v1/messages?a=1&v=2");
+    assert_eq!(on["headers"]["x-caas-user-id"], off["headers"]["x-caas-user-id"]);
+    assert!(
+        allowed_by_filter(fast).await > before,
+        "the filter did not decide the upgrade with the token in the query"
+    );
+    let socket = crate::ws::connect(&format!("{}?token={token}", fast.ws()), None, None).await;
+    assert!(socket.is_ok(), "the socket did not open with its token in the query");
     drop(socket);
     cluster.shutdown().await;
 }

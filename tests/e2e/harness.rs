@@ -217,6 +217,8 @@ async fn cluster_inner(
 
 /// An upstream that answers every request with what it received.
 async fn start_echo() -> SocketAddr {
+    use axum::extract::FromRequestParts as _;
+    use axum::response::IntoResponse as _;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = axum::Router::new().fallback(|request: Request| async move {
@@ -225,7 +227,17 @@ async fn start_echo() -> SocketAddr {
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
             .collect();
-        axum::Json(json!({ "method": request.method().as_str(), "uri": request.uri().to_string(), "headers": headers }))
+        let seen = json!({ "method": request.method().as_str(), "uri": request.uri().to_string(), "headers": headers });
+        // A WebSocket upgrade is taken, and what reached it is its first frame.
+        let (mut parts, _) = request.into_parts();
+        if let Ok(upgrade) = axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            return upgrade
+                .on_upgrade(move |mut socket| async move {
+                    let _ = socket.send(axum::extract::ws::Message::Text(seen.to_string().into())).await;
+                })
+                .into_response();
+        }
+        axum::Json(seen).into_response()
     });
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
