@@ -214,10 +214,14 @@ async fn a_clients_trace_id_reaches_every_log_and_the_collector() {
                 lines.iter().any(|l| l.to_string().contains(trace_id) && pred(l))
             };
             let envoy = with_trace(&|l| l["component"] == "envoy");
+            // Whoever decided logged it with the trace: ext-authz's `check`
+            // line, or (the in-proxy filter decides public routes too, once
+            // its feed is current) Envoy's line marked `edge: allow`; either
+            // way ext-authz exports the decision's span (below).
             let authz = with_trace(&|l| {
                 l["target"].as_str().is_some_and(|t| t.starts_with("caas_ext_authz"))
                     && l["fields"]["decision"] == "allow"
-            });
+            }) || with_trace(&|l| l["component"] == "envoy" && l["edge"] == "allow");
             let service = with_trace(&|l| l["fields"]["service"] == "auth-api" && l["fields"]["trace_id"] == trace_id);
             let exported: Vec<String> = spans
                 .iter()
@@ -240,8 +244,9 @@ async fn a_clients_trace_id_reaches_every_log_and_the_collector() {
         spans.lock().unwrap()
     );
 
-    // A client that sends no traceparent: ext-authz starts the trace, and
-    // Envoy's line and the service's carry it.
+    // A client that sends no traceparent: the gateway starts the trace
+    // (ext-authz, or the filter in its place), and Envoy's line and the
+    // service's carry it.
     let r = send(
         http.post(format!("{gateway}/v1/client/register"))
             .json(&json!({"name": "Untraced", "email": "untraced@example.com", "password": PASSWORD})),
@@ -258,10 +263,16 @@ async fn a_clients_trace_id_reaches_every_log_and_the_collector() {
                 .filter_map(|l| serde_json::from_str(l).ok())
                 .filter(|l: &serde_json::Value| l.to_string().contains(&request_id))
                 .collect();
-            let trace_id = lines
+            // ext-authz's `check` line names it; a request the filter
+            // allowed has none, and the trace is the one its traceparent names.
+            let checked = lines.iter().find(|l| l["fields"]["message"] == "check");
+            let passed_on = lines
                 .iter()
-                .find(|l| l["fields"]["message"] == "check")
+                .find(|l| l["component"] == "envoy" && l["edge"] == "allow")
+                .and_then(|l| l["traceparent"].as_str()?.split('-').nth(1));
+            let trace_id = checked
                 .and_then(|l| l["fields"]["trace_id"].as_str())
+                .or(passed_on)
                 .filter(|t| t.len() == 32)
                 .unwrap_or("none");
             let service =

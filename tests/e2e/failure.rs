@@ -8,7 +8,16 @@ use crate::harness::*;
 
 #[tokio::test]
 async fn ext_authz_down_means_503_never_allowed() {
-    let Some(cluster) = cluster(1, &[]).await else { return };
+    // Down means its feed too (as when its process dies): the in-proxy
+    // filter reads it through a proxy this test cuts with the kill (a
+    // killed task's open connections would otherwise go on answering).
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ops = free.local_addr().unwrap();
+    drop(free);
+    let (feed, outage) = Outage::proxy(ops).await;
+    let (ops_arg, feed_arg) = (ops.to_string(), feed.to_string());
+    let extra = ["--ext-authz-ops-addr", ops_arg.as_str(), "--edge-feed-addr", feed_arg.as_str()];
+    let Some(cluster) = cluster(1, &extra).await else { return };
     let node = cluster.node();
     let tenant = onboard(node, "down").await;
     set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
@@ -17,6 +26,13 @@ async fn ext_authz_down_means_503_never_allowed() {
     assert_eq!(send(http.get(node.url("/v1/conversations")).bearer_auth(&token)).await.status, 200);
 
     node.stack.kill_ext_authz();
+    outage.cut();
+    // The in-proxy filter decides, as ext-authz would have, until its feed
+    // has not answered for a second (docs/DESIGN.md, "The in-proxy fast
+    // path"); from then on every request goes to the dead ext_authz.
+    if node.stack.fast_path {
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+    }
     let refused = within(Duration::from_secs(5), || {
         let (http, url, token) = (http.clone(), node.url("/v1/conversations"), token.clone());
         async move { send(http.get(url).bearer_auth(&token)).await.status == 503 }
