@@ -185,9 +185,13 @@ async fn the_fast_path_answers_as_ext_authz_does() {
     tampered.pop();
     tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
 
-    // Each run's own (auth-api limits sign-ins per email, in the database).
+    // Each run's own email and address: auth-api counts failed sign-ins per
+    // email and per address (in Redis, for 15 minutes), and the rest of the
+    // suite signs in from 127.0.0.1.
     let nobody = format!("{}@edge.example", caas_core::id::new_id("nobody").to_lowercase());
-    let nobody = nobody.as_str();
+    let octet = 16 + nobody.bytes().fold(0u8, |n, b| n.wrapping_mul(31).wrapping_add(b)) % 200;
+    let stranger = format!("127.{octet}.9.1");
+    let (nobody, stranger) = (nobody.as_str(), stranger.as_str());
     type Case<'a> = (&'a str, Box<dyn Fn(&reqwest::Client, &Node) -> reqwest::RequestBuilder + 'a>);
     let bearer = |t: String, path: &'static str| {
         Box::new(move |http: &reqwest::Client, n: &Node| http.get(n.url(path)).bearer_auth(&t))
@@ -259,8 +263,9 @@ async fn the_fast_path_answers_as_ext_authz_does() {
         // the answer auth-api's.
         (
             "sign-in, wrong password",
-            Box::new(|http, n| {
-                http.post(n.url("/v1/client/login"))
+            Box::new(|_, n| {
+                client_from(&stranger)
+                    .post(n.url("/v1/client/login"))
                     .header("origin", "https://app.edge.example")
                     .json(&serde_json::json!({"email": nobody, "password": "not-the-password-1"}))
             }),
