@@ -81,6 +81,20 @@ skipped_ext_authz_filter() {
 YAML
 }
 
+# route PATH POLICY: a direct_response route declaring its CAAS policy to
+# both the fast path (route metadata) and ext_authz, as envoy/envoy.yaml does.
+route() {
+  cat <<YAML
+              - match: { path: $1 }
+                metadata: { filter_metadata: { caas: { policy: $2 } } }
+                direct_response: { status: 200, body: { inline_string: ok } }
+                typed_per_filter_config:
+                  envoy.filters.http.ext_authz:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                    check_settings: { context_extensions: { policy: $2 } }
+YAML
+}
+
 # config NAME FILTER [AUTHZ_PORT] [HTTP2_OPTIONS]: writes $WORK/NAME.yaml, a
 # listener on 127.0.0.1:18000 with three direct_response routes (JWT,
 # API-key and refresh policy) behind FILTER.
@@ -109,27 +123,9 @@ $filter
             - name: bench
               domains: ["*"]
               routes:
-              - match: { path: /bench/jwt }
-                metadata: { filter_metadata: { caas: { policy: end_user } } }
-                direct_response: { status: 200, body: { inline_string: ok } }
-                typed_per_filter_config:
-                  envoy.filters.http.ext_authz:
-                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
-                    check_settings: { context_extensions: { policy: end_user } }
-              - match: { path: /bench/key }
-                metadata: { filter_metadata: { caas: { policy: api_key } } }
-                direct_response: { status: 200, body: { inline_string: ok } }
-                typed_per_filter_config:
-                  envoy.filters.http.ext_authz:
-                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
-                    check_settings: { context_extensions: { policy: api_key } }
-              - match: { path: /bench/refresh }
-                metadata: { filter_metadata: { caas: { policy: refresh } } }
-                direct_response: { status: 200, body: { inline_string: ok } }
-                typed_per_filter_config:
-                  envoy.filters.http.ext_authz:
-                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
-                    check_settings: { context_extensions: { policy: refresh } }
+$(route /bench/jwt end_user)
+$(route /bench/key api_key)
+$(route /bench/refresh refresh)
   clusters:
   - name: authz
     type: STATIC

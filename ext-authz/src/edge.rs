@@ -549,6 +549,36 @@ pub struct EdgeCounts {
     pub decisions: Vec<EdgeCount>,
 }
 
+impl EdgeCount {
+    /// The decision it counts, and how many, if it is one the filter makes
+    /// and a count it could have made.
+    fn read(&self) -> Result<((caas_rules::policy::Policy, &'static str), u64), String> {
+        let made = made(&self.decision, &self.policy).ok_or(MADE)?;
+        if !(1..=MAX_COUNT).contains(&self.count) {
+            return Err(format!("count must be 1 to {MAX_COUNT}"));
+        }
+        Ok((made, self.count))
+    }
+}
+
+/// Each of a batch's `field` items (at most `max`) as `read` reads it; the
+/// first problem refuses the batch whole (400, naming the item).
+fn read_batch<T, R, E: std::fmt::Display>(
+    items: &[T],
+    field: &str,
+    max: usize,
+    read: impl Fn(&T) -> Result<R, E>,
+) -> Result<Vec<R>, Box<Response>> {
+    if items.len() > max {
+        return Err(Box::new(bad(format!("{field}: at most {max} at once"))));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| read(item).map_err(|problem| Box::new(bad(format!("{field}[{i}]: {problem}")))))
+        .collect()
+}
+
 /// Counts the filter's allows and preflights in `gateway_requests_total`
 /// with the Checks', so that metric (and the refusal-ratio alert over it,
 /// deploy/monitoring/alerts.yml) sees every decision whoever made it. A
@@ -560,19 +590,10 @@ pub async fn decisions(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, bo
         Ok(sent) => sent,
         Err(refusal) => return *refusal,
     };
-    if sent.decisions.len() > MAX_COUNTS {
-        return bad(format!("decisions: at most {MAX_COUNTS} at once"));
-    }
-    let mut read = Vec::with_capacity(sent.decisions.len());
-    for (i, count) in sent.decisions.iter().enumerate() {
-        let Some(made) = made(&count.decision, &count.policy) else {
-            return bad(format!("decisions[{i}]: {MADE}"));
-        };
-        if !(1..=MAX_COUNT).contains(&count.count) {
-            return bad(format!("decisions[{i}]: count must be 1 to {MAX_COUNT}"));
-        }
-        read.push((made, count.count));
-    }
+    let read = match read_batch(&sent.decisions, "decisions", MAX_COUNTS, EdgeCount::read) {
+        Ok(read) => read,
+        Err(refusal) => return *refusal,
+    };
     let mut counted = 0;
     for ((policy, decision), count) in read {
         feed.authorizer.count_edge_decisions(policy, decision, count);
@@ -589,11 +610,8 @@ pub async fn spans(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: 
         Ok(sent) => sent,
         Err(refusal) => return *refusal,
     };
-    if sent.spans.len() > MAX_SPANS {
-        return bad(format!("spans: at most {MAX_SPANS} at once"));
-    }
-    if let Some((i, problem)) = sent.spans.iter().enumerate().find_map(|(i, s)| s.problem().map(|p| (i, p))) {
-        return bad(format!("spans[{i}]: {problem}"));
+    if let Err(refusal) = read_batch(&sent.spans, "spans", MAX_SPANS, |s| s.problem().map_or(Ok(()), Err)) {
+        return *refusal;
     }
     let exported = feed.authorizer.export_edge_spans(sent.spans);
     private(json!({ "exported": exported }))
@@ -656,16 +674,10 @@ pub async fn denials(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body
         Ok(sent) => sent,
         Err(refusal) => return *refusal,
     };
-    if sent.denials.len() > MAX_DENIALS {
-        return bad(format!("denials: at most {MAX_DENIALS} at once"));
-    }
-    let mut read = Vec::with_capacity(sent.denials.len());
-    for (i, denial) in sent.denials.iter().enumerate() {
-        match denial.read() {
-            Ok(known) => read.push(known),
-            Err(problem) => return bad(format!("denials[{i}]: {problem}")),
-        }
-    }
+    let read = match read_batch(&sent.denials, "denials", MAX_DENIALS, EdgeDenial::read) {
+        Ok(read) => read,
+        Err(refusal) => return *refusal,
+    };
     for (report, (policy, denial)) in sent.denials.iter().zip(read) {
         feed.authorizer.record_edge_denial(report, policy, denial);
     }

@@ -264,7 +264,7 @@ async fn the_fast_path_answers_as_ext_authz_does() {
         (
             "sign-in, wrong password",
             Box::new(|_, n| {
-                client_from(&stranger)
+                client_from(stranger)
                     .post(n.url("/v1/client/login"))
                     .header("origin", "https://app.edge.example")
                     .json(&serde_json::json!({"email": nobody, "password": "not-the-password-1"}))
