@@ -596,6 +596,7 @@ impl Edge {
         if let Some(metrics) = &self.metrics {
             metrics.forwarded(miss);
         }
+        self.state.borrow_mut().decisions.forwarded(miss);
         Action::Continue
     }
 }

@@ -11,16 +11,21 @@
 //!   does (ext-authz/src/trace.rs), and ext-authz exports them as its own
 //!   (`POST /edge/v1/spans`). A trace then shows the gateway's decision
 //!   whichever of the two made it, and the service's span has it as parent;
-//! - how many allows and preflights it made on each policy's routes
-//!   (`Tally`), always: ext-authz counts them in `gateway_requests_total`
-//!   with its own (`POST /edge/v1/decisions`), so that metric, and the
-//!   refusal ratio over it (deploy/monitoring/alerts.yml), see every
-//!   decision whoever made it.
+//! - how many allows and preflights it made on each policy's routes, and
+//!   how many requests it left to ext_authz by reason (`Tally`), always:
+//!   ext-authz counts the former in `gateway_requests_total` with its own
+//!   (`POST /edge/v1/decisions`), so that metric, and the refusal ratio
+//!   over it (deploy/monitoring/alerts.yml), see every decision whoever
+//!   made it, and both in `gateway_edge_decisions_total` and
+//!   `gateway_edge_forwarded_total`, where an operator sees what the fast
+//!   path does without scraping Envoy.
 
 use std::hash::{BuildHasher, Hasher};
 
 use caas_rules::policy::Policy;
 use serde::Serialize;
+
+use crate::decide::Miss;
 
 /// Reports held for the next batch, of each kind; past it, new ones are
 /// dropped (and counted).
@@ -56,10 +61,13 @@ impl Decision {
     const ALL: [Decision; 2] = [Decision::Allow, Decision::Preflight];
 }
 
-/// The filter's allows and preflights on each policy's routes, not yet
-/// taken by ext-authz.
+/// The filter's allows and preflights on each policy's routes, and the
+/// requests it left to ext_authz by reason, not yet taken by ext-authz.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Tally([[u64; Decision::ALL.len()]; Policy::ALL.len()]);
+pub struct Tally {
+    decided: [[u64; Decision::ALL.len()]; Policy::ALL.len()],
+    forwarded: [u64; Miss::ALL.len()],
+}
 
 #[derive(Serialize)]
 struct Count {
@@ -68,10 +76,22 @@ struct Count {
     count: u64,
 }
 
+#[derive(Serialize)]
+struct Forwarded {
+    reason: &'static str,
+    count: u64,
+}
+
 impl Tally {
     pub fn add(&mut self, policy: Policy, decision: Decision) {
-        let n = &mut self.0[policy.index()][decision as usize];
+        let n = &mut self.decided[policy.index()][decision as usize];
         *n = n.saturating_add(1);
+    }
+
+    pub fn forwarded(&mut self, miss: Miss) {
+        if let Some(i) = Miss::ALL.iter().position(|m| *m == miss) {
+            self.forwarded[i] = self.forwarded[i].saturating_add(1);
+        }
     }
 
     /// Every count so far, as the body of a call, and the counts it carries
@@ -80,26 +100,35 @@ impl Tally {
     pub fn batch(&mut self) -> Option<(Vec<u8>, Tally)> {
         let taken = std::mem::take(self);
         let mut decisions = Vec::new();
-        for (policy, counts) in Policy::ALL.iter().zip(&taken.0) {
+        for (policy, counts) in Policy::ALL.iter().zip(&taken.decided) {
             for (decision, &count) in Decision::ALL.iter().zip(counts) {
                 if count > 0 {
                     decisions.push(Count { policy: policy.as_str(), decision: *decision, count });
                 }
             }
         }
-        if decisions.is_empty() {
+        let forwarded: Vec<Forwarded> = Miss::ALL
+            .iter()
+            .zip(taken.forwarded)
+            .filter(|(_, count)| *count > 0)
+            .map(|(miss, count)| Forwarded { reason: miss.as_str(), count })
+            .collect();
+        if decisions.is_empty() && forwarded.is_empty() {
             return None;
         }
-        let body = serde_json::to_vec(&serde_json::json!({ "decisions": decisions })).ok()?;
+        let body = serde_json::to_vec(&serde_json::json!({ "decisions": decisions, "forwarded": forwarded })).ok()?;
         Some((body, taken))
     }
 
     /// Counts a call did not deliver, kept for the next one.
     pub fn restore(&mut self, taken: Tally) {
-        for (ours, theirs) in self.0.iter_mut().zip(taken.0) {
+        for (ours, theirs) in self.decided.iter_mut().zip(taken.decided) {
             for (n, m) in ours.iter_mut().zip(theirs) {
                 *n = n.saturating_add(m);
             }
+        }
+        for (n, m) in self.forwarded.iter_mut().zip(taken.forwarded) {
+            *n = n.saturating_add(m);
         }
     }
 }

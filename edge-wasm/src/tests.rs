@@ -965,7 +965,7 @@ fn refusals_are_answered_here_only_where_ext_authz_would_answer_them_the_same() 
 }
 
 #[test]
-fn allows_and_preflights_are_counted_per_policy_and_kept_until_ext_authz_takes_them() {
+fn decisions_and_forwards_are_counted_and_kept_until_ext_authz_takes_them() {
     use crate::reports::{Decision, Tally};
     let mut tally = Tally::default();
     assert!(tally.batch().is_none(), "nothing to send");
@@ -973,6 +973,7 @@ fn allows_and_preflights_are_counted_per_policy_and_kept_until_ext_authz_takes_t
         tally.add(Policy::EndUser, Decision::Allow);
     }
     tally.add(Policy::Public, Decision::Preflight);
+    tally.forwarded(Miss::NotCurrent);
     let (body, taken) = tally.batch().unwrap();
     let sent: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(
@@ -980,7 +981,7 @@ fn allows_and_preflights_are_counted_per_policy_and_kept_until_ext_authz_takes_t
         json!({ "decisions": [
             { "policy": "public", "decision": "preflight", "count": 1 },
             { "policy": "end_user", "decision": "allow", "count": 3 },
-        ] })
+        ], "forwarded": [ { "reason": "not_current", "count": 1 } ] })
     );
     assert!(tally.batch().is_none(), "taken with the batch");
     // Not taken (ext-authz did not answer 200): added to what came since.
@@ -989,4 +990,10 @@ fn allows_and_preflights_are_counted_per_policy_and_kept_until_ext_authz_takes_t
     let (body, _) = tally.batch().unwrap();
     let sent: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(sent["decisions"][1], json!({ "policy": "end_user", "decision": "allow", "count": 4 }));
+    assert_eq!(sent["forwarded"], json!([ { "reason": "not_current", "count": 1 } ]));
+    // Forwards alone are a batch too.
+    tally.forwarded(Miss::UnknownKey);
+    let (body, _) = tally.batch().unwrap();
+    let sent: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(sent, json!({ "decisions": [], "forwarded": [ { "reason": "unknown_key", "count": 1 } ] }));
 }

@@ -409,8 +409,14 @@ impl Authorizer {
     /// Counts `count` allows or preflights (`decision`) the in-proxy filter
     /// made on `policy`'s routes, as `observe` counts a Check's.
     pub fn count_edge_decisions(&self, policy: Policy, decision: &'static str, count: u64) {
-        let policy = policy_label(Some(policy));
-        self.metrics.requests.get_or_create(&[("policy", policy), ("decision", decision)]).inc_by(count);
+        let labels = [("policy", policy_label(Some(policy))), ("decision", decision)];
+        self.metrics.requests.get_or_create(&labels).inc_by(count);
+        self.metrics.edge_decisions.get_or_create(&labels).inc_by(count);
+    }
+
+    /// Counts `count` requests the in-proxy filter left to ext_authz for `reason`.
+    pub fn count_edge_forwards(&self, reason: &'static str, count: u64) {
+        self.metrics.edge_forwarded.get_or_create(&[("reason", reason)]).inc_by(count);
     }
 
     /// Logs and counts a refusal the in-proxy filter answered itself, as
@@ -426,6 +432,7 @@ impl Authorizer {
         };
         self.refused(policy, Reason::Denied(denial), &line, true);
         self.metrics.requests.get_or_create(&[("policy", policy), ("decision", "deny")]).inc();
+        self.metrics.edge_decisions.get_or_create(&[("policy", policy), ("decision", "deny")]).inc();
     }
 
     /// A refusal's log line and its refusal counters, whoever answered it

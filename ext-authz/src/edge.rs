@@ -45,7 +45,8 @@
 //!   trace shows the gateway's decision whichever of the two made it.
 //! - `POST /edge/v1/decisions`: how many allows and preflights the filter
 //!   made on each policy's routes since its last call, added to
-//!   `gateway_requests_total`, so that metric counts every decision.
+//!   `gateway_requests_total`, so that metric counts every decision, and
+//!   how many requests it left to ext_authz, by reason.
 //!
 //! Only the gateway may read it: every request must carry the caller token
 //! (EXT_AUTHZ_CALLER_TOKEN, header `x-caas-edge-token`), compared in constant
@@ -547,6 +548,35 @@ pub struct EdgeCount {
 #[derive(serde::Deserialize)]
 pub struct EdgeCounts {
     pub decisions: Vec<EdgeCount>,
+    /// Absent from an older filter's.
+    #[serde(default)]
+    pub forwarded: Vec<EdgeForwards>,
+}
+
+/// How many requests the filter left to ext_authz for one reason.
+#[derive(serde::Deserialize)]
+pub struct EdgeForwards {
+    pub reason: String,
+    pub count: u64,
+}
+
+/// Why the filter leaves a request to ext_authz (edge-wasm/src/decide.rs,
+/// `Miss::as_str`; a test holds the two to the same list): the only
+/// `reason` labels `gateway_edge_forwarded_total` takes.
+pub const FORWARD_REASONS: [&str; 8] =
+    ["not_current", "policy", "unusual", "refused", "unknown_session", "unknown_key", "address", "quota"];
+
+impl EdgeForwards {
+    fn read(&self) -> Result<(&'static str, u64), String> {
+        let reason = FORWARD_REASONS
+            .into_iter()
+            .find(|r| *r == self.reason)
+            .ok_or_else(|| format!("reason must be one of {FORWARD_REASONS:?}"))?;
+        if !(1..=MAX_COUNT).contains(&self.count) {
+            return Err(format!("count must be 1 to {MAX_COUNT}"));
+        }
+        Ok((reason, self.count))
+    }
 }
 
 impl EdgeCount {
@@ -581,7 +611,10 @@ fn read_batch<T, R, E: std::fmt::Display>(
 
 /// Counts the filter's allows and preflights in `gateway_requests_total`
 /// with the Checks', so that metric (and the refusal-ratio alert over it,
-/// deploy/monitoring/alerts.yml) sees every decision whoever made it. A
+/// deploy/monitoring/alerts.yml) sees every decision whoever made it, and
+/// in `gateway_edge_decisions_total`; and the requests it left to ext_authz
+/// in `gateway_edge_forwarded_total` by reason (what the fast path does,
+/// seen without scraping Envoy). A
 /// malformed or oversized batch is refused whole (400), with the problem
 /// named; the filter then keeps its counts for the next call. Answers
 /// `{"counted": n}` (the decisions counted).
@@ -594,6 +627,13 @@ pub async fn decisions(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, bo
         Ok(read) => read,
         Err(refusal) => return *refusal,
     };
+    let forwards = match read_batch(&sent.forwarded, "forwarded", MAX_COUNTS, EdgeForwards::read) {
+        Ok(forwards) => forwards,
+        Err(refusal) => return *refusal,
+    };
+    for (reason, count) in forwards {
+        feed.authorizer.count_edge_forwards(reason, count);
+    }
     let mut counted = 0;
     for ((policy, decision), count) in read {
         feed.authorizer.count_edge_decisions(policy, decision, count);

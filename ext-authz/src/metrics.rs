@@ -34,6 +34,11 @@ pub struct GatewayMetrics {
     pub edge_returned: Counter,
     /// The in-proxy filter's allows exported as spans (ext-authz/src/edge.rs, spans).
     pub edge_spans: Counter,
+    /// The in-proxy filter's own decisions, by policy and decision (`allow`,
+    /// `preflight`, `deny`); each also in `requests`.
+    pub edge_decisions: Family<Labels2, Counter>,
+    /// Requests the in-proxy filter left to ext_authz, by its reason.
+    pub edge_forwarded: Family<Labels, Counter>,
     /// Time inside `check`, by policy.
     pub check_seconds: Family<Labels, Histogram>,
     /// Per policy (`Policy::ALL` order, then routes without one): the allow
@@ -78,6 +83,8 @@ impl Default for GatewayMetrics {
             edge_leased: Counter::default(),
             edge_returned: Counter::default(),
             edge_spans: Counter::default(),
+            edge_decisions: Family::default(),
+            edge_forwarded: Family::default(),
             check_seconds,
             hot,
         }
@@ -134,6 +141,16 @@ impl GatewayMetrics {
             "gateway_edge_returned",
             "Of the leased requests, those the in-proxy filter gave back unspent (un-counted again)",
             self.edge_returned.clone(),
+        );
+        registry.register(
+            "gateway_edge_decisions",
+            "Decisions the in-proxy filter made itself, by policy and decision (each also in gateway_requests)",
+            self.edge_decisions.clone(),
+        );
+        registry.register(
+            "gateway_edge_forwarded",
+            "Requests the in-proxy filter left to ext_authz, by reason",
+            self.edge_forwarded.clone(),
         );
         registry.register(
             "gateway_edge_spans",

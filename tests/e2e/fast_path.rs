@@ -47,6 +47,28 @@ async fn decisions(node: &Node) -> u64 {
     ext_authz_sum(node, "gateway_requests_total{").await
 }
 
+/// The filter's Envoy stats of what it did with each request: allowed,
+/// answered (a preflight or a refusal) or left to ext_authz (by reason);
+/// read after a tick, when the filter has added its counts.
+async fn edge_stats(node: &Node) -> u64 {
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut sum = 0;
+    for name in ["caas_edge.allowed", "caas_edge.preflights", "caas_edge.denied"] {
+        sum += stat(node, name).await;
+    }
+    for reason in ["not_current", "policy", "unusual", "refused", "unknown_session", "unknown_key", "address", "quota"]
+    {
+        sum += stat(node, &format!("caas_edge.forwarded.{reason}")).await;
+    }
+    sum
+}
+
+/// The same, as the filter reported it to ext-authz.
+async fn edge_reports(node: &Node) -> u64 {
+    ext_authz_sum(node, "gateway_edge_decisions_total{").await
+        + ext_authz_sum(node, "gateway_edge_forwarded_total{").await
+}
+
 /// The sum of ext-authz's series whose line starts with `prefix`.
 async fn ext_authz_sum(node: &Node, prefix: &str) -> u64 {
     let url = format!("http://{}/metrics", node.stack.ext_authz_ops);
@@ -303,6 +325,7 @@ async fn the_fast_path_answers_as_ext_authz_does() {
     let denied = stat(fast, "caas_edge.denied").await;
     let failures = auth_failures(fast).await;
     let decided_before = decisions(fast).await;
+    let (edge_before, reported_before) = (edge_stats(fast).await, edge_reports(fast).await);
     for (name, request) in &cases {
         let on = send(request(&http, fast)).await;
         let off = send(request(&http, slow)).await;
@@ -344,6 +367,20 @@ async fn the_fast_path_answers_as_ext_authz_does() {
     assert!(counted.is_some(), "ext-authz counted {} of {all} decisions", decisions(fast).await - decided_before);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(decisions(fast).await - decided_before, all, "a decision counted twice");
+    // And ext-authz's own view of the fast path (gateway_edge_decisions_total
+    // and gateway_edge_forwarded_total) holds what the filter's Envoy stats
+    // hold: every request it decided or left to ext_authz, once.
+    let by_envoy = edge_stats(fast).await - edge_before;
+    assert!(by_envoy >= all, "the filter's stats saw {by_envoy} of {all} requests");
+    let reported =
+        within(Duration::from_secs(2), || async { edge_reports(fast).await - reported_before >= by_envoy }).await;
+    assert!(
+        reported.is_some(),
+        "ext-authz holds {} of the filter's {by_envoy}",
+        edge_reports(fast).await - reported_before
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(edge_reports(fast).await - reported_before, edge_stats(fast).await - edge_before);
     // The public and refresh routes' requests were the filter's (they need
     // nothing looked up), as Envoy's access log says.
     for path in ["/v1/client/login", "/v1/sdk/refresh", "/console/caas-client.js"] {

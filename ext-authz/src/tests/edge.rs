@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use caas_edge_wasm::decide::{Headers, Request, Verdict as EdgeVerdict, decide};
+use caas_edge_wasm::decide::{Headers, Miss, Request, Verdict as EdgeVerdict, decide};
 use caas_edge_wasm::state::State;
 use caas_rules::trace::TraceParent;
 
@@ -1052,10 +1052,24 @@ async fn the_decisions_endpoint_counts_the_filters_allows_with_the_checks_and_se
     let mut tally = caas_edge_wasm::reports::Tally::default();
     tally.add(caas_rules::policy::Policy::Dashboard, caas_edge_wasm::reports::Decision::Allow);
     tally.add(caas_rules::policy::Policy::EndUser, caas_edge_wasm::reports::Decision::Preflight);
+    for miss in [Miss::NotCurrent, Miss::NotCurrent, Miss::UnknownKey] {
+        tally.forwarded(miss);
+    }
     let (sent, _) = tally.batch().unwrap();
     let (status, answer) = call(gateway.clone(), String::from_utf8(sent).unwrap()).await;
     assert_eq!((status, answer["counted"].as_u64()), (200, Some(2)));
     assert_eq!((requests("dashboard", "allow"), requests("end_user", "preflight")), (1, 1));
+    // Counted as the filter's too, with the requests it left to ext_authz.
+    let edge = |policy: &'static str, decision: &'static str| {
+        authorizer.metrics().edge_decisions.get_or_create(&[("policy", policy), ("decision", decision)]).get()
+    };
+    let forwarded =
+        |reason: &'static str| authorizer.metrics().edge_forwarded.get_or_create(&[("reason", reason)]).get();
+    assert_eq!((edge("end_user", "allow"), edge("dashboard", "allow")), (40, 1), "not the Check's own");
+    assert_eq!((forwarded("not_current"), forwarded("unknown_key"), forwarded("quota")), (2, 1, 0));
+    // Every reason the filter gives is one ext-authz takes.
+    let reasons: Vec<&str> = Miss::ALL.iter().map(|m| m.as_str()).collect();
+    assert_eq!(reasons, crate::edge::FORWARD_REASONS);
     let many: Vec<serde_json::Value> = (0..=crate::edge::MAX_COUNTS).map(|_| count("end_user", "allow", 1)).collect();
     let body = |decisions: Vec<serde_json::Value>| serde_json::json!({ "decisions": decisions }).to_string();
     for (body, says) in [
@@ -1066,8 +1080,17 @@ async fn the_decisions_endpoint_counts_the_filters_allows_with_the_checks_and_se
         (body(vec![count("end_user", "allow", 0)]), "count must be"),
         (body(vec![count("end_user", "allow", crate::edge::MAX_COUNT + 1)]), "count must be"),
         (body(many), "at most 64"),
+        (
+            serde_json::json!({ "decisions": [], "forwarded": [{ "reason": "made_up", "count": 1 }] }).to_string(),
+            "forwarded[0]: reason must be one of",
+        ),
+        (
+            serde_json::json!({ "decisions": [], "forwarded": [{ "reason": "quota", "count": 0 }] }).to_string(),
+            "forwarded[0]: count must be",
+        ),
     ] {
         assert_bad_request(call(gateway.clone(), body.clone()).await, &body, says);
     }
     assert_eq!(requests("end_user", "allow"), 41, "a refused batch counts nothing");
+    assert_eq!(forwarded("quota"), 0, "a refused batch counts nothing");
 }
