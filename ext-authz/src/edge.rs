@@ -614,10 +614,9 @@ fn read_batch<T, R, E: std::fmt::Display>(
 /// deploy/monitoring/alerts.yml) sees every decision whoever made it, and
 /// in `gateway_edge_decisions_total`; and the requests it left to ext_authz
 /// in `gateway_edge_forwarded_total` by reason (what the fast path does,
-/// seen without scraping Envoy). A
-/// malformed or oversized batch is refused whole (400), with the problem
-/// named; the filter then keeps its counts for the next call. Answers
-/// `{"counted": n}` (the decisions counted).
+/// seen without scraping Envoy). A malformed or oversized batch is refused
+/// whole (400), with the problem named; the filter then keeps its counts
+/// for the next call. Answers `{"counted": n}` (the decisions counted).
 pub async fn decisions(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let sent: EdgeCounts = match gateway_json(&feed, &headers, &body, "decision counts") {
         Ok(sent) => sent,
