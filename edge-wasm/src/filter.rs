@@ -77,6 +77,7 @@ struct Metrics {
     lag_ms: u32,
     current: u32,
     spans_dropped: u32,
+    counts_dropped: u32,
     counts: Counts,
 }
 
@@ -105,6 +106,7 @@ impl Metrics {
             lag_ms: gauge("caas_edge.feed_lag_ms")?,
             current: gauge("caas_edge.current")?,
             spans_dropped: counter("caas_edge.spans_dropped")?,
+            counts_dropped: counter("caas_edge.counts_dropped")?,
             counts: Counts::default(),
         })
     }
@@ -170,6 +172,8 @@ struct Root {
     denial_post: Option<(u32, usize)>,
     /// The counts of decisions in flight.
     count_post: Option<(u32, Tally)>,
+    /// Counts ext-authz refused (400) since the last tick.
+    counts_dropped: u64,
     /// Whether the last poll was answered (for logging changes only).
     answering: bool,
     /// No poll before this (ms).
@@ -179,7 +183,8 @@ struct Root {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        let ok = self.get_http_call_response_header(":status").as_deref() == Some("200");
+        let status = self.get_http_call_response_header(":status");
+        let ok = status.as_deref() == Some("200");
         let body = if ok { self.get_http_call_response_body(0, body_size).unwrap_or_default() } else { Vec::new() };
         if let Some((poll, sent)) = self.poll
             && poll == token
@@ -220,8 +225,13 @@ impl Context for Root {
             return;
         }
         if let Some((_, counts)) = self.count_post.take_if(|(sent, _)| *sent == token) {
-            if !ok {
-                self.state.borrow_mut().decisions.restore(counts);
+            // Refused as malformed (an ext-authz older than this filter):
+            // sent again it would be refused again; anything else (no
+            // answer, 5xx) is sent again with the next counts.
+            match status.as_deref() {
+                Some("200") => {}
+                Some("400") => self.counts_dropped += counts.total(),
+                _ => self.state.borrow_mut().decisions.restore(counts),
             }
             return;
         }
@@ -370,6 +380,7 @@ impl RootContext for Root {
             for (id, dropped) in [
                 (metrics.spans_dropped, state.spans.take_dropped()),
                 (metrics.denials_dropped, state.denials.take_dropped()),
+                (metrics.counts_dropped, std::mem::take(&mut self.counts_dropped)),
             ] {
                 if dropped > 0 {
                     let _ = hostcalls::increment_metric(id, dropped as i64);

@@ -120,6 +120,12 @@ impl Tally {
         Some((body, taken))
     }
 
+    /// How many decisions and forwards it holds.
+    pub fn total(&self) -> u64 {
+        let decided = self.decided.iter().flatten().fold(0u64, |n, m| n.saturating_add(*m));
+        self.forwarded.iter().fold(decided, |n, m| n.saturating_add(*m))
+    }
+
     /// Counts a call did not deliver, kept for the next one.
     pub fn restore(&mut self, taken: Tally) {
         for (ours, theirs) in self.decided.iter_mut().zip(taken.decided) {

@@ -974,6 +974,7 @@ fn decisions_and_forwards_are_counted_and_kept_until_ext_authz_takes_them() {
     }
     tally.add(Policy::Public, Decision::Preflight);
     tally.forwarded(Miss::NotCurrent);
+    assert_eq!(tally.total(), 5);
     let (body, taken) = tally.batch().unwrap();
     let sent: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(
