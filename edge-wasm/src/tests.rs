@@ -510,16 +510,8 @@ fn a_socket_is_decided_here_on_end_user_routes_only_with_its_tokens_expiry() {
     state.apply_session("ses_1", &session("e1", 5, false), NOW_MS).unwrap();
     let subprotocol = format!("caas.v1, caas.bearer.{}", token("ses_1"));
     let ask = |state: &mut State, policy: &'static str, path: &str, headers: &[(&str, &str)]| {
-        let headers: Headers = headers.iter().copied().chain([("x-request-id", "r1")]).collect();
-        let req = Request {
-            method: "GET",
-            path,
-            policy: &|| Some(policy.into()),
-            headers: &headers,
-            peer: &|| Some("127.0.0.1".parse().unwrap()),
-            sessions_ended_at: &|| 0,
-        };
-        decide(state, &req, NOW, NOW_MS)
+        let headers: Vec<(&str, &str)> = headers.iter().copied().chain([("x-request-id", "r1")]).collect();
+        decide_on(state, &format!("GET {path}"), policy, &headers, NOW_MS)
     };
     let socket = [("upgrade", "websocket"), ("sec-websocket-protocol", subprotocol.as_str())];
     let Verdict::Allow(allow) = ask(&mut state, "end_user", "/v1/ws", &socket) else { panic!("not allowed") };
@@ -861,16 +853,7 @@ fn spans_are_sent_in_bounded_batches_and_what_cannot_be_held_is_counted() {
 #[test]
 fn preflights_on_browser_routes_are_answered_here_while_current_and_are_spans_when_exported() {
     let preflight = |state: &mut State, policy: &'static str, headers: &[(&str, &str)]| {
-        let headers: Headers = headers.iter().map(|(k, v)| (*k, *v)).collect();
-        let req = Request {
-            method: "OPTIONS",
-            path: "/v1/messages",
-            policy: &|| Some(policy.into()),
-            headers: &headers,
-            peer: &|| Some("127.0.0.1".parse().unwrap()),
-            sessions_ended_at: &|| 0,
-        };
-        decide(state, &req, NOW, NOW_MS)
+        decide_on(state, "OPTIONS /v1/messages", policy, headers, NOW_MS)
     };
     let asked = [("origin", "https://a.example"), ("access-control-request-method", "POST"), ("x-request-id", "r1")];
     let mut state = State::default();
@@ -940,17 +923,10 @@ fn refusals_are_answered_here_only_where_ext_authz_would_answer_them_the_same() 
     let mut state = with_material(Some(true), false, json!([]));
     let long = format!("/v1/messages/{}", "x".repeat(crate::decide::MAX_REPORTED_PATH));
     let bearer = format!("Bearer {}", token("ses_1"));
-    let headers: Headers = [("authorization", bearer.as_str()), ("x-request-id", "r1")].into_iter().collect();
-    for (method, path) in [("get", "/v1/messages"), ("GET", long.as_str())] {
-        let req = Request {
-            method,
-            path,
-            policy: &|| Some("end_user".into()),
-            headers: &headers,
-            peer: &|| Some("127.0.0.1".parse().unwrap()),
-            sessions_ended_at: &|| 0,
-        };
-        assert_eq!(decide(&mut state, &req, NOW, NOW_MS), Verdict::Forward(Miss::Unusual), "{method}");
+    let headers = [("authorization", bearer.as_str()), ("x-request-id", "r1")];
+    for request in ["get /v1/messages".to_string(), format!("GET {long}")] {
+        let verdict = decide_on(&mut state, &request, "end_user", &headers, NOW_MS);
+        assert_eq!(verdict, Verdict::Forward(Miss::Unusual), "{}", &request[..16]);
     }
     // A token signed right but expired: refused here, on its times alone
     // the second time (its signature is not checked again).

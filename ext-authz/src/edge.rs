@@ -591,6 +591,11 @@ impl EdgeCount {
     }
 }
 
+/// A handler's answer: its own, or the refusal that cut it short.
+fn answered(handle: impl FnOnce() -> Result<Response, Box<Response>>) -> Response {
+    handle().unwrap_or_else(|refusal| *refusal)
+}
+
 /// Each of a batch's `field` items (at most `max`) as `read` reads it; the
 /// first problem refuses the batch whole (400, naming the item).
 fn read_batch<T, R, E: std::fmt::Display>(
@@ -618,42 +623,32 @@ fn read_batch<T, R, E: std::fmt::Display>(
 /// whole (400), with the problem named; the filter then keeps its counts
 /// for the next call. Answers `{"counted": n}` (the decisions counted).
 pub async fn decisions(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let sent: EdgeCounts = match gateway_json(&feed, &headers, &body, "decision counts") {
-        Ok(sent) => sent,
-        Err(refusal) => return *refusal,
-    };
-    let read = match read_batch(&sent.decisions, "decisions", MAX_COUNTS, EdgeCount::read) {
-        Ok(read) => read,
-        Err(refusal) => return *refusal,
-    };
-    let forwards = match read_batch(&sent.forwarded, "forwarded", MAX_COUNTS, EdgeForwards::read) {
-        Ok(forwards) => forwards,
-        Err(refusal) => return *refusal,
-    };
-    for (reason, count) in forwards {
-        feed.authorizer.count_edge_forwards(reason, count);
-    }
-    let mut counted = 0;
-    for ((policy, decision), count) in read {
-        feed.authorizer.count_edge_decisions(policy, decision, count);
-        counted += count;
-    }
-    private(json!({ "counted": counted }))
+    answered(|| {
+        let sent: EdgeCounts = gateway_json(&feed, &headers, &body, "decision counts")?;
+        let read = read_batch(&sent.decisions, "decisions", MAX_COUNTS, EdgeCount::read)?;
+        let forwards = read_batch(&sent.forwarded, "forwarded", MAX_COUNTS, EdgeForwards::read)?;
+        for (reason, count) in forwards {
+            feed.authorizer.count_edge_forwards(reason, count);
+        }
+        let mut counted = 0;
+        for ((policy, decision), count) in read {
+            feed.authorizer.count_edge_decisions(policy, decision, count);
+            counted += count;
+        }
+        Ok(private(json!({ "counted": counted })))
+    })
 }
 
 /// Exports the filter's decisions as spans; a malformed or oversized batch is
 /// refused whole (400), with the problem named. Answers `{"exported": n}`
 /// (0 when spans are not exported here).
 pub async fn spans(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let sent: EdgeSpans = match gateway_json(&feed, &headers, &body, "span batch") {
-        Ok(sent) => sent,
-        Err(refusal) => return *refusal,
-    };
-    if let Err(refusal) = read_batch(&sent.spans, "spans", MAX_SPANS, |s| s.problem().map_or(Ok(()), Err)) {
-        return *refusal;
-    }
-    let exported = feed.authorizer.export_edge_spans(sent.spans);
-    private(json!({ "exported": exported }))
+    answered(|| {
+        let sent: EdgeSpans = gateway_json(&feed, &headers, &body, "span batch")?;
+        read_batch(&sent.spans, "spans", MAX_SPANS, |s| s.problem().map_or(Ok(()), Err))?;
+        let exported = feed.authorizer.export_edge_spans(sent.spans);
+        Ok(private(json!({ "exported": exported })))
+    })
 }
 
 /// A refusal the filter answered (edge-wasm/src/reports.rs, `DenialReport`).
@@ -709,18 +704,14 @@ impl EdgeDenial {
 /// malformed or oversized batch is refused whole (400), with the problem
 /// named. Answers `{"recorded": n}`.
 pub async fn denials(State(feed): State<Arc<EdgeFeed>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let sent: EdgeDenials = match gateway_json(&feed, &headers, &body, "denial batch") {
-        Ok(sent) => sent,
-        Err(refusal) => return *refusal,
-    };
-    let read = match read_batch(&sent.denials, "denials", MAX_DENIALS, EdgeDenial::read) {
-        Ok(read) => read,
-        Err(refusal) => return *refusal,
-    };
-    for (report, (policy, denial)) in sent.denials.iter().zip(read) {
-        feed.authorizer.record_edge_denial(report, policy, denial);
-    }
-    private(json!({ "recorded": sent.denials.len() }))
+    answered(|| {
+        let sent: EdgeDenials = gateway_json(&feed, &headers, &body, "denial batch")?;
+        let read = read_batch(&sent.denials, "denials", MAX_DENIALS, EdgeDenial::read)?;
+        for (report, (policy, denial)) in sent.denials.iter().zip(read) {
+            feed.authorizer.record_edge_denial(report, policy, denial);
+        }
+        Ok(private(json!({ "recorded": sent.denials.len() })))
+    })
 }
 
 #[derive(serde::Deserialize)]
