@@ -15,6 +15,7 @@ const ISTIO_POLICY: &str = include_str!("../../../deploy/istio/authorization-pol
 const ISTIO_ROUTES: &str = include_str!("../../../deploy/istio/virtual-service.yaml");
 const ISTIO_FAST_PATH: &str = include_str!("../../../deploy/istio/fast-path.yaml");
 const ENVOY_GATEWAY: &str = include_str!("../../../deploy/envoy-gateway/security-policy.yaml");
+const ENVOY_GATEWAY_FAST_PATH: &str = include_str!("../../../deploy/envoy-gateway/fast-path.yaml");
 
 /// What an operator's .env would hold (see .env.example).
 fn dot_env() -> HashMap<&'static str, String> {
@@ -199,23 +200,25 @@ fn envoy_validates(args: &HashMap<String, String>, place: &str) {
         fast_path: None,
     };
     let rendered = crate::envoy::render(crate::envoy::TEMPLATE, &addresses).unwrap();
+    envoy_accepts(&rendered, place);
+}
+
+/// Asks Envoy itself whether `config` (a bootstrap) is valid. Without Envoy
+/// (not in CI) there is nothing to ask.
+fn envoy_accepts(config: &str, place: &str) {
     let Ok(envoy) = crate::envoy::find_binary() else {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but Envoy is missing");
         return;
     };
     let path = std::env::temp_dir().join(format!("{}.yaml", caas_core::id::new_id("envoy-validate")));
-    std::fs::write(&path, rendered).unwrap();
+    std::fs::write(&path, config).unwrap();
     let output = std::process::Command::new(envoy)
         .args(["--mode", "validate", "--log-level", "error", "-c"])
         .arg(&path)
         .output()
         .unwrap();
     let _ = std::fs::remove_file(&path);
-    assert!(
-        output.status.success(),
-        "{place}: Envoy rejects the rendered config: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{place}: Envoy rejects the config: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]
@@ -372,8 +375,8 @@ fn mesh_examples_point_at_ext_authz_and_fail_closed() {
     }
 }
 
-/// envoy/envoy.yaml's HTTP filter `name`, rendered with the fast path on.
-fn envoy_http_filter(name: &str) -> Value {
+/// envoy/envoy.yaml rendered with the fast path on, YAML merges applied.
+fn envoy_fast_path_config() -> Value {
     let mut addresses = super::addresses();
     addresses.fast_path = Some(crate::envoy::FastPath {
         wasm: std::path::PathBuf::from("/edge.wasm"),
@@ -382,12 +385,25 @@ fn envoy_http_filter(name: &str) -> Value {
     let rendered = crate::envoy::render(crate::envoy::TEMPLATE, &addresses).unwrap();
     let mut config: Value = serde_norway::from_str(&rendered).unwrap();
     config.apply_merge().unwrap();
+    config
+}
+
+/// envoy/envoy.yaml's HTTP filter `name`, rendered with the fast path on.
+fn envoy_http_filter(name: &str) -> Value {
+    let config = envoy_fast_path_config();
     let filters =
         config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
             .as_sequence()
             .unwrap()
             .clone();
     filters.into_iter().find(|f| f["name"] == name).unwrap_or_else(|| panic!("envoy.yaml has no {name}"))
+}
+
+/// envoy/envoy.yaml's cluster `name`, rendered with the fast path on.
+fn envoy_cluster(name: &str) -> Value {
+    let config = envoy_fast_path_config();
+    let clusters = config["static_resources"]["clusters"].as_sequence().unwrap().clone();
+    clusters.into_iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("envoy.yaml has no cluster {name}"))
 }
 
 #[test]
@@ -431,6 +447,204 @@ fn the_istio_fast_path_skips_ext_authz_exactly_as_envoy_yaml_does() {
     assert_eq!(ours["grpc_service"]["initial_metadata"][0]["key"], "x-caas-authz-token");
     // The wasm filter comes before ext_authz in envoy.yaml too.
     assert_eq!(envoy_http_filter("caas.edge")["typed_config"]["config"]["root_id"], "caas_edge");
+}
+
+/// Applies an EnvoyPatchPolicy's patch to `doc` as Envoy Gateway does for
+/// the only forms the example uses: `add` at an RFC 6902 pointer, or `add`
+/// where a JSONPath `..KEY[?(@.name=='NAME')]` finds an array element
+/// (inserting before it). Any other form fails the test: extend this first.
+fn apply_patch(doc: &mut Value, operation: &Value) {
+    assert_eq!(operation["op"], "add", "only `add` is applied here");
+    let value = operation["value"].clone();
+    let Some(json_path) = operation["jsonPath"].as_str() else {
+        let pointer = operation["path"].as_str().unwrap();
+        let (parent, last) = pointer.rsplit_once('/').unwrap();
+        let target = pointer_mut(doc, parent);
+        match target {
+            Value::Sequence(items) if last == "-" => items.push(value),
+            Value::Sequence(items) => items.insert(last.parse().unwrap(), value),
+            Value::Mapping(map) => drop(map.insert(Value::from(last), value)),
+            other => panic!("cannot add under {other:?}"),
+        }
+        return;
+    };
+    let (key, name) = json_path
+        .strip_prefix("..")
+        .and_then(|p| p.strip_suffix("')]"))
+        .and_then(|p| p.split_once("[?(@.name=='"))
+        .unwrap_or_else(|| panic!("a JSONPath this test does not apply: {json_path}"));
+    assert!(operation["path"].is_null(), "a JSONPath with a path is not applied here");
+    fn insert_before(node: &mut Value, key: &str, name: &str, value: &Value) -> usize {
+        let mut found = 0;
+        match node {
+            Value::Mapping(map) => {
+                for (k, child) in map.iter_mut() {
+                    if k == key
+                        && let Value::Sequence(items) = child
+                        && let Some(at) = items.iter().position(|item| item["name"] == name)
+                    {
+                        items.insert(at, value.clone());
+                        found += 1;
+                    } else {
+                        found += insert_before(child, key, name, value);
+                    }
+                }
+            }
+            Value::Sequence(items) => {
+                for item in items {
+                    found += insert_before(item, key, name, value);
+                }
+            }
+            _ => {}
+        }
+        found
+    }
+    // Envoy Gateway refuses a JSONPath that finds nothing.
+    assert!(insert_before(doc, key, name, &value) > 0, "{json_path} finds nothing");
+}
+
+fn pointer_mut<'a>(doc: &'a mut Value, pointer: &str) -> &'a mut Value {
+    pointer.split('/').skip(1).fold(doc, |node, token| match node {
+        Value::Sequence(items) => &mut items[token.parse::<usize>().unwrap()],
+        node => node.get_mut(token).unwrap_or_else(|| panic!("no {token} in {pointer}")),
+    })
+}
+
+#[test]
+fn the_envoy_gateway_fast_path_patches_in_ext_authz_exactly_as_envoy_yaml_has_it() {
+    let docs = documents(ENVOY_GATEWAY_FAST_PATH);
+    let extension = of_kind(&docs, "EnvoyExtensionPolicy");
+    let patches = of_kind(&docs, "EnvoyPatchPolicy");
+    let routes = documents(ENVOY_GATEWAY);
+    let route = of_kind(&routes, "HTTPRoute");
+
+    // The filter: on the routes of the CAAS HTTPRoute, registered under
+    // envoy.yaml's root id; a module that does not load leaves everything to
+    // ext_authz.
+    assert_eq!(extension["spec"]["targetRefs"][0]["kind"], "HTTPRoute");
+    assert_eq!(extension["spec"]["targetRefs"][0]["name"], route["metadata"]["name"]);
+    assert_eq!(extension["metadata"]["namespace"], route["metadata"]["namespace"]);
+    let wasm = &extension["spec"]["wasm"][0];
+    assert_eq!(wasm["rootID"], envoy_http_filter("caas.edge")["typed_config"]["config"]["root_id"]);
+    assert_eq!(wasm["failOpen"].as_bool(), Some(true));
+    assert_eq!(wasm["code"]["type"], "Image");
+    // The filter's configuration (edge-wasm/src/filter.rs `Config`).
+    let config = wasm["config"].as_mapping().unwrap();
+    let keys: Vec<&str> = config.keys().map(|k| k.as_str().unwrap()).collect();
+    assert_eq!(keys, ["cluster", "token"]);
+
+    // The patches go to the Gateway the HTTPRoute attaches to, and to its
+    // listener by the name Envoy Gateway gives it.
+    let gateway = &route["spec"]["parentRefs"][0];
+    assert_eq!(patches["spec"]["type"], "JSONPatch");
+    assert_eq!(patches["spec"]["targetRef"]["kind"], "Gateway");
+    assert_eq!(patches["spec"]["targetRef"]["name"], gateway["name"]);
+    assert_eq!(patches["metadata"]["namespace"], gateway["namespace"]);
+    let listener_name =
+        format!("{}/{}/http", gateway["namespace"].as_str().unwrap(), gateway["name"].as_str().unwrap());
+
+    // A listener as Envoy Gateway generates it for the route (its
+    // translator's output: the HCM in the default filter chain, its own Wasm
+    // filter off by default and on for the route, then the router), with
+    // the route table inline where Envoy Gateway serves it over RDS.
+    let hcm = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+    let eg_wasm = "envoy.filters.http.wasm/envoyextensionpolicy/caas/caas-edge/0";
+    let mut listener: Value = serde_norway::from_str(&format!(
+        r#"
+name: {listener_name}
+address: {{ socket_address: {{ address: 0.0.0.0, port_value: 10080 }} }}
+default_filter_chain:
+  filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": {hcm}
+      stat_prefix: http-10080
+      use_remote_address: true
+      route_config:
+        name: {listener_name}
+        virtual_hosts:
+        - name: caas
+          domains: ["*"]
+          routes:
+          - match: {{ prefix: /v1/ }}
+            route: {{ cluster: caas-ext-authz-ops }}
+      http_filters:
+      - {{ name: {eg_wasm}, disabled: true }}
+      - name: envoy.filters.http.router
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#
+    ))
+    .unwrap();
+    let mut clusters = Vec::new();
+    for patch in patches["spec"]["jsonPatches"].as_sequence().unwrap() {
+        let operation = &patch["operation"];
+        match patch["type"].as_str().unwrap() {
+            "type.googleapis.com/envoy.config.cluster.v3.Cluster" => {
+                // A new resource: `add` with an empty path.
+                assert_eq!((operation["op"].as_str(), operation["path"].as_str()), (Some("add"), Some("")));
+                assert_eq!(operation["value"]["name"], patch["name"]);
+                clusters.push(operation["value"].clone());
+            }
+            "type.googleapis.com/envoy.config.listener.v3.Listener" => {
+                assert_eq!(patch["name"].as_str(), Some(listener_name.as_str()));
+                apply_patch(&mut listener, operation);
+            }
+            other => panic!("a patch of {other}"),
+        }
+    }
+    let cluster = |name: &str| -> &Value {
+        clusters.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no cluster {name} is added"))
+    };
+    let endpoint = |c: &Value| {
+        let address = &c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
+        (address["address"].as_str().unwrap().to_string(), address["port_value"].as_u64().unwrap())
+    };
+
+    // Envoy Gateway's Wasm filter, then ext_authz, then the router.
+    let filters = listener["default_filter_chain"]["filters"][0]["typed_config"]["http_filters"].clone();
+    let names: Vec<&str> = filters.as_sequence().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, [eg_wasm, "envoy.filters.http.ext_authz", "envoy.filters.http.router"]);
+    let ours = &filters[1];
+    let envoy = envoy_http_filter("envoy.filters.http.ext_authz");
+    // The same matcher on the same filter state, the same skip.
+    assert_eq!(ours["typed_config"]["@type"], envoy["typed_config"]["@type"]);
+    assert_eq!(ours["typed_config"]["xds_matcher"], envoy["typed_config"]["xds_matcher"]);
+    let (ours, envoy) = (
+        &ours["typed_config"]["extension_config"]["typed_config"],
+        &envoy["typed_config"]["extension_config"]["typed_config"],
+    );
+    for field in ["@type", "transport_api_version", "failure_mode_allow", "status_on_error", "allowed_headers"] {
+        assert_eq!(ours[field], envoy[field], "{field}");
+    }
+    assert_eq!(ours["failure_mode_allow"].as_bool(), Some(false));
+    assert_eq!(ours["grpc_service"]["timeout"], envoy["grpc_service"]["timeout"]);
+    assert_eq!(ours["grpc_service"]["initial_metadata"][0]["key"], "x-caas-authz-token");
+    assert_eq!(ours["grpc_service"]["initial_metadata"][0]["value"], config["token"]);
+
+    // Its Check goes to ext-authz's gRPC port as envoy.yaml's does; the feed
+    // to its ops port, which gateways may reach.
+    let check = cluster(ours["grpc_service"]["envoy_grpc"]["cluster_name"].as_str().unwrap());
+    let envoy_check = envoy_cluster("ext_authz");
+    assert_eq!(check["typed_extension_protocol_options"], envoy_check["typed_extension_protocol_options"]);
+    assert_eq!(check["connect_timeout"], envoy_check["connect_timeout"]);
+    assert_eq!(endpoint(check), ("ext-authz.caas.svc.cluster.local".to_string(), 9191));
+    let feed = cluster(config["cluster"].as_str().unwrap());
+    assert_eq!(feed["connect_timeout"], envoy_cluster("ext_authz_ops")["connect_timeout"]);
+    assert_eq!(endpoint(feed), ("ext-authz.caas.svc.cluster.local".to_string(), 9192));
+    let k8s = k8s_documents();
+    assert!(service_port(&k8s, "ext-authz", 9191) && service_port(&k8s, "ext-authz", 9192));
+
+    // And Envoy itself takes the patched listener and the added clusters
+    // (Envoy Gateway's own Wasm filter, which fetches its module from Envoy
+    // Gateway, left out).
+    let http_filters = &mut listener["default_filter_chain"]["filters"][0]["typed_config"]["http_filters"];
+    http_filters.as_sequence_mut().unwrap().remove(0);
+    let mut bootstrap = serde_norway::Mapping::new();
+    let mut resources = serde_norway::Mapping::new();
+    resources.insert("listeners".into(), Value::Sequence(vec![listener]));
+    resources.insert("clusters".into(), Value::Sequence(clusters));
+    bootstrap.insert("static_resources".into(), Value::Mapping(resources));
+    envoy_accepts(&serde_norway::to_string(&bootstrap).unwrap(), "deploy/envoy-gateway/fast-path.yaml");
 }
 
 const DOCKERFILE: &str = include_str!("../../../Dockerfile");
