@@ -19,7 +19,9 @@
 #   e'' (e) with a well-formed key that exists nowhere (ext-authz answers 401;
 #       its failure limit is off for the bench)
 #   i   (g) with that key: the filter leaves it to ext_authz, as it does the
-#       first request of a new key, against (e'')
+#       first request of a new key, against (e''); ext-authz answers this
+#       one from its cache (bench/first-request.sh: keys that exist, each
+#       sent once, read from the database in both variants)
 #   d'' (d) with an expired token (ext-authz answers 401 token_expired)
 #   k   (f) with that token: the filter answers the 401 itself
 #   d'  (d) with CORS preflights (OPTIONS, Origin, Access-Control-Request-Method):

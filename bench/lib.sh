@@ -152,6 +152,8 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # measure NAME PATH HEADER SERVER_PID [ENVOY_WORKERS]: one wrk run against
 # $WORK/NAME.yaml; prints "NAME rps requests p99 non2xx server_ticks envoy_ticks".
 # METHOD (default GET) is the requests' method; EXTRA_HEADER, if set, a second header.
+# WRK_SCRIPT, if set, is the measured run's wrk script (it makes the requests;
+# the probe and the warm-up send HEADER).
 measure() {
   local name=$1 path=$2 header=$3 server=$4 workers=${5:-1} method=${METHOD:-GET}
   local script=() extra=()
@@ -160,6 +162,11 @@ measure() {
     echo "wrk.method = \"$method\"" > "$WORK/method-$method.lua"
     script=(-s "$WORK/method-$method.lua")
   fi
+  local measured=("${script[@]}")
+  if [ -n "${WRK_SCRIPT:-}" ]; then
+    [ "$method" = GET ] || { echo "measure: WRK_SCRIPT makes GET requests only" >&2; exit 1; }
+    measured=(-s "$WRK_SCRIPT")
+  fi
   "$ENVOY" -c "$WORK/$name.yaml" --disable-hot-restart --concurrency "$workers" --log-level error >/dev/null 2>&1 & local envoy=$!
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:18000/" && break; sleep 0.05; done
   local status; status=$(curl -s -o /dev/null -w '%{http_code}' -X "$method" -H "$header" "${extra[@]}" "http://127.0.0.1:18000$path")
@@ -167,7 +174,7 @@ measure() {
   wrk -t1 -c"$CONNECTIONS" -d2s "${script[@]}" -H "$header" "${extra[@]}" "http://127.0.0.1:18000$path" >/dev/null
   local s0 e0 s1 e1 out
   s0=$(cpu_ticks "$server"); e0=$(cpu_ticks $envoy)
-  out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${script[@]}" -H "$header" "${extra[@]}" "http://127.0.0.1:18000$path")
+  out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${measured[@]}" -H "$header" "${extra[@]}" "http://127.0.0.1:18000$path")
   s1=$(cpu_ticks "$server"); e1=$(cpu_ticks $envoy)
   kill $envoy; wait $envoy 2>/dev/null || true
   local rps reqs p99 non2xx

@@ -118,6 +118,14 @@ pub struct SeedArgs {
     /// unset: the defaults.
     #[arg(long)]
     key_quota: Option<String>,
+    /// Also creates this many tenants, each with one key and the same IP
+    /// whitelist, for requests that each bring a key the gateway has never
+    /// seen (bench/first-request.sh); their keys go to `--fresh-keys-file`,
+    /// one per line.
+    #[arg(long, default_value_t = 0, requires = "fresh_keys_file")]
+    fresh_keys: usize,
+    #[arg(long)]
+    fresh_keys_file: Option<std::path::PathBuf>,
 }
 
 /// Creates a tenant whitelisting 127.0.0.0/8 with a key and a session;
@@ -126,13 +134,8 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<()> {
     let store = Store::connect(&args.database_url, 2).await?;
     store.migrate().await?;
     let now = unix_now();
-    let generated = caas_core::api_key::generate();
-    let tenant = new_id("cl");
-    let key = NewApiKey { id: new_id("key"), hash: generated.hash.clone(), prefix: generated.display_prefix.clone() };
-    let email = format!("{}@bench.example", new_id("b").to_lowercase());
-    store.register_client(&tenant, "Bench", &new_id("acc"), &email, "h", &key, None, now).await?;
+    let BenchTenant { id: tenant, key, raw_key } = bench_tenant(&store, now).await?;
     let audit = AuditEntry::new(caas_core::store::AuditAction::IpWhitelistUpdated);
-    store.replace_whitelist(WhitelistKind::Ip, &tenant, &["127.0.0.0/8".into()], &audit, now).await?;
     store.replace_whitelist(WhitelistKind::Origin, &tenant, &["https://app.bench.example".into()], &audit, now).await?;
     if let Some(quota) = &args.key_quota {
         use caas_core::quotas::{Limit, Limits, MAX_LIMITS};
@@ -169,14 +172,40 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<()> {
     let chat = caas_core::chat::Chat::new(store.clone(), std::sync::Arc::new(caas_core::bus::LocalBus::new()));
     let conversation = chat.create_conversation(&tenant, "bench-user", &[], Some("bench"), now).await?;
     let session_id = claims_session(&token);
+    if let Some(path) = &args.fresh_keys_file {
+        let mut keys = String::with_capacity(args.fresh_keys * (caas_core::api_key::KEY_LEN + 1));
+        for _ in 0..args.fresh_keys {
+            keys.push_str(&bench_tenant(&store, now).await?.raw_key);
+            keys.push('\n');
+        }
+        std::fs::write(path, keys)?;
+    }
     println!(
         "{}",
         serde_json::json!({
-            "tenant": tenant, "key_id": key.id, "api_key": generated.key, "token": token,
+            "tenant": tenant, "key_id": key.id, "api_key": raw_key, "token": token,
             "session": session_id, "conversation": conversation.id,
         })
     );
     Ok(())
+}
+
+struct BenchTenant {
+    id: String,
+    key: NewApiKey,
+    raw_key: String,
+}
+
+/// A tenant whitelisting 127.0.0.0/8, with one key.
+async fn bench_tenant(store: &Store, now: i64) -> anyhow::Result<BenchTenant> {
+    let generated = caas_core::api_key::generate();
+    let tenant = new_id("cl");
+    let key = NewApiKey { id: new_id("key"), hash: generated.hash.clone(), prefix: generated.display_prefix.clone() };
+    let email = format!("{}@bench.example", new_id("b").to_lowercase());
+    store.register_client(&tenant, "Bench", &new_id("acc"), &email, "h", &key, None, now).await?;
+    let audit = AuditEntry::new(caas_core::store::AuditAction::IpWhitelistUpdated);
+    store.replace_whitelist(WhitelistKind::Ip, &tenant, &["127.0.0.0/8".into()], &audit, now).await?;
+    Ok(BenchTenant { id: tenant, key, raw_key: generated.key })
 }
 
 fn claims_session(token: &str) -> String {
