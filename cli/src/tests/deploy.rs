@@ -406,6 +406,28 @@ fn envoy_cluster(name: &str) -> Value {
     clusters.into_iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("envoy.yaml has no cluster {name}"))
 }
 
+/// Requires `filter` to be envoy.yaml's ext_authz, as its fast path wraps
+/// it: the same name, the same matcher on the same filter state, the same
+/// skip, and the same settings; gives the wrapped ExtAuthz config, whose
+/// cluster and token are the deployment's.
+fn wrapped_as_in_envoy_yaml(filter: &Value) -> &Value {
+    let envoy = envoy_http_filter("envoy.filters.http.ext_authz");
+    assert_eq!(filter["name"], envoy["name"]);
+    assert_eq!(filter["typed_config"]["@type"], envoy["typed_config"]["@type"]);
+    assert_eq!(filter["typed_config"]["xds_matcher"], envoy["typed_config"]["xds_matcher"]);
+    let (ours, envoy) = (
+        &filter["typed_config"]["extension_config"]["typed_config"],
+        &envoy["typed_config"]["extension_config"]["typed_config"],
+    );
+    for field in ["@type", "transport_api_version", "failure_mode_allow", "status_on_error", "allowed_headers"] {
+        assert_eq!(ours[field], envoy[field], "{field}");
+    }
+    assert_eq!(ours["failure_mode_allow"].as_bool(), Some(false));
+    assert_eq!(ours["grpc_service"]["timeout"], envoy["grpc_service"]["timeout"]);
+    assert_eq!(ours["grpc_service"]["initial_metadata"][0]["key"], "x-caas-authz-token");
+    ours
+}
+
 #[test]
 fn the_istio_fast_path_skips_ext_authz_exactly_as_envoy_yaml_does() {
     let docs = documents(ISTIO_FAST_PATH);
@@ -430,21 +452,8 @@ fn the_istio_fast_path_skips_ext_authz_exactly_as_envoy_yaml_does() {
     let patch = &of_kind(&docs, "EnvoyFilter")["spec"]["configPatches"][0];
     assert_eq!(patch["patch"]["operation"], "INSERT_BEFORE");
     assert_eq!(patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"], "envoy.filters.http.router");
-    let ours = &patch["patch"]["value"];
-    let envoy = envoy_http_filter("envoy.filters.http.ext_authz");
-    assert_eq!(ours["name"], envoy["name"]);
-    // The same matcher on the same filter state, the same skip.
-    assert_eq!(ours["typed_config"]["xds_matcher"], envoy["typed_config"]["xds_matcher"]);
-    let (ours, envoy) = (
-        &ours["typed_config"]["extension_config"]["typed_config"],
-        &envoy["typed_config"]["extension_config"]["typed_config"],
-    );
-    for field in ["@type", "transport_api_version", "failure_mode_allow", "status_on_error", "allowed_headers"] {
-        assert_eq!(ours[field], envoy[field], "{field}");
-    }
-    assert_eq!(ours["failure_mode_allow"].as_bool(), Some(false));
+    let ours = wrapped_as_in_envoy_yaml(&patch["patch"]["value"]);
     assert_eq!(ours["grpc_service"]["envoy_grpc"]["cluster_name"], "outbound|9191||ext-authz.caas.svc.cluster.local");
-    assert_eq!(ours["grpc_service"]["initial_metadata"][0]["key"], "x-caas-authz-token");
     // The wasm filter comes before ext_authz in envoy.yaml too.
     assert_eq!(envoy_http_filter("caas.edge")["typed_config"]["config"]["root_id"], "caas_edge");
 }
@@ -604,21 +613,7 @@ default_filter_chain:
     let filters = listener["default_filter_chain"]["filters"][0]["typed_config"]["http_filters"].clone();
     let names: Vec<&str> = filters.as_sequence().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
     assert_eq!(names, [eg_wasm, "envoy.filters.http.ext_authz", "envoy.filters.http.router"]);
-    let ours = &filters[1];
-    let envoy = envoy_http_filter("envoy.filters.http.ext_authz");
-    // The same matcher on the same filter state, the same skip.
-    assert_eq!(ours["typed_config"]["@type"], envoy["typed_config"]["@type"]);
-    assert_eq!(ours["typed_config"]["xds_matcher"], envoy["typed_config"]["xds_matcher"]);
-    let (ours, envoy) = (
-        &ours["typed_config"]["extension_config"]["typed_config"],
-        &envoy["typed_config"]["extension_config"]["typed_config"],
-    );
-    for field in ["@type", "transport_api_version", "failure_mode_allow", "status_on_error", "allowed_headers"] {
-        assert_eq!(ours[field], envoy[field], "{field}");
-    }
-    assert_eq!(ours["failure_mode_allow"].as_bool(), Some(false));
-    assert_eq!(ours["grpc_service"]["timeout"], envoy["grpc_service"]["timeout"]);
-    assert_eq!(ours["grpc_service"]["initial_metadata"][0]["key"], "x-caas-authz-token");
+    let ours = wrapped_as_in_envoy_yaml(&filters[1]);
     assert_eq!(ours["grpc_service"]["initial_metadata"][0]["value"], config["token"]);
 
     // Its Check goes to ext-authz's gRPC port as envoy.yaml's does; the feed
