@@ -80,13 +80,12 @@ done
 
 python3 - "$RESULTS" "$TICK" "$CONNECTIONS" "$DURATION" "$KEYS_PER_RUN" <<'PY'
 import sys, statistics
-rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-tick, keys = int(sys.argv[2]), int(sys.argv[5])
-by = {}
-for r in rows:
-    by.setdefault(r[0], []).append(r)
-med = lambda k, i: statistics.median(float(r[i]) for r in by[k])
-cpu = lambda k, i: med(k, i) / tick / med(k, 2) * 1e6
+sys.path.insert(0, "bench")
+from results import by_variant, median, per_request_us
+by, tick, keys = by_variant(sys.argv[1]), int(sys.argv[2]), int(sys.argv[5])
+rows = [r for runs in by.values() for r in runs]
+med = lambda k, i: median(by[k], i)
+cpu = lambda k, i: per_request_us(by[k], i, tick)
 names = {"e1": "Envoy + caas ext-authz, API-key route, every key new",
          "i1": "fast path in front of it, every key new (the filter forwards)"}
 print(f"wrk -t1 -c{sys.argv[3]} -d{sys.argv[4]}, Envoy --concurrency 1, median of {len(by['e1'])} interleaved rounds\n")
