@@ -92,61 +92,36 @@ impl<'a> Request<'a> {
     }
 }
 
-/// Why the filter left a request to ext_authz (the `reason` of its metric).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Miss {
-    /// The feed has not confirmed currency within a second.
-    NotCurrent,
-    /// The route declares no policy (and the feed sent no table that names one).
-    Policy,
-    /// Not a request the filter judges: OPTIONS that is not a preflight, an upgrade
-    /// other than a WebSocket's on an end-user route, a credential in the
-    /// query, path not canonical, no client address, a header value that is
-    /// not UTF-8.
-    Unusual,
-    /// Would be refused, and ext-authz answers it: a guess (which it counts
-    /// against the address), or any refusal in shadow mode or while spans
-    /// are exported (`refuse`).
-    Refused,
-    /// The session, or its tenant's Origin whitelist for a request with an
-    /// Origin, has not been looked up yet (it is being), or the whitelist
-    /// changed within the last two seconds.
-    Unknown,
-    /// The API key or its tenant's IP whitelist has not been looked up yet
-    /// (it is being), or changed within the last two seconds.
-    UnknownKey,
-    /// ext-authz refuses the client's address for failed credentials (or
-    /// refuses too many addresses to list them).
-    Address,
-    /// No leased request of this end user's or key's quota is left here
-    /// (one is being asked for): ext-authz counts it, and refuses it if over.
-    Quota,
-}
-
-impl Miss {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Miss::NotCurrent => "not_current",
-            Miss::Policy => "policy",
-            Miss::Unusual => "unusual",
-            Miss::Refused => "refused",
-            Miss::Unknown => "unknown_session",
-            Miss::UnknownKey => "unknown_key",
-            Miss::Address => "address",
-            Miss::Quota => "quota",
-        }
+caas_rules::names! {
+    /// Why the filter left a request to ext_authz (the `reason` of its metric).
+    pub enum Miss {
+        /// The feed has not confirmed currency within a second.
+        NotCurrent = "not_current",
+        /// The route declares no policy (and the feed sent no table that names one).
+        Policy = "policy",
+        /// Not a request the filter judges: OPTIONS that is not a preflight, an upgrade
+        /// other than a WebSocket's on an end-user route, a credential in the
+        /// query, path not canonical, no client address, a header value that is
+        /// not UTF-8.
+        Unusual = "unusual",
+        /// Would be refused, and ext-authz answers it: a guess (which it counts
+        /// against the address), or any refusal in shadow mode or while spans
+        /// are exported (`refuse`).
+        Refused = "refused",
+        /// The session, or its tenant's Origin whitelist for a request with an
+        /// Origin, has not been looked up yet (it is being), or the whitelist
+        /// changed within the last two seconds.
+        Unknown = "unknown_session",
+        /// The API key or its tenant's IP whitelist has not been looked up yet
+        /// (it is being), or changed within the last two seconds.
+        UnknownKey = "unknown_key",
+        /// ext-authz refuses the client's address for failed credentials (or
+        /// refuses too many addresses to list them).
+        Address = "address",
+        /// No leased request of this end user's or key's quota is left here
+        /// (one is being asked for): ext-authz counts it, and refuses it if over.
+        Quota = "quota",
     }
-
-    pub const ALL: [Miss; 8] = [
-        Miss::NotCurrent,
-        Miss::Policy,
-        Miss::Unusual,
-        Miss::Refused,
-        Miss::Unknown,
-        Miss::UnknownKey,
-        Miss::Address,
-        Miss::Quota,
-    ];
 }
 
 /// What an allow does to the request: ext-authz's OkHttpResponse.

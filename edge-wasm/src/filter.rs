@@ -73,7 +73,8 @@ struct Metrics {
     preflights: u32,
     denied: u32,
     denials_dropped: u32,
-    forwarded: Vec<(Miss, u32)>,
+    /// By `Miss::index`.
+    forwarded: Vec<u32>,
     lag_ms: u32,
     current: u32,
     spans_dropped: u32,
@@ -93,9 +94,9 @@ impl Metrics {
     fn define() -> Option<Self> {
         let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
         let gauge = |name: &str| hostcalls::define_metric(MetricType::Gauge, name).ok();
-        let mut forwarded = Vec::new();
+        let mut forwarded = Vec::with_capacity(Miss::ALL.len());
         for miss in Miss::ALL {
-            forwarded.push((miss, counter(&format!("caas_edge.forwarded.{}", miss.as_str()))?));
+            forwarded.push(counter(&format!("caas_edge.forwarded.{}", miss.as_str()))?);
         }
         Some(Self {
             allowed: counter("caas_edge.allowed")?,
@@ -112,9 +113,8 @@ impl Metrics {
     }
 
     fn forwarded(&self, miss: Miss) {
-        if let Some(i) = Miss::ALL.iter().position(|m| *m == miss) {
-            self.counts.forwarded[i].set(self.counts.forwarded[i].get() + 1);
-        }
+        let n = &self.counts.forwarded[miss.index()];
+        n.set(n.get() + 1);
     }
 
     fn allowed(&self) {
@@ -140,7 +140,7 @@ impl Metrics {
         add(self.allowed, &self.counts.allowed);
         add(self.preflights, &self.counts.preflights);
         add(self.denied, &self.counts.denied);
-        for ((_, id), count) in self.forwarded.iter().zip(&self.counts.forwarded) {
+        for (id, count) in self.forwarded.iter().zip(&self.counts.forwarded) {
             add(*id, count);
         }
     }

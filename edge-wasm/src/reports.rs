@@ -89,9 +89,8 @@ impl Tally {
     }
 
     pub fn forwarded(&mut self, miss: Miss) {
-        if let Some(i) = Miss::ALL.iter().position(|m| *m == miss) {
-            self.forwarded[i] = self.forwarded[i].saturating_add(1);
-        }
+        let n = &mut self.forwarded[miss.index()];
+        *n = n.saturating_add(1);
     }
 
     /// Every count so far, as the body of a call, and the counts it carries

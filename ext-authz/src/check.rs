@@ -409,7 +409,13 @@ impl Authorizer {
     /// Counts `count` allows or preflights (`decision`) the in-proxy filter
     /// made on `policy`'s routes, as `observe` counts a Check's.
     pub fn count_edge_decisions(&self, policy: Policy, decision: &'static str, count: u64) {
-        let labels = [("policy", policy_label(Some(policy))), ("decision", decision)];
+        self.count_edge(policy_label(Some(policy)), decision, count);
+    }
+
+    /// The filter's decisions, in `gateway_requests_total` with the Checks'
+    /// and in `gateway_edge_decisions_total`.
+    fn count_edge(&self, policy: &'static str, decision: &'static str, count: u64) {
+        let labels = [("policy", policy), ("decision", decision)];
         self.metrics.requests.get_or_create(&labels).inc_by(count);
         self.metrics.edge_decisions.get_or_create(&labels).inc_by(count);
     }
@@ -431,8 +437,7 @@ impl Authorizer {
             method: &report.method,
         };
         self.refused(policy, Reason::Denied(denial), &line, true);
-        self.metrics.requests.get_or_create(&[("policy", policy), ("decision", "deny")]).inc();
-        self.metrics.edge_decisions.get_or_create(&[("policy", policy), ("decision", "deny")]).inc();
+        self.count_edge(policy, "deny", 1);
     }
 
     /// A refusal's log line and its refusal counters, whoever answered it

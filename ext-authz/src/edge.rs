@@ -572,10 +572,15 @@ impl EdgeForwards {
             .into_iter()
             .find(|r| *r == self.reason)
             .ok_or_else(|| format!("reason must be one of {FORWARD_REASONS:?}"))?;
-        if !(1..=MAX_COUNT).contains(&self.count) {
-            return Err(format!("count must be 1 to {MAX_COUNT}"));
-        }
-        Ok((reason, self.count))
+        Ok((reason, a_count(self.count)?))
+    }
+}
+
+/// A count the filter could have sent: 1 to `MAX_COUNT`.
+fn a_count(count: u64) -> Result<u64, String> {
+    match (1..=MAX_COUNT).contains(&count) {
+        true => Ok(count),
+        false => Err(format!("count must be 1 to {MAX_COUNT}")),
     }
 }
 
@@ -584,10 +589,7 @@ impl EdgeCount {
     /// and a count it could have made.
     fn read(&self) -> Result<((caas_rules::policy::Policy, &'static str), u64), String> {
         let made = made(&self.decision, &self.policy).ok_or(MADE)?;
-        if !(1..=MAX_COUNT).contains(&self.count) {
-            return Err(format!("count must be 1 to {MAX_COUNT}"));
-        }
-        Ok((made, self.count))
+        Ok((made, a_count(self.count)?))
     }
 }
 

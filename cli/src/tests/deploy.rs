@@ -458,31 +458,19 @@ fn the_istio_fast_path_skips_ext_authz_exactly_as_envoy_yaml_does() {
     assert_eq!(envoy_http_filter("caas.edge")["typed_config"]["config"]["root_id"], "caas_edge");
 }
 
-/// Applies an EnvoyPatchPolicy's patch to `doc` as Envoy Gateway does for
-/// the only forms the example uses: `add` at an RFC 6902 pointer, or `add`
-/// where a JSONPath `..KEY[?(@.name=='NAME')]` finds an array element
-/// (inserting before it). Any other form fails the test: extend this first.
+/// Applies an EnvoyPatchPolicy's listener patch to `doc` as Envoy Gateway
+/// does, for the one form the example uses: `add` where a JSONPath
+/// `..KEY[?(@.name=='NAME')]` finds array elements (inserting before each).
+/// Any other form fails the test: extend this first.
 fn apply_patch(doc: &mut Value, operation: &Value) {
     assert_eq!(operation["op"], "add", "only `add` is applied here");
-    let value = operation["value"].clone();
-    let Some(json_path) = operation["jsonPath"].as_str() else {
-        let pointer = operation["path"].as_str().unwrap();
-        let (parent, last) = pointer.rsplit_once('/').unwrap();
-        let target = pointer_mut(doc, parent);
-        match target {
-            Value::Sequence(items) if last == "-" => items.push(value),
-            Value::Sequence(items) => items.insert(last.parse().unwrap(), value),
-            Value::Mapping(map) => drop(map.insert(Value::from(last), value)),
-            other => panic!("cannot add under {other:?}"),
-        }
-        return;
-    };
+    assert!(operation["path"].is_null(), "a JSONPath with a path is not applied here");
+    let json_path = operation["jsonPath"].as_str().expect("only a JSONPath is applied here");
     let (key, name) = json_path
         .strip_prefix("..")
         .and_then(|p| p.strip_suffix("')]"))
         .and_then(|p| p.split_once("[?(@.name=='"))
         .unwrap_or_else(|| panic!("a JSONPath this test does not apply: {json_path}"));
-    assert!(operation["path"].is_null(), "a JSONPath with a path is not applied here");
     fn insert_before(node: &mut Value, key: &str, name: &str, value: &Value) -> usize {
         let mut found = 0;
         match node {
@@ -509,14 +497,7 @@ fn apply_patch(doc: &mut Value, operation: &Value) {
         found
     }
     // Envoy Gateway refuses a JSONPath that finds nothing.
-    assert!(insert_before(doc, key, name, &value) > 0, "{json_path} finds nothing");
-}
-
-fn pointer_mut<'a>(doc: &'a mut Value, pointer: &str) -> &'a mut Value {
-    pointer.split('/').skip(1).fold(doc, |node, token| match node {
-        Value::Sequence(items) => &mut items[token.parse::<usize>().unwrap()],
-        node => node.get_mut(token).unwrap_or_else(|| panic!("no {token} in {pointer}")),
-    })
+    assert!(insert_before(doc, key, name, &operation["value"]) > 0, "{json_path} finds nothing");
 }
 
 #[test]

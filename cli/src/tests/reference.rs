@@ -149,15 +149,15 @@ fn the_in_proxy_filters_envoy_stats_are_listed_as_its_source_defines_them() {
     let filter = std::fs::read_to_string(root.join("edge-wasm/src/filter.rs")).unwrap();
     let decide = std::fs::read_to_string(root.join("edge-wasm/src/decide.rs")).unwrap();
     // The fixed names (`counter("caas_edge.…")`, `gauge(…)`), and one
-    // `caas_edge.forwarded.<reason>` per reason `Miss::as_str` names.
+    // `caas_edge.forwarded.<reason>` per reason `Miss` names (`Variant = "reason"`).
     let mut defined = std::collections::BTreeSet::new();
     for marker in ["counter(\"", "gauge(\""] {
         for rest in filter.split(marker).skip(1) {
             defined.insert(rest[..rest.find('"').unwrap()].to_string());
         }
     }
-    let reasons = decide.split("fn as_str(self)").nth(1).unwrap().split("\n    }").next().unwrap();
-    for rest in reasons.split("=> \"").skip(1) {
+    let reasons = decide.split("pub enum Miss {").nth(1).unwrap().split("\n    }").next().unwrap();
+    for rest in reasons.split(" = \"").skip(1) {
         defined.insert(format!("caas_edge.forwarded.{}", &rest[..rest.find('"').unwrap()]));
     }
     assert!(defined.len() >= 10, "the source scan found only {defined:?}");
