@@ -11,6 +11,8 @@
 #   e   Envoy ext_authz -> caas ext-authz, API-key route (api_key policy)
 #   f   the in-proxy fast path (edge-wasm/) in front of (d)'s ext_authz, JWT
 #       route: the filter decides, ext_authz is skipped (warm)
+#   f0  (f) with ext_authz wrapped as until 2026-12-02: created for every
+#       request, then skipped (envoy.yaml now creates it only to check)
 #   g   the same Envoy as (f), API-key route: the filter decides (the key's
 #       hash looked up once, its tenant's IP whitelist), ext_authz is skipped (warm)
 #   e'  (e) with OPTIONS requests (no Origin: not a preflight, the Check allows)
@@ -34,7 +36,8 @@
 # be held to the per-user quota (50/s), and the fast path counts only where
 # ext-authz does.
 # then ext-authz alone at a fixed 5,000 rps (handler latency).
-#   bench/gateway.sh    env: DURATION (10s), CONNECTIONS (32), ROUNDS (3)
+#   bench/gateway.sh    env: DURATION (10s), CONNECTIONS (32), ROUNDS (3),
+#                       VARIANTS (all; a subset by label, e.g. "a b d e f f0 g")
 source "$(dirname "$0")/lib.sh"
 
 cargo build --release -q -p caas-bench -p caas-ext-authz
@@ -91,10 +94,13 @@ config c2 "$(ext_authz_filter)" 9293
 config d "$(ext_authz_filter)" 9391
 config f "$(edge_filter "$WASM" "$CALLER_TOKEN")
 $(skipped_ext_authz_filter "$CALLER_TOKEN")" 9391
+config f0 "$(edge_filter "$WASM" "$CALLER_TOKEN")
+$(skipped_ext_authz_filter "$CALLER_TOKEN" eager)" 9391
 
 metric() { curl -s http://127.0.0.1:9392/metrics | awk -v m="$1" '$1 ~ "^"m {s += $2} END {print s+0}'; }
 cache_counters() { echo "$(metric auth_db_reads) $(metric auth_cache_hits) $(metric auth_cache_misses)"; }
 run() { # label config path header server
+  case " ${VARIANTS:-$1} " in *" $1 "*) ;; *) return 0 ;; esac
   local before after
   before=$(cache_counters)
   local line; line=$(measure "$2" "$3" "$4" "$5")
@@ -112,6 +118,7 @@ for round in $(seq "$ROUNDS"); do
   run d d /bench/jwt "authorization: Bearer $TOKEN" "$AUTHZ" >> "$RESULTS"
   run e d /bench/key "x-api-key: $API_KEY" "$AUTHZ" >> "$RESULTS"
   run f f /bench/jwt "authorization: Bearer $TOKEN" "$AUTHZ" >> "$RESULTS"
+  run f0 f0 /bench/jwt "authorization: Bearer $TOKEN" "$AUTHZ" >> "$RESULTS"
   run g f /bench/key "x-api-key: $API_KEY" "$AUTHZ" >> "$RESULTS"
   METHOD=OPTIONS run e2 d /bench/key "x-api-key: $API_KEY" "$AUTHZ" >> "$RESULTS"
   METHOD=OPTIONS run h f /bench/key "x-api-key: $API_KEY" "$AUTHZ" >> "$RESULTS"
@@ -136,38 +143,49 @@ med = lambda k, i: statistics.median(float(r[i]) for r in by[k])
 names = {"a": "Envoy, no auth", "b": "Envoy jwt_authn (HS256, local JWKS)", "c": "Envoy + do-nothing ext_authz",
          "c2": "Envoy + do-nothing ext_authz returning (d)'s header mutations",
          "d": "Envoy + caas ext-authz, JWT route", "e": "Envoy + caas ext-authz, API-key route",
-         "f": "fast path (edge-wasm) + caas ext-authz, JWT route", "g": "fast path (edge-wasm) + caas ext-authz, API-key route",
+         "f": "fast path (edge-wasm) + caas ext-authz, JWT route",
+         "f0": "(f) with ext_authz created for every request, then skipped (before 2026-12-02)", "g": "fast path (edge-wasm) + caas ext-authz, API-key route",
          "e2": "(e) with OPTIONS requests", "h": "(g) with OPTIONS requests: the filter forwards (miss path)",
          "e3": "(e) with a key that exists nowhere (401)", "i": "(g) with that key: the filter forwards (miss path)",
          "d2": "(d) with CORS preflights (ext-authz answers 204)", "j": "(f) with those preflights: the filter answers them",
          "d3": "(d) with an expired token (ext-authz answers 401)", "k": "(f) with that token: the filter answers the 401",
          "d4": "Envoy + caas ext-authz, refresh route, no credential", "l": "(f) on that route: the filter allows it"}
-print(f"wrk -t1 -c{sys.argv[3]} -d{sys.argv[4]}, Envoy --concurrency 1, median of {len(by['a'])} interleaved rounds\n")
+print(f"wrk -t1 -c{sys.argv[3]} -d{sys.argv[4]}, Envoy --concurrency 1, median of {len(next(iter(by.values())))} interleaved rounds\n")
 print("| variant | req/s | vs (a) | vs (c) | vs (c') | p99 | non-2xx | authz server CPU µs/check | Envoy CPU µs/req |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 cpu = lambda k: med(k, 5) / tick / med(k, 2) * 1e6
-for k in ["a", "b", "c", "c2", "d", "e", "f", "g", "e2", "h", "e3", "i", "d2", "j", "d3", "k", "d4", "l"]:
+for k in [k for k in names if k in by]:
     rps = med(k, 1)
     authz = "—" if k in "ab" else f"{cpu(k):.1f}"
     label = {"c2": "c'", "e2": "e'", "e3": "e''", "d2": "d'", "d3": "d''", "d4": "d'''"}.get(k, k)
-    print(f"| ({label}) {names[k]} | {rps:,.0f} | {rps / med('a', 1):.2f} | {rps / med('c', 1):.2f} | {rps / med('c2', 1):.2f} | {by[k][0][3]} | {int(med(k, 4))} | {authz} | {med(k, 6) / tick / med(k, 2) * 1e6:.1f} |")
-for k in "defg":
+    vs = lambda base: f"{rps / med(base, 1):.2f}" if base in by else "—"
+    print(f"| ({label}) {names[k]} | {rps:,.0f} | {vs('a')} | {vs('c')} | {vs('c2')} | {by[k][0][3]} | {int(med(k, 4))} | {authz} | {med(k, 6) / tick / med(k, 2) * 1e6:.1f} |")
+for k in [k for k in "defg" if k in by]:
     reqs = sum(float(r[2]) for r in by[k])
     reads = sum(int(r[10]) - int(r[7]) for r in by[k])
     hits = sum(int(r[11]) - int(r[8]) for r in by[k]); misses = sum(int(r[12]) - int(r[9]) for r in by[k])
     rate = hits / (hits + misses) if hits + misses else 1.0
     print(f"\n({k}) cache hit rate {rate:.4%}; database reads {reads} over {reqs:,.0f} authorized requests ({reads / reqs * 1000:.3f} per 1,000)")
-print(f"\nfast path, JWT route: {med('f', 1) / med('a', 1):.2f}x of no auth, {med('f', 1) / med('d', 1):.2f}x of caas ext-authz (d)")
-print(f"fast path, API-key route: {med('g', 1) / med('a', 1):.2f}x of no auth, {med('g', 1) / med('e', 1):.2f}x of caas ext-authz (e)")
-print(f"fast path, miss path (h): {med('h', 1) / med('e2', 1):.2f}x of caas ext-authz with the same requests (e')")
-print(f"fast path, miss path (i), an unknown key: {med('i', 1) / med('e3', 1):.2f}x of caas ext-authz with the same key (e'')")
-print(f"fast path, CORS preflights (j): {med('j', 1) / med('d2', 1):.2f}x of caas ext-authz answering them (d')")
-print(f"fast path, an expired token refused (k): {med('k', 1) / med('d3', 1):.2f}x of caas ext-authz refusing it (d'')")
-print(f"fast path, a refresh route without a credential (l): {med('l', 1) / med('d4', 1):.2f}x of caas ext-authz (d''')")
-ours = (cpu("d") + cpu("e")) / 2
-print(f"\next-authz CPU per check / do-nothing server's: {ours / cpu('c'):.2f} vs (c), {ours / cpu('c2'):.2f} vs (c') (d and e averaged)")
+print()
+for k, base, what in [("f", "d", "fast path, JWT route"), ("f0", "d", "fast path, JWT route, ext_authz created for every request (f0)"),
+                      ("g", "e", "fast path, API-key route")]:
+    if k in by and "a" in by and base in by:
+        print(f"{what}: {med(k, 1) / med('a', 1):.2f}x of no auth, {med(k, 1) / med(base, 1):.2f}x of caas ext-authz ({base})")
+for k, base, what in [("h", "e2", "fast path, miss path (h): {}x of caas ext-authz with the same requests (e')"),
+                      ("i", "e3", "fast path, miss path (i), an unknown key: {}x of caas ext-authz with the same key (e'')"),
+                      ("j", "d2", "fast path, CORS preflights (j): {}x of caas ext-authz answering them (d')"),
+                      ("k", "d3", "fast path, an expired token refused (k): {}x of caas ext-authz refusing it (d'')"),
+                      ("l", "d4", "fast path, a refresh route without a credential (l): {}x of caas ext-authz (d''')"),
+                      ("f", "f0", "ext_authz created only to check (f) against created for every request (f0): {}x")]:
+    if k in by and base in by:
+        print(what.format(f"{med(k, 1) / med(base, 1):.2f}"))
+if all(k in by for k in ("c", "c2", "d", "e")):
+    ours = (cpu("d") + cpu("e")) / 2
+    print(f"\next-authz CPU per check / do-nothing server's: {ours / cpu('c'):.2f} vs (c), {ours / cpu('c2'):.2f} vs (c') (d and e averaged)")
 PY
 
+# A chosen few variants: no handler-latency run.
+[ -z "${VARIANTS:-}" ] || exit 0
 echo
 echo "ext-authz alone, Check at a fixed 5,000 rps for 10 s (open loop; client-side latency from dispatch, incl. the tonic client on the same 2 cores),"
 echo "and the server's own time per Check (ext-authz's gateway_check_duration_seconds histogram, bucket bounds):"

@@ -57,8 +57,18 @@ edge_filter() {
 YAML
 }
 
-# ext_authz as envoy/envoy.yaml has it: skipped for the fast path's mark only.
+# ext_authz as envoy/envoy.yaml has it ($1 the caller token): skipped for
+# the fast path's mark only, otherwise the composite filter's action (created
+# only for a request it checks). With $2 = eager, as envoy.yaml had it until
+# 2026-12-02: created for every request, then skipped on the mark.
 skipped_ext_authz_filter() {
+  local authz='{ "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz, transport_api_version: V3, grpc_service: { envoy_grpc: { cluster_name: authz }, timeout: 1s, initial_metadata: [ { key: x-caas-authz-token, value: "'"$1"'" } ] }, failure_mode_allow: false, status_on_error: { code: ServiceUnavailable }, allowed_headers: { patterns: [ { exact: authorization }, { exact: x-api-key }, { exact: origin }, { exact: x-forwarded-for }, { exact: x-request-id }, { exact: traceparent }, { exact: tracestate }, { exact: upgrade }, { exact: sec-websocket-protocol }, { exact: access-control-request-method }, { exact: access-control-request-headers }, { prefix: x-caas- } ] } }'
+  local check='on_no_match: { action: { name: check, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.composite.v3.ExecuteFilterAction, typed_config: { name: envoy.filters.http.ext_authz, typed_config: '"$authz"' } } } }'
+  local extension='extension_config: { name: composite, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.composite.v3.Composite } }'
+  if [ "${2:-}" = eager ]; then
+    check=
+    extension="extension_config: { name: envoy.filters.http.ext_authz, typed_config: $authz }"
+  fi
   cat <<YAML
           - name: envoy.filters.http.ext_authz
             typed_config:
@@ -68,16 +78,8 @@ skipped_ext_authz_filter() {
                   matchers:
                   - predicate: { single_predicate: { input: { name: caas_edge, typed_config: { "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.FilterStateInput, key: wasm.caas_edge } }, value_match: { exact: allow } } }
                     on_match: { action: { name: skip, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter } } }
-              extension_config:
-                name: envoy.filters.http.ext_authz
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-                  transport_api_version: V3
-                  grpc_service: { envoy_grpc: { cluster_name: authz }, timeout: 1s, initial_metadata: [ { key: x-caas-authz-token, value: "$1" } ] }
-                  failure_mode_allow: false
-                  status_on_error: { code: ServiceUnavailable }
-                  allowed_headers:
-                    patterns: [ { exact: authorization }, { exact: x-api-key }, { exact: origin }, { exact: x-forwarded-for }, { exact: x-request-id }, { exact: traceparent }, { exact: tracestate }, { exact: upgrade }, { exact: sec-websocket-protocol }, { exact: access-control-request-method }, { exact: access-control-request-headers }, { prefix: x-caas- } ]
+                $check
+              $extension
 YAML
 }
 

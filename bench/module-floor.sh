@@ -12,6 +12,13 @@
 #        the fast path's matcher has it skip an allowed one)
 #   wz   w, then z: the fast path's floor (edge-wasm is a proxy-wasm filter)
 #   dmz  dm, then z: the same floor with a native module
+#   zm   ext_authz wrapped in a matcher whose SkipFilter matches every
+#        request (what envoy/envoy.yaml had until 2026-12-02: ext_authz is
+#        still created for each request, then skipped)
+#   zc   ext_authz as envoy/envoy.yaml has it now: the action of the
+#        composite filter when the matcher does not skip; skipped for every
+#        request here, so ext_authz is never created
+#   wzc  w, then zc: the fast path's floor since
 #   bench/module-floor.sh    env: DURATION (10s), CONNECTIONS (32), ROUNDS (3),
 #                            VARIANTS (all of the above)
 # With CALLGRIND=1, instead: each variant's Envoy under valgrind's callgrind,
@@ -51,6 +58,23 @@ OFF_AUTHZ="          - name: envoy.filters.http.ext_authz
               grpc_service: { envoy_grpc: { cluster_name: authz }, timeout: 1s }
               failure_mode_allow: false
               filter_enabled: { default_value: { numerator: 0, denominator: HUNDRED } }"
+# The two ways of skipping ext_authz, on a predicate every request meets
+# (no module here writes the fast path's filter state).
+EVERY_REQUEST='predicate: { single_predicate: { input: { name: path, typed_config: { "@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: ":path" } }, value_match: { prefix: "/" } } }'
+SKIP='on_match: { action: { name: skip, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter } } }'
+AUTHZ_CONFIG='{ "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz, transport_api_version: V3, grpc_service: { envoy_grpc: { cluster_name: authz }, timeout: 1s }, failure_mode_allow: false }'
+MATCHED_AUTHZ="          - name: envoy.filters.http.ext_authz
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher
+              xds_matcher: { matcher_list: { matchers: [ { $EVERY_REQUEST, $SKIP } ] } }
+              extension_config: { name: envoy.filters.http.ext_authz, typed_config: $AUTHZ_CONFIG }"
+LAZY_AUTHZ="          - name: envoy.filters.http.ext_authz
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher
+              xds_matcher:
+                matcher_list: { matchers: [ { $EVERY_REQUEST, $SKIP } ] }
+                on_no_match: { action: { name: check, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.composite.v3.ExecuteFilterAction, typed_config: { name: envoy.filters.http.ext_authz, typed_config: $AUTHZ_CONFIG } } } }
+              extension_config: { name: composite, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.composite.v3.Composite } }"
 config a ""
 config w "$WASM_FILTER"
 config dm "$MODULE_FILTER"
@@ -59,6 +83,10 @@ config wz "$WASM_FILTER
 $OFF_AUTHZ"
 config dmz "$MODULE_FILTER
 $OFF_AUTHZ"
+config zm "$MATCHED_AUTHZ"
+config zc "$LAZY_AUTHZ"
+config wzc "$WASM_FILTER
+$LAZY_AUTHZ"
 
 if [ "${CALLGRIND:-}" = 1 ]; then
   command -v valgrind >/dev/null || { echo "CALLGRIND=1 needs valgrind (apt-get install valgrind)" >&2; exit 1; }
@@ -90,7 +118,7 @@ if [ "${CALLGRIND:-}" = 1 ]; then
   echo "| variant | instructions per request | over (a) |"
   echo "|---|---:|---:|"
   base=
-  for v in ${VARIANTS:-a w dm z wz dmz}; do
+  for v in ${VARIANTS:-a w dm z wz dmz zm zc wzc}; do
     long=$(instructions "$v" $(( WARM + COUNT ))) || exit 1
     short=$(instructions "$v" "$WARM") || exit 1
     per=$(( (long - short) / COUNT ))
@@ -103,7 +131,7 @@ fi
 RESULTS=$WORK/results.txt
 : > "$RESULTS"
 for round in $(seq "$ROUNDS"); do
-  for v in ${VARIANTS:-a w dm z wz dmz}; do
+  for v in ${VARIANTS:-a w dm z wz dmz zm zc wzc}; do
     measure "$v" /bench/jwt "x-bench: $round" "$IDLE" >> "$RESULTS"
   done
 done
@@ -117,7 +145,9 @@ rps = lambda k: median(by[k], 1)
 cpu = lambda k: per_request_us(by[k], 6, tick)
 names = {"a": "Envoy, no filter", "w": "a proxy-wasm filter that does nothing (V8)",
          "dm": "a dynamic module that does nothing (native)", "z": "ext_authz in the chain, off",
-         "wz": "(w) then (z): the floor under the fast path", "dmz": "(dm) then (z): that floor with a native module"}
+         "wz": "(w) then (z): the floor under the fast path", "dmz": "(dm) then (z): that floor with a native module",
+         "zm": "ext_authz created, then skipped by its matcher", "zc": "ext_authz in the composite filter, skipped: never created",
+         "wzc": "(w) then (zc): the floor under the fast path since 2026-12-02"}
 print(f"wrk -t1 -c{sys.argv[3]} -d{sys.argv[4]}, Envoy --concurrency 1, median of {len(by['a'])} interleaved rounds\n")
 print("| variant | req/s | vs (a) | Envoy CPU µs/req | over (a) |")
 print("|---|---:|---:|---:|---:|")

@@ -480,6 +480,10 @@ async fn with_the_feed_cut_ext_authz_decides_everything() {
     .await;
     assert!(stale.is_some(), "the filter still decides with its feed cut");
     let allowed = allowed_by_filter(node).await;
+    // ext_authz is the composite filter's delegate (envoy/envoy.yaml): had
+    // Envoy failed to create it, a request would go on unchecked. From here
+    // it is created for each of the three requests the filter leaves to it.
+    let created = stat(node, "composite.filter_delegation_success").await;
     let r = send(http.get(node.url("/v1/messages")).bearer_auth(&token)).await;
     assert_eq!(r.status, 200, "ext_authz still allows a valid token: {r:?}");
     assert_eq!(r.verified_context().session_id, session["session_id"].as_str().unwrap());
@@ -489,6 +493,8 @@ async fn with_the_feed_cut_ext_authz_decides_everything() {
     assert_eq!(r.status, 204, "{r:?}");
     let r = send(http.get(node.url("/v1/messages")).bearer_auth(&token)).await;
     assert_eq!((r.status, r.code()), (401, "session_revoked"), "{r:?}");
+    assert!(stat(node, "composite.filter_delegation_success").await >= created + 3);
+    assert_eq!(stat(node, "composite.filter_delegation_error").await, 0);
 
     // Back: the filter decides again (a fresh session), and still leaves
     // the revoked one to ext_authz.

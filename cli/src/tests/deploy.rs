@@ -408,16 +408,24 @@ fn envoy_cluster(name: &str) -> Value {
 
 /// Requires `filter` to be envoy.yaml's ext_authz, as its fast path wraps
 /// it: the same name, the same matcher on the same filter state, the same
-/// skip, and the same settings; gives the wrapped ExtAuthz config, whose
-/// cluster and token are the deployment's.
+/// skip, ext_authz as the composite filter's action otherwise, and the same
+/// settings; gives the wrapped ExtAuthz config, whose cluster and token are
+/// the deployment's.
 fn wrapped_as_in_envoy_yaml(filter: &Value) -> &Value {
     let envoy = envoy_http_filter("envoy.filters.http.ext_authz");
     assert_eq!(filter["name"], envoy["name"]);
-    assert_eq!(filter["typed_config"]["@type"], envoy["typed_config"]["@type"]);
-    assert_eq!(filter["typed_config"]["xds_matcher"], envoy["typed_config"]["xds_matcher"]);
+    let (filter, envoy) = (&filter["typed_config"], &envoy["typed_config"]);
+    assert_eq!(filter["@type"], envoy["@type"]);
+    assert_eq!(filter["extension_config"], envoy["extension_config"]);
+    assert_eq!(filter["xds_matcher"]["matcher_list"], envoy["xds_matcher"]["matcher_list"]);
+    let (check, envoy_check) =
+        (&filter["xds_matcher"]["on_no_match"]["action"], &envoy["xds_matcher"]["on_no_match"]["action"]);
+    assert_eq!(check["name"], envoy_check["name"]);
+    assert_eq!(check["typed_config"]["@type"], envoy_check["typed_config"]["@type"]);
+    assert_eq!(check["typed_config"]["typed_config"]["name"], "envoy.filters.http.ext_authz");
     let (ours, envoy) = (
-        &filter["typed_config"]["extension_config"]["typed_config"],
-        &envoy["typed_config"]["extension_config"]["typed_config"],
+        &check["typed_config"]["typed_config"]["typed_config"],
+        &envoy_check["typed_config"]["typed_config"]["typed_config"],
     );
     for field in ["@type", "transport_api_version", "failure_mode_allow", "status_on_error", "allowed_headers"] {
         assert_eq!(ours[field], envoy[field], "{field}");
