@@ -36,6 +36,9 @@ pub struct EnvoyConfigArgs {
     pub listen_port: u16,
     #[arg(long, default_value_t = 9901)]
     pub admin_port: u16,
+    /// Envoy's metrics for Prometheus (`GET /stats/prometheus` only).
+    #[arg(long, default_value_t = 9902)]
+    pub stats_port: u16,
     #[arg(long, default_value = "auth-api:3007")]
     pub auth_api: String,
     #[arg(long, default_value = "ext-authz:9191")]

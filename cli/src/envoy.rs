@@ -37,6 +37,8 @@ pub struct Addresses {
     pub listen_address: String,
     pub listen_port: u16,
     pub admin_port: u16,
+    /// The stats listener (`GET /stats/prometheus` only), on `listen_address`.
+    pub stats_port: u16,
     pub auth_api: (String, u16),
     pub ext_authz: (String, u16),
     pub chat: (String, u16),
@@ -151,6 +153,7 @@ pub fn render(template: &str, addresses: &Addresses) -> anyhow::Result<String> {
         ("LISTEN_ADDRESS", addresses.listen_address.clone()),
         ("LISTEN_PORT", addresses.listen_port.to_string()),
         ("ADMIN_PORT", addresses.admin_port.to_string()),
+        ("STATS_PORT", addresses.stats_port.to_string()),
         ("AUTH_API_HOST", addresses.auth_api.0.clone()),
         ("AUTH_API_PORT", addresses.auth_api.1.to_string()),
         ("EXT_AUTHZ_HOST", addresses.ext_authz.0.clone()),
@@ -196,6 +199,8 @@ pub struct Envoy {
     child: Child,
     pub admin: std::net::SocketAddr,
     pub listener: std::net::SocketAddr,
+    /// The stats listener: `GET /stats/prometheus` only.
+    pub stats: std::net::SocketAddr,
 }
 
 impl Envoy {
@@ -262,8 +267,9 @@ impl Envoy {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let listener = public_listener(admin).await.context("cannot read Envoy's listener address")?;
-        Ok(Self { child, admin, listener })
+        let listener = bound(admin, "public").await.context("cannot read Envoy's listener address")?;
+        let stats = bound(admin, "stats").await.context("cannot read Envoy's stats listener address")?;
+        Ok(Self { child, admin, listener, stats })
     }
 
     /// Stops Envoy: SIGTERM, then a kill if it lingers.
@@ -282,14 +288,14 @@ impl Envoy {
     }
 }
 
-/// The bound address of the `public` listener (its port may have been 0).
-async fn public_listener(admin: std::net::SocketAddr) -> anyhow::Result<std::net::SocketAddr> {
+/// The bound address of the listener `name` (its port may have been 0).
+async fn bound(admin: std::net::SocketAddr, name: &str) -> anyhow::Result<std::net::SocketAddr> {
     let body = http_get(admin, "/listeners?format=json").await.context("admin did not answer")?;
     let json: serde_json::Value = serde_json::from_str(&body_of(&body))?;
     let listener = json["listener_statuses"]
         .as_array()
-        .and_then(|all| all.iter().find(|l| l["name"] == "public"))
-        .context("no public listener")?;
+        .and_then(|all| all.iter().find(|l| l["name"] == name))
+        .with_context(|| format!("no {name} listener"))?;
     let socket = &listener["local_address"]["socket_address"];
     let address = socket["address"].as_str().context("no address")?;
     let port = socket["port_value"].as_u64().context("no port")?;

@@ -54,11 +54,13 @@ async fn up(mut config: UpConfig) -> anyhow::Result<()> {
 fn print_welcome(stack: &Stack, config: &UpConfig) {
     let gateway = stack.gateway().map_or("(no Envoy)".to_string(), |g| format!("http://{g}"));
     let admin = stack.envoy.as_ref().map_or("(no Envoy)".to_string(), |e| format!("http://{}", e.admin));
+    let stats =
+        stack.envoy.as_ref().map_or("(no Envoy)".to_string(), |e| format!("http://{}/stats/prometheus", e.stats));
     let store = caas_runtime::config::redact_url(&config.storage.database_url);
     let bus = if config.storage.redis_url.is_some() { "Redis" } else { "in-process" };
     eprintln!(
         "\nCAAS is up.\n\
-         \x20 gateway    {gateway}   (Envoy admin {admin})\n\
+         \x20 gateway    {gateway}   (Envoy admin {admin}, metrics {stats})\n\
          \x20 console    {gateway}/console/   (register, keys, whitelists, quotas, activity, try it)\n\
          \x20 auth-api   http://{auth}   ext-authz grpc {authz}, metrics http://{ops}/metrics\n\
          \x20 chat       http://{chat}   socket http://{socket} (WebSocket through the gateway: /v1/ws)\n\
@@ -97,6 +99,7 @@ fn envoy_config(args: EnvoyConfigArgs) -> anyhow::Result<()> {
         listen_address: args.listen_address,
         listen_port: args.listen_port,
         admin_port: args.admin_port,
+        stats_port: args.stats_port,
         auth_api: host_port(&args.auth_api).map_err(anyhow::Error::msg)?,
         ext_authz: host_port(&args.ext_authz).map_err(anyhow::Error::msg)?,
         chat: host_port(&args.chat).map_err(anyhow::Error::msg)?,

@@ -46,6 +46,10 @@ pub struct UpConfig {
     /// Envoy's admin port (always bound to 127.0.0.1).
     #[arg(long, env = "ENVOY_ADMIN_PORT", default_value_t = 9901)]
     pub envoy_admin_port: u16,
+    /// Envoy's metrics for Prometheus (`GET /stats/prometheus` only), on
+    /// the gateway's address.
+    #[arg(long, env = "ENVOY_STATS_PORT", default_value_t = 9902)]
+    pub envoy_stats_port: u16,
     /// Envoy worker threads.
     #[arg(long, env = "ENVOY_CONCURRENCY", default_value_t = 2)]
     pub envoy_concurrency: usize,
@@ -375,7 +379,8 @@ async fn start_envoy(
     let addresses = envoy::Addresses {
         listen_address: config.envoy_listen.ip().to_string(),
         listen_port: config.envoy_listen.port(),
-        admin_port: config.envoy_admin_port,
+        admin_port: admin_port(config.envoy_admin_port)?,
+        stats_port: config.envoy_stats_port,
         auth_api: host(upstreams.auth_api),
         ext_authz: host(upstreams.ext_authz),
         chat: host(upstreams.chat),
@@ -397,6 +402,16 @@ async fn start_envoy(
         AccessLog::File(_) => Some(config.data_dir.join("envoy.log")),
     };
     Envoy::start(&binary, &rendered, &config.data_dir, config.envoy_concurrency, log.as_deref()).await
+}
+
+/// The admin's port: `port`, or for 0 one free now. The stats listener's
+/// route to the admin must name it before Envoy starts.
+fn admin_port(port: u16) -> anyhow::Result<u16> {
+    if port != 0 {
+        return Ok(port);
+    }
+    let free = std::net::TcpListener::bind(("127.0.0.1", 0)).context("no free port for Envoy's admin")?;
+    Ok(free.local_addr()?.port())
 }
 
 async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {

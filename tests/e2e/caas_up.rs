@@ -24,6 +24,8 @@ pub struct Up {
     pub child: Child,
     pub gateway: String,
     pub envoy_admin: String,
+    /// Envoy's stats listener (`GET /stats/prometheus` only).
+    pub envoy_stats: String,
     pub auth_api: String,
     pub ext_authz_ops: String,
     pub chat: String,
@@ -71,12 +73,13 @@ pub async fn start(dir: &std::path::Path, configure: impl FnOnce(&mut Command)) 
     let mut child = command.spawn().unwrap();
     let group = KillGroupOnPanic(child.id().unwrap());
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    // "  gateway    http://G   (Envoy admin http://A)" and
+    // "  gateway    http://G   (Envoy admin http://A, metrics http://S/stats/prometheus)" and
     // "  auth-api   http://H   ext-authz grpc X, metrics http://O/metrics", then chat.
     let urls = |line: &str| -> Vec<String> {
         line.split_whitespace()
             .filter(|w| w.starts_with("http://"))
-            .map(|w| w.trim_end_matches(')').trim_end_matches("/metrics").to_string())
+            .map(|w| w.trim_end_matches([')', ',']).trim_end_matches("/metrics").trim_end_matches("/stats/prometheus"))
+            .map(str::to_string)
             .collect()
     };
     let (gateway, auth, chat) = tokio::time::timeout(Duration::from_secs(60), async {
@@ -96,9 +99,9 @@ pub async fn start(dir: &std::path::Path, configure: impl FnOnce(&mut Command)) 
     .await
     .expect("caas up did not become ready within 60 s");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let [gateway, envoy_admin] = <[String; 2]>::try_from(gateway).expect("gateway line");
+    let [gateway, envoy_admin, envoy_stats] = <[String; 3]>::try_from(gateway).expect("gateway line");
     let [auth_api, ext_authz_ops] = <[String; 2]>::try_from(auth).expect("auth-api line");
-    Up { child, gateway, envoy_admin, auth_api, ext_authz_ops, chat: chat[0].clone(), _group: group }
+    Up { child, gateway, envoy_admin, envoy_stats, auth_api, ext_authz_ops, chat: chat[0].clone(), _group: group }
 }
 
 async fn caas_up(dir: &std::path::Path) -> (Child, String) {

@@ -175,6 +175,7 @@ async fn the_troubleshooting_guide_runs_against_caas_up() {
     let env = [
         ("G", up.gateway.clone()),
         ("ADMIN", up.envoy_admin.clone()),
+        ("STATS", up.envoy_stats.clone()),
         ("AUTH", up.auth_api.clone()),
         ("AUTHZ_OPS", up.ext_authz_ops.clone()),
         ("CHAT", up.chat.clone()),

@@ -791,3 +791,76 @@ async fn dashboards_are_decided_in_the_proxy_and_a_sign_out_holds_at_once() {
     assert!(logged, "no dashboard request the filter allowed, with its tenant, in Envoy's access log");
     cluster.shutdown().await;
 }
+
+/// A metric's value in a Prometheus text exposition (`name` with its labels).
+fn exposed(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn envoys_metrics_are_served_on_the_stats_listener_and_nothing_else_of_its_admin() {
+    let Some(cluster) = cluster_modes(&[true], &ECHO_CHAT).await else { return };
+    let node = cluster.node();
+    if !node.stack.fast_path {
+        return;
+    }
+    decided_user(node, "edge-stats").await;
+    let envoy = node.stack.envoy.as_ref().unwrap();
+    let http = client();
+    let scrape = || async { send(http.get(format!("http://{}/stats/prometheus", envoy.stats))).await };
+    // What operators alert on (deploy/monitoring/alerts.yml): the feed is
+    // current and recent, the filter decides, ext_authz is always created.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let r = scrape().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let text = r.body.as_str().unwrap();
+    assert_eq!(exposed(text, "caas_edge_current{}"), Some(1.0), "{text}");
+    assert!(exposed(text, "caas_edge_feed_lag_ms{}").is_some_and(|lag| lag < 1000.0), "{text}");
+    assert!(exposed(text, "caas_edge_allowed{}").is_some_and(|n| n > 0.0), "{text}");
+    assert!(exposed(text, "caas_edge_forwarded_not_current{}").is_some(), "{text}");
+    let delegation = "envoy_http_composite_filter_delegation_error{envoy_http_conn_manager_prefix=\"public\"}";
+    assert_eq!(exposed(text, delegation), Some(0.0), "{text}");
+
+    // Nothing else of the admin: not another method, path or spelling of it
+    // (sent as written, not normalised by a client library; at once, as
+    // Envoy closes each connection a second after its answer).
+    let mut asked = tokio::task::JoinSet::new();
+    for request in [
+        "POST /stats/prometheus",
+        "GET /stats",
+        "GET /config_dump",
+        "POST /quitquitquit",
+        "POST /healthcheck/fail",
+        "GET /stats/prometheus/../../config_dump",
+        "GET /stats/prometheus/%2e%2e/%2e%2e/config_dump",
+        "GET /stats/prometheus%2f..%2f..%2fconfig_dump",
+        "GET //stats/prometheus/..//clusters",
+    ] {
+        let stats = envoy.stats;
+        asked.spawn(async move {
+            let (method, path) = request.split_once(' ').unwrap();
+            (request, raw(stats, method, path).await)
+        });
+    }
+    while let Some(answered) = asked.join_next().await {
+        let (request, answer) = answered.unwrap();
+        let status = answer.split_whitespace().nth(1).unwrap_or_default();
+        assert!(["400", "404"].contains(&status), "{request}: {answer}");
+        assert!(!answer.contains("static_resources") && !answer.contains("cx_active"), "{request}: {answer}");
+    }
+    // Envoy was not stopped or failed by any of them.
+    assert_eq!(scrape().await.status, 200);
+    assert_eq!(send(http.get(node.url("/healthz"))).await.status, 200);
+    cluster.shutdown().await;
+}
+
+/// One HTTP/1.1 request with its path exactly as given; the whole answer.
+async fn raw(addr: std::net::SocketAddr, method: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("{method} {path} HTTP/1.1\r\nhost: stats\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}

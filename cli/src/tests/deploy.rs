@@ -190,6 +190,7 @@ fn envoy_validates(args: &HashMap<String, String>, place: &str) {
         listen_address: args["listen-address"].clone(),
         listen_port: args["listen-port"].parse().unwrap(),
         admin_port: args["admin-port"].parse().unwrap(),
+        stats_port: args.get("stats-port").map_or(9902, |p| p.parse().unwrap()),
         auth_api: host_port(&args["auth-api"]),
         ext_authz: host_port(&args["ext-authz"]),
         chat: host_port(&args["chat"]),
