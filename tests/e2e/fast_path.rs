@@ -13,6 +13,13 @@ use serde_json::Value;
 
 use crate::harness::*;
 
+/// One node with the fast path on; `None` (the test then does nothing)
+/// where the harness has no Envoy or no module to run it with.
+async fn fast_path_cluster(extra: &[&str]) -> Option<Cluster> {
+    let cluster = cluster_modes(&[true], extra).await?;
+    cluster.node().stack.fast_path.then_some(cluster)
+}
+
 /// An Envoy stat of the node (`caas_edge.*` are the filter's own).
 async fn stat(node: &Node, name: &str) -> u64 {
     let admin = node.stack.envoy.as_ref().unwrap().admin;
@@ -425,11 +432,8 @@ async fn the_fast_path_answers_as_ext_authz_does() {
 
 #[tokio::test]
 async fn a_revoked_session_is_refused_by_the_fast_path_within_a_second() {
-    let Some(cluster) = cluster_modes(&[true], &[]).await else { return };
+    let Some(cluster) = fast_path_cluster(&[]).await else { return };
     let node = cluster.node();
-    if !node.stack.fast_path {
-        return;
-    }
     let (tenant, _, token) = decided_user(node, "edge-logout").await;
     // Revoked by an operator-like path that does not go through the token:
     // the tenant's backend bans the user (every session of it).
@@ -457,11 +461,8 @@ async fn with_the_feed_cut_ext_authz_decides_everything() {
     let (ops_arg, feed_arg) = (ops.to_string(), feed.to_string());
     let extra =
         ["--ext-authz-ops-addr", ops_arg.as_str(), "--edge-feed-addr", feed_arg.as_str(), ECHO_CHAT[0], ECHO_CHAT[1]];
-    let Some(cluster) = cluster_modes(&[true], &extra).await else { return };
+    let Some(cluster) = fast_path_cluster(&extra).await else { return };
     let node = cluster.node();
-    if !node.stack.fast_path {
-        return;
-    }
     let (tenant, session, token) = decided_user(node, "edge-cut").await;
 
     // Within a second of the last confirmation the filter stops deciding.
@@ -508,11 +509,8 @@ async fn with_the_feed_cut_ext_authz_decides_everything() {
 
 #[tokio::test]
 async fn nothing_a_client_sends_skips_ext_authz() {
-    let Some(cluster) = cluster_modes(&[true], &ECHO_CHAT).await else { return };
+    let Some(cluster) = fast_path_cluster(&ECHO_CHAT).await else { return };
     let node = cluster.node();
-    if !node.stack.fast_path {
-        return;
-    }
     decided_user(node, "edge-forge").await;
     let http = client();
     let marks = [
@@ -538,11 +536,8 @@ async fn nothing_a_client_sends_skips_ext_authz() {
 
 #[tokio::test]
 async fn a_header_value_that_is_not_utf8_goes_to_ext_authz_and_the_filter_keeps_deciding() {
-    let Some(cluster) = cluster_modes(&[true], &ECHO_CHAT).await else { return };
+    let Some(cluster) = fast_path_cluster(&ECHO_CHAT).await else { return };
     let node = cluster.node();
-    if !node.stack.fast_path {
-        return;
-    }
     let (_, session, token) = decided_user(node, "edge-bytes").await;
     let http = client();
     // HTTP lets a header value carry any byte from 0x80 up (Latin-1 text, or
@@ -643,11 +638,8 @@ async fn through_the_fast_path_a_quota_admits_what_it_admits_without_it() {
 
 #[tokio::test]
 async fn an_api_key_is_decided_in_the_proxy_and_a_whitelist_change_or_its_revocation_applies_within_a_second() {
-    let Some(cluster) = cluster_modes(&[true], &ECHO_CHAT).await else { return };
+    let Some(cluster) = fast_path_cluster(&ECHO_CHAT).await else { return };
     let node = cluster.node();
-    if !node.stack.fast_path {
-        return;
-    }
     let tenant = onboard(node, "edge-keys").await;
     set_whitelists(node, &tenant, &["127.0.0.1/32"], &[]).await;
     let http = client();
@@ -700,11 +692,8 @@ async fn an_api_key_is_decided_in_the_proxy_and_a_whitelist_change_or_its_revoca
 
 #[tokio::test]
 async fn a_browsers_origin_is_decided_in_the_proxy_with_cors_and_a_whitelist_change_applies_within_a_second() {
-    let Some(cluster) = cluster_modes(&[true], &ECHO_CHAT).await else { return };
+    let Some(cluster) = fast_path_cluster(&ECHO_CHAT).await else { return };
     let node = cluster.node();
-    if !node.stack.fast_path {
-        return;
-    }
     let tenant = onboard(node, "edge-origin").await;
     set_whitelists(node, &tenant, &["127.0.0.1/32"], &["https://app.edge.example"]).await;
     let session = sdk_session(node, &tenant, "user-1").await;
@@ -754,11 +743,8 @@ async fn a_browsers_origin_is_decided_in_the_proxy_with_cors_and_a_whitelist_cha
 /// a moment later, so meanwhile it leaves dashboards to ext_authz).
 #[tokio::test]
 async fn dashboards_are_decided_in_the_proxy_and_a_sign_out_holds_at_once() {
-    let Some(cluster) = cluster_modes(&[true], &[]).await else { return };
+    let Some(cluster) = fast_path_cluster(&[]).await else { return };
     let node = cluster.node();
-    if !node.stack.fast_path {
-        return;
-    }
     let http = client();
     for round in 0..5 {
         let (email, _) = account(node, &format!("edge-dash-{round}")).await;
@@ -799,11 +785,8 @@ fn exposed(text: &str, name: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn envoys_metrics_are_served_on_the_stats_listener_and_nothing_else_of_its_admin() {
-    let Some(cluster) = cluster_modes(&[true], &ECHO_CHAT).await else { return };
+    let Some(cluster) = fast_path_cluster(&ECHO_CHAT).await else { return };
     let node = cluster.node();
-    if !node.stack.fast_path {
-        return;
-    }
     decided_user(node, "edge-stats").await;
     let envoy = node.stack.envoy.as_ref().unwrap();
     let http = client();

@@ -175,6 +175,8 @@ async fn cluster_inner(
             "127.0.0.1:0",
             "--envoy-admin-port",
             "0",
+            "--envoy-stats-port",
+            "0",
             "--envoy-concurrency",
             "1",
             "--registrations-per-ip-per-hour",
