@@ -834,6 +834,15 @@ async fn envoys_metrics_are_served_on_the_stats_listener_and_nothing_else_of_its
     // Envoy was not stopped or failed by any of them.
     assert_eq!(scrape().await.status, 200);
     assert_eq!(send(http.get(node.url("/healthz"))).await.status, 200);
+
+    // A flood of scrapes: beyond 10 a second, 429 before the admin is asked.
+    let flood = (0..40).map(|_| scrape());
+    let statuses: Vec<u16> = futures_util::future::join_all(flood).await.iter().map(|r| r.status).collect();
+    assert!(statuses.iter().all(|s| [200, 429].contains(s)), "{statuses:?}");
+    let refused = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(refused >= 10, "{refused} of 40 refused: {statuses:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(scrape().await.status, 200, "scrapes again after a second");
     cluster.shutdown().await;
 }
 
