@@ -21,8 +21,9 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 DEFAULT_H2='http2_protocol_options: { initial_stream_window_size: 1048576, initial_connection_window_size: 4194304 }'
-ALLOWED_HEADERS='allowed_headers:
-                patterns: [ { exact: authorization }, { exact: x-api-key }, { exact: origin }, { exact: x-forwarded-for }, { exact: x-request-id }, { exact: traceparent }, { exact: tracestate }, { exact: upgrade }, { exact: sec-websocket-protocol }, { exact: access-control-request-method }, { exact: access-control-request-headers }, { prefix: x-caas- } ]'
+# The headers envoy/envoy.yaml lets travel to ext-authz.
+ALLOWED_PATTERNS='[ { exact: authorization }, { exact: x-api-key }, { exact: origin }, { exact: x-forwarded-for }, { exact: x-request-id }, { exact: traceparent }, { exact: tracestate }, { exact: upgrade }, { exact: sec-websocket-protocol }, { exact: access-control-request-method }, { exact: access-control-request-headers }, { prefix: x-caas- } ]'
+ALLOWED_HEADERS="allowed_headers: { patterns: $ALLOWED_PATTERNS }"
 
 # ext_authz filter YAML; $1 = extra filter options (indented 14), default the
 # product's allowed_headers.
@@ -62,7 +63,7 @@ YAML
 # only for a request it checks). With $2 = eager, as envoy.yaml had it until
 # 2026-12-02: created for every request, then skipped on the mark.
 skipped_ext_authz_filter() {
-  local authz='{ "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz, transport_api_version: V3, grpc_service: { envoy_grpc: { cluster_name: authz }, timeout: 1s, initial_metadata: [ { key: x-caas-authz-token, value: "'"$1"'" } ] }, failure_mode_allow: false, status_on_error: { code: ServiceUnavailable }, allowed_headers: { patterns: [ { exact: authorization }, { exact: x-api-key }, { exact: origin }, { exact: x-forwarded-for }, { exact: x-request-id }, { exact: traceparent }, { exact: tracestate }, { exact: upgrade }, { exact: sec-websocket-protocol }, { exact: access-control-request-method }, { exact: access-control-request-headers }, { prefix: x-caas- } ] } }'
+  local authz='{ "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz, transport_api_version: V3, grpc_service: { envoy_grpc: { cluster_name: authz }, timeout: 1s, initial_metadata: [ { key: x-caas-authz-token, value: "'"$1"'" } ] }, failure_mode_allow: false, status_on_error: { code: ServiceUnavailable }, allowed_headers: { patterns: '"$ALLOWED_PATTERNS"' } }'
   local check='on_no_match: { action: { name: check, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.composite.v3.ExecuteFilterAction, typed_config: { name: envoy.filters.http.ext_authz, typed_config: '"$authz"' } } } }'
   local extension='extension_config: { name: composite, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.composite.v3.Composite } }'
   if [ "${2:-}" = eager ]; then

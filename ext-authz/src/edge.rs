@@ -578,10 +578,7 @@ impl EdgeForwards {
 
 /// A count the filter could have sent: 1 to `MAX_COUNT`.
 fn a_count(count: u64) -> Result<u64, String> {
-    match (1..=MAX_COUNT).contains(&count) {
-        true => Ok(count),
-        false => Err(format!("count must be 1 to {MAX_COUNT}")),
-    }
+    if (1..=MAX_COUNT).contains(&count) { Ok(count) } else { Err(format!("count must be 1 to {MAX_COUNT}")) }
 }
 
 impl EdgeCount {

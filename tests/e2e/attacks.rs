@@ -187,24 +187,11 @@ async fn internal_and_unknown_routes_are_not_reachable() {
         ("/v1/conversations%2F..%2F..%2Fapi/v1/auth/internal/validate", 400, ""),
         ("/v1/client/%5C..%5Cx", 400, ""),
     ] {
-        let (got, body) = raw_get(node.gateway, path).await;
+        let (got, body) = raw_request(node.gateway, "GET", path).await;
         assert_eq!(got, status, "{path}: {body}");
         assert!(body.contains(code), "{path}: {body}");
     }
     cluster.shutdown().await;
-}
-
-/// One HTTP/1.1 GET with the path exactly as given; the status and the body.
-async fn raw_get(gateway: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(gateway).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: caas\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
 }
 
 /// A client that trickles its request headers (slowloris) is cut off after
@@ -233,7 +220,7 @@ async fn slow_header_connections_are_closed() {
     };
     let (status, _) = tokio::select! {
         _ = trickle => unreachable!("the trickle never ends"),
-        answer = raw_get(node.gateway, "/healthz") => answer,
+        answer = raw_request(node.gateway, "GET", "/healthz") => answer,
     };
     assert_eq!(status, 200, "a normal request is served beside the slow ones");
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(started.elapsed())).await;

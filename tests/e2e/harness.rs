@@ -308,6 +308,21 @@ pub fn client_behind_proxy(forwarded_for: &str) -> reqwest::Client {
     reqwest::Client::builder().default_headers(headers).timeout(Duration::from_secs(10)).build().unwrap()
 }
 
+/// One HTTP/1.1 request with the path exactly as given (no client library
+/// normalises it): the status (0 if none came within 5 s) and the body.
+pub async fn raw_request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("{method} {path} HTTP/1.1\r\nhost: caas\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
 pub fn client() -> reqwest::Client {
     client_from("127.0.0.1")
 }
